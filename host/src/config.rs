@@ -1,0 +1,348 @@
+//! provisor's configuration file (TOML). Every struct refuses unknown keys so
+//! a typo is an error naming the key and its line, not a silently ignored
+//! setting.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Errors reading or checking a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// toml's message already names the line, the column and the key.
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}`: {problem}")]
+    Invalid { key: String, problem: String },
+    #[error("secret `{key}`: environment variable {var} is not set")]
+    MissingEnv { key: String, var: String },
+    #[error("secret `{key}`: cannot read file {path}: {source}")]
+    SecretFile {
+        key: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub entra: EntraConfig,
+    pub salesforce: SalesforceConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    pub rules: RulesConfig,
+    #[serde(default)]
+    pub sync: SyncConfig,
+}
+
+/// Where and how to read Entra ID.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntraConfig {
+    /// Tenant id or verified domain (never `common`).
+    pub tenant: String,
+    /// Application (client) id of the app registration.
+    pub client_id: String,
+    /// The client secret *value*.
+    pub client_secret: Secret,
+    /// Identity platform authority; national clouds and emulators differ.
+    #[serde(default = "default_authority")]
+    pub authority: String,
+    /// Graph base URL without the version segment.
+    #[serde(default = "default_graph")]
+    pub graph_url: String,
+    /// `Prefer: odata.maxpagesize` sent on delta reads.
+    #[serde(default = "default_page_size")]
+    pub page_size: u32,
+}
+
+/// Where and how to reach Salesforce.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SalesforceConfig {
+    /// My Domain URL (client credentials must go to My Domain).
+    pub login_url: String,
+    /// REST API version, e.g. "62.0".
+    #[serde(default = "default_api_version")]
+    pub api_version: String,
+    /// Connected app / external client app consumer key.
+    pub client_id: String,
+    pub client_secret: Secret,
+}
+
+/// The state database.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// sqlx URL; SQLite by default.
+    #[serde(default = "default_store_url")]
+    pub url: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: default_store_url(),
+        }
+    }
+}
+
+/// Which rule pack maps users.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesConfig {
+    /// Directory holding the pack's `pack.toml`, relative to the config file.
+    pub pack: PathBuf,
+}
+
+/// Tuning of one sync cycle.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
+    /// Failed attempts before a user is parked in the dead-letter list.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Records per sObject Collections call (Salesforce allows at most 200).
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: default_max_attempts(),
+            batch_size: default_batch_size(),
+        }
+    }
+}
+
+fn default_authority() -> String {
+    "https://login.microsoftonline.com".into()
+}
+fn default_graph() -> String {
+    "https://graph.microsoft.com".into()
+}
+fn default_page_size() -> u32 {
+    999
+}
+fn default_api_version() -> String {
+    "62.0".into()
+}
+fn default_store_url() -> String {
+    "sqlite://provisor.db?mode=rwc".into()
+}
+fn default_max_attempts() -> u32 {
+    5
+}
+fn default_batch_size() -> usize {
+    200
+}
+
+/// A secret: from an environment variable, a file, or (for emulators and
+/// tests only) inline.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "lowercase")]
+pub enum Secret {
+    Env(String),
+    File(PathBuf),
+    Value(String),
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Env(v) => write!(f, "Secret::Env({v})"),
+            Self::File(p) => write!(f, "Secret::File({})", p.display()),
+            Self::Value(_) => f.write_str("Secret::Value(<redacted>)"),
+        }
+    }
+}
+
+impl Secret {
+    /// Reads the secret; `key` names it in errors (never the value).
+    pub fn resolve(&self, key: &str) -> Result<SecretString, ConfigError> {
+        match self {
+            Self::Env(var) => std::env::var(var)
+                .map(SecretString)
+                .map_err(|_| ConfigError::MissingEnv {
+                    key: key.into(),
+                    var: var.clone(),
+                }),
+            Self::File(path) => std::fs::read_to_string(path)
+                .map(|s| SecretString(s.trim_end().to_string()))
+                .map_err(|source| ConfigError::SecretFile {
+                    key: key.into(),
+                    path: path.clone(),
+                    source,
+                }),
+            Self::Value(v) => Ok(SecretString(v.clone())),
+        }
+    }
+}
+
+/// A resolved secret; its Debug and Display never show the value.
+#[derive(Clone)]
+pub struct SecretString(String);
+
+impl SecretString {
+    /// Wraps a value (for emulators and tests).
+    pub fn new(v: impl Into<String>) -> Self {
+        Self(v.into())
+    }
+    /// The value, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Config {
+    /// Parses a config file; relative paths in it are taken relative to the
+    /// file's directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut cfg = Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        if cfg.rules.pack.is_relative() {
+            cfg.rules.pack = base.join(&cfg.rules.pack);
+        }
+        for secret in [&mut cfg.entra.client_secret, &mut cfg.salesforce.client_secret] {
+            if let Secret::File(p) = secret
+                && p.is_relative()
+            {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Parses TOML text; the error string names line, column and key.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Checks what can be checked without network: URLs, numbers, the pack
+    /// directory and that secrets resolve.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (key, url) in [
+            ("entra.authority", &self.entra.authority),
+            ("entra.graph_url", &self.entra.graph_url),
+            ("salesforce.login_url", &self.salesforce.login_url),
+        ] {
+            let parsed = url::Url::parse(url).map_err(|e| ConfigError::Invalid {
+                key: key.into(),
+                problem: format!("{url:?} is not a URL: {e}"),
+            })?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(ConfigError::Invalid {
+                    key: key.into(),
+                    problem: format!("{url:?} must be an http(s) URL"),
+                });
+            }
+        }
+        if matches!(
+            self.entra.tenant.as_str(),
+            "common" | "consumers" | "organizations"
+        ) {
+            return Err(ConfigError::Invalid {
+                key: "entra.tenant".into(),
+                problem: "client credentials need a tenant id or domain, not a multi-tenant alias (AADSTS9001023)".into(),
+            });
+        }
+        let v = &self.salesforce.api_version;
+        let ok = v
+            .split_once('.')
+            .is_some_and(|(a, b)| a.parse::<u32>().is_ok_and(|n| n >= 31) && b == "0");
+        if !ok {
+            return Err(ConfigError::Invalid {
+                key: "salesforce.api_version".into(),
+                problem: format!("{v:?} is not a supported API version such as \"62.0\" (31.0 or later)"),
+            });
+        }
+        if self.sync.batch_size == 0 || self.sync.batch_size > 200 {
+            return Err(ConfigError::Invalid {
+                key: "sync.batch_size".into(),
+                problem: "sObject Collections take 1 to 200 records".into(),
+            });
+        }
+        if !(1..=999).contains(&self.entra.page_size) {
+            return Err(ConfigError::Invalid {
+                key: "entra.page_size".into(),
+                problem: "must be between 1 and 999".into(),
+            });
+        }
+        if !self.rules.pack.join("pack.toml").is_file() {
+            return Err(ConfigError::Invalid {
+                key: "rules.pack".into(),
+                problem: format!("{} has no pack.toml", self.rules.pack.display()),
+            });
+        }
+        self.entra.client_secret.resolve("entra.client_secret")?;
+        self.salesforce
+            .client_secret
+            .resolve("salesforce.client_secret")?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[entra]
+tenant = "contoso.onmicrosoft.com"
+client_id = "c1"
+client_secret = { env = "X" }
+
+[salesforce]
+login_url = "https://acme.my.salesforce.com"
+client_id = "k"
+client_secret = { value = "s" }
+
+[rules]
+pack = "rules/gallery-defaults"
+"#;
+
+    #[test]
+    fn parses_good_config_with_defaults() {
+        let cfg = Config::parse(GOOD).expect("good config parses");
+        assert_eq!(cfg.entra.graph_url, "https://graph.microsoft.com");
+        assert_eq!(cfg.salesforce.api_version, "62.0");
+        assert_eq!(cfg.sync.batch_size, 200);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let bad = GOOD.replace("client_id = \"k\"", "client_id = \"k\"\nloginurl = \"x\"");
+        let err = Config::parse(&bad).expect_err("unknown key must fail");
+        assert!(err.contains("loginurl"), "{err}");
+        assert!(err.contains("line 10"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let s = SecretString::new("hunter2");
+        assert_eq!(format!("{s:?}"), "<redacted>");
+        let cfg = Config::parse(GOOD).expect("parses");
+        assert!(!format!("{cfg:?}").contains("\"s\""));
+    }
+}

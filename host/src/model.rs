@@ -1,0 +1,140 @@
+//! The data that flows through the pipeline: Entra users in, desired
+//! Salesforce users out of the rules.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// How Graph reported a user gone (`@removed.reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Removal {
+    /// `changed`: soft-deleted, restorable for 30 days.
+    SoftDeleted,
+    /// `deleted`: permanently deleted.
+    HardDeleted,
+}
+
+/// An Entra ID user as mirrored from Graph `users/delta`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EntraUser {
+    pub id: String,
+    #[serde(default)]
+    pub user_principal_name: Option<String>,
+    #[serde(default)]
+    pub mail: Option<String>,
+    #[serde(default)]
+    pub given_name: Option<String>,
+    #[serde(default)]
+    pub surname: Option<String>,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub department: Option<String>,
+    #[serde(default)]
+    pub job_title: Option<String>,
+    #[serde(default)]
+    pub employee_id: Option<String>,
+    #[serde(default)]
+    pub mobile_phone: Option<String>,
+    #[serde(default)]
+    pub business_phones: Vec<String>,
+    #[serde(default)]
+    pub preferred_language: Option<String>,
+    #[serde(default)]
+    pub user_type: Option<String>,
+    #[serde(default)]
+    pub account_enabled: Option<bool>,
+    #[serde(default)]
+    pub manager_id: Option<String>,
+    #[serde(default)]
+    pub removed: Option<Removal>,
+}
+
+/// A Salesforce field value as rules produce it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum FieldValue {
+    Null,
+    Bool(bool),
+    Number(f64),
+    Text(String),
+}
+
+impl FieldValue {
+    /// Converts a Salesforce JSON value into a field value (objects and
+    /// arrays are not User field values and become `None`).
+    pub fn from_json(v: &serde_json::Value) -> Option<Self> {
+        match v {
+            serde_json::Value::Null => Some(Self::Null),
+            serde_json::Value::Bool(b) => Some(Self::Bool(*b)),
+            serde_json::Value::Number(n) => n.as_f64().map(Self::Number),
+            serde_json::Value::String(s) => Some(Self::Text(s.clone())),
+            _ => None,
+        }
+    }
+
+    /// The JSON form Salesforce expects.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Self::Null => serde_json::Value::Null,
+            Self::Bool(b) => serde_json::Value::Bool(*b),
+            Self::Number(n) => serde_json::json!(n),
+            Self::Text(s) => serde_json::Value::String(s.clone()),
+        }
+    }
+
+    /// Short human rendering for plans and audit lines.
+    pub fn render(&self) -> String {
+        match self {
+            Self::Null => "(null)".into(),
+            Self::Bool(b) => b.to_string(),
+            Self::Number(n) => n.to_string(),
+            Self::Text(s) => format!("{s:?}"),
+        }
+    }
+
+    /// The text, if this is a non-empty text value.
+    pub fn as_text(&self) -> Option<&str> {
+        match self {
+            Self::Text(s) if !s.is_empty() => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// The Salesforce user a rule pack wants for one Entra user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DesiredUser {
+    /// User fields by API name. Never contains `IsActive` or `ProfileId`:
+    /// those come from `active` and `profile`.
+    pub fields: BTreeMap<String, FieldValue>,
+    /// Profile by name.
+    pub profile: Option<String>,
+    /// Whether the Salesforce user should be active.
+    pub active: bool,
+}
+
+/// Returns true when `name` is a plausible Salesforce API name. Names go into
+/// SOQL select lists, so anything else is refused before it gets there.
+pub fn is_api_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= 80
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_names() {
+        assert!(is_api_name("FederationIdentifier"));
+        assert!(is_api_name("Custom_Field__c"));
+        assert!(!is_api_name("Id, (SELECT"));
+        assert!(!is_api_name(""));
+        assert!(!is_api_name("1abc"));
+    }
+}

@@ -1,0 +1,73 @@
+//! `/_sim/`: change the tenant while the host runs, inject faults, read
+//! counters and the org's users. Not part of either cloud's API.
+
+use std::collections::HashMap;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{get, post, put};
+use serde_json::{Map, Value, json};
+
+use super::{Faults, Sim};
+
+pub(super) fn routes() -> Router<Sim> {
+    Router::new()
+        .route("/_sim/stats", get(stats))
+        .route("/_sim/faults", put(set_faults))
+        .route("/_sim/graph/users", post(create_user))
+        .route("/_sim/graph/users/{id}", axum::routing::patch(update_user).delete(delete_user))
+        .route("/_sim/graph/users/{id}/restore", post(restore_user))
+        .route("/_sim/graph/groups/{group}/members/{user}", post(add_member).delete(remove_member))
+        .route("/_sim/salesforce/users", get(sf_users))
+}
+
+fn done<E: std::fmt::Display>(r: Result<Value, E>) -> Response {
+    match r {
+        Ok(v) => super::json(StatusCode::OK, v),
+        Err(e) => super::json(StatusCode::BAD_REQUEST, json!({"error": e.to_string()})),
+    }
+}
+
+async fn stats(State(sim): State<Sim>) -> Response {
+    done::<String>(serde_json::to_value(sim.stats()).map_err(|e| e.to_string()))
+}
+
+async fn set_faults(State(sim): State<Sim>, axum::Json(f): axum::Json<Faults>) -> Response {
+    sim.set_faults(f);
+    done::<String>(Ok(json!({"ok": true})))
+}
+
+async fn create_user(State(sim): State<Sim>, axum::Json(mut props): axum::Json<Map<String, Value>>) -> Response {
+    let id = props.remove("id").and_then(|v| v.as_str().map(str::to_string)).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    done(sim.graph().create_user(&id, props).map(|id| json!({"id": id})))
+}
+
+async fn update_user(State(sim): State<Sim>, Path(id): Path<String>, axum::Json(changes): axum::Json<Map<String, Value>>) -> Response {
+    done(sim.graph().update_user(&id, changes).map(|()| json!({"id": id})))
+}
+
+async fn delete_user(State(sim): State<Sim>, Path(id): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let permanent = q.get("permanent").is_some_and(|v| v == "true");
+    let mut t = sim.graph();
+    done(if permanent { t.hard_delete_user(&id) } else { t.soft_delete_user(&id) }.map(|()| json!({"id": id})))
+}
+
+async fn restore_user(State(sim): State<Sim>, Path(id): Path<String>) -> Response {
+    done(sim.graph().restore_user(&id).map(|()| json!({"id": id})))
+}
+
+async fn add_member(State(sim): State<Sim>, Path((group, user)): Path<(String, String)>) -> Response {
+    done(sim.graph().set_membership(&group, &user, true).map(|()| json!({"ok": true})))
+}
+
+async fn remove_member(State(sim): State<Sim>, Path((group, user)): Path<(String, String)>) -> Response {
+    done(sim.graph().set_membership(&group, &user, false).map(|()| json!({"ok": true})))
+}
+
+async fn sf_users(State(sim): State<Sim>) -> Response {
+    let org = sim.salesforce();
+    let users: Vec<Value> = org.rows("User").map(|u| Value::Object(u.clone())).collect();
+    done::<String>(Ok(Value::Array(users)))
+}

@@ -1,0 +1,608 @@
+//! Microsoft identity platform token endpoint and Graph `users/delta` and
+//! `groups/delta`, as documented (see docs/graph notes): opaque skip and
+//! delta tokens, `@odata.nextLink` / `@odata.deltaLink`, `@removed`,
+//! `members@delta`, error bodies with `request-id`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use super::{Sim, creds, set_header};
+use crate::model::Removal;
+
+/// Token lifetime the emulator grants, as Entra does.
+const TOKEN_LIFETIME: Duration = Duration::from_secs(3599);
+/// Page size when the client does not ask (Graph is commonly seen at ~200
+/// for directory delta).
+const DEFAULT_PAGE: usize = 200;
+
+/// User properties the emulator stores (Graph names).
+pub const USER_PROPERTIES: &[&str] = &[
+    "userPrincipalName",
+    "mail",
+    "givenName",
+    "surname",
+    "displayName",
+    "department",
+    "jobTitle",
+    "employeeId",
+    "mobilePhone",
+    "businessPhones",
+    "preferredLanguage",
+    "userType",
+    "accountEnabled",
+    "officeLocation",
+    "externalUserState",
+    "onPremisesImmutableId",
+];
+
+/// Returned when `users/delta` has no `$select` (note: no accountEnabled).
+const DEFAULT_SELECT: &[&str] = &[
+    "businessPhones",
+    "displayName",
+    "givenName",
+    "jobTitle",
+    "mail",
+    "mobilePhone",
+    "officeLocation",
+    "preferredLanguage",
+    "surname",
+    "userPrincipalName",
+];
+
+/// One directory user.
+#[derive(Debug, Clone)]
+pub struct SimUser {
+    pub id: String,
+    /// Set properties by Graph name; a property set to null stays as Null
+    /// (so delta can report it cleared), one never set is absent.
+    pub props: Map<String, Value>,
+    pub manager_id: Option<String>,
+    pub removed: Option<Removal>,
+    /// Change sequence number of the last change.
+    seq: u64,
+}
+
+/// One group and the history of its direct memberships.
+#[derive(Debug, Clone)]
+pub struct SimGroup {
+    pub id: String,
+    pub display_name: String,
+    pub members: BTreeSet<String>,
+    /// (seq, member id, added?) for `members@delta` in change rounds.
+    log: Vec<(u64, String, bool)>,
+    seq: u64,
+}
+
+/// The simulated Entra tenant.
+#[derive(Debug, Default)]
+pub struct GraphTenant {
+    seq: u64,
+    users: BTreeMap<String, SimUser>,
+    groups: BTreeMap<String, SimGroup>,
+    tokens: HashMap<String, Instant>,
+}
+
+/// Errors from admin operations on the tenant.
+#[derive(Debug, thiserror::Error)]
+pub enum TenantError {
+    #[error("no user {0} in the tenant")]
+    NoUser(String),
+    #[error("no group {0} in the tenant")]
+    NoGroup(String),
+    #[error("user property {0:?} is not one the emulator stores")]
+    UnknownProperty(String),
+    #[error("another object with the same value for property userPrincipalName already exists: {0}")]
+    DuplicateUpn(String),
+}
+
+impl GraphTenant {
+    fn bump(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// Adds a user with the given properties; returns its id.
+    pub fn create_user(&mut self, id: &str, props: Map<String, Value>) -> Result<String, TenantError> {
+        for k in props.keys() {
+            if !USER_PROPERTIES.contains(&k.as_str()) {
+                return Err(TenantError::UnknownProperty(k.clone()));
+            }
+        }
+        if let Some(upn) = props.get("userPrincipalName").and_then(Value::as_str) {
+            let clash = self.users.values().any(|u| {
+                u.removed != Some(Removal::HardDeleted)
+                    && u.props.get("userPrincipalName").and_then(Value::as_str).is_some_and(|x| x.eq_ignore_ascii_case(upn))
+            });
+            if clash {
+                return Err(TenantError::DuplicateUpn(upn.to_string()));
+            }
+        }
+        let seq = self.bump();
+        self.users.insert(
+            id.to_string(),
+            SimUser { id: id.to_string(), props, manager_id: None, removed: None, seq },
+        );
+        Ok(id.to_string())
+    }
+
+    /// Changes properties of a live user (null clears a property).
+    pub fn update_user(&mut self, id: &str, changes: Map<String, Value>) -> Result<(), TenantError> {
+        for k in changes.keys() {
+            if !USER_PROPERTIES.contains(&k.as_str()) {
+                return Err(TenantError::UnknownProperty(k.clone()));
+            }
+        }
+        let seq = self.bump();
+        let user = self.live_user(id)?;
+        for (k, v) in changes {
+            user.props.insert(k, v);
+        }
+        user.seq = seq;
+        Ok(())
+    }
+
+    /// Sets or clears a user's manager.
+    pub fn set_manager(&mut self, id: &str, manager: Option<&str>) -> Result<(), TenantError> {
+        let seq = self.bump();
+        let user = self.live_user(id)?;
+        user.manager_id = manager.map(str::to_string);
+        user.seq = seq;
+        Ok(())
+    }
+
+    /// Soft-deletes (restorable) a user.
+    pub fn soft_delete_user(&mut self, id: &str) -> Result<(), TenantError> {
+        let seq = self.bump();
+        let user = self.live_user(id)?;
+        user.removed = Some(Removal::SoftDeleted);
+        user.seq = seq;
+        Ok(())
+    }
+
+    /// Restores a soft-deleted user.
+    pub fn restore_user(&mut self, id: &str) -> Result<(), TenantError> {
+        let seq = self.bump();
+        let user = self
+            .users
+            .get_mut(id)
+            .filter(|u| u.removed == Some(Removal::SoftDeleted))
+            .ok_or_else(|| TenantError::NoUser(id.to_string()))?;
+        user.removed = None;
+        user.seq = seq;
+        Ok(())
+    }
+
+    /// Permanently deletes a user. Like Graph (a reported gap), the groups
+    /// it belonged to do not emit a `members@delta` removal.
+    pub fn hard_delete_user(&mut self, id: &str) -> Result<(), TenantError> {
+        let seq = self.bump();
+        let user = self.users.get_mut(id).ok_or_else(|| TenantError::NoUser(id.to_string()))?;
+        user.removed = Some(Removal::HardDeleted);
+        user.seq = seq;
+        for g in self.groups.values_mut() {
+            g.members.remove(id);
+        }
+        Ok(())
+    }
+
+    fn live_user(&mut self, id: &str) -> Result<&mut SimUser, TenantError> {
+        self.users
+            .get_mut(id)
+            .filter(|u| u.removed.is_none())
+            .ok_or_else(|| TenantError::NoUser(id.to_string()))
+    }
+
+    /// Adds a group; returns its id.
+    pub fn create_group(&mut self, id: &str, display_name: &str) -> String {
+        let seq = self.bump();
+        self.groups.insert(
+            id.to_string(),
+            SimGroup { id: id.to_string(), display_name: display_name.to_string(), members: BTreeSet::new(), log: Vec::new(), seq },
+        );
+        id.to_string()
+    }
+
+    /// Adds (`true`) or removes (`false`) a direct member.
+    pub fn set_membership(&mut self, group: &str, member: &str, add: bool) -> Result<(), TenantError> {
+        if add && !self.users.get(member).is_some_and(|u| u.removed.is_none()) {
+            return Err(TenantError::NoUser(member.to_string()));
+        }
+        let seq = self.bump();
+        let g = self.groups.get_mut(group).ok_or_else(|| TenantError::NoGroup(group.to_string()))?;
+        let changed = if add { g.members.insert(member.to_string()) } else { g.members.remove(member) };
+        if changed {
+            g.log.push((seq, member.to_string(), add));
+            g.seq = seq;
+        }
+        Ok(())
+    }
+
+    /// A user by id (live or removed).
+    pub fn user(&self, id: &str) -> Option<&SimUser> {
+        self.users.get(id)
+    }
+
+    /// All users, removed ones included.
+    pub fn users(&self) -> impl Iterator<Item = &SimUser> {
+        self.users.values()
+    }
+
+    /// A group id by display name.
+    pub fn group_by_name(&self, name: &str) -> Option<&SimGroup> {
+        self.groups.values().find(|g| g.display_name == name)
+    }
+
+    /// All groups.
+    pub fn groups(&self) -> impl Iterator<Item = &SimGroup> {
+        self.groups.values()
+    }
+
+    fn issue_token(&mut self) -> String {
+        let token = format!("eyJ0eXAiOiJKV1QiLCJhbGciOiJub25lIn0.sim.{}", uuid::Uuid::new_v4().simple());
+        self.tokens.insert(token.clone(), Instant::now() + TOKEN_LIFETIME);
+        token
+    }
+
+    fn token_valid(&self, token: &str) -> bool {
+        self.tokens.get(token).is_some_and(|exp| *exp > Instant::now())
+    }
+}
+
+/// What an opaque skip or delta token carries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Cursor {
+    /// Changes after this sequence number...
+    s: u64,
+    /// ...up to and including this one.
+    u: u64,
+    /// Last id served in this round (ids are served in order).
+    a: Option<String>,
+    /// Selected properties.
+    sel: Vec<String>,
+}
+
+impl Cursor {
+    fn encode(&self) -> String {
+        let raw = serde_json::to_vec(self).unwrap_or_default();
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    }
+    fn decode(s: &str) -> Option<Self> {
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).ok()?;
+        serde_json::from_slice(&raw).ok()
+    }
+}
+
+pub(super) fn routes() -> Router<Sim> {
+    let mut r = Router::new().route("/{tenant}/oauth2/v2.0/token", post(token));
+    for path in ["delta", "microsoft.graph.delta", "delta()", "microsoft.graph.delta()"] {
+        r = r
+            .route(&format!("/v1.0/users/{path}"), get(users_delta))
+            .route(&format!("/v1.0/groups/{path}"), get(groups_delta));
+    }
+    r
+}
+
+/// A Graph error body (`{"error":{code,message,innerError}}`).
+pub(crate) fn error_response(status: StatusCode, code: &str, message: &str, client_request_id: Option<&str>) -> Response {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let mut inner = json!({
+        "date": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S").to_string(),
+        "request-id": request_id,
+    });
+    if let Some(c) = client_request_id {
+        inner["client-request-id"] = json!(c);
+    }
+    let mut resp = super::json(status, json!({"error": {"code": code, "message": message, "innerError": inner}}));
+    set_header(&mut resp, "request-id", &request_id);
+    if let Some(c) = client_request_id {
+        set_header(&mut resp, "client-request-id", c);
+    }
+    resp
+}
+
+fn identity_error(status: StatusCode, error: &str, code: u32, description: &str) -> Response {
+    let trace = uuid::Uuid::new_v4().to_string();
+    let corr = uuid::Uuid::new_v4().to_string();
+    let ts = chrono::Utc::now().format("%Y-%m-%d %H:%M:%SZ").to_string();
+    super::json(
+        status,
+        json!({
+            "error": error,
+            "error_description": format!("AADSTS{code}: {description}\r\nTrace ID: {trace}\r\nCorrelation ID: {corr}\r\nTimestamp: {ts}"),
+            "error_codes": [code],
+            "timestamp": ts,
+            "trace_id": trace,
+            "correlation_id": corr,
+            "error_uri": format!("https://login.microsoftonline.com/error?code={code}"),
+        }),
+    )
+}
+
+async fn token(State(sim): State<Sim>, Path(tenant): Path<String>, Form(form): Form<HashMap<String, String>>) -> Response {
+    sim.stats_mut().graph_token_calls += 1;
+    if matches!(tenant.as_str(), "common" | "consumers") {
+        return identity_error(StatusCode::BAD_REQUEST, "invalid_request", 9001023, "The grant type isn't supported over the /common or /consumers endpoints.");
+    }
+    if tenant != creds::TENANT {
+        return identity_error(StatusCode::BAD_REQUEST, "invalid_request", 90002, &format!("Tenant '{tenant}' not found."));
+    }
+    if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
+        return identity_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", 70003, "The app requested an unsupported grant type.");
+    }
+    let scope = form.get("scope").map(String::as_str).unwrap_or("");
+    if scope.split(' ').count() != 1 || !scope.ends_with("/.default") {
+        return identity_error(StatusCode::BAD_REQUEST, "invalid_scope", 70011, &format!("The provided value for the input parameter 'scope' is not valid. The scope {scope} is not valid."));
+    }
+    if form.get("client_id").map(String::as_str) != Some(creds::ENTRA_CLIENT_ID) {
+        return identity_error(StatusCode::BAD_REQUEST, "unauthorized_client", 700016, "Application was not found in the directory. This can happen if the application has not been installed by the administrator of the tenant.");
+    }
+    match form.get("client_secret") {
+        None => identity_error(StatusCode::BAD_REQUEST, "invalid_request", 7000216, "'client_assertion', 'client_secret' or 'request' is required for the 'client_credentials' grant type."),
+        Some(s) if s != creds::ENTRA_CLIENT_SECRET => identity_error(StatusCode::UNAUTHORIZED, "invalid_client", 7000215, "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app."),
+        Some(_) => {
+            let token = sim.graph().issue_token();
+            super::json(StatusCode::OK, json!({"token_type": "Bearer", "expires_in": TOKEN_LIFETIME.as_secs(), "ext_expires_in": TOKEN_LIFETIME.as_secs(), "access_token": token}))
+        }
+    }
+}
+
+/// Checks the bearer token and the delta fault; `Err` is the response.
+fn gate(sim: &Sim, headers: &HeaderMap) -> Result<Option<String>, Response> {
+    let client_req = headers.get("client-request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+    sim.stats_mut().graph_calls += 1;
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if token.is_empty() {
+        return Err(error_response(StatusCode::UNAUTHORIZED, "InvalidAuthenticationToken", "Access token is empty.", client_req.as_deref()));
+    }
+    if !sim.graph().token_valid(token) {
+        return Err(error_response(StatusCode::UNAUTHORIZED, "InvalidAuthenticationToken", "Access token has expired or is not yet valid.", client_req.as_deref()));
+    }
+    let mut faults = sim.faults();
+    if let Some(n) = faults.graph_delta_fail_after_pages.as_mut() {
+        if *n == 0 {
+            return Err(error_response(StatusCode::SERVICE_UNAVAILABLE, "serviceNotAvailable", "The service is temporarily unavailable (injected fault).", client_req.as_deref()));
+        }
+        *n -= 1;
+    }
+    Ok(client_req)
+}
+
+fn page_size(headers: &HeaderMap) -> usize {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|p| p.trim().strip_prefix("odata.maxpagesize="))
+        .filter_map(|n| n.trim().parse::<usize>().ok())
+        .next()
+        .map(|n| n.clamp(1, 999))
+        .unwrap_or(DEFAULT_PAGE)
+}
+
+fn base_url(headers: &HeaderMap) -> String {
+    let host = headers.get("host").and_then(|v| v.to_str().ok()).unwrap_or("localhost");
+    format!("http://{host}")
+}
+
+enum Round {
+    Page(Cursor),
+    Latest(Vec<String>),
+}
+
+/// Works out where a delta request starts from its query string.
+fn start(q: &HashMap<String, String>, allowed: &[&str], default_sel: &[&str]) -> Result<Round, (StatusCode, &'static str, String)> {
+    if let Some(t) = q.get("$skiptoken") {
+        return Cursor::decode(t)
+            .map(Round::Page)
+            .ok_or((StatusCode::BAD_REQUEST, "badRequest", "Invalid skip token.".to_string()));
+    }
+    if q.contains_key("$filter") {
+        return Err((StatusCode::BAD_REQUEST, "Request_UnsupportedQuery", "Unsupported query: only filtering by id is supported on delta, and this emulator does not implement it.".into()));
+    }
+    let sel: Vec<String> = match q.get("$select") {
+        Some(s) => {
+            let mut v = Vec::new();
+            for p in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                if p != "id" && !allowed.contains(&p) {
+                    return Err((StatusCode::BAD_REQUEST, "Request_BadRequest", format!("Could not find a property named '{p}' on type 'microsoft.graph.directoryObject'.")));
+                }
+                v.push(p.to_string());
+            }
+            v
+        }
+        None => default_sel.iter().map(|s| s.to_string()).collect(),
+    };
+    match q.get("$deltatoken").map(String::as_str) {
+        Some("latest") => Ok(Round::Latest(sel)),
+        Some(t) => {
+            let c = Cursor::decode(t).ok_or((StatusCode::BAD_REQUEST, "syncStateNotFound", "The sync state generation is not found. The delta token is expired and data must be synchronized again.".to_string()))?;
+            Ok(Round::Page(Cursor { s: c.u, u: 0, a: None, sel: c.sel }))
+        }
+        None => Ok(Round::Page(Cursor { s: 0, u: 0, a: None, sel })),
+    }
+}
+
+fn finish(headers: &HeaderMap, client_req: Option<String>, kind: &str, context: &str, value: Vec<Value>, next: Result<Cursor, Cursor>) -> Response {
+    let base = base_url(headers);
+    let mut body = json!({"@odata.context": format!("{base}/v1.0/$metadata#{context}"), "value": value});
+    match next {
+        Ok(c) => body["@odata.nextLink"] = json!(format!("{base}/v1.0/{kind}/delta?$skiptoken={}", c.encode())),
+        Err(c) => body["@odata.deltaLink"] = json!(format!("{base}/v1.0/{kind}/delta?$deltatoken={}", c.encode())),
+    }
+    let mut resp = super::json(StatusCode::OK, body);
+    set_header(&mut resp, "request-id", &uuid::Uuid::new_v4().to_string());
+    if let Some(c) = client_req {
+        set_header(&mut resp, "client-request-id", &c);
+    }
+    resp
+}
+
+async fn users_delta(State(sim): State<Sim>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
+    let client_req = match gate(&sim, &headers) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let mut allowed: Vec<&str> = USER_PROPERTIES.to_vec();
+    allowed.push("manager");
+    let round = match start(&q, &allowed, DEFAULT_SELECT) {
+        Ok(r) => r,
+        Err((st, code, msg)) => return error_response(st, code, &msg, client_req.as_deref()),
+    };
+    let size = page_size(&headers);
+    let tenant = sim.graph();
+    let mut cur = match round {
+        Round::Latest(sel) => {
+            let c = Cursor { s: tenant.seq, u: tenant.seq, a: None, sel };
+            drop(tenant);
+            return finish(&headers, client_req, "users", "users", vec![], Err(c));
+        }
+        Round::Page(c) => c,
+    };
+    if cur.u == 0 {
+        cur.u = tenant.seq;
+    }
+    let initial = cur.s == 0;
+    let mut value = Vec::new();
+    let mut last = None;
+    let mut more = false;
+    let after = cur.a.clone();
+    for u in tenant.users.range::<String, _>((after.as_ref().map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded), std::ops::Bound::Unbounded)) {
+        let u = u.1;
+        // The initial round is the current state (later changes are
+        // replayed by the next round, which is harmless: apply is idempotent).
+        let skip = if initial { u.removed.is_some() } else { u.seq <= cur.s || u.seq > cur.u };
+        if skip {
+            continue;
+        }
+        if value.len() == size {
+            more = true;
+            break;
+        }
+        value.push(render_user(u, &cur.sel));
+        last = Some(u.id.clone());
+    }
+    drop(tenant);
+    sim.stats_mut().graph_delta_pages += 1;
+    let next = if more {
+        Ok(Cursor { a: last, ..cur })
+    } else {
+        Err(Cursor { s: cur.u, u: cur.u, a: None, sel: cur.sel })
+    };
+    finish(&headers, client_req, "users", "users", value, next)
+}
+
+fn render_user(u: &SimUser, sel: &[String]) -> Value {
+    let mut o = Map::new();
+    o.insert("id".into(), json!(u.id));
+    if let Some(r) = u.removed {
+        let reason = if r == Removal::SoftDeleted { "changed" } else { "deleted" };
+        o.insert("@removed".into(), json!({"reason": reason}));
+        return Value::Object(o);
+    }
+    for p in sel {
+        if p == "manager" {
+            if let Some(m) = &u.manager_id {
+                o.insert("manager@delta".into(), json!([{"@odata.type": "#microsoft.graph.user", "id": m}]));
+            }
+            continue;
+        }
+        // Never-set properties are omitted; set (even to null) are present.
+        if let Some(v) = u.props.get(p) {
+            o.insert(p.clone(), v.clone());
+        } else if p == "businessPhones" {
+            o.insert(p.clone(), json!([]));
+        }
+    }
+    Value::Object(o)
+}
+
+async fn groups_delta(State(sim): State<Sim>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
+    let client_req = match gate(&sim, &headers) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let round = match start(&q, &["displayName", "members", "description"], &["displayName", "members"]) {
+        Ok(r) => r,
+        Err((st, code, msg)) => return error_response(st, code, &msg, client_req.as_deref()),
+    };
+    let size = page_size(&headers);
+    let tenant = sim.graph();
+    let mut cur = match round {
+        Round::Latest(sel) => {
+            let c = Cursor { s: tenant.seq, u: tenant.seq, a: None, sel };
+            drop(tenant);
+            return finish(&headers, client_req, "groups", "groups", vec![], Err(c));
+        }
+        Round::Page(c) => c,
+    };
+    if cur.u == 0 {
+        cur.u = tenant.seq;
+    }
+    let initial = cur.s == 0;
+    let with_members = cur.sel.iter().any(|s| s == "members");
+    let mut value = Vec::new();
+    let mut last = None;
+    let mut more = false;
+    let after = cur.a.clone();
+    for (_, g) in tenant.groups.range::<String, _>((after.as_ref().map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded), std::ops::Bound::Unbounded)) {
+        if !initial && (g.seq <= cur.s || g.seq > cur.u) {
+            continue;
+        }
+        if value.len() == size {
+            more = true;
+            break;
+        }
+        let mut o = Map::new();
+        o.insert("id".into(), json!(g.id));
+        if cur.sel.iter().any(|s| s == "displayName") {
+            o.insert("displayName".into(), json!(g.display_name));
+        }
+        if with_members {
+            let members: Vec<Value> = if initial {
+                g.members.iter().map(|m| json!({"@odata.type": "#microsoft.graph.user", "id": m})).collect()
+            } else {
+                let mut latest: BTreeMap<&str, bool> = BTreeMap::new();
+                for (seq, m, add) in &g.log {
+                    if *seq > cur.s && *seq <= cur.u {
+                        latest.insert(m, *add);
+                    }
+                }
+                latest
+                    .into_iter()
+                    .map(|(m, add)| {
+                        if add {
+                            json!({"@odata.type": "#microsoft.graph.user", "id": m})
+                        } else {
+                            json!({"@odata.type": "#microsoft.graph.user", "id": m, "@removed": {"reason": "deleted"}})
+                        }
+                    })
+                    .collect()
+            };
+            o.insert("members@delta".into(), Value::Array(members));
+        }
+        value.push(Value::Object(o));
+        last = Some(g.id.clone());
+    }
+    drop(tenant);
+    sim.stats_mut().graph_delta_pages += 1;
+    let next = if more {
+        Ok(Cursor { a: last, ..cur })
+    } else {
+        Err(Cursor { s: cur.u, u: cur.u, a: None, sel: cur.sel })
+    };
+    finish(&headers, client_req, "groups", "groups", value, next)
+}

@@ -1,0 +1,290 @@
+//! Emulators of the Microsoft identity platform + Graph and of Salesforce,
+//! served together on one port (`provisor sim`, `provisor demo`, tests).
+//!
+//! They speak the documented protocols (URLs, JSON shapes, paging, error
+//! bodies, limit headers) so the real host can be developed and tested
+//! without accounts. An admin API under `/_sim/` (a prefix neither cloud
+//! uses) changes the tenant while the host runs and injects faults.
+
+mod admin;
+pub mod graph;
+pub mod salesforce;
+pub mod seed;
+pub mod soql;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+pub use graph::GraphTenant;
+pub use salesforce::SfOrg;
+
+/// Credentials the emulators accept.
+pub mod creds {
+    /// Entra tenant domain.
+    pub const TENANT: &str = "provisor-sim.onmicrosoft.com";
+    /// Entra application (client) id.
+    pub const ENTRA_CLIENT_ID: &str = "5f0c7a52-6a39-4e5b-9d4b-2b7f6b1f0a11";
+    /// Entra client secret value.
+    pub const ENTRA_CLIENT_SECRET: &str = "sim-entra-secret";
+    /// Salesforce consumer key.
+    pub const SF_CLIENT_ID: &str = "3MVG9SIM.provisor.consumer.key";
+    /// Salesforce consumer secret.
+    pub const SF_CLIENT_SECRET: &str = "sim-salesforce-secret";
+    /// The integration user the client-credentials flow runs as.
+    pub const SF_INTEGRATION_USERNAME: &str = "integration@provisor-sim.example";
+}
+
+/// Faults injected into API responses (never into `/_sim/`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Faults {
+    /// Added latency per API request.
+    pub latency_ms: u64,
+    /// Probability that an API request fails with 503.
+    pub fail_rate: f64,
+    /// After this many more Graph delta pages are served, every delta
+    /// request fails with 503 until the fault is cleared.
+    pub graph_delta_fail_after_pages: Option<u64>,
+    /// After this many more Salesforce write calls succeed, writes fail
+    /// with 500 until the fault is cleared.
+    pub sf_write_fail_after: Option<u64>,
+    /// With `sf_write_fail_after`: perform the write, then answer 500 as if
+    /// the response were lost on the way back.
+    pub sf_write_fail_after_commit: bool,
+}
+
+/// Counters the tests and the demo read back (`GET /_sim/stats`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Stats {
+    pub graph_token_calls: u64,
+    pub graph_calls: u64,
+    pub graph_delta_pages: u64,
+    pub sf_token_calls: u64,
+    pub sf_api_calls: u64,
+    /// REST calls that write (POST/PATCH/DELETE other than queries).
+    pub sf_write_calls: u64,
+    /// Records written through those calls.
+    pub sf_records_written: u64,
+}
+
+/// Options for a simulated tenant and org.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    pub users: usize,
+    pub seed: u64,
+    pub faults: Faults,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        Self {
+            users: 40,
+            seed: 7,
+            faults: Faults::default(),
+        }
+    }
+}
+
+/// The emulators' shared state.
+pub struct SimState {
+    graph: Mutex<GraphTenant>,
+    sf: Mutex<SfOrg>,
+    faults: Mutex<Faults>,
+    stats: Mutex<Stats>,
+    rng: Mutex<rand::rngs::StdRng>,
+}
+
+/// A handle to the emulators; cheap to clone.
+#[derive(Clone)]
+pub struct Sim(Arc<SimState>);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves consistent-enough state for an
+    // emulator; keep serving rather than cascading the panic.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Sim {
+    /// A tenant of `opts.users` generated users and an org seeded to match.
+    pub fn new(opts: SimOptions) -> Self {
+        let tenant = seed::tenant(opts.users, opts.seed);
+        let org = seed::org(&tenant, opts.seed);
+        Self(Arc::new(SimState {
+            graph: Mutex::new(tenant),
+            sf: Mutex::new(org),
+            faults: Mutex::new(opts.faults),
+            stats: Mutex::new(Stats::default()),
+            rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(opts.seed)),
+        }))
+    }
+
+    /// The Graph tenant, for direct changes by tests and the demo.
+    pub fn graph(&self) -> MutexGuard<'_, GraphTenant> {
+        lock(&self.0.graph)
+    }
+
+    /// The Salesforce org, for direct inspection by tests and the demo.
+    pub fn salesforce(&self) -> MutexGuard<'_, SfOrg> {
+        lock(&self.0.sf)
+    }
+
+    /// Replaces the injected faults.
+    pub fn set_faults(&self, faults: Faults) {
+        *lock(&self.0.faults) = faults;
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> Stats {
+        lock(&self.0.stats).clone()
+    }
+
+    pub(crate) fn stats_mut(&self) -> MutexGuard<'_, Stats> {
+        lock(&self.0.stats)
+    }
+
+    pub(crate) fn faults(&self) -> MutexGuard<'_, Faults> {
+        lock(&self.0.faults)
+    }
+
+    /// The axum router serving both clouds and the admin API.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .merge(graph::routes())
+            .merge(salesforce::routes())
+            .merge(admin::routes())
+            .layer(middleware::from_fn_with_state(self.clone(), fault_layer))
+            .with_state(self.clone())
+    }
+
+    /// Serves on `addr` (port 0 picks a free one) until the task is dropped.
+    pub async fn serve(&self, addr: SocketAddr) -> std::io::Result<RunningSim> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let router = self.router();
+        let task = tokio::spawn(async move {
+            // Errors here mean the listener died; the tests notice via
+            // connection errors, which name the address.
+            let _ = axum::serve(listener, router).await;
+        });
+        Ok(RunningSim {
+            sim: self.clone(),
+            addr,
+            task,
+        })
+    }
+}
+
+/// A sim listening on a socket.
+pub struct RunningSim {
+    pub sim: Sim,
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningSim {
+    /// `http://127.0.0.1:PORT`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A provisor config (TOML) pointing at this sim.
+    pub fn config_toml(&self, pack: &str, store_url: &str) -> String {
+        config_toml(&self.base_url(), pack, store_url)
+    }
+}
+
+impl Drop for RunningSim {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A ready provisor config for a sim at `base`.
+pub fn config_toml(base: &str, pack: &str, store_url: &str) -> String {
+    format!(
+        r#"# provisor config for the emulators at {base} (`provisor sim`).
+# Inline `value` secrets are for emulators only: use {{ env = "VAR" }} or
+# {{ file = "path" }} for a real tenant and org.
+
+[entra]
+tenant = "{tenant}"
+client_id = "{eid}"
+client_secret = {{ value = "{esec}" }}
+authority = "{base}"
+graph_url = "{base}"
+
+[salesforce]
+login_url = "{base}"
+api_version = "62.0"
+client_id = "{sid}"
+client_secret = {{ value = "{ssec}" }}
+
+[store]
+url = "{store_url}"
+
+[rules]
+pack = "{pack}"
+"#,
+        tenant = creds::TENANT,
+        eid = creds::ENTRA_CLIENT_ID,
+        esec = creds::ENTRA_CLIENT_SECRET,
+        sid = creds::SF_CLIENT_ID,
+        ssec = creds::SF_CLIENT_SECRET,
+    )
+}
+
+/// Latency and random failures for API paths; `/_sim/` is never touched.
+async fn fault_layer(State(sim): State<Sim>, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    if path.starts_with("/_sim/") {
+        return next.run(req).await;
+    }
+    let (latency, fail_rate) = {
+        let f = sim.faults();
+        (f.latency_ms, f.fail_rate)
+    };
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+    let is_token = path.ends_with("/token");
+    if fail_rate > 0.0 && !is_token && lock(&sim.0.rng).random_bool(fail_rate.min(1.0)) {
+        return if path.starts_with("/services/") {
+            salesforce::error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "SERVER_UNAVAILABLE",
+                "Service temporarily unavailable (injected fault)",
+                &[],
+            )
+        } else {
+            graph::error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "serviceNotAvailable",
+                "The service is temporarily unavailable (injected fault).",
+                None,
+            )
+        };
+    }
+    next.run(req).await
+}
+
+/// Adds a header, ignoring values that cannot be headers (never the case for
+/// the ASCII values the emulators produce).
+pub(crate) fn set_header(resp: &mut Response, name: &'static str, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        resp.headers_mut().insert(name, v);
+    }
+}
+
+/// JSON response helper.
+pub(crate) fn json(status: StatusCode, body: serde_json::Value) -> Response {
+    (status, axum::Json(body)).into_response()
+}

@@ -1,0 +1,70 @@
+//! The Entra gallery Salesforce app's default attribute mapping, as a
+//! provisor rule component. It must map exactly like
+//! `rules/gallery-defaults/main.rhai`; the host's parity test checks that.
+
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "rule-pack",
+});
+
+struct GalleryDefaults;
+
+const DEFAULT_PROFILE: &str = "Chatter Free User";
+
+fn text(v: Option<&str>) -> Value {
+    match v {
+        Some(s) if !s.is_empty() => Value::Text(s.to_string()),
+        _ => Value::Null,
+    }
+}
+
+fn non_empty(v: &Option<String>) -> Option<&str> {
+    v.as_deref().filter(|s| !s.is_empty())
+}
+
+impl Guest for GalleryDefaults {
+    fn map(user: EntraUser, settings: Vec<SettingTable>) -> DesiredUser {
+        let upn = user.user_principal_name.clone().unwrap_or_default();
+        let alias: String = upn.chars().take(8).collect();
+        let locale = non_empty(&user.preferred_language)
+            .map(|l| l.replace('-', "_"))
+            .unwrap_or_else(|| "en_US".to_string());
+        let last_name = non_empty(&user.surname).unwrap_or(".").to_string();
+
+        // The first entry of `group_profiles` (in file order) whose group the
+        // user is in wins; the gallery app allows only one app role per user.
+        let profile = settings
+            .iter()
+            .find(|t| t.name == "group_profiles")
+            .and_then(|t| {
+                t.entries
+                    .iter()
+                    .find(|(group, _)| user.groups.iter().any(|g| g == group))
+                    .map(|(_, profile)| profile.clone())
+            })
+            .unwrap_or_else(|| DEFAULT_PROFILE.to_string());
+
+        let fields = vec![
+            ("Username".to_string(), text(Some(&upn))),
+            ("FederationIdentifier".to_string(), text(Some(&upn))),
+            ("Alias".to_string(), text(Some(&alias))),
+            ("Email".to_string(), text(user.mail.as_deref())),
+            ("FirstName".to_string(), text(user.given_name.as_deref())),
+            ("LastName".to_string(), Value::Text(last_name)),
+            ("LocaleSidKey".to_string(), Value::Text(locale)),
+            ("LanguageLocaleKey".to_string(), Value::Text("en_US".into())),
+            ("EmailEncodingKey".to_string(), Value::Text("ISO-8859-1".into())),
+            (
+                "TimeZoneSidKey".to_string(),
+                Value::Text("America/Los_Angeles".into()),
+            ),
+        ];
+        DesiredUser {
+            fields,
+            profile: Some(profile),
+            active: !user.soft_deleted && user.account_enabled.unwrap_or(true),
+        }
+    }
+}
+
+export!(GalleryDefaults);
