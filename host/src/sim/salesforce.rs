@@ -162,7 +162,7 @@ fn make_id(prefix: &str, n: u64) -> String {
         }
         suffix.push(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"[bits] as char);
     }
-    id15 + &suffix
+    format!("{id15}{suffix}")
 }
 
 /// The simulated Salesforce org.

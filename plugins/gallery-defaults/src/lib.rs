@@ -7,6 +7,8 @@ wit_bindgen::generate!({
     world: "rule-pack",
 });
 
+use provisor::rules::types::Value;
+
 struct GalleryDefaults;
 
 const DEFAULT_PROFILE: &str = "Chatter Free User";

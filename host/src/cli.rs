@@ -1,0 +1,305 @@
+//! The command line. Library errors become `anyhow` here, at the edge.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+use crate::engine::{CycleReport, Engine, Observer, Progress};
+use crate::entra::EntraClient;
+use crate::http::{self, RetryPolicy};
+use crate::rules::Pack;
+use crate::salesforce::SalesforceClient;
+use crate::sim::{self, Faults, Sim, SimOptions};
+use crate::store::Store;
+
+/// Keeps Salesforce users in lockstep with Microsoft Entra ID.
+#[derive(Debug, Parser)]
+#[command(name = "provisor", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log filter (e.g. `info`, `provisor=debug`); also PROVISOR_LOG.
+    #[arg(long, global = true, env = "PROVISOR_LOG", default_value = "warn")]
+    log: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Everything in-process against the emulators, no accounts needed.
+    Demo(crate::demo::DemoArgs),
+    /// Serve the Entra ID / Graph and Salesforce emulators on one port.
+    Sim(SimArgs),
+    /// Read Entra changes, run the rules and apply the plan to Salesforce.
+    Sync(SyncArgs),
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Audit trail helpers.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Check a config file: syntax, unknown keys (named with their line),
+    /// URLs, the rule pack and that secrets resolve.
+    Check { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Print the last N audit rows.
+    Tail {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(short, default_value_t = 20)]
+        n: i64,
+    },
+    /// Verify the audit hash chain.
+    Verify {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct SimArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8990")]
+    listen: SocketAddr,
+    /// Users in the generated tenant.
+    #[arg(long, default_value_t = 40)]
+    users: usize,
+    /// Seed of the generated tenant and of random faults.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Latency added to every API request.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Share of API requests that fail with 503 (0.0 to 1.0).
+    #[arg(long, default_value_t = 0.0)]
+    fail_rate: f64,
+    /// Print a provisor config pointing at the emulators and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Rule pack the printed config uses.
+    #[arg(long, default_value = "rules/gallery-defaults")]
+    pack: String,
+    /// Store URL the printed config uses.
+    #[arg(long, default_value = "sqlite://provisor.db?mode=rwc")]
+    store: String,
+}
+
+#[derive(Debug, Args)]
+struct SyncArgs {
+    /// Configuration file.
+    #[arg(long)]
+    config: PathBuf,
+    /// Run one cycle and exit (otherwise cycles repeat every --interval).
+    #[arg(long)]
+    once: bool,
+    /// Seconds between cycles when not --once.
+    #[arg(long, default_value_t = 300)]
+    interval: u64,
+    /// Print the cycle report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Demo(args) => crate::demo::run(args).await,
+        Command::Sim(args) => run_sim(args).await,
+        Command::Sync(args) => run_sync(args).await,
+        Command::Config { command: ConfigCommand::Check { file } } => {
+            let cfg = Config::load(&file)?;
+            cfg.validate().with_context(|| format!("{} is not usable", file.display()))?;
+            Pack::load(&cfg.rules.pack)?;
+            println!("{}: ok", file.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit { command } => {
+            let (config, n) = match &command {
+                AuditCommand::Tail { config, n } => (config, Some(*n)),
+                AuditCommand::Verify { config } => (config, None),
+            };
+            let cfg = Config::load(config)?;
+            let store = Store::open(&cfg.store.url).await?;
+            let rows = store.audit_rows(n).await?;
+            if let AuditCommand::Verify { .. } = command {
+                match crate::audit::verify(&rows) {
+                    Ok(()) => println!("audit chain intact: {} rows", rows.len()),
+                    Err(seq) => bail!("audit chain broken at row {seq}"),
+                }
+            } else {
+                for r in rows {
+                    println!("{}", r.render());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn run_sim(a: SimArgs) -> anyhow::Result<ExitCode> {
+    let base = format!("http://{}", a.listen);
+    if a.print_config {
+        print!("{}", sim::config_toml(&base, &a.pack, &a.store));
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !(0.0..=1.0).contains(&a.fail_rate) {
+        bail!("--fail-rate must be between 0.0 and 1.0, not {}", a.fail_rate);
+    }
+    let sim = Sim::new(SimOptions { users: a.users, seed: a.seed, faults: Faults { latency_ms: a.latency_ms, fail_rate: a.fail_rate, ..Default::default() } });
+    let running = sim.serve(a.listen).await.with_context(|| format!("cannot listen on {}", a.listen))?;
+    println!("provisor sim listening on {}", running.base_url());
+    println!("  Entra token:  POST {}/{}/oauth2/v2.0/token", running.base_url(), sim::creds::TENANT);
+    println!("    client_id={} client_secret={}", sim::creds::ENTRA_CLIENT_ID, sim::creds::ENTRA_CLIENT_SECRET);
+    println!("  Graph:        GET  {}/v1.0/users/delta, /v1.0/groups/delta", running.base_url());
+    println!("  Salesforce:   POST {}/services/oauth2/token (client_credentials)", running.base_url());
+    println!("    client_id={} client_secret={}", sim::creds::SF_CLIENT_ID, sim::creds::SF_CLIENT_SECRET);
+    println!("  Admin:        {}/_sim/stats, /_sim/faults, /_sim/graph/users ...", running.base_url());
+    println!("  Tenant: {} users. `provisor sim --print-config --listen {}` prints a ready config.", a.users, a.listen);
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Builds the engine a config describes.
+pub async fn engine_from_config(cfg: &Config) -> anyhow::Result<Engine> {
+    cfg.validate()?;
+    let client = http::client().context("cannot build the HTTP client")?;
+    let entra_secret = cfg.entra.client_secret.resolve("entra.client_secret")?;
+    let sf_secret = cfg.salesforce.client_secret.resolve("salesforce.client_secret")?;
+    let pack = Pack::load(&cfg.rules.pack)?;
+    let store = Store::open(&cfg.store.url).await?;
+    Ok(Engine {
+        entra: EntraClient::new(client.clone(), cfg.entra.clone(), entra_secret, RetryPolicy::default()),
+        salesforce: SalesforceClient::new(client, cfg.salesforce.clone(), sf_secret, RetryPolicy::default()),
+        store,
+        pack,
+        cfg: cfg.sync.clone(),
+    })
+}
+
+async fn run_sync(a: SyncArgs) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(&a.config)?;
+    let engine = engine_from_config(&cfg).await?;
+    loop {
+        let report = engine.sync_once(&LogObserver).await.context("sync cycle failed; the deltaLink was not advanced past unjournaled changes")?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print_summary(&report);
+        }
+        if a.once {
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::time::sleep(Duration::from_secs(a.interval)).await;
+    }
+}
+
+/// One-line-per-count summary for people.
+pub fn print_summary(r: &CycleReport) {
+    println!(
+        "cycle {}: {} Entra changes in {} pages, {} users considered\n  created {} | updated {} | deactivated {} | reactivated {} | linked {} | unchanged {} | failed {} (parked {})",
+        r.cycle, r.entra_changes, r.delta_pages, r.users_considered, r.created, r.updated, r.deactivated, r.reactivated, r.linked, r.unchanged, r.failed, r.parked
+    );
+    for f in r.failures.iter().take(10) {
+        println!("  failed: {f}");
+    }
+    if r.failures.len() > 10 {
+        println!("  ... and {} more failures", r.failures.len() - 10);
+    }
+}
+
+/// Progress to the log.
+pub struct LogObserver;
+
+impl Observer for LogObserver {
+    fn on(&self, p: Progress) {
+        tracing::info!(?p, "progress");
+    }
+}
+
+/// Progress as a terminal bar (stderr).
+pub struct BarObserver {
+    bar: indicatif::ProgressBar,
+}
+
+impl BarObserver {
+    /// A bar on stderr; hidden when stderr is not a terminal.
+    pub fn new() -> Arc<Self> {
+        let bar = indicatif::ProgressBar::new(0);
+        if let Ok(style) = indicatif::ProgressStyle::with_template("  {spinner} {msg:<32} [{bar:30}] {pos}/{len}") {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        Arc::new(Self { bar })
+    }
+
+    /// Removes the bar.
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+impl Observer for BarObserver {
+    fn on(&self, p: Progress) {
+        match p {
+            Progress::Page { resource, items } => {
+                self.bar.inc_length(items as u64);
+                self.bar.inc(items as u64);
+                self.bar.set_message(format!("reading Entra {resource}"));
+            }
+            Progress::Planning { users } => {
+                self.bar.set_message(format!("planning {users} users"));
+            }
+            Progress::Applying { writes } => {
+                self.bar.set_position(0);
+                self.bar.set_length(writes as u64);
+                self.bar.set_message("writing to Salesforce");
+            }
+            Progress::Applied { n } => self.bar.inc(n as u64),
+        }
+    }
+}
+
+/// Finds a directory under `rules/`, from the working directory or above
+/// the executable (so `target/debug/provisor demo` works from anywhere).
+pub fn find_rules_dir(hint: &Path) -> Option<PathBuf> {
+    if hint.is_dir() {
+        return Some(hint.to_path_buf());
+    }
+    let exe = std::env::current_exe().ok()?;
+    exe.ancestors().map(|a| a.join(hint)).find(|p| p.is_dir())
+}

@@ -1,0 +1,155 @@
+//! The plan: plain data saying what will change in Salesforce and why.
+//! It serialises to JSON for machines and renders terraform-like for people.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::FieldValue;
+
+/// One field's change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    pub from: FieldValue,
+    pub to: FieldValue,
+}
+
+/// What to do to one Salesforce user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ActionKind {
+    /// Record that an existing Salesforce user is this Entra user's (no write).
+    Link { matched_by: String },
+    /// Create the user with these fields (ProfileId resolved from `profile`).
+    Create { fields: BTreeMap<String, FieldValue>, profile: String },
+    /// Change these fields of an active user.
+    Update { changes: BTreeMap<String, Change> },
+    /// Set IsActive = false.
+    Deactivate,
+    /// Set IsActive = true, with any other changes that are due.
+    Reactivate { changes: BTreeMap<String, Change> },
+}
+
+impl ActionKind {
+    /// Short name used in the outbox and audit events.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Link { .. } => "link",
+            Self::Create { .. } => "create",
+            Self::Update { .. } => "update",
+            Self::Deactivate => "deactivate",
+            Self::Reactivate { .. } => "reactivate",
+        }
+    }
+
+    /// True if applying it writes to Salesforce.
+    pub fn writes(&self) -> bool {
+        !matches!(self, Self::Link { .. })
+    }
+}
+
+/// One planned action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Action {
+    pub entra_id: String,
+    /// The user's UPN, for people reading the plan.
+    pub upn: Option<String>,
+    /// The Salesforce user, when one exists already.
+    pub sf_id: Option<String>,
+    #[serde(flatten)]
+    pub kind: ActionKind,
+    /// Why, in words.
+    pub reason: String,
+}
+
+/// What the plan was computed from: the delta links whose changes it covers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Basis {
+    pub users_delta_link: Option<String>,
+    pub groups_delta_link: Option<String>,
+}
+
+/// A plan for one cycle.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub cycle: String,
+    pub basis: Basis,
+    pub actions: Vec<Action>,
+}
+
+/// Counts per action kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanCounts {
+    pub create: usize,
+    pub update: usize,
+    pub deactivate: usize,
+    pub reactivate: usize,
+    pub link: usize,
+}
+
+impl Plan {
+    /// Counts per action kind.
+    pub fn counts(&self) -> PlanCounts {
+        let mut c = PlanCounts::default();
+        for a in &self.actions {
+            match a.kind {
+                ActionKind::Link { .. } => c.link += 1,
+                ActionKind::Create { .. } => c.create += 1,
+                ActionKind::Update { .. } => c.update += 1,
+                ActionKind::Deactivate => c.deactivate += 1,
+                ActionKind::Reactivate { .. } => c.reactivate += 1,
+            }
+        }
+        c
+    }
+
+    /// Terraform-like rendering for people.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if self.actions.is_empty() {
+            out.push_str("No changes. Salesforce matches Entra ID.\n");
+            return out;
+        }
+        let _ = writeln!(out, "provisor plan for cycle {}:\n", self.cycle);
+        for a in &self.actions {
+            let who = a.upn.as_deref().unwrap_or(&a.entra_id);
+            let sf = a.sf_id.as_deref().unwrap_or("(new)");
+            match &a.kind {
+                ActionKind::Link { matched_by } => {
+                    let _ = writeln!(out, "  = link       User {sf}  <- {who}  (matched by {matched_by})");
+                }
+                ActionKind::Create { fields, profile } => {
+                    let _ = writeln!(out, "  + create     User {who}");
+                    for (k, v) in fields {
+                        let _ = writeln!(out, "      {k:<22} = {}", v.render());
+                    }
+                    let _ = writeln!(out, "      {:<22} = {profile:?}", "Profile");
+                }
+                ActionKind::Update { changes } => {
+                    let _ = writeln!(out, "  ~ update     User {sf}  ({who})");
+                    render_changes(&mut out, changes);
+                }
+                ActionKind::Deactivate => {
+                    let _ = writeln!(out, "  - deactivate User {sf}  ({who})");
+                    let _ = writeln!(out, "      {:<22} = true -> false", "IsActive");
+                }
+                ActionKind::Reactivate { changes } => {
+                    let _ = writeln!(out, "  ^ reactivate User {sf}  ({who})");
+                    let _ = writeln!(out, "      {:<22} = false -> true", "IsActive");
+                    render_changes(&mut out, changes);
+                }
+            }
+            let _ = writeln!(out, "      # {}", a.reason);
+        }
+        let c = self.counts();
+        let _ = writeln!(out, "\nPlan: {} to create, {} to update, {} to deactivate, {} to reactivate, {} to link.", c.create, c.update, c.deactivate, c.reactivate, c.link);
+        out
+    }
+}
+
+fn render_changes(out: &mut String, changes: &BTreeMap<String, Change>) {
+    for (k, c) in changes {
+        let _ = writeln!(out, "      {k:<22} = {} -> {}", c.from.render(), c.to.render());
+    }
+}

@@ -1,0 +1,136 @@
+//! Rhai packs: a raw engine with the standard library only, no module
+//! resolver, no `eval`, and limits on operations, depth and sizes. The
+//! script is compiled once; `map` is called per user with typed maps.
+
+use std::sync::Arc;
+
+use rhai::packages::{Package, StandardPackage};
+use rhai::{AST, Array, CallFnOptions, Dynamic, Engine, ImmutableString, Map, Scope};
+
+use super::{RuleError, SettingTables, fields_from_pairs};
+use crate::model::{DesiredUser, EntraUser, FieldValue};
+
+/// Operations allowed per call: generous for mapping, fatal for loops.
+const MAX_OPERATIONS: u64 = 200_000;
+
+pub(super) struct RhaiPack {
+    engine: Engine,
+    ast: Arc<AST>,
+    settings: Map,
+}
+
+fn sandboxed_engine(pack: &str) -> Engine {
+    let mut e = Engine::new_raw();
+    e.register_global_module(StandardPackage::new().as_shared_module());
+    e.set_max_operations(MAX_OPERATIONS);
+    e.set_max_call_levels(32);
+    e.set_max_expr_depths(64, 32);
+    e.set_max_string_size(64 * 1024);
+    e.set_max_array_size(10_000);
+    e.set_max_map_size(10_000);
+    e.set_strict_variables(true);
+    e.disable_symbol("eval");
+    let p = pack.to_string();
+    e.on_print(move |s| tracing::info!(pack = %p, "{s}"));
+    let p = pack.to_string();
+    e.on_debug(move |s, _, pos| tracing::debug!(pack = %p, ?pos, "{s}"));
+    e
+}
+
+fn opt(v: &Option<String>) -> Dynamic {
+    v.as_ref().map_or(Dynamic::UNIT, |s| Dynamic::from(s.clone()))
+}
+
+/// The user as the script sees it: Graph's camelCase names.
+fn user_map(u: &EntraUser, groups: &[String]) -> Map {
+    let mut m = Map::new();
+    let mut put = |k: &str, v: Dynamic| {
+        m.insert(k.into(), v);
+    };
+    put("id", Dynamic::from(u.id.clone()));
+    put("userPrincipalName", opt(&u.user_principal_name));
+    put("mail", opt(&u.mail));
+    put("givenName", opt(&u.given_name));
+    put("surname", opt(&u.surname));
+    put("displayName", opt(&u.display_name));
+    put("department", opt(&u.department));
+    put("jobTitle", opt(&u.job_title));
+    put("employeeId", opt(&u.employee_id));
+    put("mobilePhone", opt(&u.mobile_phone));
+    put("businessPhones", Dynamic::from(u.business_phones.iter().cloned().map(Dynamic::from).collect::<Array>()));
+    put("preferredLanguage", opt(&u.preferred_language));
+    put("userType", opt(&u.user_type));
+    put("accountEnabled", u.account_enabled.map_or(Dynamic::UNIT, Dynamic::from));
+    put("managerId", opt(&u.manager_id));
+    put("softDeleted", Dynamic::from(u.removed.is_some()));
+    put("groups", Dynamic::from(groups.iter().cloned().map(Dynamic::from).collect::<Array>()));
+    m
+}
+
+fn settings_map(settings: &SettingTables) -> Map {
+    let mut m = Map::new();
+    for (name, entries) in settings {
+        let arr: Array = entries.iter().map(|(k, v)| Dynamic::from(vec![Dynamic::from(k.clone()), Dynamic::from(v.clone())])).collect();
+        m.insert(name.as_str().into(), Dynamic::from(arr));
+    }
+    m
+}
+
+fn field_value(name: &str, v: &Dynamic) -> Result<FieldValue, String> {
+    if v.is_unit() {
+        Ok(FieldValue::Null)
+    } else if let Some(s) = v.clone().try_cast::<ImmutableString>() {
+        Ok(FieldValue::Text(s.to_string()))
+    } else if let Some(b) = v.clone().try_cast::<bool>() {
+        Ok(FieldValue::Bool(b))
+    } else if let Some(i) = v.clone().try_cast::<i64>() {
+        Ok(FieldValue::Number(i as f64))
+    } else if let Some(f) = v.clone().try_cast::<f64>() {
+        Ok(FieldValue::Number(f))
+    } else {
+        Err(format!("field {name} has a {} value; use a string, bool, number or ()", v.type_name()))
+    }
+}
+
+fn desired(v: Dynamic) -> Result<DesiredUser, String> {
+    let m = v.try_cast::<Map>().ok_or("map must return an object map #{ fields, profile, active }")?;
+    for k in m.keys() {
+        if !matches!(k.as_str(), "fields" | "profile" | "active") {
+            return Err(format!("unknown key `{k}` (expected fields, profile, active)"));
+        }
+    }
+    let fields = m.get("fields").cloned().and_then(|f| f.try_cast::<Map>()).ok_or("`fields` must be an object map")?;
+    let mut pairs = Vec::new();
+    for (k, v) in fields {
+        pairs.push((k.to_string(), field_value(&k, &v)?));
+    }
+    let profile = match m.get("profile") {
+        None => None,
+        Some(p) if p.is_unit() => None,
+        Some(p) => Some(p.clone().try_cast::<ImmutableString>().ok_or("`profile` must be a string or ()")?.to_string()),
+    };
+    let active = m.get("active").and_then(|a| a.clone().try_cast::<bool>()).ok_or("`active` must be a bool")?;
+    Ok(DesiredUser { fields: fields_from_pairs(pairs)?, profile, active })
+}
+
+impl RhaiPack {
+    pub(super) fn compile(pack: &str, src: &str, settings: &SettingTables) -> Result<Self, RuleError> {
+        let engine = sandboxed_engine(pack);
+        let ast = engine.compile(src).map_err(|e| RuleError::Load { pack: pack.into(), message: e.to_string() })?;
+        if !ast.iter_functions().any(|f| f.name == "map" && f.params.len() == 2) {
+            return Err(RuleError::Load { pack: pack.into(), message: "the script defines no `fn map(user, settings)`".into() });
+        }
+        Ok(Self { engine, ast: Arc::new(ast), settings: settings_map(settings) })
+    }
+
+    pub(super) fn map(&self, pack: &str, user: &EntraUser, groups: &[String]) -> Result<DesiredUser, RuleError> {
+        let mut scope = Scope::new();
+        // Packs hold only functions and constants; don't re-run top level.
+        let opts = CallFnOptions::new().eval_ast(false).rewind_scope(true);
+        let out: Dynamic = self
+            .engine
+            .call_fn_with_options(opts, &mut scope, &self.ast, "map", (user_map(user, groups), self.settings.clone()))
+            .map_err(|e| RuleError::Call { pack: pack.into(), user: user.id.clone(), message: e.to_string() })?;
+        desired(out).map_err(|message| RuleError::Output { pack: pack.into(), user: user.id.clone(), message })
+    }
+}

@@ -1,0 +1,123 @@
+//! WebAssembly component packs (world `provisor:rules/rule-pack`): one
+//! engine, the component compiled once and pre-instantiated, a fresh store
+//! per call with a fuel budget and a memory cap, and WASI with nothing in
+//! it (no files, env, network or inherited stdio).
+
+use std::sync::OnceLock;
+
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::{RuleError, SettingTables, fields_from_pairs};
+use crate::model::{DesiredUser, EntraUser, FieldValue};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "rule-pack",
+    });
+}
+
+use bindings::RulePackPre;
+use bindings::provisor::rules::types;
+
+/// Instructions' worth of fuel per call.
+const FUEL: u64 = 50_000_000;
+/// Linear memory cap per instance.
+const MEMORY: usize = 64 << 20;
+
+struct State {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+fn engine() -> Result<&'static Engine, String> {
+    static ENGINE: OnceLock<Result<Engine, String>> = OnceLock::new();
+    ENGINE
+        .get_or_init(|| {
+            let mut cfg = Config::new();
+            cfg.consume_fuel(true);
+            Engine::new(&cfg).map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+pub(super) struct WasmPack {
+    engine: &'static Engine,
+    pre: RulePackPre<State>,
+}
+
+fn to_wit(u: &EntraUser, groups: &[String]) -> types::EntraUser {
+    types::EntraUser {
+        id: u.id.clone(),
+        user_principal_name: u.user_principal_name.clone(),
+        mail: u.mail.clone(),
+        given_name: u.given_name.clone(),
+        surname: u.surname.clone(),
+        display_name: u.display_name.clone(),
+        department: u.department.clone(),
+        job_title: u.job_title.clone(),
+        employee_id: u.employee_id.clone(),
+        mobile_phone: u.mobile_phone.clone(),
+        business_phones: u.business_phones.clone(),
+        preferred_language: u.preferred_language.clone(),
+        user_type: u.user_type.clone(),
+        account_enabled: u.account_enabled,
+        manager_id: u.manager_id.clone(),
+        soft_deleted: u.removed.is_some(),
+        groups: groups.to_vec(),
+    }
+}
+
+impl WasmPack {
+    pub(super) fn compile(pack: &str, bytes: &[u8]) -> Result<Self, RuleError> {
+        let load = |message: String| RuleError::Load { pack: pack.into(), message };
+        let engine = engine().map_err(load)?;
+        let component = Component::from_binary(engine, bytes).map_err(|e| load(format!("not a valid component: {e}")))?;
+        let mut linker: Linker<State> = Linker::new(engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| load(e.to_string()))?;
+        // Pre-instantiating resolves imports now, so a component that needs
+        // more than the contract offers fails at load, not mid-sync.
+        let pre = linker.instantiate_pre(&component).map_err(|e| load(format!("imports not satisfied: {e}")))?;
+        let pre = RulePackPre::new(pre).map_err(|e| load(format!("does not implement world rule-pack: {e}")))?;
+        Ok(Self { engine, pre })
+    }
+
+    pub(super) fn map(&self, pack: &str, user: &EntraUser, groups: &[String], settings: &SettingTables) -> Result<DesiredUser, RuleError> {
+        let call = |message: String| RuleError::Call { pack: pack.into(), user: user.id.clone(), message };
+        let state = State {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new().memory_size(MEMORY).instances(4).build(),
+        };
+        let mut store = Store::new(self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.set_fuel(FUEL).map_err(|e| call(e.to_string()))?;
+        let instance = self.pre.instantiate(&mut store).map_err(|e| call(format!("instantiation failed: {e}")))?;
+        let tables: Vec<types::SettingTable> = settings.iter().map(|(name, entries)| types::SettingTable { name: name.clone(), entries: entries.clone() }).collect();
+        let out = instance.call_map(&mut store, &to_wit(user, groups), &tables).map_err(|e| {
+            let out_of_fuel = e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::OutOfFuel);
+            call(if out_of_fuel { format!("ran out of its budget of {FUEL} fuel") } else { format!("trapped: {e:?}") })
+        })?;
+        let pairs = out.fields.into_iter().map(|(k, v)| {
+            let v = match v {
+                types::Value::Null => FieldValue::Null,
+                types::Value::Text(s) => FieldValue::Text(s),
+                types::Value::Boolean(b) => FieldValue::Bool(b),
+                types::Value::Number(n) => FieldValue::Number(n),
+            };
+            (k, v)
+        });
+        let fields = fields_from_pairs(pairs).map_err(|message| RuleError::Output { pack: pack.into(), user: user.id.clone(), message })?;
+        Ok(DesiredUser { fields, profile: out.profile, active: out.active })
+    }
+}

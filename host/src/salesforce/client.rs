@@ -1,0 +1,271 @@
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use reqwest::Method;
+use serde_json::{Map, Value, json};
+use tokio::sync::Mutex;
+
+use crate::config::{SalesforceConfig, SecretString};
+use crate::http::RetryPolicy;
+
+/// One error item from Salesforce (`errorCode` at top level, `statusCode`
+/// per record in Collections results).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ApiError {
+    pub code: String,
+    pub message: String,
+    pub fields: Vec<String>,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)?;
+        if !self.fields.is_empty() {
+            write!(f, " [{}]", self.fields.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+/// Errors talking to Salesforce; each names the URL at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum SfError {
+    #[error("Salesforce token endpoint {url} refused the credentials: {error}: {description}")]
+    Auth { url: String, error: String, description: String },
+    #[error("Salesforce {method} {url} answered HTTP {status}: {}", .errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Api { method: String, url: String, status: u16, errors: Vec<ApiError> },
+    #[error("cannot reach {url}: {source}")]
+    Transport {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("malformed response from {url}: {detail}")]
+    Malformed { url: String, detail: String },
+}
+
+impl SfError {
+    /// True when the request may have been carried out even though no
+    /// answer says so (lost response, 5xx): the caller must look before
+    /// repeating a create.
+    pub fn outcome_unknown(&self) -> bool {
+        match self {
+            Self::Transport { .. } => true,
+            Self::Api { status, .. } => *status >= 500,
+            _ => false,
+        }
+    }
+}
+
+/// One record's result from an sObject Collections call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordResult {
+    pub id: Option<String>,
+    pub success: bool,
+    pub errors: Vec<ApiError>,
+}
+
+/// API usage as reported by `Sforce-Limit-Info: api-usage=used/max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LimitInfo {
+    pub used: u64,
+    pub max: u64,
+}
+
+struct Session {
+    token: SecretString,
+    instance_url: String,
+}
+
+/// REST client for one org.
+pub struct SalesforceClient {
+    http: reqwest::Client,
+    cfg: SalesforceConfig,
+    secret: SecretString,
+    retry: RetryPolicy,
+    session: Mutex<Option<Session>>,
+    used: AtomicU64,
+    max: AtomicU64,
+}
+
+/// Quotes a value for a SOQL string literal (o'brien@... stays one value).
+pub fn soql_quote(v: &str) -> String {
+    let mut out = String::with_capacity(v.len() + 2);
+    out.push('\'');
+    for c in v.chars() {
+        match c {
+            '\'' => out.push_str("\\'"),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+fn parse_errors(body: &Value, key: &str) -> Vec<ApiError> {
+    body.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| ApiError {
+                    code: e.get(key).or_else(|| e.get("errorCode")).and_then(Value::as_str).unwrap_or("UNKNOWN").to_string(),
+                    message: e.get("message").and_then(Value::as_str).unwrap_or("").to_string(),
+                    fields: e.get("fields").and_then(Value::as_array).map(|f| f.iter().filter_map(|x| x.as_str().map(str::to_string)).collect()).unwrap_or_default(),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl SalesforceClient {
+    /// A client; authentication happens on the first call.
+    pub fn new(http: reqwest::Client, cfg: SalesforceConfig, secret: SecretString, retry: RetryPolicy) -> Self {
+        Self { http, cfg, secret, retry, session: Mutex::new(None), used: AtomicU64::new(0), max: AtomicU64::new(0) }
+    }
+
+    /// Last API usage Salesforce reported.
+    pub fn limit_info(&self) -> LimitInfo {
+        LimitInfo { used: self.used.load(Ordering::Relaxed), max: self.max.load(Ordering::Relaxed) }
+    }
+
+    fn data_path(&self) -> String {
+        format!("/services/data/v{}", self.cfg.api_version)
+    }
+
+    async fn login(&self) -> Result<Session, SfError> {
+        let url = format!("{}/services/oauth2/token", self.cfg.login_url.trim_end_matches('/'));
+        let form = [("grant_type", "client_credentials"), ("client_id", self.cfg.client_id.as_str()), ("client_secret", self.secret.expose())];
+        let resp = self.retry.send(true, || self.http.post(&url).form(&form)).await.map_err(|source| SfError::Transport { url: url.clone(), source })?;
+        let status = resp.status();
+        let body: Value = resp.json().await.map_err(|e| SfError::Malformed { url: url.clone(), detail: format!("token response is not JSON: {e}") })?;
+        let s = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
+        if !status.is_success() {
+            return Err(SfError::Auth { url, error: s("error").unwrap_or_default(), description: s("error_description").unwrap_or_default() });
+        }
+        let token = s("access_token").ok_or_else(|| SfError::Malformed { url: url.clone(), detail: "no access_token".into() })?;
+        let instance_url = s("instance_url").ok_or_else(|| SfError::Malformed { url: url.clone(), detail: "no instance_url".into() })?;
+        Ok(Session { token: SecretString::new(token), instance_url })
+    }
+
+    /// Calls `path` (absolute path on the instance, e.g. from
+    /// `nextRecordsUrl`), re-authenticating once on 401 INVALID_SESSION_ID.
+    async fn call(&self, method: Method, path: &str, body: Option<&Value>, extra: &[(&str, &str)]) -> Result<Value, SfError> {
+        let idempotent = method != Method::POST;
+        let mut relogged = false;
+        loop {
+            let (token, base) = {
+                let mut guard = self.session.lock().await;
+                if guard.is_none() || relogged {
+                    *guard = Some(self.login().await?);
+                }
+                let s = guard.as_ref().ok_or_else(|| SfError::Malformed { url: path.into(), detail: "no session".into() })?;
+                (s.token.clone(), s.instance_url.clone())
+            };
+            let url = format!("{}{}", base.trim_end_matches('/'), path);
+            let resp = self
+                .retry
+                .send(idempotent, || {
+                    let mut rb = self.http.request(method.clone(), &url).bearer_auth(token.expose()).header("Accept", "application/json");
+                    for (k, v) in extra {
+                        rb = rb.header(*k, *v);
+                    }
+                    if let Some(b) = body {
+                        rb = rb.json(b);
+                    }
+                    rb
+                })
+                .await
+                .map_err(|source| SfError::Transport { url: url.clone(), source })?;
+            if let Some((used, max)) = resp.headers().get("sforce-limit-info").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().strip_prefix("api-usage=")).and_then(|v| v.split_once('/')) {
+                if let (Ok(u), Ok(m)) = (used.trim().parse(), max.trim().parse()) {
+                    self.used.store(u, Ordering::Relaxed);
+                    self.max.store(m, Ordering::Relaxed);
+                }
+            }
+            let status = resp.status();
+            let text = resp.text().await.map_err(|source| SfError::Transport { url: url.clone(), source })?;
+            if status.is_success() {
+                if text.trim().is_empty() {
+                    return Ok(Value::Null);
+                }
+                return serde_json::from_str(&text).map_err(|e| SfError::Malformed { url, detail: format!("HTTP {status}, body is not JSON ({e})") });
+            }
+            let parsed: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            let mut errors = parse_errors(&parsed, "errorCode");
+            if errors.is_empty() {
+                errors.push(ApiError { code: format!("HTTP_{}", status.as_u16()), message: text.chars().take(300).collect(), fields: vec![] });
+            }
+            if status.as_u16() == 401 && !relogged && errors.iter().any(|e| e.code == "INVALID_SESSION_ID") {
+                relogged = true;
+                continue;
+            }
+            return Err(SfError::Api { method: method.to_string(), url, status: status.as_u16(), errors });
+        }
+    }
+
+    /// Runs a SOQL query and follows `nextRecordsUrl` to the end.
+    pub async fn query(&self, soql: &str) -> Result<Vec<Map<String, Value>>, SfError> {
+        let mut path = format!("{}/query?q={}", self.data_path(), url::form_urlencoded::byte_serialize(soql.as_bytes()).collect::<String>());
+        let mut out = Vec::new();
+        loop {
+            let page = self.call(Method::GET, &path, None, &[("Sforce-Query-Options", "batchSize=2000")]).await?;
+            let records = page.get("records").and_then(Value::as_array).ok_or_else(|| SfError::Malformed { url: path.clone(), detail: "query result has no records array".into() })?;
+            out.extend(records.iter().filter_map(|r| r.as_object().cloned()));
+            let done = page.get("done").and_then(Value::as_bool).unwrap_or(true);
+            match page.get("nextRecordsUrl").and_then(Value::as_str) {
+                Some(next) if !done => path = next.to_string(),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    async fn collection(&self, method: Method, ty: &str, records: &[Map<String, Value>]) -> Result<Vec<RecordResult>, SfError> {
+        let path = format!("{}/composite/sobjects", self.data_path());
+        let recs: Vec<Value> = records
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                r.insert("attributes".into(), json!({"type": ty}));
+                Value::Object(r)
+            })
+            .collect();
+        let body = json!({"allOrNone": false, "records": recs});
+        let resp = self.call(method, &path, Some(&body), &[]).await?;
+        let arr = resp.as_array().ok_or_else(|| SfError::Malformed { url: path.clone(), detail: "collection result is not an array".into() })?;
+        if arr.len() != records.len() {
+            return Err(SfError::Malformed { url: path, detail: format!("{} results for {} records", arr.len(), records.len()) });
+        }
+        Ok(arr
+            .iter()
+            .map(|r| RecordResult {
+                id: r.get("id").and_then(Value::as_str).map(str::to_string),
+                success: r.get("success").and_then(Value::as_bool).unwrap_or(false),
+                errors: parse_errors(r.get("errors").unwrap_or(&Value::Null), "statusCode"),
+            })
+            .collect())
+    }
+
+    /// Creates up to 200 records of one type (`allOrNone=false`); results
+    /// are in the order of `records`.
+    pub async fn create_many(&self, ty: &str, records: &[Map<String, Value>]) -> Result<Vec<RecordResult>, SfError> {
+        self.collection(Method::POST, ty, records).await
+    }
+
+    /// Updates up to 200 records of one type; each record carries `id`.
+    pub async fn update_many(&self, ty: &str, records: &[Map<String, Value>]) -> Result<Vec<RecordResult>, SfError> {
+        self.collection(Method::PATCH, ty, records).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_soql_literals() {
+        assert_eq!(soql_quote("o'brien@x.com"), r"'o\'brien@x.com'");
+        assert_eq!(soql_quote(r"a\b"), r"'a\\b'");
+    }
+}

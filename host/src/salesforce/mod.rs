@@ -1,0 +1,6 @@
+//! Sink: Salesforce through its REST API. Every Salesforce call provisor
+//! makes goes through [`SalesforceClient`]; rules never see it.
+
+mod client;
+
+pub use client::{ApiError, LimitInfo, RecordResult, SalesforceClient, SfError, soql_quote};

@@ -1,0 +1,393 @@
+//! Durable state through sqlx: the Entra mirror, delta links, links to
+//! Salesforce users, the outbox, dead letters and the audit trail. SQLite
+//! by default; the SQL is kept portable for PostgreSQL.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::{Row, SqlitePool};
+
+use crate::audit::{self, AuditEvent, AuditRow};
+use crate::entra::{GroupChange, UserChange};
+use crate::model::{EntraUser, Removal};
+
+/// Errors from the state database.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open store {url}: {source}")]
+    Open {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("store migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("store query failed ({what}): {source}")]
+    Query {
+        what: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("corrupt row in {table} for {id}: {detail}")]
+    Corrupt { table: &'static str, id: String, detail: String },
+}
+
+fn q(what: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Query { what, source }
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Delta state of one Graph resource.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SyncState {
+    pub delta_link: Option<String>,
+    pub next_link: Option<String>,
+}
+
+/// A user with work owed, as the engine needs it.
+#[derive(Debug, Clone)]
+pub struct DirtyUser {
+    pub user: EntraUser,
+    /// Display names of the user's groups, sorted.
+    pub groups: Vec<String>,
+    pub attempts: u32,
+}
+
+/// A dead-lettered user.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    pub entra_id: String,
+    pub reason: String,
+    pub attempts: u32,
+}
+
+/// The state database.
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the database at `url`.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let opts = SqliteConnectOptions::from_str(url)
+            .map_err(|source| StoreError::Open { url: url.into(), source })?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .map_err(|source| StoreError::Open { url: url.into(), source })?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// Delta state of `resource` (`users` or `groups`).
+    pub async fn sync_state(&self, resource: &str) -> Result<SyncState, StoreError> {
+        let row = sqlx::query("SELECT delta_link, next_link FROM sync_state WHERE resource = ?")
+            .bind(resource)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("read sync state"))?;
+        Ok(row.map(|r| SyncState { delta_link: r.get(0), next_link: r.get(1) }).unwrap_or_default())
+    }
+
+    async fn save_links(tx: &mut sqlx::SqliteConnection, resource: &str, next: Option<&str>, delta: Option<&str>) -> Result<(), StoreError> {
+        // A page with a nextLink is a checkpoint; a page with the deltaLink
+        // completes the round: the link replaces the old one, the checkpoint goes.
+        if let Some(d) = delta {
+            sqlx::query("INSERT INTO sync_state (resource, delta_link, next_link, updated_at) VALUES (?, ?, NULL, ?) ON CONFLICT (resource) DO UPDATE SET delta_link = excluded.delta_link, next_link = NULL, updated_at = excluded.updated_at")
+                .bind(resource)
+                .bind(d)
+                .bind(now())
+                .execute(&mut *tx)
+                .await
+                .map_err(q("save delta link"))?;
+        } else if let Some(n) = next {
+            sqlx::query("INSERT INTO sync_state (resource, delta_link, next_link, updated_at) VALUES (?, NULL, ?, ?) ON CONFLICT (resource) DO UPDATE SET next_link = excluded.next_link, updated_at = excluded.updated_at")
+                .bind(resource)
+                .bind(n)
+                .bind(now())
+                .execute(&mut *tx)
+                .await
+                .map_err(q("save checkpoint"))?;
+        }
+        Ok(())
+    }
+
+    /// Forgets a resource's checkpoint (e.g. when the saved nextLink no
+    /// longer works), keeping the last complete deltaLink.
+    pub async fn clear_checkpoint(&self, resource: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE sync_state SET next_link = NULL WHERE resource = ?").bind(resource).execute(&self.pool).await.map_err(q("clear checkpoint"))?;
+        Ok(())
+    }
+
+    /// Journals one `users/delta` page and the link after it, atomically.
+    pub async fn apply_user_page(&self, changes: &[UserChange], next: Option<&str>, delta: Option<&str>, request_id: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
+        let at = now();
+        for c in changes {
+            match c {
+                UserChange::Upsert(u) => {
+                    let data = serde_json::to_string(u).map_err(|e| StoreError::Corrupt { table: "entra_users", id: u.id.clone(), detail: e.to_string() })?;
+                    // A fresh change re-arms a parked user.
+                    sqlx::query("INSERT INTO entra_users (id, data, removed, dirty, attempts, last_error, request_id, updated_at) VALUES (?, ?, NULL, 1, 0, NULL, ?, ?) ON CONFLICT (id) DO UPDATE SET data = excluded.data, removed = NULL, dirty = 1, attempts = 0, last_error = NULL, request_id = excluded.request_id, updated_at = excluded.updated_at")
+                        .bind(&u.id)
+                        .bind(data)
+                        .bind(request_id)
+                        .bind(&at)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(q("upsert user"))?;
+                    sqlx::query("DELETE FROM dead_letters WHERE entra_id = ?").bind(&u.id).execute(&mut *tx).await.map_err(q("re-arm user"))?;
+                }
+                UserChange::Removed { id, removal } => {
+                    let tag = match removal {
+                        Removal::SoftDeleted => "softDeleted",
+                        Removal::HardDeleted => "hardDeleted",
+                    };
+                    let stub = serde_json::json!({"id": id}).to_string();
+                    sqlx::query("INSERT INTO entra_users (id, data, removed, dirty, attempts, last_error, request_id, updated_at) VALUES (?, ?, ?, 1, 0, NULL, ?, ?) ON CONFLICT (id) DO UPDATE SET removed = excluded.removed, dirty = 1, attempts = 0, last_error = NULL, request_id = excluded.request_id, updated_at = excluded.updated_at")
+                        .bind(id)
+                        .bind(stub)
+                        .bind(tag)
+                        .bind(request_id)
+                        .bind(&at)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(q("remove user"))?;
+                    sqlx::query("DELETE FROM dead_letters WHERE entra_id = ?").bind(id).execute(&mut *tx).await.map_err(q("re-arm user"))?;
+                    if *removal == Removal::HardDeleted {
+                        // Graph may not report the membership removal itself.
+                        sqlx::query("DELETE FROM memberships WHERE member_id = ?").bind(id).execute(&mut *tx).await.map_err(q("drop memberships"))?;
+                    }
+                }
+            }
+        }
+        Self::save_links(&mut tx, "users", next, delta).await?;
+        tx.commit().await.map_err(q("commit user page"))?;
+        Ok(())
+    }
+
+    /// Journals one `groups/delta` page and the link after it, atomically;
+    /// users whose memberships change become dirty.
+    pub async fn apply_group_page(&self, changes: &[GroupChange], next: Option<&str>, delta: Option<&str>) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
+        let at = now();
+        for g in changes {
+            let old: Option<(Option<String>, i64)> = sqlx::query_as("SELECT display_name, removed FROM entra_groups WHERE id = ?").bind(&g.id).fetch_optional(&mut *tx).await.map_err(q("read group"))?;
+            let renamed = match (&old, &g.display_name) {
+                (Some((Some(before), _)), Some(now)) => before != now,
+                _ => false,
+            };
+            sqlx::query("INSERT INTO entra_groups (id, display_name, removed, updated_at) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET display_name = COALESCE(excluded.display_name, entra_groups.display_name), removed = excluded.removed, updated_at = excluded.updated_at")
+                .bind(&g.id)
+                .bind(&g.display_name)
+                .bind(g.removed as i64)
+                .bind(&at)
+                .execute(&mut *tx)
+                .await
+                .map_err(q("upsert group"))?;
+            if g.removed || renamed {
+                // Removal or rename changes what every member maps to.
+                sqlx::query("UPDATE entra_users SET dirty = 1 WHERE id IN (SELECT member_id FROM memberships WHERE group_id = ?)").bind(&g.id).execute(&mut *tx).await.map_err(q("mark members"))?;
+            }
+            if g.removed {
+                sqlx::query("DELETE FROM memberships WHERE group_id = ?").bind(&g.id).execute(&mut *tx).await.map_err(q("drop group members"))?;
+                continue;
+            }
+            for m in &g.members_added {
+                sqlx::query("INSERT INTO memberships (group_id, member_id) VALUES (?, ?) ON CONFLICT DO NOTHING").bind(&g.id).bind(m).execute(&mut *tx).await.map_err(q("add member"))?;
+                sqlx::query("UPDATE entra_users SET dirty = 1 WHERE id = ?").bind(m).execute(&mut *tx).await.map_err(q("mark member"))?;
+            }
+            for m in &g.members_removed {
+                sqlx::query("DELETE FROM memberships WHERE group_id = ? AND member_id = ?").bind(&g.id).bind(m).execute(&mut *tx).await.map_err(q("remove member"))?;
+                sqlx::query("UPDATE entra_users SET dirty = 1 WHERE id = ?").bind(m).execute(&mut *tx).await.map_err(q("mark member"))?;
+            }
+        }
+        Self::save_links(&mut tx, "groups", next, delta).await?;
+        tx.commit().await.map_err(q("commit group page"))?;
+        Ok(())
+    }
+
+    /// Every user with work owed, with group names.
+    pub async fn dirty_users(&self) -> Result<Vec<DirtyUser>, StoreError> {
+        let rows = sqlx::query("SELECT id, data, removed, attempts FROM entra_users WHERE dirty = 1 ORDER BY id").fetch_all(&self.pool).await.map_err(q("read dirty users"))?;
+        let mut groups: HashMap<String, Vec<String>> = HashMap::new();
+        if !rows.is_empty() {
+            let ms = sqlx::query("SELECT m.member_id, g.display_name FROM memberships m JOIN entra_groups g ON g.id = m.group_id WHERE g.removed = 0 AND g.display_name IS NOT NULL").fetch_all(&self.pool).await.map_err(q("read memberships"))?;
+            for m in ms {
+                groups.entry(m.get(0)).or_default().push(m.get(1));
+            }
+        }
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let id: String = r.get(0);
+            let data: String = r.get(1);
+            let removed: Option<String> = r.get(2);
+            let attempts: i64 = r.get(3);
+            let mut user: EntraUser = serde_json::from_str(&data).map_err(|e| StoreError::Corrupt { table: "entra_users", id: id.clone(), detail: e.to_string() })?;
+            user.removed = match removed.as_deref() {
+                Some("hardDeleted") => Some(Removal::HardDeleted),
+                Some(_) => Some(Removal::SoftDeleted),
+                None => None,
+            };
+            let mut g = groups.remove(&id).unwrap_or_default();
+            g.sort();
+            out.push(DirtyUser { user, groups: g, attempts: attempts.max(0) as u32 });
+        }
+        Ok(out)
+    }
+
+    /// Number of users still owed work.
+    pub async fn dirty_count(&self) -> Result<i64, StoreError> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM entra_users WHERE dirty = 1").fetch_one(&self.pool).await.map_err(q("count dirty"))
+    }
+
+    /// All links, Entra id → Salesforce id.
+    pub async fn links(&self) -> Result<HashMap<String, String>, StoreError> {
+        let rows = sqlx::query("SELECT entra_id, sf_id FROM links").fetch_all(&self.pool).await.map_err(q("read links"))?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Records a confirmed link.
+    pub async fn set_link(&self, entra_id: &str, sf_id: &str, matched_by: &str) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO links (entra_id, sf_id, matched_by, linked_at) VALUES (?, ?, ?, ?) ON CONFLICT (entra_id) DO UPDATE SET sf_id = excluded.sf_id, matched_by = excluded.matched_by, linked_at = excluded.linked_at")
+            .bind(entra_id)
+            .bind(sf_id)
+            .bind(matched_by)
+            .bind(now())
+            .execute(&self.pool)
+            .await
+            .map_err(q("save link"))?;
+        Ok(())
+    }
+
+    /// The user's work is done.
+    pub async fn mark_clean(&self, entra_id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE entra_users SET dirty = 0, attempts = 0, last_error = NULL WHERE id = ?").bind(entra_id).execute(&self.pool).await.map_err(q("mark clean"))?;
+        Ok(())
+    }
+
+    /// Counts a failed attempt; after `max_attempts` the user is parked in
+    /// the dead-letter list (and stops being retried). Returns true if parked.
+    pub async fn mark_failed(&self, entra_id: &str, error: &str, max_attempts: u32) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
+        let attempts: i64 = sqlx::query_scalar("UPDATE entra_users SET attempts = attempts + 1, last_error = ? WHERE id = ? RETURNING attempts").bind(error).bind(entra_id).fetch_optional(&mut *tx).await.map_err(q("count failure"))?.unwrap_or(1);
+        let parked = attempts >= i64::from(max_attempts);
+        if parked {
+            sqlx::query("UPDATE entra_users SET dirty = 0 WHERE id = ?").bind(entra_id).execute(&mut *tx).await.map_err(q("park user"))?;
+            sqlx::query("INSERT INTO dead_letters (entra_id, reason, attempts, parked_at) VALUES (?, ?, ?, ?) ON CONFLICT (entra_id) DO UPDATE SET reason = excluded.reason, attempts = excluded.attempts, parked_at = excluded.parked_at")
+                .bind(entra_id)
+                .bind(error)
+                .bind(attempts)
+                .bind(now())
+                .execute(&mut *tx)
+                .await
+                .map_err(q("dead-letter user"))?;
+        }
+        tx.commit().await.map_err(q("commit failure"))?;
+        Ok(parked)
+    }
+
+    /// The dead-letter list.
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        let rows = sqlx::query("SELECT entra_id, reason, attempts FROM dead_letters ORDER BY entra_id").fetch_all(&self.pool).await.map_err(q("read dead letters"))?;
+        Ok(rows.into_iter().map(|r| DeadLetter { entra_id: r.get(0), reason: r.get(1), attempts: r.get::<i64, _>(2).max(0) as u32 }).collect())
+    }
+
+    /// Journals an action before it is sent; returns its outbox id.
+    pub async fn journal(&self, cycle: &str, entra_id: &str, kind: &str, payload: &serde_json::Value) -> Result<i64, StoreError> {
+        let at = now();
+        sqlx::query_scalar("INSERT INTO outbox (cycle, entra_id, kind, payload, status, created_at, updated_at) VALUES (?, ?, ?, ?, 'pending', ?, ?) RETURNING id")
+            .bind(cycle)
+            .bind(entra_id)
+            .bind(kind)
+            .bind(payload.to_string())
+            .bind(&at)
+            .bind(&at)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(q("journal action"))
+    }
+
+    /// Records what happened to a journaled action.
+    pub async fn settle(&self, outbox_id: i64, status: &str, result: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE outbox SET status = ?, result = ?, updated_at = ? WHERE id = ?").bind(status).bind(result).bind(now()).bind(outbox_id).execute(&self.pool).await.map_err(q("settle action"))?;
+        Ok(())
+    }
+
+    /// After a crash: actions journaled but never settled may or may not
+    /// have reached Salesforce. They become `unknown`; their users are
+    /// still dirty, so the next plan looks them up by key before acting.
+    pub async fn recover_outbox(&self) -> Result<u64, StoreError> {
+        let r = sqlx::query("UPDATE outbox SET status = 'unknown', result = 'interrupted before its result was recorded', updated_at = ? WHERE status = 'pending'").bind(now()).execute(&self.pool).await.map_err(q("recover outbox"))?;
+        Ok(r.rows_affected())
+    }
+
+    /// Outbox rows by status (for reports and tests).
+    pub async fn outbox_counts(&self) -> Result<HashMap<String, i64>, StoreError> {
+        let rows = sqlx::query("SELECT status, COUNT(*) FROM outbox GROUP BY status").fetch_all(&self.pool).await.map_err(q("count outbox"))?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Appends audit events, chaining each to the previous row's hash.
+    pub async fn append_audit(&self, cycle: &str, events: &[AuditEvent]) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
+        let mut prev: String = sqlx::query_scalar("SELECT hash FROM audit ORDER BY seq DESC LIMIT 1").fetch_optional(&mut *tx).await.map_err(q("read audit head"))?.unwrap_or_else(|| audit::GENESIS.to_string());
+        for ev in events {
+            let at = now();
+            let hash = audit::chain_hash(&prev, &at, cycle, ev);
+            sqlx::query("INSERT INTO audit (at, cycle, event, entra_id, sf_id, detail, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+                .bind(&at)
+                .bind(cycle)
+                .bind(&ev.event)
+                .bind(&ev.entra_id)
+                .bind(&ev.sf_id)
+                .bind(ev.detail.to_string())
+                .bind(&prev)
+                .bind(&hash)
+                .execute(&mut *tx)
+                .await
+                .map_err(q("append audit"))?;
+            prev = hash;
+        }
+        tx.commit().await.map_err(q("commit audit"))?;
+        Ok(())
+    }
+
+    /// The last `n` audit rows, oldest first (all rows when `n` is None).
+    pub async fn audit_rows(&self, n: Option<i64>) -> Result<Vec<AuditRow>, StoreError> {
+        let rows = sqlx::query("SELECT seq, at, cycle, event, entra_id, sf_id, detail, prev_hash, hash FROM (SELECT * FROM audit ORDER BY seq DESC LIMIT ?) ORDER BY seq")
+            .bind(n.unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("read audit"))?;
+        rows.into_iter()
+            .map(|r| {
+                let seq: i64 = r.get(0);
+                let detail: String = r.get(6);
+                Ok(AuditRow {
+                    seq,
+                    at: r.get(1),
+                    cycle: r.get(2),
+                    event: r.get(3),
+                    entra_id: r.get(4),
+                    sf_id: r.get(5),
+                    detail: serde_json::from_str(&detail).map_err(|e| StoreError::Corrupt { table: "audit", id: seq.to_string(), detail: e.to_string() })?,
+                    prev_hash: r.get(7),
+                    hash: r.get(8),
+                })
+            })
+            .collect()
+    }
+}
