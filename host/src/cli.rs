@@ -203,9 +203,10 @@ pub async fn engine_from_config(cfg: &Config) -> anyhow::Result<Engine> {
     let sf_secret = cfg.salesforce.client_secret.resolve("salesforce.client_secret")?;
     let pack = Pack::load(&cfg.rules.pack)?;
     let store = Store::open(&cfg.store.url).await?;
+    let retry = RetryPolicy { attempts: cfg.sync.retries, base: Duration::from_millis(cfg.sync.retry_base_ms), ..RetryPolicy::default() };
     Ok(Engine {
-        entra: EntraClient::new(client.clone(), cfg.entra.clone(), entra_secret, RetryPolicy::default()),
-        salesforce: SalesforceClient::new(client, cfg.salesforce.clone(), sf_secret, RetryPolicy::default()),
+        entra: EntraClient::new(client.clone(), cfg.entra.clone(), entra_secret, retry.clone()),
+        salesforce: SalesforceClient::new(client, cfg.salesforce.clone(), sf_secret, retry),
         store,
         pack,
         cfg: cfg.sync.clone(),

@@ -112,6 +112,12 @@ pub struct SyncConfig {
     /// Records per sObject Collections call (Salesforce allows at most 200).
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
+    /// Attempts per HTTP request on throttling, 5xx and timeouts.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// First retry backoff in milliseconds (doubles, with jitter).
+    #[serde(default = "default_retry_base_ms")]
+    pub retry_base_ms: u64,
 }
 
 impl Default for SyncConfig {
@@ -119,6 +125,8 @@ impl Default for SyncConfig {
         Self {
             max_attempts: default_max_attempts(),
             batch_size: default_batch_size(),
+            retries: default_retries(),
+            retry_base_ms: default_retry_base_ms(),
         }
     }
 }
@@ -142,6 +150,12 @@ fn default_max_attempts() -> u32 {
     5
 }
 fn default_batch_size() -> usize {
+    200
+}
+fn default_retries() -> u32 {
+    5
+}
+fn default_retry_base_ms() -> u64 {
     200
 }
 
@@ -281,6 +295,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "sync.batch_size".into(),
                 problem: "sObject Collections take 1 to 200 records".into(),
+            });
+        }
+        if self.sync.retries == 0 {
+            return Err(ConfigError::Invalid {
+                key: "sync.retries".into(),
+                problem: "must be at least 1 (the first attempt counts)".into(),
             });
         }
         if !(1..=999).contains(&self.entra.page_size) {

@@ -1,1 +1,52 @@
-pub fn x(){}
+//! Helpers for the end-to-end tests: start the emulators on loopback and
+//! build a real engine pointed at them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use provisor::cli::engine_from_config;
+use provisor::config::Config;
+use provisor::engine::Engine;
+use provisor::sim::{RunningSim, Sim, SimOptions};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".."))
+}
+
+/// The Rhai gallery pack.
+pub fn rhai_pack() -> PathBuf {
+    repo_root().join("rules/gallery-defaults")
+}
+
+/// The WASM gallery pack; fails loudly when the component was not built.
+pub fn wasm_pack() -> PathBuf {
+    let dir = repo_root().join("rules/gallery-defaults-wasm");
+    assert!(dir.join("gallery_defaults.wasm").is_file(), "{} is missing: run `cargo xtask plugins` (or `cargo xtask test`)", dir.join("gallery_defaults.wasm").display());
+    dir
+}
+
+/// Emulators with a generated tenant, listening on a free loopback port.
+pub async fn start_sim(users: usize, seed: u64) -> RunningSim {
+    let sim = Sim::new(SimOptions { users, seed, ..Default::default() });
+    sim.serve(SocketAddr::from(([127, 0, 0, 1], 0))).await.expect("the emulators bind a loopback port")
+}
+
+/// The config a sim prints, for a pack and a store file; `edit` may change it.
+pub fn config_for(running: &RunningSim, pack: &Path, store: &Path, edit: impl FnOnce(&mut Config)) -> Config {
+    let url = format!("sqlite://{}?mode=rwc", store.display());
+    let mut cfg = Config::parse(&running.config_toml(&pack.display().to_string(), &url)).expect("the sim prints a valid config");
+    edit(&mut cfg);
+    cfg
+}
+
+/// A real engine against the sim.
+pub async fn engine(running: &RunningSim, pack: &Path, store: &Path) -> Engine {
+    engine_with(running, pack, store, |_| {}).await
+}
+
+/// A real engine against the sim, with config changes.
+pub async fn engine_with(running: &RunningSim, pack: &Path, store: &Path, edit: impl FnOnce(&mut Config)) -> Engine {
+    let cfg = config_for(running, pack, store, edit);
+    engine_from_config(&cfg).await.expect("engine builds from the sim's config")
+}

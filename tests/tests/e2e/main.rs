@@ -1,0 +1,7 @@
+//! End-to-end tests: the real host against the emulators over loopback.
+//! One binary (it links wasmtime once), a module per topic.
+
+mod bad_input;
+mod faults;
+mod flow;
+mod parity;
