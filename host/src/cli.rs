@@ -183,14 +183,20 @@ async fn run_sim(a: SimArgs) -> anyhow::Result<ExitCode> {
     }
     let sim = Sim::new(SimOptions { users: a.users, seed: a.seed, faults: Faults { latency_ms: a.latency_ms, fail_rate: a.fail_rate, ..Default::default() } });
     let running = sim.serve(a.listen).await.with_context(|| format!("cannot listen on {}", a.listen))?;
-    println!("provisor sim listening on {}", running.base_url());
-    println!("  Entra token:  POST {}/{}/oauth2/v2.0/token", running.base_url(), sim::creds::TENANT);
-    println!("    client_id={} client_secret={}", sim::creds::ENTRA_CLIENT_ID, sim::creds::ENTRA_CLIENT_SECRET);
-    println!("  Graph:        GET  {}/v1.0/users/delta, /v1.0/groups/delta", running.base_url());
-    println!("  Salesforce:   POST {}/services/oauth2/token (client_credentials)", running.base_url());
-    println!("    client_id={} client_secret={}", sim::creds::SF_CLIENT_ID, sim::creds::SF_CLIENT_SECRET);
-    println!("  Admin:        {}/_sim/stats, /_sim/faults, /_sim/graph/users ...", running.base_url());
-    println!("  Tenant: {} users. `provisor sim --print-config --listen {}` prints a ready config.", a.users, a.listen);
+    let base = running.base_url();
+    let banner = format!(
+        "provisor sim listening on {base}\n  Entra token:  POST {base}/{tenant}/oauth2/v2.0/token\n    client_id={eid} client_secret={esec}\n  Graph:        GET  {base}/v1.0/users/delta, /v1.0/groups/delta\n  Salesforce:   POST {base}/services/oauth2/token (client_credentials)\n    client_id={sid} client_secret={ssec}\n  Admin:        {base}/_sim/stats, /_sim/faults, /_sim/graph/users ...\n  Tenant: {users} users. `provisor sim --print-config --listen {listen}` prints a ready config.\n",
+        tenant = sim::creds::TENANT,
+        eid = sim::creds::ENTRA_CLIENT_ID,
+        esec = sim::creds::ENTRA_CLIENT_SECRET,
+        sid = sim::creds::SF_CLIENT_ID,
+        ssec = sim::creds::SF_CLIENT_SECRET,
+        users = a.users,
+        listen = a.listen,
+    );
+    // A closed stdout (a parent that stopped reading) must not stop the sim.
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), banner.as_bytes());
+    let _ = std::io::Write::flush(&mut std::io::stdout());
     tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
     Ok(ExitCode::SUCCESS)
 }

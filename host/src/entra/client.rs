@@ -28,7 +28,7 @@ pub enum EntraError {
         message: String,
         request_id: String,
     },
-    #[error("cannot reach {url}: {source}")]
+    #[error("cannot reach {url}")]
     Transport {
         url: String,
         #[source]
@@ -129,7 +129,7 @@ impl EntraClient {
             .retry
             .send(true, || self.http.post(&url).form(&form))
             .await
-            .map_err(|source| EntraError::Transport { url: url.clone(), source })?;
+            .map_err(|source| EntraError::Transport { url: url.clone(), source: source.without_url() })?;
         let status = resp.status();
         let body: Value = resp.json().await.map_err(|e| EntraError::Malformed { url: url.clone(), detail: format!("token response is not JSON: {e}") })?;
         if !status.is_success() {
@@ -165,14 +165,14 @@ impl EntraClient {
                         .header("client-request-id", &client_request_id)
                 })
                 .await
-                .map_err(|source| EntraError::Transport { url: url.to_string(), source })?;
+                .map_err(|source| EntraError::Transport { url: url.to_string(), source: source.without_url() })?;
             let status = resp.status();
             let request_id = resp.headers().get("request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
             if status.as_u16() == 401 && !refreshed {
                 refreshed = true;
                 continue;
             }
-            let text = resp.text().await.map_err(|source| EntraError::Transport { url: url.to_string(), source })?;
+            let text = resp.text().await.map_err(|source| EntraError::Transport { url: url.to_string(), source: source.without_url() })?;
             let body: Value = serde_json::from_str(&text).map_err(|e| EntraError::Malformed { url: url.to_string(), detail: format!("HTTP {status}, body is not JSON ({e})") })?;
             if !status.is_success() {
                 let err = body.get("error");

@@ -170,3 +170,83 @@ pub(crate) fn fields_from_pairs(pairs: impl IntoIterator<Item = (String, FieldVa
     }
     Ok(m)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pack_dir(manifest_extra: &str, engine: &str, entry: &str, body: &[u8]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let toml = format!("[pack]\nname = \"t\"\nversion = \"1.0.0\"\nengine = \"{engine}\"\nentry = \"{entry}\"\ncontract = \"0.1\"\n{manifest_extra}");
+        std::fs::write(dir.path().join("pack.toml"), toml).expect("write manifest");
+        std::fs::write(dir.path().join(entry), body).expect("write entry");
+        dir
+    }
+
+    fn rhai(script: &str) -> Result<Pack, RuleError> {
+        let dir = pack_dir("", "rhai", "main.rhai", script.as_bytes());
+        Pack::load(dir.path())
+    }
+
+    fn user() -> EntraUser {
+        EntraUser { id: "u1".into(), user_principal_name: Some("zoë.ødegård@contoso.com".into()), given_name: Some("Zoë".into()), account_enabled: Some(true), ..Default::default() }
+    }
+
+    #[test]
+    fn gallery_pack_maps_like_the_gallery_app() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules/gallery-defaults");
+        let pack = Pack::load(&dir).expect("gallery pack loads");
+        let d = pack.map(&user(), &["SF-Sales".into()]).expect("maps");
+        assert_eq!(d.fields["Alias"], FieldValue::Text("zoë.ødeg".into()), "eight characters, not eight bytes");
+        assert_eq!(d.fields["LastName"], FieldValue::Text(".".into()));
+        assert_eq!(d.fields["Email"], FieldValue::Null);
+        assert_eq!(d.fields["LocaleSidKey"], FieldValue::Text("en_US".into()));
+        assert_eq!(d.profile.as_deref(), Some("Standard User"));
+        assert!(d.active);
+        let mut gone = user();
+        gone.removed = Some(crate::model::Removal::SoftDeleted);
+        assert!(!pack.map(&gone, &[]).expect("maps").active);
+        assert_eq!(pack.map(&gone, &[]).expect("maps").profile.as_deref(), Some("Chatter Free User"));
+    }
+
+    #[test]
+    fn runaway_scripts_hit_the_operations_limit() {
+        let p = rhai("fn map(user, settings) { let x = 0; loop { x += 1; } }").expect("compiles");
+        let e = p.map(&user(), &[]).expect_err("must stop").to_string();
+        assert!(e.contains("t@1.0.0") && e.contains("u1") && e.to_lowercase().contains("operations"), "{e}");
+    }
+
+    #[test]
+    fn eval_is_not_available() {
+        let e = rhai("fn map(user, settings) { eval(\"1\") }").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("eval"), "{e}");
+    }
+
+    #[test]
+    fn outputs_are_checked() {
+        let p = rhai("fn map(user, settings) { #{ fields: #{}, active: true, extra: 1 } }").expect("compiles");
+        assert!(p.map(&user(), &[]).expect_err("unknown key").to_string().contains("unknown key `extra`"));
+        let p = rhai("fn map(user, settings) { #{ fields: #{ IsActive: false }, active: true } }").expect("compiles");
+        assert!(p.map(&user(), &[]).expect_err("host field").to_string().contains("IsActive is set by the host"));
+        let p = rhai("fn map(user, settings) { #{ fields: #{ Email: [1] }, active: true } }").expect("compiles");
+        assert!(p.map(&user(), &[]).expect_err("array").to_string().contains("field Email has a array value"));
+    }
+
+    #[test]
+    fn manifests_are_strict() {
+        assert!(matches!(rhai("fn nope() {}"), Err(RuleError::Load { .. })));
+        let dir = pack_dir("colour = \"red\"", "rhai", "main.rhai", b"fn map(u, s) { () }");
+        let e = Pack::load(dir.path()).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("colour"), "{e}");
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("pack.toml"), "[pack]\nname = \"t\"\nversion = \"1\"\nengine = \"rhai\"\nentry = \"m.rhai\"\ncontract = \"0.2\"\n").expect("write");
+        assert!(matches!(Pack::load(dir.path()), Err(RuleError::Contract { .. })));
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_component_is_refused_at_load() {
+        let dir = pack_dir("", "wasm", "x.wasm", b"\0asm not really");
+        let e = Pack::load(dir.path()).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("t@1.0.0") && e.contains("not a valid component"), "{e}");
+    }
+}

@@ -33,7 +33,7 @@ pub enum SfError {
     Auth { url: String, error: String, description: String },
     #[error("Salesforce {method} {url} answered HTTP {status}: {}", .errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Api { method: String, url: String, status: u16, errors: Vec<ApiError> },
-    #[error("cannot reach {url}: {source}")]
+    #[error("cannot reach {url}")]
     Transport {
         url: String,
         #[source]
@@ -137,7 +137,7 @@ impl SalesforceClient {
     async fn login(&self) -> Result<Session, SfError> {
         let url = format!("{}/services/oauth2/token", self.cfg.login_url.trim_end_matches('/'));
         let form = [("grant_type", "client_credentials"), ("client_id", self.cfg.client_id.as_str()), ("client_secret", self.secret.expose())];
-        let resp = self.retry.send(true, || self.http.post(&url).form(&form)).await.map_err(|source| SfError::Transport { url: url.clone(), source })?;
+        let resp = self.retry.send(true, || self.http.post(&url).form(&form)).await.map_err(|source| SfError::Transport { url: url.clone(), source: source.without_url() })?;
         let status = resp.status();
         let body: Value = resp.json().await.map_err(|e| SfError::Malformed { url: url.clone(), detail: format!("token response is not JSON: {e}") })?;
         let s = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
@@ -177,7 +177,7 @@ impl SalesforceClient {
                     rb
                 })
                 .await
-                .map_err(|source| SfError::Transport { url: url.clone(), source })?;
+                .map_err(|source| SfError::Transport { url: url.clone(), source: source.without_url() })?;
             if let Some((used, max)) = resp.headers().get("sforce-limit-info").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().strip_prefix("api-usage=")).and_then(|v| v.split_once('/')) {
                 if let (Ok(u), Ok(m)) = (used.trim().parse(), max.trim().parse()) {
                     self.used.store(u, Ordering::Relaxed);
@@ -185,7 +185,7 @@ impl SalesforceClient {
                 }
             }
             let status = resp.status();
-            let text = resp.text().await.map_err(|source| SfError::Transport { url: url.clone(), source })?;
+            let text = resp.text().await.map_err(|source| SfError::Transport { url: url.clone(), source: source.without_url() })?;
             if status.is_success() {
                 if text.trim().is_empty() {
                     return Ok(Value::Null);

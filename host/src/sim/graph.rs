@@ -246,6 +246,11 @@ impl GraphTenant {
         self.groups.values()
     }
 
+    /// Revokes every access token (tests the client's refresh on 401).
+    pub fn expire_tokens(&mut self) {
+        self.tokens.clear();
+    }
+
     fn issue_token(&mut self) -> String {
         let token = format!("eyJ0eXAiOiJKV1QiLCJhbGciOiJub25lIn0.sim.{}", uuid::Uuid::new_v4().simple());
         self.tokens.insert(token.clone(), Instant::now() + TOKEN_LIFETIME);

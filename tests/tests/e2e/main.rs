@@ -5,3 +5,4 @@ mod bad_input;
 mod faults;
 mod flow;
 mod parity;
+mod protocol;
