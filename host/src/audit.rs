@@ -52,7 +52,12 @@ pub fn chain_hash(prev: &str, at: &str, cycle: &str, ev: &AuditEvent) -> String 
 pub fn verify(rows: &[AuditRow]) -> Result<(), i64> {
     let mut prev = String::from(GENESIS);
     for r in rows {
-        let ev = AuditEvent { event: r.event.clone(), entra_id: r.entra_id.clone(), sf_id: r.sf_id.clone(), detail: r.detail.clone() };
+        let ev = AuditEvent {
+            event: r.event.clone(),
+            entra_id: r.entra_id.clone(),
+            sf_id: r.sf_id.clone(),
+            detail: r.detail.clone(),
+        };
         if r.prev_hash != prev || chain_hash(&prev, &r.at, &r.cycle, &ev) != r.hash {
             return Err(r.seq);
         }
@@ -73,6 +78,9 @@ impl AuditRow {
             (None, Some(s)) => s.clone(),
             (None, None) => "-".into(),
         };
-        format!("#{:<5} {} {:<20} {} {}", self.seq, self.at, self.event, who, self.detail)
+        format!(
+            "#{:<5} {} {:<20} {} {}",
+            self.seq, self.at, self.event, who, self.detail
+        )
     }
 }

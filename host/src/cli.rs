@@ -119,9 +119,16 @@ struct SyncArgs {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -142,9 +149,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => crate::demo::run(args).await,
         Command::Sim(args) => run_sim(args).await,
         Command::Sync(args) => run_sync(args).await,
-        Command::Config { command: ConfigCommand::Check { file } } => {
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => {
             let cfg = Config::load(&file)?;
-            cfg.validate().with_context(|| format!("{} is not usable", file.display()))?;
+            cfg.validate()
+                .with_context(|| format!("{} is not usable", file.display()))?;
             Pack::load(&cfg.rules.pack)?;
             println!("{}: ok", file.display());
             Ok(ExitCode::SUCCESS)
@@ -179,10 +189,24 @@ async fn run_sim(a: SimArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if !(0.0..=1.0).contains(&a.fail_rate) {
-        bail!("--fail-rate must be between 0.0 and 1.0, not {}", a.fail_rate);
+        bail!(
+            "--fail-rate must be between 0.0 and 1.0, not {}",
+            a.fail_rate
+        );
     }
-    let sim = Sim::new(SimOptions { users: a.users, seed: a.seed, faults: Faults { latency_ms: a.latency_ms, fail_rate: a.fail_rate, ..Default::default() } });
-    let running = sim.serve(a.listen).await.with_context(|| format!("cannot listen on {}", a.listen))?;
+    let sim = Sim::new(SimOptions {
+        users: a.users,
+        seed: a.seed,
+        faults: Faults {
+            latency_ms: a.latency_ms,
+            fail_rate: a.fail_rate,
+            ..Default::default()
+        },
+    });
+    let running = sim
+        .serve(a.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", a.listen))?;
     let base = running.base_url();
     let banner = format!(
         "provisor sim listening on {base}\n  Entra token:  POST {base}/{tenant}/oauth2/v2.0/token\n    client_id={eid} client_secret={esec}\n  Graph:        GET  {base}/v1.0/users/delta, /v1.0/groups/delta\n  Salesforce:   POST {base}/services/oauth2/token (client_credentials)\n    client_id={sid} client_secret={ssec}\n  Admin:        {base}/_sim/stats, /_sim/faults, /_sim/graph/users ...\n  Tenant: {users} users. `provisor sim --print-config --listen {listen}` prints a ready config.\n",
@@ -197,7 +221,9 @@ async fn run_sim(a: SimArgs) -> anyhow::Result<ExitCode> {
     // A closed stdout (a parent that stopped reading) must not stop the sim.
     let _ = std::io::Write::write_all(&mut std::io::stdout(), banner.as_bytes());
     let _ = std::io::Write::flush(&mut std::io::stdout());
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -206,12 +232,24 @@ pub async fn engine_from_config(cfg: &Config) -> anyhow::Result<Engine> {
     cfg.validate()?;
     let client = http::client().context("cannot build the HTTP client")?;
     let entra_secret = cfg.entra.client_secret.resolve("entra.client_secret")?;
-    let sf_secret = cfg.salesforce.client_secret.resolve("salesforce.client_secret")?;
+    let sf_secret = cfg
+        .salesforce
+        .client_secret
+        .resolve("salesforce.client_secret")?;
     let pack = Pack::load(&cfg.rules.pack)?;
     let store = Store::open(&cfg.store.url).await?;
-    let retry = RetryPolicy { attempts: cfg.sync.retries, base: Duration::from_millis(cfg.sync.retry_base_ms), ..RetryPolicy::default() };
+    let retry = RetryPolicy {
+        attempts: cfg.sync.retries,
+        base: Duration::from_millis(cfg.sync.retry_base_ms),
+        ..RetryPolicy::default()
+    };
     Ok(Engine {
-        entra: EntraClient::new(client.clone(), cfg.entra.clone(), entra_secret, retry.clone()),
+        entra: EntraClient::new(
+            client.clone(),
+            cfg.entra.clone(),
+            entra_secret,
+            retry.clone(),
+        ),
         salesforce: SalesforceClient::new(client, cfg.salesforce.clone(), sf_secret, retry),
         store,
         pack,
@@ -223,7 +261,9 @@ async fn run_sync(a: SyncArgs) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(&a.config)?;
     let engine = engine_from_config(&cfg).await?;
     loop {
-        let report = engine.sync_once(&LogObserver).await.context("sync cycle failed; the deltaLink was not advanced past unjournaled changes")?;
+        let report = engine.sync_once(&LogObserver).await.context(
+            "sync cycle failed; the deltaLink was not advanced past unjournaled changes",
+        )?;
         if a.json {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {
@@ -240,7 +280,18 @@ async fn run_sync(a: SyncArgs) -> anyhow::Result<ExitCode> {
 pub fn print_summary(r: &CycleReport) {
     println!(
         "cycle {}: {} Entra changes in {} pages, {} users considered\n  created {} | updated {} | deactivated {} | reactivated {} | linked {} | unchanged {} | failed {} (parked {})",
-        r.cycle, r.entra_changes, r.delta_pages, r.users_considered, r.created, r.updated, r.deactivated, r.reactivated, r.linked, r.unchanged, r.failed, r.parked
+        r.cycle,
+        r.entra_changes,
+        r.delta_pages,
+        r.users_considered,
+        r.created,
+        r.updated,
+        r.deactivated,
+        r.reactivated,
+        r.linked,
+        r.unchanged,
+        r.failed,
+        r.parked
     );
     for f in r.failures.iter().take(10) {
         println!("  failed: {f}");
@@ -268,7 +319,9 @@ impl BarObserver {
     /// A bar on stderr; hidden when stderr is not a terminal.
     pub fn new() -> Arc<Self> {
         let bar = indicatif::ProgressBar::new(0);
-        if let Ok(style) = indicatif::ProgressStyle::with_template("  {spinner} {msg:<32} [{bar:30}] {pos}/{len}") {
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("  {spinner} {msg:<32} [{bar:30}] {pos}/{len}")
+        {
             bar.set_style(style.progress_chars("=> "));
         }
         Arc::new(Self { bar })

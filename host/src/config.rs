@@ -183,12 +183,14 @@ impl Secret {
     /// Reads the secret; `key` names it in errors (never the value).
     pub fn resolve(&self, key: &str) -> Result<SecretString, ConfigError> {
         match self {
-            Self::Env(var) => std::env::var(var)
-                .map(SecretString)
-                .map_err(|_| ConfigError::MissingEnv {
-                    key: key.into(),
-                    var: var.clone(),
-                }),
+            Self::Env(var) => {
+                std::env::var(var)
+                    .map(SecretString)
+                    .map_err(|_| ConfigError::MissingEnv {
+                        key: key.into(),
+                        var: var.clone(),
+                    })
+            }
             Self::File(path) => std::fs::read_to_string(path)
                 .map(|s| SecretString(s.trim_end().to_string()))
                 .map_err(|source| ConfigError::SecretFile {
@@ -238,7 +240,10 @@ impl Config {
         if cfg.rules.pack.is_relative() {
             cfg.rules.pack = base.join(&cfg.rules.pack);
         }
-        for secret in [&mut cfg.entra.client_secret, &mut cfg.salesforce.client_secret] {
+        for secret in [
+            &mut cfg.entra.client_secret,
+            &mut cfg.salesforce.client_secret,
+        ] {
             if let Secret::File(p) = secret
                 && p.is_relative()
             {
@@ -288,7 +293,9 @@ impl Config {
         if !ok {
             return Err(ConfigError::Invalid {
                 key: "salesforce.api_version".into(),
-                problem: format!("{v:?} is not a supported API version such as \"62.0\" (31.0 or later)"),
+                problem: format!(
+                    "{v:?} is not a supported API version such as \"62.0\" (31.0 or later)"
+                ),
             });
         }
         if self.sync.batch_size == 0 || self.sync.batch_size > 200 {

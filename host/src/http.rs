@@ -91,11 +91,19 @@ impl RetryPolicy {
                     Attempt::Done(r) => return Ok(r),
                     Attempt::Retry(_, r) if last => return Ok(r),
                     Attempt::Retry(wait, _) => {
-                        tracing::debug!(?wait, attempt, "retrying after a throttled or failed response");
+                        tracing::debug!(
+                            ?wait,
+                            attempt,
+                            "retrying after a throttled or failed response"
+                        );
                         tokio::time::sleep(wait).await;
                     }
                 },
-                Err(e) if idempotent && !last && (e.is_connect() || e.is_timeout() || e.is_request()) => {
+                Err(e)
+                    if idempotent
+                        && !last
+                        && (e.is_connect() || e.is_timeout() || e.is_request()) =>
+                {
                     tokio::time::sleep(self.backoff(attempt)).await;
                 }
                 Err(e) => return Err(e),

@@ -30,7 +30,11 @@ pub enum StoreError {
         source: sqlx::Error,
     },
     #[error("corrupt row in {table} for {id}: {detail}")]
-    Corrupt { table: &'static str, id: String, detail: String },
+    Corrupt {
+        table: &'static str,
+        id: String,
+        detail: String,
+    },
 }
 
 fn q(what: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
@@ -75,7 +79,10 @@ impl Store {
     /// Opens (creating if needed) and migrates the database at `url`.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         let opts = SqliteConnectOptions::from_str(url)
-            .map_err(|source| StoreError::Open { url: url.into(), source })?
+            .map_err(|source| StoreError::Open {
+                url: url.into(),
+                source,
+            })?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(std::time::Duration::from_secs(10));
@@ -83,7 +90,10 @@ impl Store {
             .max_connections(4)
             .connect_with(opts)
             .await
-            .map_err(|source| StoreError::Open { url: url.into(), source })?;
+            .map_err(|source| StoreError::Open {
+                url: url.into(),
+                source,
+            })?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Self { pool })
     }
@@ -95,10 +105,20 @@ impl Store {
             .fetch_optional(&self.pool)
             .await
             .map_err(q("read sync state"))?;
-        Ok(row.map(|r| SyncState { delta_link: r.get(0), next_link: r.get(1) }).unwrap_or_default())
+        Ok(row
+            .map(|r| SyncState {
+                delta_link: r.get(0),
+                next_link: r.get(1),
+            })
+            .unwrap_or_default())
     }
 
-    async fn save_links(tx: &mut sqlx::SqliteConnection, resource: &str, next: Option<&str>, delta: Option<&str>) -> Result<(), StoreError> {
+    async fn save_links(
+        tx: &mut sqlx::SqliteConnection,
+        resource: &str,
+        next: Option<&str>,
+        delta: Option<&str>,
+    ) -> Result<(), StoreError> {
         // A page with a nextLink is a checkpoint; a page with the deltaLink
         // completes the round: the link replaces the old one, the checkpoint goes.
         if let Some(d) = delta {
@@ -124,18 +144,32 @@ impl Store {
     /// Forgets a resource's checkpoint (e.g. when the saved nextLink no
     /// longer works), keeping the last complete deltaLink.
     pub async fn clear_checkpoint(&self, resource: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE sync_state SET next_link = NULL WHERE resource = ?").bind(resource).execute(&self.pool).await.map_err(q("clear checkpoint"))?;
+        sqlx::query("UPDATE sync_state SET next_link = NULL WHERE resource = ?")
+            .bind(resource)
+            .execute(&self.pool)
+            .await
+            .map_err(q("clear checkpoint"))?;
         Ok(())
     }
 
     /// Journals one `users/delta` page and the link after it, atomically.
-    pub async fn apply_user_page(&self, changes: &[UserChange], next: Option<&str>, delta: Option<&str>, request_id: &str) -> Result<(), StoreError> {
+    pub async fn apply_user_page(
+        &self,
+        changes: &[UserChange],
+        next: Option<&str>,
+        delta: Option<&str>,
+        request_id: &str,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(q("begin"))?;
         let at = now();
         for c in changes {
             match c {
                 UserChange::Upsert(u) => {
-                    let data = serde_json::to_string(u).map_err(|e| StoreError::Corrupt { table: "entra_users", id: u.id.clone(), detail: e.to_string() })?;
+                    let data = serde_json::to_string(u).map_err(|e| StoreError::Corrupt {
+                        table: "entra_users",
+                        id: u.id.clone(),
+                        detail: e.to_string(),
+                    })?;
                     // A fresh change re-arms a parked user.
                     sqlx::query("INSERT INTO entra_users (id, data, removed, dirty, attempts, last_error, request_id, updated_at) VALUES (?, ?, NULL, 1, 0, NULL, ?, ?) ON CONFLICT (id) DO UPDATE SET data = excluded.data, removed = NULL, dirty = 1, attempts = 0, last_error = NULL, request_id = excluded.request_id, updated_at = excluded.updated_at")
                         .bind(&u.id)
@@ -145,7 +179,11 @@ impl Store {
                         .execute(&mut *tx)
                         .await
                         .map_err(q("upsert user"))?;
-                    sqlx::query("DELETE FROM dead_letters WHERE entra_id = ?").bind(&u.id).execute(&mut *tx).await.map_err(q("re-arm user"))?;
+                    sqlx::query("DELETE FROM dead_letters WHERE entra_id = ?")
+                        .bind(&u.id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(q("re-arm user"))?;
                 }
                 UserChange::Removed { id, removal } => {
                     let tag = match removal {
@@ -162,10 +200,18 @@ impl Store {
                         .execute(&mut *tx)
                         .await
                         .map_err(q("remove user"))?;
-                    sqlx::query("DELETE FROM dead_letters WHERE entra_id = ?").bind(id).execute(&mut *tx).await.map_err(q("re-arm user"))?;
+                    sqlx::query("DELETE FROM dead_letters WHERE entra_id = ?")
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(q("re-arm user"))?;
                     if *removal == Removal::HardDeleted {
                         // Graph may not report the membership removal itself.
-                        sqlx::query("DELETE FROM memberships WHERE member_id = ?").bind(id).execute(&mut *tx).await.map_err(q("drop memberships"))?;
+                        sqlx::query("DELETE FROM memberships WHERE member_id = ?")
+                            .bind(id)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(q("drop memberships"))?;
                     }
                 }
             }
@@ -177,11 +223,21 @@ impl Store {
 
     /// Journals one `groups/delta` page and the link after it, atomically;
     /// users whose memberships change become dirty.
-    pub async fn apply_group_page(&self, changes: &[GroupChange], next: Option<&str>, delta: Option<&str>) -> Result<(), StoreError> {
+    pub async fn apply_group_page(
+        &self,
+        changes: &[GroupChange],
+        next: Option<&str>,
+        delta: Option<&str>,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(q("begin"))?;
         let at = now();
         for g in changes {
-            let old: Option<(Option<String>, i64)> = sqlx::query_as("SELECT display_name, removed FROM entra_groups WHERE id = ?").bind(&g.id).fetch_optional(&mut *tx).await.map_err(q("read group"))?;
+            let old: Option<(Option<String>, i64)> =
+                sqlx::query_as("SELECT display_name, removed FROM entra_groups WHERE id = ?")
+                    .bind(&g.id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(q("read group"))?;
             let renamed = match (&old, &g.display_name) {
                 (Some((Some(before), _)), Some(now)) => before != now,
                 _ => false,
@@ -199,16 +255,33 @@ impl Store {
                 sqlx::query("UPDATE entra_users SET dirty = 1 WHERE id IN (SELECT member_id FROM memberships WHERE group_id = ?)").bind(&g.id).execute(&mut *tx).await.map_err(q("mark members"))?;
             }
             if g.removed {
-                sqlx::query("DELETE FROM memberships WHERE group_id = ?").bind(&g.id).execute(&mut *tx).await.map_err(q("drop group members"))?;
+                sqlx::query("DELETE FROM memberships WHERE group_id = ?")
+                    .bind(&g.id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(q("drop group members"))?;
                 continue;
             }
             for m in &g.members_added {
                 sqlx::query("INSERT INTO memberships (group_id, member_id) VALUES (?, ?) ON CONFLICT DO NOTHING").bind(&g.id).bind(m).execute(&mut *tx).await.map_err(q("add member"))?;
-                sqlx::query("UPDATE entra_users SET dirty = 1 WHERE id = ?").bind(m).execute(&mut *tx).await.map_err(q("mark member"))?;
+                sqlx::query("UPDATE entra_users SET dirty = 1 WHERE id = ?")
+                    .bind(m)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(q("mark member"))?;
             }
             for m in &g.members_removed {
-                sqlx::query("DELETE FROM memberships WHERE group_id = ? AND member_id = ?").bind(&g.id).bind(m).execute(&mut *tx).await.map_err(q("remove member"))?;
-                sqlx::query("UPDATE entra_users SET dirty = 1 WHERE id = ?").bind(m).execute(&mut *tx).await.map_err(q("mark member"))?;
+                sqlx::query("DELETE FROM memberships WHERE group_id = ? AND member_id = ?")
+                    .bind(&g.id)
+                    .bind(m)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(q("remove member"))?;
+                sqlx::query("UPDATE entra_users SET dirty = 1 WHERE id = ?")
+                    .bind(m)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(q("mark member"))?;
             }
         }
         Self::save_links(&mut tx, "groups", next, delta).await?;
@@ -218,7 +291,12 @@ impl Store {
 
     /// Every user with work owed, with group names.
     pub async fn dirty_users(&self) -> Result<Vec<DirtyUser>, StoreError> {
-        let rows = sqlx::query("SELECT id, data, removed, attempts FROM entra_users WHERE dirty = 1 ORDER BY id").fetch_all(&self.pool).await.map_err(q("read dirty users"))?;
+        let rows = sqlx::query(
+            "SELECT id, data, removed, attempts FROM entra_users WHERE dirty = 1 ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("read dirty users"))?;
         let mut groups: HashMap<String, Vec<String>> = HashMap::new();
         if !rows.is_empty() {
             let ms = sqlx::query("SELECT m.member_id, g.display_name FROM memberships m JOIN entra_groups g ON g.id = m.group_id WHERE g.removed = 0 AND g.display_name IS NOT NULL").fetch_all(&self.pool).await.map_err(q("read memberships"))?;
@@ -232,7 +310,12 @@ impl Store {
             let data: String = r.get(1);
             let removed: Option<String> = r.get(2);
             let attempts: i64 = r.get(3);
-            let mut user: EntraUser = serde_json::from_str(&data).map_err(|e| StoreError::Corrupt { table: "entra_users", id: id.clone(), detail: e.to_string() })?;
+            let mut user: EntraUser =
+                serde_json::from_str(&data).map_err(|e| StoreError::Corrupt {
+                    table: "entra_users",
+                    id: id.clone(),
+                    detail: e.to_string(),
+                })?;
             user.removed = match removed.as_deref() {
                 Some("hardDeleted") => Some(Removal::HardDeleted),
                 Some(_) => Some(Removal::SoftDeleted),
@@ -240,24 +323,39 @@ impl Store {
             };
             let mut g = groups.remove(&id).unwrap_or_default();
             g.sort();
-            out.push(DirtyUser { user, groups: g, attempts: attempts.max(0) as u32 });
+            out.push(DirtyUser {
+                user,
+                groups: g,
+                attempts: attempts.max(0) as u32,
+            });
         }
         Ok(out)
     }
 
     /// Number of users still owed work.
     pub async fn dirty_count(&self) -> Result<i64, StoreError> {
-        sqlx::query_scalar("SELECT COUNT(*) FROM entra_users WHERE dirty = 1").fetch_one(&self.pool).await.map_err(q("count dirty"))
+        sqlx::query_scalar("SELECT COUNT(*) FROM entra_users WHERE dirty = 1")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(q("count dirty"))
     }
 
     /// All links, Entra id → Salesforce id.
     pub async fn links(&self) -> Result<HashMap<String, String>, StoreError> {
-        let rows = sqlx::query("SELECT entra_id, sf_id FROM links").fetch_all(&self.pool).await.map_err(q("read links"))?;
+        let rows = sqlx::query("SELECT entra_id, sf_id FROM links")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("read links"))?;
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     /// Records a confirmed link.
-    pub async fn set_link(&self, entra_id: &str, sf_id: &str, matched_by: &str) -> Result<(), StoreError> {
+    pub async fn set_link(
+        &self,
+        entra_id: &str,
+        sf_id: &str,
+        matched_by: &str,
+    ) -> Result<(), StoreError> {
         sqlx::query("INSERT INTO links (entra_id, sf_id, matched_by, linked_at) VALUES (?, ?, ?, ?) ON CONFLICT (entra_id) DO UPDATE SET sf_id = excluded.sf_id, matched_by = excluded.matched_by, linked_at = excluded.linked_at")
             .bind(entra_id)
             .bind(sf_id)
@@ -271,18 +369,33 @@ impl Store {
 
     /// The user's work is done.
     pub async fn mark_clean(&self, entra_id: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE entra_users SET dirty = 0, attempts = 0, last_error = NULL WHERE id = ?").bind(entra_id).execute(&self.pool).await.map_err(q("mark clean"))?;
+        sqlx::query(
+            "UPDATE entra_users SET dirty = 0, attempts = 0, last_error = NULL WHERE id = ?",
+        )
+        .bind(entra_id)
+        .execute(&self.pool)
+        .await
+        .map_err(q("mark clean"))?;
         Ok(())
     }
 
     /// Counts a failed attempt; after `max_attempts` the user is parked in
     /// the dead-letter list (and stops being retried). Returns true if parked.
-    pub async fn mark_failed(&self, entra_id: &str, error: &str, max_attempts: u32) -> Result<bool, StoreError> {
+    pub async fn mark_failed(
+        &self,
+        entra_id: &str,
+        error: &str,
+        max_attempts: u32,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await.map_err(q("begin"))?;
         let attempts: i64 = sqlx::query_scalar("UPDATE entra_users SET attempts = attempts + 1, last_error = ? WHERE id = ? RETURNING attempts").bind(error).bind(entra_id).fetch_optional(&mut *tx).await.map_err(q("count failure"))?.unwrap_or(1);
         let parked = attempts >= i64::from(max_attempts);
         if parked {
-            sqlx::query("UPDATE entra_users SET dirty = 0 WHERE id = ?").bind(entra_id).execute(&mut *tx).await.map_err(q("park user"))?;
+            sqlx::query("UPDATE entra_users SET dirty = 0 WHERE id = ?")
+                .bind(entra_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(q("park user"))?;
             sqlx::query("INSERT INTO dead_letters (entra_id, reason, attempts, parked_at) VALUES (?, ?, ?, ?) ON CONFLICT (entra_id) DO UPDATE SET reason = excluded.reason, attempts = excluded.attempts, parked_at = excluded.parked_at")
                 .bind(entra_id)
                 .bind(error)
@@ -298,12 +411,29 @@ impl Store {
 
     /// The dead-letter list.
     pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
-        let rows = sqlx::query("SELECT entra_id, reason, attempts FROM dead_letters ORDER BY entra_id").fetch_all(&self.pool).await.map_err(q("read dead letters"))?;
-        Ok(rows.into_iter().map(|r| DeadLetter { entra_id: r.get(0), reason: r.get(1), attempts: r.get::<i64, _>(2).max(0) as u32 }).collect())
+        let rows =
+            sqlx::query("SELECT entra_id, reason, attempts FROM dead_letters ORDER BY entra_id")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(q("read dead letters"))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| DeadLetter {
+                entra_id: r.get(0),
+                reason: r.get(1),
+                attempts: r.get::<i64, _>(2).max(0) as u32,
+            })
+            .collect())
     }
 
     /// Journals an action before it is sent; returns its outbox id.
-    pub async fn journal(&self, cycle: &str, entra_id: &str, kind: &str, payload: &serde_json::Value) -> Result<i64, StoreError> {
+    pub async fn journal(
+        &self,
+        cycle: &str,
+        entra_id: &str,
+        kind: &str,
+        payload: &serde_json::Value,
+    ) -> Result<i64, StoreError> {
         let at = now();
         sqlx::query_scalar("INSERT INTO outbox (cycle, entra_id, kind, payload, status, created_at, updated_at) VALUES (?, ?, ?, ?, 'pending', ?, ?) RETURNING id")
             .bind(cycle)
@@ -318,8 +448,20 @@ impl Store {
     }
 
     /// Records what happened to a journaled action.
-    pub async fn settle(&self, outbox_id: i64, status: &str, result: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE outbox SET status = ?, result = ?, updated_at = ? WHERE id = ?").bind(status).bind(result).bind(now()).bind(outbox_id).execute(&self.pool).await.map_err(q("settle action"))?;
+    pub async fn settle(
+        &self,
+        outbox_id: i64,
+        status: &str,
+        result: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE outbox SET status = ?, result = ?, updated_at = ? WHERE id = ?")
+            .bind(status)
+            .bind(result)
+            .bind(now())
+            .bind(outbox_id)
+            .execute(&self.pool)
+            .await
+            .map_err(q("settle action"))?;
         Ok(())
     }
 
@@ -333,7 +475,10 @@ impl Store {
 
     /// Outbox rows by status (for reports and tests).
     pub async fn outbox_counts(&self) -> Result<HashMap<String, i64>, StoreError> {
-        let rows = sqlx::query("SELECT status, COUNT(*) FROM outbox GROUP BY status").fetch_all(&self.pool).await.map_err(q("count outbox"))?;
+        let rows = sqlx::query("SELECT status, COUNT(*) FROM outbox GROUP BY status")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("count outbox"))?;
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
@@ -343,7 +488,12 @@ impl Store {
             return Ok(());
         }
         let mut tx = self.pool.begin().await.map_err(q("begin"))?;
-        let mut prev: String = sqlx::query_scalar("SELECT hash FROM audit ORDER BY seq DESC LIMIT 1").fetch_optional(&mut *tx).await.map_err(q("read audit head"))?.unwrap_or_else(|| audit::GENESIS.to_string());
+        let mut prev: String =
+            sqlx::query_scalar("SELECT hash FROM audit ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(q("read audit head"))?
+                .unwrap_or_else(|| audit::GENESIS.to_string());
         for ev in events {
             let at = now();
             let hash = audit::chain_hash(&prev, &at, cycle, ev);
@@ -383,7 +533,11 @@ impl Store {
                     event: r.get(3),
                     entra_id: r.get(4),
                     sf_id: r.get(5),
-                    detail: serde_json::from_str(&detail).map_err(|e| StoreError::Corrupt { table: "audit", id: seq.to_string(), detail: e.to_string() })?,
+                    detail: serde_json::from_str(&detail).map_err(|e| StoreError::Corrupt {
+                        table: "audit",
+                        id: seq.to_string(),
+                        detail: e.to_string(),
+                    })?,
                     prev_hash: r.get(7),
                     hash: r.get(8),
                 })

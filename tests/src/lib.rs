@@ -11,7 +11,10 @@ use provisor::sim::{RunningSim, Sim, SimOptions};
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".."))
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".."))
 }
 
 /// The Rhai gallery pack.
@@ -22,20 +25,36 @@ pub fn rhai_pack() -> PathBuf {
 /// The WASM gallery pack; fails loudly when the component was not built.
 pub fn wasm_pack() -> PathBuf {
     let dir = repo_root().join("rules/gallery-defaults-wasm");
-    assert!(dir.join("gallery_defaults.wasm").is_file(), "{} is missing: run `cargo xtask plugins` (or `cargo xtask test`)", dir.join("gallery_defaults.wasm").display());
+    assert!(
+        dir.join("gallery_defaults.wasm").is_file(),
+        "{} is missing: run `cargo xtask plugins` (or `cargo xtask test`)",
+        dir.join("gallery_defaults.wasm").display()
+    );
     dir
 }
 
 /// Emulators with a generated tenant, listening on a free loopback port.
 pub async fn start_sim(users: usize, seed: u64) -> RunningSim {
-    let sim = Sim::new(SimOptions { users, seed, ..Default::default() });
-    sim.serve(SocketAddr::from(([127, 0, 0, 1], 0))).await.expect("the emulators bind a loopback port")
+    let sim = Sim::new(SimOptions {
+        users,
+        seed,
+        ..Default::default()
+    });
+    sim.serve(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .expect("the emulators bind a loopback port")
 }
 
 /// The config a sim prints, for a pack and a store file; `edit` may change it.
-pub fn config_for(running: &RunningSim, pack: &Path, store: &Path, edit: impl FnOnce(&mut Config)) -> Config {
+pub fn config_for(
+    running: &RunningSim,
+    pack: &Path,
+    store: &Path,
+    edit: impl FnOnce(&mut Config),
+) -> Config {
     let url = format!("sqlite://{}?mode=rwc", store.display());
-    let mut cfg = Config::parse(&running.config_toml(&pack.display().to_string(), &url)).expect("the sim prints a valid config");
+    let mut cfg = Config::parse(&running.config_toml(&pack.display().to_string(), &url))
+        .expect("the sim prints a valid config");
     edit(&mut cfg);
     cfg
 }
@@ -46,7 +65,14 @@ pub async fn engine(running: &RunningSim, pack: &Path, store: &Path) -> Engine {
 }
 
 /// A real engine against the sim, with config changes.
-pub async fn engine_with(running: &RunningSim, pack: &Path, store: &Path, edit: impl FnOnce(&mut Config)) -> Engine {
+pub async fn engine_with(
+    running: &RunningSim,
+    pack: &Path,
+    store: &Path,
+    edit: impl FnOnce(&mut Config),
+) -> Engine {
     let cfg = config_for(running, pack, store, edit);
-    engine_from_config(&cfg).await.expect("engine builds from the sim's config")
+    engine_from_config(&cfg)
+        .await
+        .expect("engine builds from the sim's config")
 }

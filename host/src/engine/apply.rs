@@ -7,12 +7,21 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value, json};
 
-use super::{Action, ActionKind, CycleReport, Engine, Observer, Outcome, Plan, Progress, SyncError};
+use super::{
+    Action, ActionKind, CycleReport, Engine, Observer, Outcome, Plan, Progress, SyncError,
+};
 use crate::audit::AuditEvent;
 use crate::salesforce::RecordResult;
 
 impl Engine {
-    pub(super) async fn apply(&self, cycle: &str, plan: &Plan, outcomes: &mut HashMap<String, Outcome>, obs: &dyn Observer, report: &mut CycleReport) -> Result<(), SyncError> {
+    pub(super) async fn apply(
+        &self,
+        cycle: &str,
+        plan: &Plan,
+        outcomes: &mut HashMap<String, Outcome>,
+        obs: &dyn Observer,
+        report: &mut CycleReport,
+    ) -> Result<(), SyncError> {
         let writes = plan.actions.iter().filter(|a| a.kind.writes()).count();
         obs.on(Progress::Applying { writes });
 
@@ -22,46 +31,105 @@ impl Engine {
             if let (ActionKind::Link { matched_by }, Some(sf)) = (&a.kind, &a.sf_id) {
                 self.store.set_link(&a.entra_id, sf, matched_by).await?;
                 report.linked += 1;
-                events.push(AuditEvent { event: "user.linked".into(), entra_id: Some(a.entra_id.clone()), sf_id: Some(sf.clone()), detail: json!({"matched_by": matched_by, "upn": a.upn}) });
+                events.push(AuditEvent {
+                    event: "user.linked".into(),
+                    entra_id: Some(a.entra_id.clone()),
+                    sf_id: Some(sf.clone()),
+                    detail: json!({"matched_by": matched_by, "upn": a.upn}),
+                });
             }
         }
         self.store.append_audit(cycle, &events).await?;
 
-        let profiles = if plan.actions.iter().any(|a| matches!(a.kind, ActionKind::Create { .. } | ActionKind::Update { .. } | ActionKind::Reactivate { .. })) {
+        let profiles = if plan.actions.iter().any(|a| {
+            matches!(
+                a.kind,
+                ActionKind::Create { .. }
+                    | ActionKind::Update { .. }
+                    | ActionKind::Reactivate { .. }
+            )
+        }) {
             self.salesforce
                 .query("SELECT Id, Name FROM Profile")
                 .await?
                 .into_iter()
-                .filter_map(|p| Some((p.get("Name")?.as_str()?.to_string(), p.get("Id")?.as_str()?.to_string())))
+                .filter_map(|p| {
+                    Some((
+                        p.get("Name")?.as_str()?.to_string(),
+                        p.get("Id")?.as_str()?.to_string(),
+                    ))
+                })
                 .collect::<HashMap<_, _>>()
         } else {
             HashMap::new()
         };
 
-        let creates: Vec<&Action> = plan.actions.iter().filter(|a| matches!(a.kind, ActionKind::Create { .. })).collect();
-        let updates: Vec<&Action> = plan.actions.iter().filter(|a| matches!(a.kind, ActionKind::Update { .. } | ActionKind::Deactivate | ActionKind::Reactivate { .. })).collect();
+        let creates: Vec<&Action> = plan
+            .actions
+            .iter()
+            .filter(|a| matches!(a.kind, ActionKind::Create { .. }))
+            .collect();
+        let updates: Vec<&Action> = plan
+            .actions
+            .iter()
+            .filter(|a| {
+                matches!(
+                    a.kind,
+                    ActionKind::Update { .. }
+                        | ActionKind::Deactivate
+                        | ActionKind::Reactivate { .. }
+                )
+            })
+            .collect();
         let size = self.cfg.batch_size.clamp(1, 200);
         for (is_create, list) in [(true, creates), (false, updates)] {
             for batch in list.chunks(size) {
-                let records: Vec<Map<String, Value>> = batch.iter().map(|a| record_for(a, &profiles)).collect();
+                let records: Vec<Map<String, Value>> =
+                    batch.iter().map(|a| record_for(a, &profiles)).collect();
                 let mut journal = Vec::with_capacity(batch.len());
                 for a in batch {
-                    journal.push(self.store.journal(cycle, &a.entra_id, a.kind.name(), &serde_json::to_value(a).unwrap_or(Value::Null)).await?);
+                    journal.push(
+                        self.store
+                            .journal(
+                                cycle,
+                                &a.entra_id,
+                                a.kind.name(),
+                                &serde_json::to_value(a).unwrap_or(Value::Null),
+                            )
+                            .await?,
+                    );
                 }
-                let sent = if is_create { self.salesforce.create_many("User", &records).await } else { self.salesforce.update_many("User", &records).await };
+                let sent = if is_create {
+                    self.salesforce.create_many("User", &records).await
+                } else {
+                    self.salesforce.update_many("User", &records).await
+                };
                 match sent {
-                    Ok(results) => self.settle_batch(cycle, batch, &journal, &results, outcomes, report).await?,
+                    Ok(results) => {
+                        self.settle_batch(cycle, batch, &journal, &results, outcomes, report)
+                            .await?
+                    }
                     Err(e) => {
                         // Whole request failed. If the outcome is unknown the
                         // records may exist: the users stay dirty and the next
                         // cycle looks them up by key before acting again.
-                        let status = if e.outcome_unknown() { "unknown" } else { "failed" };
+                        let status = if e.outcome_unknown() {
+                            "unknown"
+                        } else {
+                            "failed"
+                        };
                         let msg = e.to_string();
                         let mut events = Vec::new();
                         for (a, oid) in batch.iter().zip(&journal) {
                             self.store.settle(*oid, status, &msg).await?;
-                            outcomes.entry(a.entra_id.clone()).or_default().failed = Some(msg.clone());
-                            events.push(AuditEvent { event: format!("user.{}_{status}", a.kind.name()), entra_id: Some(a.entra_id.clone()), sf_id: a.sf_id.clone(), detail: json!({"error": msg}) });
+                            outcomes.entry(a.entra_id.clone()).or_default().failed =
+                                Some(msg.clone());
+                            events.push(AuditEvent {
+                                event: format!("user.{}_{status}", a.kind.name()),
+                                entra_id: Some(a.entra_id.clone()),
+                                sf_id: a.sf_id.clone(),
+                                detail: json!({"error": msg}),
+                            });
                         }
                         self.store.append_audit(cycle, &events).await?;
                         obs.on(Progress::Applied { n: batch.len() });
@@ -78,41 +146,86 @@ impl Engine {
         Ok(())
     }
 
-    async fn settle_batch(&self, cycle: &str, batch: &[&Action], journal: &[i64], results: &[RecordResult], outcomes: &mut HashMap<String, Outcome>, report: &mut CycleReport) -> Result<(), SyncError> {
+    async fn settle_batch(
+        &self,
+        cycle: &str,
+        batch: &[&Action],
+        journal: &[i64],
+        results: &[RecordResult],
+        outcomes: &mut HashMap<String, Outcome>,
+        report: &mut CycleReport,
+    ) -> Result<(), SyncError> {
         let mut events = Vec::new();
         for ((a, oid), r) in batch.iter().zip(journal).zip(results) {
             if r.success {
                 let sf_id = r.id.clone().or_else(|| a.sf_id.clone());
-                self.store.settle(*oid, "done", &json!({"id": sf_id}).to_string()).await?;
+                self.store
+                    .settle(*oid, "done", &json!({"id": sf_id}).to_string())
+                    .await?;
                 let event = match &a.kind {
                     ActionKind::Create { fields, profile } => {
                         if let Some(id) = &sf_id {
                             self.store.set_link(&a.entra_id, id, "created").await?;
                         }
                         report.created += 1;
-                        AuditEvent { event: "user.created".into(), entra_id: Some(a.entra_id.clone()), sf_id: sf_id.clone(), detail: json!({"fields": fields, "profile": profile, "reason": a.reason}) }
+                        AuditEvent {
+                            event: "user.created".into(),
+                            entra_id: Some(a.entra_id.clone()),
+                            sf_id: sf_id.clone(),
+                            detail: json!({"fields": fields, "profile": profile, "reason": a.reason}),
+                        }
                     }
                     ActionKind::Update { changes } => {
                         report.updated += 1;
-                        AuditEvent { event: "user.updated".into(), entra_id: Some(a.entra_id.clone()), sf_id: sf_id.clone(), detail: json!({"changes": changes, "reason": a.reason}) }
+                        AuditEvent {
+                            event: "user.updated".into(),
+                            entra_id: Some(a.entra_id.clone()),
+                            sf_id: sf_id.clone(),
+                            detail: json!({"changes": changes, "reason": a.reason}),
+                        }
                     }
                     ActionKind::Deactivate => {
                         report.deactivated += 1;
-                        AuditEvent { event: "user.deactivated".into(), entra_id: Some(a.entra_id.clone()), sf_id: sf_id.clone(), detail: json!({"reason": a.reason}) }
+                        AuditEvent {
+                            event: "user.deactivated".into(),
+                            entra_id: Some(a.entra_id.clone()),
+                            sf_id: sf_id.clone(),
+                            detail: json!({"reason": a.reason}),
+                        }
                     }
                     ActionKind::Reactivate { changes } => {
                         report.reactivated += 1;
-                        AuditEvent { event: "user.reactivated".into(), entra_id: Some(a.entra_id.clone()), sf_id: sf_id.clone(), detail: json!({"changes": changes, "reason": a.reason}) }
+                        AuditEvent {
+                            event: "user.reactivated".into(),
+                            entra_id: Some(a.entra_id.clone()),
+                            sf_id: sf_id.clone(),
+                            detail: json!({"changes": changes, "reason": a.reason}),
+                        }
                     }
                     ActionKind::Link { .. } => continue,
                 };
                 events.push(event);
             } else {
-                let msg = r.errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
-                let msg = if msg.is_empty() { "Salesforce reported failure without an error".to_string() } else { msg };
+                let msg = r
+                    .errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                let msg = if msg.is_empty() {
+                    "Salesforce reported failure without an error".to_string()
+                } else {
+                    msg
+                };
                 self.store.settle(*oid, "failed", &msg).await?;
-                outcomes.entry(a.entra_id.clone()).or_default().failed = Some(format!("{} refused by Salesforce: {msg}", a.kind.name()));
-                events.push(AuditEvent { event: format!("user.{}_failed", a.kind.name()), entra_id: Some(a.entra_id.clone()), sf_id: a.sf_id.clone(), detail: json!({"errors": r.errors}) });
+                outcomes.entry(a.entra_id.clone()).or_default().failed =
+                    Some(format!("{} refused by Salesforce: {msg}", a.kind.name()));
+                events.push(AuditEvent {
+                    event: format!("user.{}_failed", a.kind.name()),
+                    entra_id: Some(a.entra_id.clone()),
+                    sf_id: a.sf_id.clone(),
+                    detail: json!({"errors": r.errors}),
+                });
             }
         }
         self.store.append_audit(cycle, &events).await?;
@@ -123,19 +236,21 @@ impl Engine {
 /// The Collections record for an action.
 fn record_for(a: &Action, profiles: &HashMap<String, String>) -> Map<String, Value> {
     let mut r = Map::new();
-    let put_changes = |r: &mut Map<String, Value>, changes: &std::collections::BTreeMap<String, super::Change>| {
-        for (k, c) in changes {
-            if k == "Profile" {
-                if let Some(name) = c.to.as_text()
-                    && let Some(pid) = profiles.get(name)
-                {
-                    r.insert("ProfileId".into(), json!(pid));
+    let put_changes =
+        |r: &mut Map<String, Value>,
+         changes: &std::collections::BTreeMap<String, super::Change>| {
+            for (k, c) in changes {
+                if k == "Profile" {
+                    if let Some(name) = c.to.as_text()
+                        && let Some(pid) = profiles.get(name)
+                    {
+                        r.insert("ProfileId".into(), json!(pid));
+                    }
+                } else {
+                    r.insert(k.clone(), c.to.to_json());
                 }
-            } else {
-                r.insert(k.clone(), c.to.to_json());
             }
-        }
-    };
+        };
     match &a.kind {
         ActionKind::Create { fields, profile } => {
             for (k, v) in fields {

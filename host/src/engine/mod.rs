@@ -20,6 +20,11 @@ use crate::rules::{Pack, RuleError};
 use crate::salesforce::{SalesforceClient, SfError, soql_quote};
 use crate::store::{DirtyUser, Store, StoreError};
 
+/// A Salesforce record as the REST API returns it.
+type SfRecord = Map<String, Value>;
+/// Records indexed by a lower-cased key value.
+type Index = HashMap<String, Vec<SfRecord>>;
+
 /// Values per SOQL `IN (...)` list; keeps URLs well under limits.
 const IN_CHUNK: usize = 100;
 
@@ -40,7 +45,10 @@ pub enum SyncError {
 #[derive(Debug, Clone)]
 pub enum Progress {
     /// A delta page was journaled.
-    Page { resource: &'static str, items: usize },
+    Page {
+        resource: &'static str,
+        items: usize,
+    },
     /// Planning starts for this many users.
     Planning { users: usize },
     /// Applying starts for this many writes.
@@ -97,7 +105,11 @@ pub struct Engine {
 }
 
 fn new_cycle_id() -> String {
-    format!("{}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ"), &uuid::Uuid::new_v4().simple().to_string()[..6])
+    format!(
+        "{}-{}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
+        &uuid::Uuid::new_v4().simple().to_string()[..6]
+    )
 }
 
 /// Text of a Salesforce value, for comparisons.
@@ -128,11 +140,15 @@ fn same(field: &str, desired: &FieldValue, current: Option<&Value>) -> bool {
 }
 
 fn current_value(v: Option<&Value>) -> FieldValue {
-    v.and_then(FieldValue::from_json).unwrap_or(FieldValue::Null)
+    v.and_then(FieldValue::from_json)
+        .unwrap_or(FieldValue::Null)
 }
 
 fn text_field(d: &DesiredUser, name: &str) -> Option<String> {
-    d.fields.get(name).and_then(FieldValue::as_text).map(str::to_string)
+    d.fields
+        .get(name)
+        .and_then(FieldValue::as_text)
+        .map(str::to_string)
 }
 
 impl Engine {
@@ -141,16 +157,34 @@ impl Engine {
         let cycle = new_cycle_id();
         let recovered = self.store.recover_outbox().await?;
         if recovered > 0 {
-            tracing::warn!(recovered, "actions from an interrupted cycle had no recorded result; their users will be matched again before any create");
-            self.store.append_audit(&cycle, &[AuditEvent { event: "outbox.recovered".into(), entra_id: None, sf_id: None, detail: json!({"actions": recovered}) }]).await?;
+            tracing::warn!(
+                recovered,
+                "actions from an interrupted cycle had no recorded result; their users will be matched again before any create"
+            );
+            self.store
+                .append_audit(
+                    &cycle,
+                    &[AuditEvent {
+                        event: "outbox.recovered".into(),
+                        entra_id: None,
+                        sf_id: None,
+                        detail: json!({"actions": recovered}),
+                    }],
+                )
+                .await?;
         }
-        let mut report = CycleReport { cycle: cycle.clone(), ..Default::default() };
+        let mut report = CycleReport {
+            cycle: cycle.clone(),
+            ..Default::default()
+        };
         self.read("users", obs, &mut report).await?;
         self.read("groups", obs, &mut report).await?;
         let (plan, mut outcomes, dirty) = self.plan(&cycle, obs).await?;
         report.users_considered = dirty.len();
-        self.apply(&cycle, &plan, &mut outcomes, obs, &mut report).await?;
-        self.settle_users(&cycle, &dirty, &plan, &outcomes, &mut report).await?;
+        self.apply(&cycle, &plan, &mut outcomes, obs, &mut report)
+            .await?;
+        self.settle_users(&cycle, &dirty, &plan, &outcomes, &mut report)
+            .await?;
         report.plan = plan;
         self.store
             .append_audit(&cycle, &[AuditEvent {
@@ -165,24 +199,49 @@ impl Engine {
 
     /// Follows one resource's delta pages from the checkpoint, the saved
     /// deltaLink, or the start; every page is journaled with its link.
-    async fn read(&self, resource: &'static str, obs: &dyn Observer, report: &mut CycleReport) -> Result<(), SyncError> {
+    async fn read(
+        &self,
+        resource: &'static str,
+        obs: &dyn Observer,
+        report: &mut CycleReport,
+    ) -> Result<(), SyncError> {
         let state = self.store.sync_state(resource).await?;
-        let start = if resource == "users" { self.entra.users_start() } else { self.entra.groups_start() };
-        let mut url = state.next_link.clone().or(state.delta_link.clone()).unwrap_or(start);
+        let start = if resource == "users" {
+            self.entra.users_start()
+        } else {
+            self.entra.groups_start()
+        };
+        let mut url = state
+            .next_link
+            .clone()
+            .or(state.delta_link.clone())
+            .unwrap_or(start);
         let mut from_checkpoint = state.next_link.is_some();
         loop {
             let (items, next, delta) = if resource == "users" {
                 match self.entra.users_page(&url).await {
                     Ok(page) => {
-                        self.store.apply_user_page(&page.changes, page.next_link.as_deref(), page.delta_link.as_deref(), &page.request_id).await?;
+                        self.store
+                            .apply_user_page(
+                                &page.changes,
+                                page.next_link.as_deref(),
+                                page.delta_link.as_deref(),
+                                &page.request_id,
+                            )
+                            .await?;
                         (page.changes.len(), page.next_link, page.delta_link)
                     }
-                    Err(EntraError::Graph { status: 400..=499, .. }) if from_checkpoint => {
+                    Err(EntraError::Graph {
+                        status: 400..=499, ..
+                    }) if from_checkpoint => {
                         // The checkpoint's skip token went stale; resume
                         // from the last complete round (replays are harmless).
                         self.store.clear_checkpoint(resource).await?;
                         from_checkpoint = false;
-                        url = state.delta_link.clone().unwrap_or_else(|| self.entra.users_start());
+                        url = state
+                            .delta_link
+                            .clone()
+                            .unwrap_or_else(|| self.entra.users_start());
                         continue;
                     }
                     Err(e) => return Err(e.into()),
@@ -190,13 +249,24 @@ impl Engine {
             } else {
                 match self.entra.groups_page(&url).await {
                     Ok(page) => {
-                        self.store.apply_group_page(&page.changes, page.next_link.as_deref(), page.delta_link.as_deref()).await?;
+                        self.store
+                            .apply_group_page(
+                                &page.changes,
+                                page.next_link.as_deref(),
+                                page.delta_link.as_deref(),
+                            )
+                            .await?;
                         (page.changes.len(), page.next_link, page.delta_link)
                     }
-                    Err(EntraError::Graph { status: 400..=499, .. }) if from_checkpoint => {
+                    Err(EntraError::Graph {
+                        status: 400..=499, ..
+                    }) if from_checkpoint => {
                         self.store.clear_checkpoint(resource).await?;
                         from_checkpoint = false;
-                        url = state.delta_link.clone().unwrap_or_else(|| self.entra.groups_start());
+                        url = state
+                            .delta_link
+                            .clone()
+                            .unwrap_or_else(|| self.entra.groups_start());
                         continue;
                     }
                     Err(e) => return Err(e.into()),
@@ -215,10 +285,21 @@ impl Engine {
 
     /// Runs the rules for every dirty user, matches and diffs against
     /// Salesforce. Reads only: nothing is written anywhere.
-    pub(crate) async fn plan(&self, cycle: &str, obs: &dyn Observer) -> Result<(Plan, HashMap<String, Outcome>, Vec<DirtyUser>), SyncError> {
+    pub(crate) async fn plan(
+        &self,
+        cycle: &str,
+        obs: &dyn Observer,
+    ) -> Result<(Plan, HashMap<String, Outcome>, Vec<DirtyUser>), SyncError> {
         let dirty = self.store.dirty_users().await?;
-        let basis = Basis { users_delta_link: self.store.sync_state("users").await?.delta_link, groups_delta_link: self.store.sync_state("groups").await?.delta_link };
-        let mut plan = Plan { cycle: cycle.to_string(), basis, actions: Vec::new() };
+        let basis = Basis {
+            users_delta_link: self.store.sync_state("users").await?.delta_link,
+            groups_delta_link: self.store.sync_state("groups").await?.delta_link,
+        };
+        let mut plan = Plan {
+            cycle: cycle.to_string(),
+            basis,
+            actions: Vec::new(),
+        };
         let mut outcomes: HashMap<String, Outcome> = HashMap::new();
         if dirty.is_empty() {
             return Ok((plan, outcomes, dirty));
@@ -242,10 +323,26 @@ impl Engine {
             .query("SELECT Id, Name FROM Profile")
             .await?
             .into_iter()
-            .filter_map(|p| Some((p.get("Name")?.as_str()?.to_string(), p.get("Id")?.as_str()?.to_string())))
+            .filter_map(|p| {
+                Some((
+                    p.get("Name")?.as_str()?.to_string(),
+                    p.get("Id")?.as_str()?.to_string(),
+                ))
+            })
             .collect();
-        let mut select: Vec<String> = vec!["Id".into(), "IsActive".into(), "ProfileId".into(), "Username".into(), "FederationIdentifier".into()];
-        let mut extra: Vec<String> = desired.iter().flat_map(|(_, d)| d.fields.keys().cloned()).collect::<HashSet<_>>().into_iter().collect();
+        let mut select: Vec<String> = vec![
+            "Id".into(),
+            "IsActive".into(),
+            "ProfileId".into(),
+            "Username".into(),
+            "FederationIdentifier".into(),
+        ];
+        let mut extra: Vec<String> = desired
+            .iter()
+            .flat_map(|(_, d)| d.fields.keys().cloned())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
         extra.sort();
         for f in extra {
             if !select.contains(&f) {
@@ -254,28 +351,60 @@ impl Engine {
         }
         let select = select.join(", ");
         let links = self.store.links().await?;
-        let linked_to: HashMap<String, String> = links.iter().map(|(e, s)| (s.clone(), e.clone())).collect();
+        let linked_to: HashMap<String, String> =
+            links.iter().map(|(e, s)| (s.clone(), e.clone())).collect();
 
-        let linked_ids: Vec<String> = desired.iter().filter_map(|(d, _)| links.get(&d.user.id).cloned()).collect();
+        let linked_ids: Vec<String> = desired
+            .iter()
+            .filter_map(|(d, _)| links.get(&d.user.id).cloned())
+            .collect();
         let mut by_id: HashMap<String, Map<String, Value>> = HashMap::new();
         for chunk in linked_ids.chunks(IN_CHUNK) {
-            let list = chunk.iter().map(|v| soql_quote(v)).collect::<Vec<_>>().join(", ");
-            for r in self.salesforce.query(&format!("SELECT {select} FROM User WHERE Id IN ({list})")).await? {
+            let list = chunk
+                .iter()
+                .map(|v| soql_quote(v))
+                .collect::<Vec<_>>()
+                .join(", ");
+            for r in self
+                .salesforce
+                .query(&format!("SELECT {select} FROM User WHERE Id IN ({list})"))
+                .await?
+            {
                 if let Some(id) = r.get("Id").and_then(Value::as_str) {
                     by_id.insert(id.to_string(), r);
                 }
             }
         }
-        let unmatched: Vec<&DesiredUser> = desired.iter().filter(|(d, _)| links.get(&d.user.id).is_none_or(|s| !by_id.contains_key(s))).map(|(_, x)| x).collect();
-        let mut by_fed: HashMap<String, Vec<Map<String, Value>>> = HashMap::new();
-        let mut by_username: HashMap<String, Vec<Map<String, Value>>> = HashMap::new();
-        for (key, index) in [("FederationIdentifier", &mut by_fed), ("Username", &mut by_username)] {
-            let mut values: Vec<String> = unmatched.iter().filter_map(|d| text_field(d, key)).collect();
+        let unmatched: Vec<&DesiredUser> = desired
+            .iter()
+            .filter(|(d, _)| links.get(&d.user.id).is_none_or(|s| !by_id.contains_key(s)))
+            .map(|(_, x)| x)
+            .collect();
+        let mut by_fed: Index = HashMap::new();
+        let mut by_username: Index = HashMap::new();
+        for (key, index) in [
+            ("FederationIdentifier", &mut by_fed),
+            ("Username", &mut by_username),
+        ] {
+            let mut values: Vec<String> = unmatched
+                .iter()
+                .filter_map(|d| text_field(d, key))
+                .collect();
             values.sort();
             values.dedup();
             for chunk in values.chunks(IN_CHUNK) {
-                let list = chunk.iter().map(|v| soql_quote(v)).collect::<Vec<_>>().join(", ");
-                for r in self.salesforce.query(&format!("SELECT {select} FROM User WHERE {key} IN ({list})")).await? {
+                let list = chunk
+                    .iter()
+                    .map(|v| soql_quote(v))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                for r in self
+                    .salesforce
+                    .query(&format!(
+                        "SELECT {select} FROM User WHERE {key} IN ({list})"
+                    ))
+                    .await?
+                {
                     if let Some(v) = r.get(key).and_then(Value::as_str) {
                         index.entry(v.to_lowercase()).or_default().push(r);
                     }
@@ -292,9 +421,21 @@ impl Engine {
             if current.is_none() {
                 match self.match_user(id, want, &by_fed, &by_username, &linked_to, &claimed) {
                     Ok(Some((rec, key))) => {
-                        let sf_id = rec.get("Id").and_then(Value::as_str).unwrap_or_default().to_string();
+                        let sf_id = rec
+                            .get("Id")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string();
                         claimed.insert(sf_id.clone(), id.clone());
-                        plan.actions.push(Action { entra_id: id.clone(), upn: upn.clone(), sf_id: Some(sf_id), kind: ActionKind::Link { matched_by: key.into() }, reason: format!("existing Salesforce user has the same {key}") });
+                        plan.actions.push(Action {
+                            entra_id: id.clone(),
+                            upn: upn.clone(),
+                            sf_id: Some(sf_id),
+                            kind: ActionKind::Link {
+                                matched_by: key.into(),
+                            },
+                            reason: format!("existing Salesforce user has the same {key}"),
+                        });
                         current = Some(rec);
                     }
                     Ok(None) => {}
@@ -309,45 +450,96 @@ impl Engine {
                 None if !want.active => {}
                 None => {
                     let Some(profile) = want.profile.clone() else {
-                        outcomes.entry(id.clone()).or_default().failed = Some(format!("rule pack {} gave no profile for a new user", self.pack.id()));
+                        outcomes.entry(id.clone()).or_default().failed = Some(format!(
+                            "rule pack {} gave no profile for a new user",
+                            self.pack.id()
+                        ));
                         continue;
                     };
                     if !profiles.contains_key(&profile) {
-                        outcomes.entry(id.clone()).or_default().failed = Some(format!("profile {profile:?} does not exist in Salesforce"));
+                        outcomes.entry(id.clone()).or_default().failed =
+                            Some(format!("profile {profile:?} does not exist in Salesforce"));
                         continue;
                     }
-                    let fields = want.fields.iter().filter(|(_, v)| !matches!(v, FieldValue::Null) && v.as_text() != Some("")).map(|(k, v)| (k.clone(), v.clone())).collect();
-                    plan.actions.push(Action { entra_id: id.clone(), upn, sf_id: None, kind: ActionKind::Create { fields, profile }, reason: format!("joiner: {cause}, no Salesforce user matches") });
+                    let fields = want
+                        .fields
+                        .iter()
+                        .filter(|(_, v)| !matches!(v, FieldValue::Null) && v.as_text() != Some(""))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                    plan.actions.push(Action {
+                        entra_id: id.clone(),
+                        upn,
+                        sf_id: None,
+                        kind: ActionKind::Create { fields, profile },
+                        reason: format!("joiner: {cause}, no Salesforce user matches"),
+                    });
                 }
                 Some(rec) => {
                     let sf_id = rec.get("Id").and_then(Value::as_str).map(str::to_string);
-                    let active_now = rec.get("IsActive").and_then(Value::as_bool).unwrap_or(false);
+                    let active_now = rec
+                        .get("IsActive")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false);
                     let mut changes: BTreeMap<String, Change> = BTreeMap::new();
                     for (k, v) in &want.fields {
                         if !same(k, v, rec.get(k)) {
-                            changes.insert(k.clone(), Change { from: current_value(rec.get(k)), to: v.clone() });
+                            changes.insert(
+                                k.clone(),
+                                Change {
+                                    from: current_value(rec.get(k)),
+                                    to: v.clone(),
+                                },
+                            );
                         }
                     }
                     if let Some(p) = &want.profile {
                         let Some(pid) = profiles.get(p) else {
-                            outcomes.entry(id.clone()).or_default().failed = Some(format!("profile {p:?} does not exist in Salesforce"));
+                            outcomes.entry(id.clone()).or_default().failed =
+                                Some(format!("profile {p:?} does not exist in Salesforce"));
                             continue;
                         };
-                        let cur = rec.get("ProfileId").and_then(Value::as_str).unwrap_or_default();
+                        let cur = rec
+                            .get("ProfileId")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default();
                         if cur != pid {
-                            let from = profiles.iter().find(|(_, v)| v.as_str() == cur).map_or(cur.to_string(), |(k, _)| k.clone());
-                            changes.insert("Profile".into(), Change { from: FieldValue::Text(from), to: FieldValue::Text(p.clone()) });
+                            let from = profiles
+                                .iter()
+                                .find(|(_, v)| v.as_str() == cur)
+                                .map_or(cur.to_string(), |(k, _)| k.clone());
+                            changes.insert(
+                                "Profile".into(),
+                                Change {
+                                    from: FieldValue::Text(from),
+                                    to: FieldValue::Text(p.clone()),
+                                },
+                            );
                         }
                     }
                     let kind = match (want.active, active_now) {
                         (false, true) => Some((ActionKind::Deactivate, format!("leaver: {cause}"))),
                         (false, false) => None,
-                        (true, false) => Some((ActionKind::Reactivate { changes }, format!("returner: active again in Entra (restored or re-enabled); {cause}"))),
+                        (true, false) => Some((
+                            ActionKind::Reactivate { changes },
+                            format!(
+                                "returner: active again in Entra (restored or re-enabled); {cause}"
+                            ),
+                        )),
                         (true, true) if changes.is_empty() => None,
-                        (true, true) => Some((ActionKind::Update { changes }, format!("changed in Entra: {cause}"))),
+                        (true, true) => Some((
+                            ActionKind::Update { changes },
+                            format!("changed in Entra: {cause}"),
+                        )),
                     };
                     if let Some((kind, reason)) = kind {
-                        plan.actions.push(Action { entra_id: id.clone(), upn, sf_id, kind, reason });
+                        plan.actions.push(Action {
+                            entra_id: id.clone(),
+                            upn,
+                            sf_id,
+                            kind,
+                            reason,
+                        });
                     }
                 }
             }
@@ -362,53 +554,97 @@ impl Engine {
         &self,
         id: &str,
         want: &DesiredUser,
-        by_fed: &'a HashMap<String, Vec<Map<String, Value>>>,
-        by_username: &'a HashMap<String, Vec<Map<String, Value>>>,
+        by_fed: &'a Index,
+        by_username: &'a Index,
         linked_to: &HashMap<String, String>,
         claimed: &HashMap<String, String>,
-    ) -> Result<Option<(&'a Map<String, Value>, &'static str)>, String> {
-        let look = |index: &'a HashMap<String, Vec<Map<String, Value>>>, key: &str| -> Result<Option<&'a Map<String, Value>>, String> {
-            let Some(v) = text_field(want, key) else { return Ok(None) };
+    ) -> Result<Option<(&'a SfRecord, &'static str)>, String> {
+        let look = |index: &'a Index, key: &str| -> Result<Option<&'a SfRecord>, String> {
+            let Some(v) = text_field(want, key) else {
+                return Ok(None);
+            };
             match index.get(&v.to_lowercase()).map(Vec::as_slice) {
                 None | Some([]) => Ok(None),
                 Some([one]) => Ok(Some(one)),
-                Some(many) => Err(format!("needs review: {} Salesforce users have {key} {v:?}", many.len())),
+                Some(many) => Err(format!(
+                    "needs review: {} Salesforce users have {key} {v:?}",
+                    many.len()
+                )),
             }
         };
         let fed = look(by_fed, "FederationIdentifier")?;
         let user = look(by_username, "Username")?;
-        let sid = |r: &Map<String, Value>| r.get("Id").and_then(Value::as_str).unwrap_or_default().to_string();
+        let sid = |r: &Map<String, Value>| {
+            r.get("Id")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
         let (rec, key) = match (fed, user) {
-            (Some(f), Some(u)) if sid(f) != sid(u) => return Err(format!("needs review: FederationIdentifier matches {} but Username matches {}", sid(f), sid(u))),
+            (Some(f), Some(u)) if sid(f) != sid(u) => {
+                return Err(format!(
+                    "needs review: FederationIdentifier matches {} but Username matches {}",
+                    sid(f),
+                    sid(u)
+                ));
+            }
             (Some(f), _) => (f, "FederationIdentifier"),
             (None, Some(u)) => (u, "Username"),
             (None, None) => return Ok(None),
         };
         let s = sid(rec);
         if let Some(other) = linked_to.get(&s).filter(|o| o.as_str() != id) {
-            return Err(format!("needs review: Salesforce user {s} matches by {key} but is already linked to Entra user {other}"));
+            return Err(format!(
+                "needs review: Salesforce user {s} matches by {key} but is already linked to Entra user {other}"
+            ));
         }
         if let Some(other) = claimed.get(&s).filter(|o| o.as_str() != id) {
-            return Err(format!("needs review: Salesforce user {s} matches both this user and Entra user {other}"));
+            return Err(format!(
+                "needs review: Salesforce user {s} matches both this user and Entra user {other}"
+            ));
         }
         Ok(Some((rec, key)))
     }
 
     /// Marks users clean, failed or parked from their outcomes.
-    async fn settle_users(&self, cycle: &str, dirty: &[DirtyUser], plan: &Plan, outcomes: &HashMap<String, Outcome>, report: &mut CycleReport) -> Result<(), SyncError> {
-        let with_actions: HashSet<&str> = plan.actions.iter().map(|a| a.entra_id.as_str()).collect();
+    async fn settle_users(
+        &self,
+        cycle: &str,
+        dirty: &[DirtyUser],
+        plan: &Plan,
+        outcomes: &HashMap<String, Outcome>,
+        report: &mut CycleReport,
+    ) -> Result<(), SyncError> {
+        let with_actions: HashSet<&str> =
+            plan.actions.iter().map(|a| a.entra_id.as_str()).collect();
         let mut events = Vec::new();
         for d in dirty {
             let id = d.user.id.as_str();
             match outcomes.get(id).and_then(|o| o.failed.as_ref()) {
                 Some(err) => {
                     report.failed += 1;
-                    report.failures.push(format!("{}: {err}", d.user.user_principal_name.as_deref().unwrap_or(id)));
-                    let parked = self.store.mark_failed(id, err, self.cfg.max_attempts).await?;
-                    events.push(AuditEvent { event: "user.failed".into(), entra_id: Some(id.into()), sf_id: None, detail: json!({"error": err, "attempt": d.attempts + 1}) });
+                    report.failures.push(format!(
+                        "{}: {err}",
+                        d.user.user_principal_name.as_deref().unwrap_or(id)
+                    ));
+                    let parked = self
+                        .store
+                        .mark_failed(id, err, self.cfg.max_attempts)
+                        .await?;
+                    events.push(AuditEvent {
+                        event: "user.failed".into(),
+                        entra_id: Some(id.into()),
+                        sf_id: None,
+                        detail: json!({"error": err, "attempt": d.attempts + 1}),
+                    });
                     if parked {
                         report.parked += 1;
-                        events.push(AuditEvent { event: "user.parked".into(), entra_id: Some(id.into()), sf_id: None, detail: json!({"error": err, "attempts": d.attempts + 1}) });
+                        events.push(AuditEvent {
+                            event: "user.parked".into(),
+                            entra_id: Some(id.into()),
+                            sf_id: None,
+                            detail: json!({"error": err, "attempts": d.attempts + 1}),
+                        });
                     }
                 }
                 None => {
@@ -432,6 +668,9 @@ fn cause_text(d: &DirtyUser) -> String {
         (Some(crate::model::Removal::SoftDeleted), _) => "deleted in Entra".into(),
         (None, Some(false)) => "account disabled in Entra".into(),
         _ if d.groups.is_empty() => "Entra user created or changed".into(),
-        _ => format!("Entra user created or changed; groups: {}", d.groups.join(", ")),
+        _ => format!(
+            "Entra user created or changed; groups: {}",
+            d.groups.join(", ")
+        ),
     }
 }

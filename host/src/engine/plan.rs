@@ -22,7 +22,10 @@ pub enum ActionKind {
     /// Record that an existing Salesforce user is this Entra user's (no write).
     Link { matched_by: String },
     /// Create the user with these fields (ProfileId resolved from `profile`).
-    Create { fields: BTreeMap<String, FieldValue>, profile: String },
+    Create {
+        fields: BTreeMap<String, FieldValue>,
+        profile: String,
+    },
     /// Change these fields of an active user.
     Update { changes: BTreeMap<String, Change> },
     /// Set IsActive = false.
@@ -117,7 +120,10 @@ impl Plan {
             let sf = a.sf_id.as_deref().unwrap_or("(new)");
             match &a.kind {
                 ActionKind::Link { matched_by } => {
-                    let _ = writeln!(out, "  = link       User {sf}  <- {who}  (matched by {matched_by})");
+                    let _ = writeln!(
+                        out,
+                        "  = link       User {sf}  <- {who}  (matched by {matched_by})"
+                    );
                 }
                 ActionKind::Create { fields, profile } => {
                     let _ = writeln!(out, "  + create     User {who}");
@@ -143,13 +149,22 @@ impl Plan {
             let _ = writeln!(out, "      # {}", a.reason);
         }
         let c = self.counts();
-        let _ = writeln!(out, "\nPlan: {} to create, {} to update, {} to deactivate, {} to reactivate, {} to link.", c.create, c.update, c.deactivate, c.reactivate, c.link);
+        let _ = writeln!(
+            out,
+            "\nPlan: {} to create, {} to update, {} to deactivate, {} to reactivate, {} to link.",
+            c.create, c.update, c.deactivate, c.reactivate, c.link
+        );
         out
     }
 }
 
 fn render_changes(out: &mut String, changes: &BTreeMap<String, Change>) {
     for (k, c) in changes {
-        let _ = writeln!(out, "      {k:<22} = {} -> {}", c.from.render(), c.to.render());
+        let _ = writeln!(
+            out,
+            "      {k:<22} = {} -> {}",
+            c.from.render(),
+            c.to.render()
+        );
     }
 }

@@ -13,7 +13,9 @@ pub const USER_SELECT: &str = "id,userPrincipalName,mail,givenName,surname,displ
 /// Errors talking to Entra ID; each names what failed.
 #[derive(Debug, thiserror::Error)]
 pub enum EntraError {
-    #[error("Entra token endpoint {url} refused the client credentials: {error} (AADSTS{codes}): {description}")]
+    #[error(
+        "Entra token endpoint {url} refused the client credentials: {error} (AADSTS{codes}): {description}"
+    )]
     Auth {
         url: String,
         error: String,
@@ -39,6 +41,8 @@ pub enum EntraError {
 }
 
 /// A change to one user from a delta page.
+// Pages hold a few hundred of these briefly; boxing would not pay.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum UserChange {
     /// Created, updated or restored: the user's selected properties.
@@ -85,12 +89,27 @@ pub struct EntraClient {
 
 impl EntraClient {
     /// A client; no request is made until the first page is read.
-    pub fn new(http: reqwest::Client, cfg: EntraConfig, secret: SecretString, retry: RetryPolicy) -> Self {
-        Self { http, cfg, secret, retry, token: Mutex::new(None) }
+    pub fn new(
+        http: reqwest::Client,
+        cfg: EntraConfig,
+        secret: SecretString,
+        retry: RetryPolicy,
+    ) -> Self {
+        Self {
+            http,
+            cfg,
+            secret,
+            retry,
+            token: Mutex::new(None),
+        }
     }
 
     fn token_url(&self) -> String {
-        format!("{}/{}/oauth2/v2.0/token", self.cfg.authority.trim_end_matches('/'), self.cfg.tenant)
+        format!(
+            "{}/{}/oauth2/v2.0/token",
+            self.cfg.authority.trim_end_matches('/'),
+            self.cfg.tenant
+        )
     }
 
     fn scope(&self) -> String {
@@ -101,12 +120,18 @@ impl EntraClient {
 
     /// First URL of a users round.
     pub fn users_start(&self) -> String {
-        format!("{}/v1.0/users/delta?$select={USER_SELECT}", self.cfg.graph_url.trim_end_matches('/'))
+        format!(
+            "{}/v1.0/users/delta?$select={USER_SELECT}",
+            self.cfg.graph_url.trim_end_matches('/')
+        )
     }
 
     /// First URL of a groups round.
     pub fn groups_start(&self) -> String {
-        format!("{}/v1.0/groups/delta?$select=displayName,members", self.cfg.graph_url.trim_end_matches('/'))
+        format!(
+            "{}/v1.0/groups/delta?$select=displayName,members",
+            self.cfg.graph_url.trim_end_matches('/')
+        )
     }
 
     async fn token(&self, force: bool) -> Result<SecretString, EntraError> {
@@ -129,22 +154,67 @@ impl EntraClient {
             .retry
             .send(true, || self.http.post(&url).form(&form))
             .await
-            .map_err(|source| EntraError::Transport { url: url.clone(), source: source.without_url() })?;
+            .map_err(|source| EntraError::Transport {
+                url: url.clone(),
+                source: source.without_url(),
+            })?;
         let status = resp.status();
-        let body: Value = resp.json().await.map_err(|e| EntraError::Malformed { url: url.clone(), detail: format!("token response is not JSON: {e}") })?;
+        let body: Value = resp.json().await.map_err(|e| EntraError::Malformed {
+            url: url.clone(),
+            detail: format!("token response is not JSON: {e}"),
+        })?;
         if !status.is_success() {
-            let s = |k: &str| body.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-            let codes = body.get("error_codes").and_then(Value::as_array).map(|a| a.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",")).unwrap_or_default();
+            let s = |k: &str| {
+                body.get(k)
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string()
+            };
+            let codes = body
+                .get("error_codes")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .map(|c| c.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
             // The description's first line is the message; the rest are ids.
-            let description = s("error_description").lines().next().unwrap_or("").to_string();
-            return Err(EntraError::Auth { url, error: s("error"), codes, description });
+            let description = s("error_description")
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string();
+            return Err(EntraError::Auth {
+                url,
+                error: s("error"),
+                codes,
+                description,
+            });
         }
-        let access = body.get("access_token").and_then(Value::as_str).ok_or_else(|| EntraError::Malformed { url: url.clone(), detail: "no access_token in token response".into() })?;
-        let expires = body.get("expires_in").and_then(Value::as_u64).unwrap_or(3599);
+        let access = body
+            .get("access_token")
+            .and_then(Value::as_str)
+            .ok_or_else(|| EntraError::Malformed {
+                url: url.clone(),
+                detail: "no access_token in token response".into(),
+            })?;
+        let expires = body
+            .get("expires_in")
+            .and_then(Value::as_u64)
+            .unwrap_or(3599);
         // Refresh five minutes early (or at half-life for short tokens).
-        let early = Duration::from_secs(if expires > 600 { expires - 300 } else { expires / 2 });
+        let early = Duration::from_secs(if expires > 600 {
+            expires - 300
+        } else {
+            expires / 2
+        });
         let value = SecretString::new(access);
-        *guard = Some(Token { value: value.clone(), refresh_at: Instant::now() + early });
+        *guard = Some(Token {
+            value: value.clone(),
+            refresh_at: Instant::now() + early,
+        });
         Ok(value)
     }
 
@@ -165,36 +235,81 @@ impl EntraClient {
                         .header("client-request-id", &client_request_id)
                 })
                 .await
-                .map_err(|source| EntraError::Transport { url: url.to_string(), source: source.without_url() })?;
+                .map_err(|source| EntraError::Transport {
+                    url: url.to_string(),
+                    source: source.without_url(),
+                })?;
             let status = resp.status();
-            let request_id = resp.headers().get("request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            let request_id = resp
+                .headers()
+                .get("request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
             if status.as_u16() == 401 && !refreshed {
                 refreshed = true;
                 continue;
             }
-            let text = resp.text().await.map_err(|source| EntraError::Transport { url: url.to_string(), source: source.without_url() })?;
-            let body: Value = serde_json::from_str(&text).map_err(|e| EntraError::Malformed { url: url.to_string(), detail: format!("HTTP {status}, body is not JSON ({e})") })?;
+            let text = resp.text().await.map_err(|source| EntraError::Transport {
+                url: url.to_string(),
+                source: source.without_url(),
+            })?;
+            let body: Value = serde_json::from_str(&text).map_err(|e| EntraError::Malformed {
+                url: url.to_string(),
+                detail: format!("HTTP {status}, body is not JSON ({e})"),
+            })?;
             if !status.is_success() {
                 let err = body.get("error");
-                let s = |k: &str| err.and_then(|e| e.get(k)).and_then(Value::as_str).unwrap_or("").to_string();
-                let rid = err.and_then(|e| e.pointer("/innerError/request-id")).and_then(Value::as_str).map(str::to_string).unwrap_or(request_id);
-                return Err(EntraError::Graph { url: url.to_string(), status: status.as_u16(), code: s("code"), message: s("message"), request_id: rid });
+                let s = |k: &str| {
+                    err.and_then(|e| e.get(k))
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string()
+                };
+                let rid = err
+                    .and_then(|e| e.pointer("/innerError/request-id"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .unwrap_or(request_id);
+                return Err(EntraError::Graph {
+                    url: url.to_string(),
+                    status: status.as_u16(),
+                    code: s("code"),
+                    message: s("message"),
+                    request_id: rid,
+                });
             }
             return Ok((body, request_id));
         }
     }
 
     fn links(url: &str, body: &Value) -> Result<(Option<String>, Option<String>), EntraError> {
-        let next = body.get("@odata.nextLink").and_then(Value::as_str).map(str::to_string);
-        let delta = body.get("@odata.deltaLink").and_then(Value::as_str).map(str::to_string);
+        let next = body
+            .get("@odata.nextLink")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let delta = body
+            .get("@odata.deltaLink")
+            .and_then(Value::as_str)
+            .map(str::to_string);
         if next.is_none() == delta.is_none() {
-            return Err(EntraError::Malformed { url: url.to_string(), detail: "a delta page must carry exactly one of @odata.nextLink and @odata.deltaLink".into() });
+            return Err(EntraError::Malformed {
+                url: url.to_string(),
+                detail:
+                    "a delta page must carry exactly one of @odata.nextLink and @odata.deltaLink"
+                        .into(),
+            });
         }
         Ok((next, delta))
     }
 
     fn items<'a>(url: &str, body: &'a Value) -> Result<&'a Vec<Value>, EntraError> {
-        body.get("value").and_then(Value::as_array).ok_or_else(|| EntraError::Malformed { url: url.to_string(), detail: "no `value` array".into() })
+        body.get("value")
+            .and_then(Value::as_array)
+            .ok_or_else(|| EntraError::Malformed {
+                url: url.to_string(),
+                detail: "no `value` array".into(),
+            })
     }
 
     /// Reads one `users/delta` page.
@@ -203,9 +318,17 @@ impl EntraClient {
         let (next_link, delta_link) = Self::links(url, &body)?;
         let mut changes = Vec::new();
         for (i, item) in Self::items(url, &body)?.iter().enumerate() {
-            changes.push(parse_user(item).map_err(|detail| EntraError::Malformed { url: url.to_string(), detail: format!("value[{i}]: {detail}") })?);
+            changes.push(parse_user(item).map_err(|detail| EntraError::Malformed {
+                url: url.to_string(),
+                detail: format!("value[{i}]: {detail}"),
+            })?);
         }
-        Ok(Page { changes, next_link, delta_link, request_id })
+        Ok(Page {
+            changes,
+            next_link,
+            delta_link,
+            request_id,
+        })
     }
 
     /// Reads one `groups/delta` page.
@@ -214,24 +337,42 @@ impl EntraClient {
         let (next_link, delta_link) = Self::links(url, &body)?;
         let mut changes = Vec::new();
         for (i, item) in Self::items(url, &body)?.iter().enumerate() {
-            changes.push(parse_group(item).map_err(|detail| EntraError::Malformed { url: url.to_string(), detail: format!("value[{i}]: {detail}") })?);
+            changes.push(parse_group(item).map_err(|detail| EntraError::Malformed {
+                url: url.to_string(),
+                detail: format!("value[{i}]: {detail}"),
+            })?);
         }
-        Ok(Page { changes, next_link, delta_link, request_id })
+        Ok(Page {
+            changes,
+            next_link,
+            delta_link,
+            request_id,
+        })
     }
 }
 
 fn removal(v: &Value) -> Option<Removal> {
     let reason = v.get("@removed")?.get("reason").and_then(Value::as_str);
-    Some(if reason == Some("deleted") { Removal::HardDeleted } else { Removal::SoftDeleted })
+    Some(if reason == Some("deleted") {
+        Removal::HardDeleted
+    } else {
+        Removal::SoftDeleted
+    })
 }
 
 /// Parses one `users/delta` item.
 pub fn parse_user(item: &Value) -> Result<UserChange, String> {
-    let id = item.get("id").and_then(Value::as_str).filter(|s| !s.is_empty()).ok_or("item has no id")?.to_string();
+    let id = item
+        .get("id")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .ok_or("item has no id")?
+        .to_string();
     if let Some(removal) = removal(item) {
         return Ok(UserChange::Removed { id, removal });
     }
-    let mut user: EntraUser = serde_json::from_value(item.clone()).map_err(|e| format!("user {id}: {e}"))?;
+    let mut user: EntraUser =
+        serde_json::from_value(item.clone()).map_err(|e| format!("user {id}: {e}"))?;
     user.manager_id = item
         .get("manager@delta")
         .and_then(Value::as_array)
@@ -245,14 +386,32 @@ pub fn parse_user(item: &Value) -> Result<UserChange, String> {
 
 /// Parses one `groups/delta` item.
 pub fn parse_group(item: &Value) -> Result<GroupChange, String> {
-    let id = item.get("id").and_then(Value::as_str).filter(|s| !s.is_empty()).ok_or("item has no id")?.to_string();
-    let mut g = GroupChange { id, display_name: item.get("displayName").and_then(Value::as_str).map(str::to_string), removed: removal(item).is_some(), ..Default::default() };
+    let id = item
+        .get("id")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .ok_or("item has no id")?
+        .to_string();
+    let mut g = GroupChange {
+        id,
+        display_name: item
+            .get("displayName")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        removed: removal(item).is_some(),
+        ..Default::default()
+    };
     if let Some(members) = item.get("members@delta").and_then(Value::as_array) {
         for m in members {
             // Devices, contacts, service principals and nested groups are
             // not users; flattening nested groups is a later feature.
-            let is_user = m.get("@odata.type").and_then(Value::as_str).is_none_or(|t| t == "#microsoft.graph.user");
-            let Some(mid) = m.get("id").and_then(Value::as_str) else { continue };
+            let is_user = m
+                .get("@odata.type")
+                .and_then(Value::as_str)
+                .is_none_or(|t| t == "#microsoft.graph.user");
+            let Some(mid) = m.get("id").and_then(Value::as_str) else {
+                continue;
+            };
             if !is_user {
                 continue;
             }
@@ -274,10 +433,18 @@ mod tests {
     #[test]
     fn parses_users_removed_and_manager() {
         let u = parse_user(&json!({"id": "a", "userPrincipalName": "a@x", "accountEnabled": false, "businessPhones": [], "manager@delta": [{"@odata.type": "#microsoft.graph.user", "id": "m"}]})).expect("parses");
-        let UserChange::Upsert(u) = u else { panic!("expected upsert") };
+        let UserChange::Upsert(u) = u else {
+            panic!("expected upsert")
+        };
         assert_eq!(u.manager_id.as_deref(), Some("m"));
         assert_eq!(u.account_enabled, Some(false));
-        assert_eq!(parse_user(&json!({"id": "b", "@removed": {"reason": "deleted"}})).expect("parses"), UserChange::Removed { id: "b".into(), removal: Removal::HardDeleted });
+        assert_eq!(
+            parse_user(&json!({"id": "b", "@removed": {"reason": "deleted"}})).expect("parses"),
+            UserChange::Removed {
+                id: "b".into(),
+                removal: Removal::HardDeleted
+            }
+        );
         assert!(parse_user(&json!({"userPrincipalName": "x"})).is_err());
         assert!(parse_user(&json!({"id": "c", "accountEnabled": "yes"})).is_err());
     }
@@ -287,7 +454,8 @@ mod tests {
         let g = parse_group(&json!({"id": "g", "displayName": "G", "members@delta": [
             {"@odata.type": "#microsoft.graph.user", "id": "u1"},
             {"@odata.type": "#microsoft.graph.user", "id": "u2", "@removed": {"reason": "deleted"}},
-            {"@odata.type": "#microsoft.graph.device", "id": "d1"}]})).expect("parses");
+            {"@odata.type": "#microsoft.graph.device", "id": "d1"}]}))
+        .expect("parses");
         assert_eq!(g.members_added, vec!["u1"]);
         assert_eq!(g.members_removed, vec!["u2"]);
     }

@@ -28,13 +28,25 @@ pub enum RuleError {
     #[error("rule pack {dir}: invalid pack.toml: {message}")]
     Manifest { dir: PathBuf, message: String },
     #[error("rule pack {pack}: contract {found} is not one this host accepts ({accepted})")]
-    Contract { pack: String, found: String, accepted: String },
+    Contract {
+        pack: String,
+        found: String,
+        accepted: String,
+    },
     #[error("rule pack {pack}: does not load: {message}")]
     Load { pack: String, message: String },
     #[error("rule pack {pack}: `map` failed for user {user}: {message}")]
-    Call { pack: String, user: String, message: String },
+    Call {
+        pack: String,
+        user: String,
+        message: String,
+    },
     #[error("rule pack {pack}: `map` returned an invalid desired user for {user}: {message}")]
-    Output { pack: String, user: String, message: String },
+    Output {
+        pack: String,
+        user: String,
+        message: String,
+    },
 }
 
 /// Which engine runs the pack.
@@ -78,6 +90,8 @@ pub struct Pack {
     runner: Runner,
 }
 
+// One per loaded pack; the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Runner {
     Rhai(rhai::RhaiPack),
     Wasm(wasm::WasmPack),
@@ -88,23 +102,40 @@ impl Pack {
     /// that the entry compiles and exports `map`.
     pub fn load(dir: &Path) -> Result<Self, RuleError> {
         let file = dir.join("pack.toml");
-        let text = std::fs::read_to_string(&file).map_err(|source| RuleError::Read { dir: dir.to_path_buf(), file: file.clone(), source })?;
-        let m: Manifest = toml::from_str(&text).map_err(|e| RuleError::Manifest { dir: dir.to_path_buf(), message: e.to_string() })?;
+        let text = std::fs::read_to_string(&file).map_err(|source| RuleError::Read {
+            dir: dir.to_path_buf(),
+            file: file.clone(),
+            source,
+        })?;
+        let m: Manifest = toml::from_str(&text).map_err(|e| RuleError::Manifest {
+            dir: dir.to_path_buf(),
+            message: e.to_string(),
+        })?;
         let pack = format!("{}@{}", m.pack.name, m.pack.version);
         let contract = m.pack.contract.trim();
         let major_minor: String = contract.split('.').take(2).collect::<Vec<_>>().join(".");
         if !ACCEPTED_CONTRACTS.contains(&major_minor.as_str()) {
-            return Err(RuleError::Contract { pack, found: contract.into(), accepted: ACCEPTED_CONTRACTS.join(", ") });
+            return Err(RuleError::Contract {
+                pack,
+                found: contract.into(),
+                accepted: ACCEPTED_CONTRACTS.join(", "),
+            });
         }
         let mut settings = Vec::new();
         for (name, v) in &m.settings {
             let toml::Value::Table(t) = v else {
-                return Err(RuleError::Manifest { dir: dir.to_path_buf(), message: format!("settings.{name} must be a table of \"key\" = \"value\"") });
+                return Err(RuleError::Manifest {
+                    dir: dir.to_path_buf(),
+                    message: format!("settings.{name} must be a table of \"key\" = \"value\""),
+                });
             };
             let mut entries = Vec::new();
             for (k, v) in t {
                 let toml::Value::String(s) = v else {
-                    return Err(RuleError::Manifest { dir: dir.to_path_buf(), message: format!("settings.{name}.{k} must be a string") });
+                    return Err(RuleError::Manifest {
+                        dir: dir.to_path_buf(),
+                        message: format!("settings.{name}.{k} must be a string"),
+                    });
                 };
                 entries.push((k.clone(), s.clone()));
             }
@@ -113,15 +144,28 @@ impl Pack {
         let entry = dir.join(&m.pack.entry);
         let runner = match m.pack.engine {
             EngineKind::Rhai => {
-                let src = std::fs::read_to_string(&entry).map_err(|source| RuleError::Read { dir: dir.to_path_buf(), file: entry.clone(), source })?;
+                let src = std::fs::read_to_string(&entry).map_err(|source| RuleError::Read {
+                    dir: dir.to_path_buf(),
+                    file: entry.clone(),
+                    source,
+                })?;
                 Runner::Rhai(rhai::RhaiPack::compile(&pack, &src, &settings)?)
             }
             EngineKind::Wasm => {
-                let bytes = std::fs::read(&entry).map_err(|source| RuleError::Read { dir: dir.to_path_buf(), file: entry.clone(), source })?;
+                let bytes = std::fs::read(&entry).map_err(|source| RuleError::Read {
+                    dir: dir.to_path_buf(),
+                    file: entry.clone(),
+                    source,
+                })?;
                 Runner::Wasm(wasm::WasmPack::compile(&pack, &bytes)?)
             }
         };
-        Ok(Self { info: m.pack, dir: dir.to_path_buf(), settings, runner })
+        Ok(Self {
+            info: m.pack,
+            dir: dir.to_path_buf(),
+            settings,
+            runner,
+        })
     }
 
     /// `name@version`.
@@ -143,13 +187,21 @@ impl Pack {
 /// Checks what any engine returned: API names only, and lifecycle and
 /// profile through their own fields rather than raw `IsActive`/`ProfileId`.
 fn validate(pack: &str, user: &str, d: DesiredUser) -> Result<DesiredUser, RuleError> {
-    let out = |message: String| RuleError::Output { pack: pack.into(), user: user.into(), message };
+    let out = |message: String| RuleError::Output {
+        pack: pack.into(),
+        user: user.into(),
+        message,
+    };
     for (k, v) in &d.fields {
         if !is_api_name(k) {
-            return Err(out(format!("field name {k:?} is not a Salesforce API name")));
+            return Err(out(format!(
+                "field name {k:?} is not a Salesforce API name"
+            )));
         }
         if matches!(k.as_str(), "IsActive" | "ProfileId" | "Id") {
-            return Err(out(format!("field {k} is set by the host; use `active` / `profile`")));
+            return Err(out(format!(
+                "field {k} is set by the host; use `active` / `profile`"
+            )));
         }
         if let FieldValue::Number(n) = v
             && !n.is_finite()
@@ -161,7 +213,9 @@ fn validate(pack: &str, user: &str, d: DesiredUser) -> Result<DesiredUser, RuleE
 }
 
 /// Builds the fields map from (name, value) pairs, refusing duplicates.
-pub(crate) fn fields_from_pairs(pairs: impl IntoIterator<Item = (String, FieldValue)>) -> Result<BTreeMap<String, FieldValue>, String> {
+pub(crate) fn fields_from_pairs(
+    pairs: impl IntoIterator<Item = (String, FieldValue)>,
+) -> Result<BTreeMap<String, FieldValue>, String> {
     let mut m = BTreeMap::new();
     for (k, v) in pairs {
         if m.insert(k.clone(), v).is_some() {
@@ -177,7 +231,9 @@ mod tests {
 
     fn pack_dir(manifest_extra: &str, engine: &str, entry: &str, body: &[u8]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().expect("temp dir");
-        let toml = format!("[pack]\nname = \"t\"\nversion = \"1.0.0\"\nengine = \"{engine}\"\nentry = \"{entry}\"\ncontract = \"0.1\"\n{manifest_extra}");
+        let toml = format!(
+            "[pack]\nname = \"t\"\nversion = \"1.0.0\"\nengine = \"{engine}\"\nentry = \"{entry}\"\ncontract = \"0.1\"\n{manifest_extra}"
+        );
         std::fs::write(dir.path().join("pack.toml"), toml).expect("write manifest");
         std::fs::write(dir.path().join(entry), body).expect("write entry");
         dir
@@ -189,15 +245,26 @@ mod tests {
     }
 
     fn user() -> EntraUser {
-        EntraUser { id: "u1".into(), user_principal_name: Some("zoë.ødegård@contoso.com".into()), given_name: Some("Zoë".into()), account_enabled: Some(true), ..Default::default() }
+        EntraUser {
+            id: "u1".into(),
+            user_principal_name: Some("zoë.ødegård@contoso.com".into()),
+            given_name: Some("Zoë".into()),
+            account_enabled: Some(true),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn gallery_pack_maps_like_the_gallery_app() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules/gallery-defaults");
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules/gallery-defaults");
         let pack = Pack::load(&dir).expect("gallery pack loads");
         let d = pack.map(&user(), &["SF-Sales".into()]).expect("maps");
-        assert_eq!(d.fields["Alias"], FieldValue::Text("zoë.ødeg".into()), "eight characters, not eight bytes");
+        assert_eq!(
+            d.fields["Alias"],
+            FieldValue::Text("zoë.ødeg".into()),
+            "eight characters, not eight bytes"
+        );
         assert_eq!(d.fields["LastName"], FieldValue::Text(".".into()));
         assert_eq!(d.fields["Email"], FieldValue::Null);
         assert_eq!(d.fields["LocaleSidKey"], FieldValue::Text("en_US".into()));
@@ -206,47 +273,91 @@ mod tests {
         let mut gone = user();
         gone.removed = Some(crate::model::Removal::SoftDeleted);
         assert!(!pack.map(&gone, &[]).expect("maps").active);
-        assert_eq!(pack.map(&gone, &[]).expect("maps").profile.as_deref(), Some("Chatter Free User"));
+        assert_eq!(
+            pack.map(&gone, &[]).expect("maps").profile.as_deref(),
+            Some("Chatter Free User")
+        );
     }
 
     #[test]
     fn runaway_scripts_hit_the_operations_limit() {
         let p = rhai("fn map(user, settings) { let x = 0; loop { x += 1; } }").expect("compiles");
         let e = p.map(&user(), &[]).expect_err("must stop").to_string();
-        assert!(e.contains("t@1.0.0") && e.contains("u1") && e.to_lowercase().contains("operations"), "{e}");
+        assert!(
+            e.contains("t@1.0.0") && e.contains("u1") && e.to_lowercase().contains("operations"),
+            "{e}"
+        );
     }
 
     #[test]
     fn eval_is_not_available() {
-        let e = rhai("fn map(user, settings) { eval(\"1\") }").err().map(|e| e.to_string()).unwrap_or_default();
+        let e = rhai("fn map(user, settings) { eval(\"1\") }")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(e.contains("eval"), "{e}");
     }
 
     #[test]
     fn outputs_are_checked() {
-        let p = rhai("fn map(user, settings) { #{ fields: #{}, active: true, extra: 1 } }").expect("compiles");
-        assert!(p.map(&user(), &[]).expect_err("unknown key").to_string().contains("unknown key `extra`"));
-        let p = rhai("fn map(user, settings) { #{ fields: #{ IsActive: false }, active: true } }").expect("compiles");
-        assert!(p.map(&user(), &[]).expect_err("host field").to_string().contains("IsActive is set by the host"));
-        let p = rhai("fn map(user, settings) { #{ fields: #{ Email: [1] }, active: true } }").expect("compiles");
-        assert!(p.map(&user(), &[]).expect_err("array").to_string().contains("field Email has a array value"));
+        let p = rhai("fn map(user, settings) { #{ fields: #{}, active: true, extra: 1 } }")
+            .expect("compiles");
+        assert!(
+            p.map(&user(), &[])
+                .expect_err("unknown key")
+                .to_string()
+                .contains("unknown key `extra`")
+        );
+        let p = rhai("fn map(user, settings) { #{ fields: #{ IsActive: false }, active: true } }")
+            .expect("compiles");
+        assert!(
+            p.map(&user(), &[])
+                .expect_err("host field")
+                .to_string()
+                .contains("IsActive is set by the host")
+        );
+        let p = rhai("fn map(user, settings) { #{ fields: #{ Email: [1] }, active: true } }")
+            .expect("compiles");
+        assert!(
+            p.map(&user(), &[])
+                .expect_err("array")
+                .to_string()
+                .contains("field Email has a array value")
+        );
     }
 
     #[test]
     fn manifests_are_strict() {
         assert!(matches!(rhai("fn nope() {}"), Err(RuleError::Load { .. })));
-        let dir = pack_dir("colour = \"red\"", "rhai", "main.rhai", b"fn map(u, s) { () }");
-        let e = Pack::load(dir.path()).err().map(|e| e.to_string()).unwrap_or_default();
+        let dir = pack_dir(
+            "colour = \"red\"",
+            "rhai",
+            "main.rhai",
+            b"fn map(u, s) { () }",
+        );
+        let e = Pack::load(dir.path())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(e.contains("colour"), "{e}");
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("pack.toml"), "[pack]\nname = \"t\"\nversion = \"1\"\nengine = \"rhai\"\nentry = \"m.rhai\"\ncontract = \"0.2\"\n").expect("write");
-        assert!(matches!(Pack::load(dir.path()), Err(RuleError::Contract { .. })));
+        assert!(matches!(
+            Pack::load(dir.path()),
+            Err(RuleError::Contract { .. })
+        ));
     }
 
     #[test]
     fn a_file_that_is_not_a_component_is_refused_at_load() {
         let dir = pack_dir("", "wasm", "x.wasm", b"\0asm not really");
-        let e = Pack::load(dir.path()).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(e.contains("t@1.0.0") && e.contains("not a valid component"), "{e}");
+        let e = Pack::load(dir.path())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("t@1.0.0") && e.contains("not a valid component"),
+            "{e}"
+        );
     }
 }

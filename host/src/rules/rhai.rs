@@ -38,7 +38,8 @@ fn sandboxed_engine(pack: &str) -> Engine {
 }
 
 fn opt(v: &Option<String>) -> Dynamic {
-    v.as_ref().map_or(Dynamic::UNIT, |s| Dynamic::from(s.clone()))
+    v.as_ref()
+        .map_or(Dynamic::UNIT, |s| Dynamic::from(s.clone()))
 }
 
 /// The user as the script sees it: Graph's camelCase names.
@@ -57,20 +58,38 @@ fn user_map(u: &EntraUser, groups: &[String]) -> Map {
     put("jobTitle", opt(&u.job_title));
     put("employeeId", opt(&u.employee_id));
     put("mobilePhone", opt(&u.mobile_phone));
-    put("businessPhones", Dynamic::from(u.business_phones.iter().cloned().map(Dynamic::from).collect::<Array>()));
+    put(
+        "businessPhones",
+        Dynamic::from(
+            u.business_phones
+                .iter()
+                .cloned()
+                .map(Dynamic::from)
+                .collect::<Array>(),
+        ),
+    );
     put("preferredLanguage", opt(&u.preferred_language));
     put("userType", opt(&u.user_type));
-    put("accountEnabled", u.account_enabled.map_or(Dynamic::UNIT, Dynamic::from));
+    put(
+        "accountEnabled",
+        u.account_enabled.map_or(Dynamic::UNIT, Dynamic::from),
+    );
     put("managerId", opt(&u.manager_id));
     put("softDeleted", Dynamic::from(u.removed.is_some()));
-    put("groups", Dynamic::from(groups.iter().cloned().map(Dynamic::from).collect::<Array>()));
+    put(
+        "groups",
+        Dynamic::from(groups.iter().cloned().map(Dynamic::from).collect::<Array>()),
+    );
     m
 }
 
 fn settings_map(settings: &SettingTables) -> Map {
     let mut m = Map::new();
     for (name, entries) in settings {
-        let arr: Array = entries.iter().map(|(k, v)| Dynamic::from(vec![Dynamic::from(k.clone()), Dynamic::from(v.clone())])).collect();
+        let arr: Array = entries
+            .iter()
+            .map(|(k, v)| Dynamic::from(vec![Dynamic::from(k.clone()), Dynamic::from(v.clone())]))
+            .collect();
         m.insert(name.as_str().into(), Dynamic::from(arr));
     }
     m
@@ -88,18 +107,29 @@ fn field_value(name: &str, v: &Dynamic) -> Result<FieldValue, String> {
     } else if let Some(f) = v.clone().try_cast::<f64>() {
         Ok(FieldValue::Number(f))
     } else {
-        Err(format!("field {name} has a {} value; use a string, bool, number or ()", v.type_name()))
+        Err(format!(
+            "field {name} has a {} value; use a string, bool, number or ()",
+            v.type_name()
+        ))
     }
 }
 
 fn desired(v: Dynamic) -> Result<DesiredUser, String> {
-    let m = v.try_cast::<Map>().ok_or("map must return an object map #{ fields, profile, active }")?;
+    let m = v
+        .try_cast::<Map>()
+        .ok_or("map must return an object map #{ fields, profile, active }")?;
     for k in m.keys() {
         if !matches!(k.as_str(), "fields" | "profile" | "active") {
-            return Err(format!("unknown key `{k}` (expected fields, profile, active)"));
+            return Err(format!(
+                "unknown key `{k}` (expected fields, profile, active)"
+            ));
         }
     }
-    let fields = m.get("fields").cloned().and_then(|f| f.try_cast::<Map>()).ok_or("`fields` must be an object map")?;
+    let fields = m
+        .get("fields")
+        .cloned()
+        .and_then(|f| f.try_cast::<Map>())
+        .ok_or("`fields` must be an object map")?;
     let mut pairs = Vec::new();
     for (k, v) in fields {
         pairs.push((k.to_string(), field_value(&k, &v)?));
@@ -107,30 +137,78 @@ fn desired(v: Dynamic) -> Result<DesiredUser, String> {
     let profile = match m.get("profile") {
         None => None,
         Some(p) if p.is_unit() => None,
-        Some(p) => Some(p.clone().try_cast::<ImmutableString>().ok_or("`profile` must be a string or ()")?.to_string()),
+        Some(p) => Some(
+            p.clone()
+                .try_cast::<ImmutableString>()
+                .ok_or("`profile` must be a string or ()")?
+                .to_string(),
+        ),
     };
-    let active = m.get("active").and_then(|a| a.clone().try_cast::<bool>()).ok_or("`active` must be a bool")?;
-    Ok(DesiredUser { fields: fields_from_pairs(pairs)?, profile, active })
+    let active = m
+        .get("active")
+        .and_then(|a| a.clone().try_cast::<bool>())
+        .ok_or("`active` must be a bool")?;
+    Ok(DesiredUser {
+        fields: fields_from_pairs(pairs)?,
+        profile,
+        active,
+    })
 }
 
 impl RhaiPack {
-    pub(super) fn compile(pack: &str, src: &str, settings: &SettingTables) -> Result<Self, RuleError> {
+    pub(super) fn compile(
+        pack: &str,
+        src: &str,
+        settings: &SettingTables,
+    ) -> Result<Self, RuleError> {
         let engine = sandboxed_engine(pack);
-        let ast = engine.compile(src).map_err(|e| RuleError::Load { pack: pack.into(), message: e.to_string() })?;
-        if !ast.iter_functions().any(|f| f.name == "map" && f.params.len() == 2) {
-            return Err(RuleError::Load { pack: pack.into(), message: "the script defines no `fn map(user, settings)`".into() });
+        let ast = engine.compile(src).map_err(|e| RuleError::Load {
+            pack: pack.into(),
+            message: e.to_string(),
+        })?;
+        if !ast
+            .iter_functions()
+            .any(|f| f.name == "map" && f.params.len() == 2)
+        {
+            return Err(RuleError::Load {
+                pack: pack.into(),
+                message: "the script defines no `fn map(user, settings)`".into(),
+            });
         }
-        Ok(Self { engine, ast: Arc::new(ast), settings: settings_map(settings) })
+        Ok(Self {
+            engine,
+            ast: Arc::new(ast),
+            settings: settings_map(settings),
+        })
     }
 
-    pub(super) fn map(&self, pack: &str, user: &EntraUser, groups: &[String]) -> Result<DesiredUser, RuleError> {
+    pub(super) fn map(
+        &self,
+        pack: &str,
+        user: &EntraUser,
+        groups: &[String],
+    ) -> Result<DesiredUser, RuleError> {
         let mut scope = Scope::new();
         // Packs hold only functions and constants; don't re-run top level.
         let opts = CallFnOptions::new().eval_ast(false).rewind_scope(true);
         let out: Dynamic = self
             .engine
-            .call_fn_with_options(opts, &mut scope, &self.ast, "map", (user_map(user, groups), self.settings.clone()))
-            .map_err(|e| RuleError::Call { pack: pack.into(), user: user.id.clone(), message: e.to_string() })?;
-        desired(out).map_err(|message| RuleError::Output { pack: pack.into(), user: user.id.clone(), message })
+            .call_fn_with_options(
+                opts,
+                &mut scope,
+                &self.ast,
+                "map",
+                (user_map(user, groups), self.settings.clone()),
+            )
+            .map_err(|e| RuleError::Call {
+                pack: pack.into(),
+                user: user.id.clone(),
+                message: e.to_string(),
+            })?;
+        desired(out).map_err(|message| RuleError::Output {
+            pack: pack.into(),
+            user: user.id.clone(),
+            message,
+        })
     }
 }

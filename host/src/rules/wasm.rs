@@ -35,7 +35,10 @@ struct State {
 
 impl WasiView for State {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -80,34 +83,70 @@ fn to_wit(u: &EntraUser, groups: &[String]) -> types::EntraUser {
 
 impl WasmPack {
     pub(super) fn compile(pack: &str, bytes: &[u8]) -> Result<Self, RuleError> {
-        let load = |message: String| RuleError::Load { pack: pack.into(), message };
+        let load = |message: String| RuleError::Load {
+            pack: pack.into(),
+            message,
+        };
         let engine = engine().map_err(load)?;
-        let component = Component::from_binary(engine, bytes).map_err(|e| load(format!("not a valid component: {e}")))?;
+        let component = Component::from_binary(engine, bytes)
+            .map_err(|e| load(format!("not a valid component: {e}")))?;
         let mut linker: Linker<State> = Linker::new(engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| load(e.to_string()))?;
         // Pre-instantiating resolves imports now, so a component that needs
         // more than the contract offers fails at load, not mid-sync.
-        let pre = linker.instantiate_pre(&component).map_err(|e| load(format!("imports not satisfied: {e}")))?;
-        let pre = RulePackPre::new(pre).map_err(|e| load(format!("does not implement world rule-pack: {e}")))?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| load(format!("imports not satisfied: {e}")))?;
+        let pre = RulePackPre::new(pre)
+            .map_err(|e| load(format!("does not implement world rule-pack: {e}")))?;
         Ok(Self { engine, pre })
     }
 
-    pub(super) fn map(&self, pack: &str, user: &EntraUser, groups: &[String], settings: &SettingTables) -> Result<DesiredUser, RuleError> {
-        let call = |message: String| RuleError::Call { pack: pack.into(), user: user.id.clone(), message };
+    pub(super) fn map(
+        &self,
+        pack: &str,
+        user: &EntraUser,
+        groups: &[String],
+        settings: &SettingTables,
+    ) -> Result<DesiredUser, RuleError> {
+        let call = |message: String| RuleError::Call {
+            pack: pack.into(),
+            user: user.id.clone(),
+            message,
+        };
         let state = State {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new().memory_size(MEMORY).instances(4).build(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(MEMORY)
+                .instances(4)
+                .build(),
         };
         let mut store = Store::new(self.engine, state);
         store.limiter(|s| &mut s.limits);
         store.set_fuel(FUEL).map_err(|e| call(e.to_string()))?;
-        let instance = self.pre.instantiate(&mut store).map_err(|e| call(format!("instantiation failed: {e}")))?;
-        let tables: Vec<types::SettingTable> = settings.iter().map(|(name, entries)| types::SettingTable { name: name.clone(), entries: entries.clone() }).collect();
-        let out = instance.call_map(&mut store, &to_wit(user, groups), &tables).map_err(|e| {
-            let out_of_fuel = e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::OutOfFuel);
-            call(if out_of_fuel { format!("ran out of its budget of {FUEL} fuel") } else { format!("trapped: {e:?}") })
-        })?;
+        let instance = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| call(format!("instantiation failed: {e}")))?;
+        let tables: Vec<types::SettingTable> = settings
+            .iter()
+            .map(|(name, entries)| types::SettingTable {
+                name: name.clone(),
+                entries: entries.clone(),
+            })
+            .collect();
+        let out = instance
+            .call_map(&mut store, &to_wit(user, groups), &tables)
+            .map_err(|e| {
+                let out_of_fuel =
+                    e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::OutOfFuel);
+                call(if out_of_fuel {
+                    format!("ran out of its budget of {FUEL} fuel")
+                } else {
+                    format!("trapped: {e:?}")
+                })
+            })?;
         let pairs = out.fields.into_iter().map(|(k, v)| {
             let v = match v {
                 types::Value::Null => FieldValue::Null,
@@ -117,7 +156,15 @@ impl WasmPack {
             };
             (k, v)
         });
-        let fields = fields_from_pairs(pairs).map_err(|message| RuleError::Output { pack: pack.into(), user: user.id.clone(), message })?;
-        Ok(DesiredUser { fields, profile: out.profile, active: out.active })
+        let fields = fields_from_pairs(pairs).map_err(|message| RuleError::Output {
+            pack: pack.into(),
+            user: user.id.clone(),
+            message,
+        })?;
+        Ok(DesiredUser {
+            fields,
+            profile: out.profile,
+            active: out.active,
+        })
     }
 }

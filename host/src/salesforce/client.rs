@@ -30,9 +30,18 @@ impl std::fmt::Display for ApiError {
 #[derive(Debug, thiserror::Error)]
 pub enum SfError {
     #[error("Salesforce token endpoint {url} refused the credentials: {error}: {description}")]
-    Auth { url: String, error: String, description: String },
+    Auth {
+        url: String,
+        error: String,
+        description: String,
+    },
     #[error("Salesforce {method} {url} answered HTTP {status}: {}", .errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
-    Api { method: String, url: String, status: u16, errors: Vec<ApiError> },
+    Api {
+        method: String,
+        url: String,
+        status: u16,
+        errors: Vec<ApiError>,
+    },
     #[error("cannot reach {url}")]
     Transport {
         url: String,
@@ -110,9 +119,26 @@ fn parse_errors(body: &Value, key: &str) -> Vec<ApiError> {
         .map(|a| {
             a.iter()
                 .map(|e| ApiError {
-                    code: e.get(key).or_else(|| e.get("errorCode")).and_then(Value::as_str).unwrap_or("UNKNOWN").to_string(),
-                    message: e.get("message").and_then(Value::as_str).unwrap_or("").to_string(),
-                    fields: e.get("fields").and_then(Value::as_array).map(|f| f.iter().filter_map(|x| x.as_str().map(str::to_string)).collect()).unwrap_or_default(),
+                    code: e
+                        .get(key)
+                        .or_else(|| e.get("errorCode"))
+                        .and_then(Value::as_str)
+                        .unwrap_or("UNKNOWN")
+                        .to_string(),
+                    message: e
+                        .get("message")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string(),
+                    fields: e
+                        .get("fields")
+                        .and_then(Value::as_array)
+                        .map(|f| {
+                            f.iter()
+                                .filter_map(|x| x.as_str().map(str::to_string))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                 })
                 .collect()
         })
@@ -121,13 +147,29 @@ fn parse_errors(body: &Value, key: &str) -> Vec<ApiError> {
 
 impl SalesforceClient {
     /// A client; authentication happens on the first call.
-    pub fn new(http: reqwest::Client, cfg: SalesforceConfig, secret: SecretString, retry: RetryPolicy) -> Self {
-        Self { http, cfg, secret, retry, session: Mutex::new(None), used: AtomicU64::new(0), max: AtomicU64::new(0) }
+    pub fn new(
+        http: reqwest::Client,
+        cfg: SalesforceConfig,
+        secret: SecretString,
+        retry: RetryPolicy,
+    ) -> Self {
+        Self {
+            http,
+            cfg,
+            secret,
+            retry,
+            session: Mutex::new(None),
+            used: AtomicU64::new(0),
+            max: AtomicU64::new(0),
+        }
     }
 
     /// Last API usage Salesforce reported.
     pub fn limit_info(&self) -> LimitInfo {
-        LimitInfo { used: self.used.load(Ordering::Relaxed), max: self.max.load(Ordering::Relaxed) }
+        LimitInfo {
+            used: self.used.load(Ordering::Relaxed),
+            max: self.max.load(Ordering::Relaxed),
+        }
     }
 
     fn data_path(&self) -> String {
@@ -135,23 +177,59 @@ impl SalesforceClient {
     }
 
     async fn login(&self) -> Result<Session, SfError> {
-        let url = format!("{}/services/oauth2/token", self.cfg.login_url.trim_end_matches('/'));
-        let form = [("grant_type", "client_credentials"), ("client_id", self.cfg.client_id.as_str()), ("client_secret", self.secret.expose())];
-        let resp = self.retry.send(true, || self.http.post(&url).form(&form)).await.map_err(|source| SfError::Transport { url: url.clone(), source: source.without_url() })?;
+        let url = format!(
+            "{}/services/oauth2/token",
+            self.cfg.login_url.trim_end_matches('/')
+        );
+        let form = [
+            ("grant_type", "client_credentials"),
+            ("client_id", self.cfg.client_id.as_str()),
+            ("client_secret", self.secret.expose()),
+        ];
+        let resp = self
+            .retry
+            .send(true, || self.http.post(&url).form(&form))
+            .await
+            .map_err(|source| SfError::Transport {
+                url: url.clone(),
+                source: source.without_url(),
+            })?;
         let status = resp.status();
-        let body: Value = resp.json().await.map_err(|e| SfError::Malformed { url: url.clone(), detail: format!("token response is not JSON: {e}") })?;
+        let body: Value = resp.json().await.map_err(|e| SfError::Malformed {
+            url: url.clone(),
+            detail: format!("token response is not JSON: {e}"),
+        })?;
         let s = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
         if !status.is_success() {
-            return Err(SfError::Auth { url, error: s("error").unwrap_or_default(), description: s("error_description").unwrap_or_default() });
+            return Err(SfError::Auth {
+                url,
+                error: s("error").unwrap_or_default(),
+                description: s("error_description").unwrap_or_default(),
+            });
         }
-        let token = s("access_token").ok_or_else(|| SfError::Malformed { url: url.clone(), detail: "no access_token".into() })?;
-        let instance_url = s("instance_url").ok_or_else(|| SfError::Malformed { url: url.clone(), detail: "no instance_url".into() })?;
-        Ok(Session { token: SecretString::new(token), instance_url })
+        let token = s("access_token").ok_or_else(|| SfError::Malformed {
+            url: url.clone(),
+            detail: "no access_token".into(),
+        })?;
+        let instance_url = s("instance_url").ok_or_else(|| SfError::Malformed {
+            url: url.clone(),
+            detail: "no instance_url".into(),
+        })?;
+        Ok(Session {
+            token: SecretString::new(token),
+            instance_url,
+        })
     }
 
     /// Calls `path` (absolute path on the instance, e.g. from
     /// `nextRecordsUrl`), re-authenticating once on 401 INVALID_SESSION_ID.
-    async fn call(&self, method: Method, path: &str, body: Option<&Value>, extra: &[(&str, &str)]) -> Result<Value, SfError> {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        extra: &[(&str, &str)],
+    ) -> Result<Value, SfError> {
         let idempotent = method != Method::POST;
         let mut relogged = false;
         loop {
@@ -160,14 +238,21 @@ impl SalesforceClient {
                 if guard.is_none() || relogged {
                     *guard = Some(self.login().await?);
                 }
-                let s = guard.as_ref().ok_or_else(|| SfError::Malformed { url: path.into(), detail: "no session".into() })?;
+                let s = guard.as_ref().ok_or_else(|| SfError::Malformed {
+                    url: path.into(),
+                    detail: "no session".into(),
+                })?;
                 (s.token.clone(), s.instance_url.clone())
             };
             let url = format!("{}{}", base.trim_end_matches('/'), path);
             let resp = self
                 .retry
                 .send(idempotent, || {
-                    let mut rb = self.http.request(method.clone(), &url).bearer_auth(token.expose()).header("Accept", "application/json");
+                    let mut rb = self
+                        .http
+                        .request(method.clone(), &url)
+                        .bearer_auth(token.expose())
+                        .header("Accept", "application/json");
                     for (k, v) in extra {
                         rb = rb.header(*k, *v);
                     }
@@ -177,41 +262,84 @@ impl SalesforceClient {
                     rb
                 })
                 .await
-                .map_err(|source| SfError::Transport { url: url.clone(), source: source.without_url() })?;
-            if let Some((used, max)) = resp.headers().get("sforce-limit-info").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().strip_prefix("api-usage=")).and_then(|v| v.split_once('/')) {
-                if let (Ok(u), Ok(m)) = (used.trim().parse(), max.trim().parse()) {
-                    self.used.store(u, Ordering::Relaxed);
-                    self.max.store(m, Ordering::Relaxed);
-                }
+                .map_err(|source| SfError::Transport {
+                    url: url.clone(),
+                    source: source.without_url(),
+                })?;
+            if let Some((used, max)) = resp
+                .headers()
+                .get("sforce-limit-info")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().strip_prefix("api-usage="))
+                .and_then(|v| v.split_once('/'))
+                && let (Ok(u), Ok(m)) = (used.trim().parse(), max.trim().parse())
+            {
+                self.used.store(u, Ordering::Relaxed);
+                self.max.store(m, Ordering::Relaxed);
             }
             let status = resp.status();
-            let text = resp.text().await.map_err(|source| SfError::Transport { url: url.clone(), source: source.without_url() })?;
+            let text = resp.text().await.map_err(|source| SfError::Transport {
+                url: url.clone(),
+                source: source.without_url(),
+            })?;
             if status.is_success() {
                 if text.trim().is_empty() {
                     return Ok(Value::Null);
                 }
-                return serde_json::from_str(&text).map_err(|e| SfError::Malformed { url, detail: format!("HTTP {status}, body is not JSON ({e})") });
+                return serde_json::from_str(&text).map_err(|e| SfError::Malformed {
+                    url,
+                    detail: format!("HTTP {status}, body is not JSON ({e})"),
+                });
             }
             let parsed: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
             let mut errors = parse_errors(&parsed, "errorCode");
             if errors.is_empty() {
-                errors.push(ApiError { code: format!("HTTP_{}", status.as_u16()), message: text.chars().take(300).collect(), fields: vec![] });
+                errors.push(ApiError {
+                    code: format!("HTTP_{}", status.as_u16()),
+                    message: text.chars().take(300).collect(),
+                    fields: vec![],
+                });
             }
-            if status.as_u16() == 401 && !relogged && errors.iter().any(|e| e.code == "INVALID_SESSION_ID") {
+            if status.as_u16() == 401
+                && !relogged
+                && errors.iter().any(|e| e.code == "INVALID_SESSION_ID")
+            {
                 relogged = true;
                 continue;
             }
-            return Err(SfError::Api { method: method.to_string(), url, status: status.as_u16(), errors });
+            return Err(SfError::Api {
+                method: method.to_string(),
+                url,
+                status: status.as_u16(),
+                errors,
+            });
         }
     }
 
     /// Runs a SOQL query and follows `nextRecordsUrl` to the end.
     pub async fn query(&self, soql: &str) -> Result<Vec<Map<String, Value>>, SfError> {
-        let mut path = format!("{}/query?q={}", self.data_path(), url::form_urlencoded::byte_serialize(soql.as_bytes()).collect::<String>());
+        let mut path = format!(
+            "{}/query?q={}",
+            self.data_path(),
+            url::form_urlencoded::byte_serialize(soql.as_bytes()).collect::<String>()
+        );
         let mut out = Vec::new();
         loop {
-            let page = self.call(Method::GET, &path, None, &[("Sforce-Query-Options", "batchSize=2000")]).await?;
-            let records = page.get("records").and_then(Value::as_array).ok_or_else(|| SfError::Malformed { url: path.clone(), detail: "query result has no records array".into() })?;
+            let page = self
+                .call(
+                    Method::GET,
+                    &path,
+                    None,
+                    &[("Sforce-Query-Options", "batchSize=2000")],
+                )
+                .await?;
+            let records = page
+                .get("records")
+                .and_then(Value::as_array)
+                .ok_or_else(|| SfError::Malformed {
+                    url: path.clone(),
+                    detail: "query result has no records array".into(),
+                })?;
             out.extend(records.iter().filter_map(|r| r.as_object().cloned()));
             let done = page.get("done").and_then(Value::as_bool).unwrap_or(true);
             match page.get("nextRecordsUrl").and_then(Value::as_str) {
@@ -221,7 +349,12 @@ impl SalesforceClient {
         }
     }
 
-    async fn collection(&self, method: Method, ty: &str, records: &[Map<String, Value>]) -> Result<Vec<RecordResult>, SfError> {
+    async fn collection(
+        &self,
+        method: Method,
+        ty: &str,
+        records: &[Map<String, Value>],
+    ) -> Result<Vec<RecordResult>, SfError> {
         let path = format!("{}/composite/sobjects", self.data_path());
         let recs: Vec<Value> = records
             .iter()
@@ -233,9 +366,15 @@ impl SalesforceClient {
             .collect();
         let body = json!({"allOrNone": false, "records": recs});
         let resp = self.call(method, &path, Some(&body), &[]).await?;
-        let arr = resp.as_array().ok_or_else(|| SfError::Malformed { url: path.clone(), detail: "collection result is not an array".into() })?;
+        let arr = resp.as_array().ok_or_else(|| SfError::Malformed {
+            url: path.clone(),
+            detail: "collection result is not an array".into(),
+        })?;
         if arr.len() != records.len() {
-            return Err(SfError::Malformed { url: path, detail: format!("{} results for {} records", arr.len(), records.len()) });
+            return Err(SfError::Malformed {
+                url: path,
+                detail: format!("{} results for {} records", arr.len(), records.len()),
+            });
         }
         Ok(arr
             .iter()
@@ -249,12 +388,20 @@ impl SalesforceClient {
 
     /// Creates up to 200 records of one type (`allOrNone=false`); results
     /// are in the order of `records`.
-    pub async fn create_many(&self, ty: &str, records: &[Map<String, Value>]) -> Result<Vec<RecordResult>, SfError> {
+    pub async fn create_many(
+        &self,
+        ty: &str,
+        records: &[Map<String, Value>],
+    ) -> Result<Vec<RecordResult>, SfError> {
         self.collection(Method::POST, ty, records).await
     }
 
     /// Updates up to 200 records of one type; each record carries `id`.
-    pub async fn update_many(&self, ty: &str, records: &[Map<String, Value>]) -> Result<Vec<RecordResult>, SfError> {
+    pub async fn update_many(
+        &self,
+        ty: &str,
+        records: &[Map<String, Value>],
+    ) -> Result<Vec<RecordResult>, SfError> {
         self.collection(Method::PATCH, ty, records).await
     }
 }

@@ -17,9 +17,15 @@ pub(super) fn routes() -> Router<Sim> {
         .route("/_sim/stats", get(stats))
         .route("/_sim/faults", put(set_faults))
         .route("/_sim/graph/users", post(create_user))
-        .route("/_sim/graph/users/{id}", axum::routing::patch(update_user).delete(delete_user))
+        .route(
+            "/_sim/graph/users/{id}",
+            axum::routing::patch(update_user).delete(delete_user),
+        )
         .route("/_sim/graph/users/{id}/restore", post(restore_user))
-        .route("/_sim/graph/groups/{group}/members/{user}", post(add_member).delete(remove_member))
+        .route(
+            "/_sim/graph/groups/{group}/members/{user}",
+            post(add_member).delete(remove_member),
+        )
         .route("/_sim/salesforce/users", get(sf_users))
 }
 
@@ -39,31 +45,74 @@ async fn set_faults(State(sim): State<Sim>, axum::Json(f): axum::Json<Faults>) -
     done::<String>(Ok(json!({"ok": true})))
 }
 
-async fn create_user(State(sim): State<Sim>, axum::Json(mut props): axum::Json<Map<String, Value>>) -> Response {
-    let id = props.remove("id").and_then(|v| v.as_str().map(str::to_string)).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    done(sim.graph().create_user(&id, props).map(|id| json!({"id": id})))
+async fn create_user(
+    State(sim): State<Sim>,
+    axum::Json(mut props): axum::Json<Map<String, Value>>,
+) -> Response {
+    let id = props
+        .remove("id")
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    done(
+        sim.graph()
+            .create_user(&id, props)
+            .map(|id| json!({"id": id})),
+    )
 }
 
-async fn update_user(State(sim): State<Sim>, Path(id): Path<String>, axum::Json(changes): axum::Json<Map<String, Value>>) -> Response {
-    done(sim.graph().update_user(&id, changes).map(|()| json!({"id": id})))
+async fn update_user(
+    State(sim): State<Sim>,
+    Path(id): Path<String>,
+    axum::Json(changes): axum::Json<Map<String, Value>>,
+) -> Response {
+    done(
+        sim.graph()
+            .update_user(&id, changes)
+            .map(|()| json!({"id": id})),
+    )
 }
 
-async fn delete_user(State(sim): State<Sim>, Path(id): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn delete_user(
+    State(sim): State<Sim>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let permanent = q.get("permanent").is_some_and(|v| v == "true");
     let mut t = sim.graph();
-    done(if permanent { t.hard_delete_user(&id) } else { t.soft_delete_user(&id) }.map(|()| json!({"id": id})))
+    done(
+        if permanent {
+            t.hard_delete_user(&id)
+        } else {
+            t.soft_delete_user(&id)
+        }
+        .map(|()| json!({"id": id})),
+    )
 }
 
 async fn restore_user(State(sim): State<Sim>, Path(id): Path<String>) -> Response {
     done(sim.graph().restore_user(&id).map(|()| json!({"id": id})))
 }
 
-async fn add_member(State(sim): State<Sim>, Path((group, user)): Path<(String, String)>) -> Response {
-    done(sim.graph().set_membership(&group, &user, true).map(|()| json!({"ok": true})))
+async fn add_member(
+    State(sim): State<Sim>,
+    Path((group, user)): Path<(String, String)>,
+) -> Response {
+    done(
+        sim.graph()
+            .set_membership(&group, &user, true)
+            .map(|()| json!({"ok": true})),
+    )
 }
 
-async fn remove_member(State(sim): State<Sim>, Path((group, user)): Path<(String, String)>) -> Response {
-    done(sim.graph().set_membership(&group, &user, false).map(|()| json!({"ok": true})))
+async fn remove_member(
+    State(sim): State<Sim>,
+    Path((group, user)): Path<(String, String)>,
+) -> Response {
+    done(
+        sim.graph()
+            .set_membership(&group, &user, false)
+            .map(|()| json!({"ok": true})),
+    )
 }
 
 async fn sf_users(State(sim): State<Sim>) -> Response {

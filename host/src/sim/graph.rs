@@ -6,11 +6,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
+use axum::Router;
 use axum::extract::{Form, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::Router;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -100,7 +100,9 @@ pub enum TenantError {
     NoGroup(String),
     #[error("user property {0:?} is not one the emulator stores")]
     UnknownProperty(String),
-    #[error("another object with the same value for property userPrincipalName already exists: {0}")]
+    #[error(
+        "another object with the same value for property userPrincipalName already exists: {0}"
+    )]
     DuplicateUpn(String),
 }
 
@@ -111,7 +113,11 @@ impl GraphTenant {
     }
 
     /// Adds a user with the given properties; returns its id.
-    pub fn create_user(&mut self, id: &str, props: Map<String, Value>) -> Result<String, TenantError> {
+    pub fn create_user(
+        &mut self,
+        id: &str,
+        props: Map<String, Value>,
+    ) -> Result<String, TenantError> {
         for k in props.keys() {
             if !USER_PROPERTIES.contains(&k.as_str()) {
                 return Err(TenantError::UnknownProperty(k.clone()));
@@ -120,7 +126,10 @@ impl GraphTenant {
         if let Some(upn) = props.get("userPrincipalName").and_then(Value::as_str) {
             let clash = self.users.values().any(|u| {
                 u.removed != Some(Removal::HardDeleted)
-                    && u.props.get("userPrincipalName").and_then(Value::as_str).is_some_and(|x| x.eq_ignore_ascii_case(upn))
+                    && u.props
+                        .get("userPrincipalName")
+                        .and_then(Value::as_str)
+                        .is_some_and(|x| x.eq_ignore_ascii_case(upn))
             });
             if clash {
                 return Err(TenantError::DuplicateUpn(upn.to_string()));
@@ -129,13 +138,23 @@ impl GraphTenant {
         let seq = self.bump();
         self.users.insert(
             id.to_string(),
-            SimUser { id: id.to_string(), props, manager_id: None, removed: None, seq },
+            SimUser {
+                id: id.to_string(),
+                props,
+                manager_id: None,
+                removed: None,
+                seq,
+            },
         );
         Ok(id.to_string())
     }
 
     /// Changes properties of a live user (null clears a property).
-    pub fn update_user(&mut self, id: &str, changes: Map<String, Value>) -> Result<(), TenantError> {
+    pub fn update_user(
+        &mut self,
+        id: &str,
+        changes: Map<String, Value>,
+    ) -> Result<(), TenantError> {
         for k in changes.keys() {
             if !USER_PROPERTIES.contains(&k.as_str()) {
                 return Err(TenantError::UnknownProperty(k.clone()));
@@ -185,7 +204,10 @@ impl GraphTenant {
     /// it belonged to do not emit a `members@delta` removal.
     pub fn hard_delete_user(&mut self, id: &str) -> Result<(), TenantError> {
         let seq = self.bump();
-        let user = self.users.get_mut(id).ok_or_else(|| TenantError::NoUser(id.to_string()))?;
+        let user = self
+            .users
+            .get_mut(id)
+            .ok_or_else(|| TenantError::NoUser(id.to_string()))?;
         user.removed = Some(Removal::HardDeleted);
         user.seq = seq;
         for g in self.groups.values_mut() {
@@ -206,19 +228,37 @@ impl GraphTenant {
         let seq = self.bump();
         self.groups.insert(
             id.to_string(),
-            SimGroup { id: id.to_string(), display_name: display_name.to_string(), members: BTreeSet::new(), log: Vec::new(), seq },
+            SimGroup {
+                id: id.to_string(),
+                display_name: display_name.to_string(),
+                members: BTreeSet::new(),
+                log: Vec::new(),
+                seq,
+            },
         );
         id.to_string()
     }
 
     /// Adds (`true`) or removes (`false`) a direct member.
-    pub fn set_membership(&mut self, group: &str, member: &str, add: bool) -> Result<(), TenantError> {
-        if add && !self.users.get(member).is_some_and(|u| u.removed.is_none()) {
+    pub fn set_membership(
+        &mut self,
+        group: &str,
+        member: &str,
+        add: bool,
+    ) -> Result<(), TenantError> {
+        if add && self.users.get(member).is_none_or(|u| u.removed.is_some()) {
             return Err(TenantError::NoUser(member.to_string()));
         }
         let seq = self.bump();
-        let g = self.groups.get_mut(group).ok_or_else(|| TenantError::NoGroup(group.to_string()))?;
-        let changed = if add { g.members.insert(member.to_string()) } else { g.members.remove(member) };
+        let g = self
+            .groups
+            .get_mut(group)
+            .ok_or_else(|| TenantError::NoGroup(group.to_string()))?;
+        let changed = if add {
+            g.members.insert(member.to_string())
+        } else {
+            g.members.remove(member)
+        };
         if changed {
             g.log.push((seq, member.to_string(), add));
             g.seq = seq;
@@ -252,13 +292,19 @@ impl GraphTenant {
     }
 
     fn issue_token(&mut self) -> String {
-        let token = format!("eyJ0eXAiOiJKV1QiLCJhbGciOiJub25lIn0.sim.{}", uuid::Uuid::new_v4().simple());
-        self.tokens.insert(token.clone(), Instant::now() + TOKEN_LIFETIME);
+        let token = format!(
+            "eyJ0eXAiOiJKV1QiLCJhbGciOiJub25lIn0.sim.{}",
+            uuid::Uuid::new_v4().simple()
+        );
+        self.tokens
+            .insert(token.clone(), Instant::now() + TOKEN_LIFETIME);
         token
     }
 
     fn token_valid(&self, token: &str) -> bool {
-        self.tokens.get(token).is_some_and(|exp| *exp > Instant::now())
+        self.tokens
+            .get(token)
+            .is_some_and(|exp| *exp > Instant::now())
     }
 }
 
@@ -281,14 +327,21 @@ impl Cursor {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
     }
     fn decode(s: &str) -> Option<Self> {
-        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).ok()?;
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(s)
+            .ok()?;
         serde_json::from_slice(&raw).ok()
     }
 }
 
 pub(super) fn routes() -> Router<Sim> {
     let mut r = Router::new().route("/{tenant}/oauth2/v2.0/token", post(token));
-    for path in ["delta", "microsoft.graph.delta", "delta()", "microsoft.graph.delta()"] {
+    for path in [
+        "delta",
+        "microsoft.graph.delta",
+        "delta()",
+        "microsoft.graph.delta()",
+    ] {
         r = r
             .route(&format!("/v1.0/users/{path}"), get(users_delta))
             .route(&format!("/v1.0/groups/{path}"), get(groups_delta));
@@ -297,7 +350,12 @@ pub(super) fn routes() -> Router<Sim> {
 }
 
 /// A Graph error body (`{"error":{code,message,innerError}}`).
-pub(crate) fn error_response(status: StatusCode, code: &str, message: &str, client_request_id: Option<&str>) -> Response {
+pub(crate) fn error_response(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    client_request_id: Option<&str>,
+) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
     let mut inner = json!({
         "date": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S").to_string(),
@@ -306,7 +364,10 @@ pub(crate) fn error_response(status: StatusCode, code: &str, message: &str, clie
     if let Some(c) = client_request_id {
         inner["client-request-id"] = json!(c);
     }
-    let mut resp = super::json(status, json!({"error": {"code": code, "message": message, "innerError": inner}}));
+    let mut resp = super::json(
+        status,
+        json!({"error": {"code": code, "message": message, "innerError": inner}}),
+    );
     set_header(&mut resp, "request-id", &request_id);
     if let Some(c) = client_request_id {
         set_header(&mut resp, "client-request-id", c);
@@ -332,37 +393,84 @@ fn identity_error(status: StatusCode, error: &str, code: u32, description: &str)
     )
 }
 
-async fn token(State(sim): State<Sim>, Path(tenant): Path<String>, Form(form): Form<HashMap<String, String>>) -> Response {
+async fn token(
+    State(sim): State<Sim>,
+    Path(tenant): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
     sim.stats_mut().graph_token_calls += 1;
     if matches!(tenant.as_str(), "common" | "consumers") {
-        return identity_error(StatusCode::BAD_REQUEST, "invalid_request", 9001023, "The grant type isn't supported over the /common or /consumers endpoints.");
+        return identity_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            9001023,
+            "The grant type isn't supported over the /common or /consumers endpoints.",
+        );
     }
     if tenant != creds::TENANT {
-        return identity_error(StatusCode::BAD_REQUEST, "invalid_request", 90002, &format!("Tenant '{tenant}' not found."));
+        return identity_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            90002,
+            &format!("Tenant '{tenant}' not found."),
+        );
     }
     if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
-        return identity_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", 70003, "The app requested an unsupported grant type.");
+        return identity_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            70003,
+            "The app requested an unsupported grant type.",
+        );
     }
     let scope = form.get("scope").map(String::as_str).unwrap_or("");
     if scope.split(' ').count() != 1 || !scope.ends_with("/.default") {
-        return identity_error(StatusCode::BAD_REQUEST, "invalid_scope", 70011, &format!("The provided value for the input parameter 'scope' is not valid. The scope {scope} is not valid."));
+        return identity_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            70011,
+            &format!(
+                "The provided value for the input parameter 'scope' is not valid. The scope {scope} is not valid."
+            ),
+        );
     }
     if form.get("client_id").map(String::as_str) != Some(creds::ENTRA_CLIENT_ID) {
-        return identity_error(StatusCode::BAD_REQUEST, "unauthorized_client", 700016, "Application was not found in the directory. This can happen if the application has not been installed by the administrator of the tenant.");
+        return identity_error(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            700016,
+            "Application was not found in the directory. This can happen if the application has not been installed by the administrator of the tenant.",
+        );
     }
     match form.get("client_secret") {
-        None => identity_error(StatusCode::BAD_REQUEST, "invalid_request", 7000216, "'client_assertion', 'client_secret' or 'request' is required for the 'client_credentials' grant type."),
-        Some(s) if s != creds::ENTRA_CLIENT_SECRET => identity_error(StatusCode::UNAUTHORIZED, "invalid_client", 7000215, "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app."),
+        None => identity_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            7000216,
+            "'client_assertion', 'client_secret' or 'request' is required for the 'client_credentials' grant type.",
+        ),
+        Some(s) if s != creds::ENTRA_CLIENT_SECRET => identity_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            7000215,
+            "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app.",
+        ),
         Some(_) => {
             let token = sim.graph().issue_token();
-            super::json(StatusCode::OK, json!({"token_type": "Bearer", "expires_in": TOKEN_LIFETIME.as_secs(), "ext_expires_in": TOKEN_LIFETIME.as_secs(), "access_token": token}))
+            super::json(
+                StatusCode::OK,
+                json!({"token_type": "Bearer", "expires_in": TOKEN_LIFETIME.as_secs(), "ext_expires_in": TOKEN_LIFETIME.as_secs(), "access_token": token}),
+            )
         }
     }
 }
 
 /// Checks the bearer token and the delta fault; `Err` is the response.
 fn gate(sim: &Sim, headers: &HeaderMap) -> Result<Option<String>, Response> {
-    let client_req = headers.get("client-request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let client_req = headers
+        .get("client-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     sim.stats_mut().graph_calls += 1;
     let token = headers
         .get("authorization")
@@ -370,15 +478,30 @@ fn gate(sim: &Sim, headers: &HeaderMap) -> Result<Option<String>, Response> {
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if token.is_empty() {
-        return Err(error_response(StatusCode::UNAUTHORIZED, "InvalidAuthenticationToken", "Access token is empty.", client_req.as_deref()));
+        return Err(error_response(
+            StatusCode::UNAUTHORIZED,
+            "InvalidAuthenticationToken",
+            "Access token is empty.",
+            client_req.as_deref(),
+        ));
     }
     if !sim.graph().token_valid(token) {
-        return Err(error_response(StatusCode::UNAUTHORIZED, "InvalidAuthenticationToken", "Access token has expired or is not yet valid.", client_req.as_deref()));
+        return Err(error_response(
+            StatusCode::UNAUTHORIZED,
+            "InvalidAuthenticationToken",
+            "Access token has expired or is not yet valid.",
+            client_req.as_deref(),
+        ));
     }
     let mut faults = sim.faults();
     if let Some(n) = faults.graph_delta_fail_after_pages.as_mut() {
         if *n == 0 {
-            return Err(error_response(StatusCode::SERVICE_UNAVAILABLE, "serviceNotAvailable", "The service is temporarily unavailable (injected fault).", client_req.as_deref()));
+            return Err(error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "serviceNotAvailable",
+                "The service is temporarily unavailable (injected fault).",
+                client_req.as_deref(),
+            ));
         }
         *n -= 1;
     }
@@ -399,7 +522,10 @@ fn page_size(headers: &HeaderMap) -> usize {
 }
 
 fn base_url(headers: &HeaderMap) -> String {
-    let host = headers.get("host").and_then(|v| v.to_str().ok()).unwrap_or("localhost");
+    let host = headers
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost");
     format!("http://{host}")
 }
 
@@ -409,11 +535,17 @@ enum Round {
 }
 
 /// Works out where a delta request starts from its query string.
-fn start(q: &HashMap<String, String>, allowed: &[&str], default_sel: &[&str]) -> Result<Round, (StatusCode, &'static str, String)> {
+fn start(
+    q: &HashMap<String, String>,
+    allowed: &[&str],
+    default_sel: &[&str],
+) -> Result<Round, (StatusCode, &'static str, String)> {
     if let Some(t) = q.get("$skiptoken") {
-        return Cursor::decode(t)
-            .map(Round::Page)
-            .ok_or((StatusCode::BAD_REQUEST, "badRequest", "Invalid skip token.".to_string()));
+        return Cursor::decode(t).map(Round::Page).ok_or((
+            StatusCode::BAD_REQUEST,
+            "badRequest",
+            "Invalid skip token.".to_string(),
+        ));
     }
     if q.contains_key("$filter") {
         return Err((StatusCode::BAD_REQUEST, "Request_UnsupportedQuery", "Unsupported query: only filtering by id is supported on delta, and this emulator does not implement it.".into()));
@@ -423,7 +555,13 @@ fn start(q: &HashMap<String, String>, allowed: &[&str], default_sel: &[&str]) ->
             let mut v = Vec::new();
             for p in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
                 if p != "id" && !allowed.contains(&p) {
-                    return Err((StatusCode::BAD_REQUEST, "Request_BadRequest", format!("Could not find a property named '{p}' on type 'microsoft.graph.directoryObject'.")));
+                    return Err((
+                        StatusCode::BAD_REQUEST,
+                        "Request_BadRequest",
+                        format!(
+                            "Could not find a property named '{p}' on type 'microsoft.graph.directoryObject'."
+                        ),
+                    ));
                 }
                 v.push(p.to_string());
             }
@@ -435,18 +573,46 @@ fn start(q: &HashMap<String, String>, allowed: &[&str], default_sel: &[&str]) ->
         Some("latest") => Ok(Round::Latest(sel)),
         Some(t) => {
             let c = Cursor::decode(t).ok_or((StatusCode::BAD_REQUEST, "syncStateNotFound", "The sync state generation is not found. The delta token is expired and data must be synchronized again.".to_string()))?;
-            Ok(Round::Page(Cursor { s: c.u, u: 0, a: None, sel: c.sel }))
+            Ok(Round::Page(Cursor {
+                s: c.u,
+                u: 0,
+                a: None,
+                sel: c.sel,
+            }))
         }
-        None => Ok(Round::Page(Cursor { s: 0, u: 0, a: None, sel })),
+        None => Ok(Round::Page(Cursor {
+            s: 0,
+            u: 0,
+            a: None,
+            sel,
+        })),
     }
 }
 
-fn finish(headers: &HeaderMap, client_req: Option<String>, kind: &str, context: &str, value: Vec<Value>, next: Result<Cursor, Cursor>) -> Response {
+fn finish(
+    headers: &HeaderMap,
+    client_req: Option<String>,
+    kind: &str,
+    context: &str,
+    value: Vec<Value>,
+    next: Result<Cursor, Cursor>,
+) -> Response {
     let base = base_url(headers);
-    let mut body = json!({"@odata.context": format!("{base}/v1.0/$metadata#{context}"), "value": value});
+    let mut body =
+        json!({"@odata.context": format!("{base}/v1.0/$metadata#{context}"), "value": value});
     match next {
-        Ok(c) => body["@odata.nextLink"] = json!(format!("{base}/v1.0/{kind}/delta?$skiptoken={}", c.encode())),
-        Err(c) => body["@odata.deltaLink"] = json!(format!("{base}/v1.0/{kind}/delta?$deltatoken={}", c.encode())),
+        Ok(c) => {
+            body["@odata.nextLink"] = json!(format!(
+                "{base}/v1.0/{kind}/delta?$skiptoken={}",
+                c.encode()
+            ))
+        }
+        Err(c) => {
+            body["@odata.deltaLink"] = json!(format!(
+                "{base}/v1.0/{kind}/delta?$deltatoken={}",
+                c.encode()
+            ))
+        }
     }
     let mut resp = super::json(StatusCode::OK, body);
     set_header(&mut resp, "request-id", &uuid::Uuid::new_v4().to_string());
@@ -456,7 +622,11 @@ fn finish(headers: &HeaderMap, client_req: Option<String>, kind: &str, context: 
     resp
 }
 
-async fn users_delta(State(sim): State<Sim>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn users_delta(
+    State(sim): State<Sim>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let client_req = match gate(&sim, &headers) {
         Ok(c) => c,
         Err(r) => return r,
@@ -471,7 +641,12 @@ async fn users_delta(State(sim): State<Sim>, headers: HeaderMap, Query(q): Query
     let tenant = sim.graph();
     let mut cur = match round {
         Round::Latest(sel) => {
-            let c = Cursor { s: tenant.seq, u: tenant.seq, a: None, sel };
+            let c = Cursor {
+                s: tenant.seq,
+                u: tenant.seq,
+                a: None,
+                sel,
+            };
             drop(tenant);
             return finish(&headers, client_req, "users", "users", vec![], Err(c));
         }
@@ -485,11 +660,20 @@ async fn users_delta(State(sim): State<Sim>, headers: HeaderMap, Query(q): Query
     let mut last = None;
     let mut more = false;
     let after = cur.a.clone();
-    for u in tenant.users.range::<String, _>((after.as_ref().map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded), std::ops::Bound::Unbounded)) {
+    for u in tenant.users.range::<String, _>((
+        after
+            .as_ref()
+            .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded),
+        std::ops::Bound::Unbounded,
+    )) {
         let u = u.1;
         // The initial round is the current state (later changes are
         // replayed by the next round, which is harmless: apply is idempotent).
-        let skip = if initial { u.removed.is_some() } else { u.seq <= cur.s || u.seq > cur.u };
+        let skip = if initial {
+            u.removed.is_some()
+        } else {
+            u.seq <= cur.s || u.seq > cur.u
+        };
         if skip {
             continue;
         }
@@ -505,7 +689,12 @@ async fn users_delta(State(sim): State<Sim>, headers: HeaderMap, Query(q): Query
     let next = if more {
         Ok(Cursor { a: last, ..cur })
     } else {
-        Err(Cursor { s: cur.u, u: cur.u, a: None, sel: cur.sel })
+        Err(Cursor {
+            s: cur.u,
+            u: cur.u,
+            a: None,
+            sel: cur.sel,
+        })
     };
     finish(&headers, client_req, "users", "users", value, next)
 }
@@ -514,14 +703,21 @@ fn render_user(u: &SimUser, sel: &[String]) -> Value {
     let mut o = Map::new();
     o.insert("id".into(), json!(u.id));
     if let Some(r) = u.removed {
-        let reason = if r == Removal::SoftDeleted { "changed" } else { "deleted" };
+        let reason = if r == Removal::SoftDeleted {
+            "changed"
+        } else {
+            "deleted"
+        };
         o.insert("@removed".into(), json!({"reason": reason}));
         return Value::Object(o);
     }
     for p in sel {
         if p == "manager" {
             if let Some(m) = &u.manager_id {
-                o.insert("manager@delta".into(), json!([{"@odata.type": "#microsoft.graph.user", "id": m}]));
+                o.insert(
+                    "manager@delta".into(),
+                    json!([{"@odata.type": "#microsoft.graph.user", "id": m}]),
+                );
             }
             continue;
         }
@@ -535,12 +731,20 @@ fn render_user(u: &SimUser, sel: &[String]) -> Value {
     Value::Object(o)
 }
 
-async fn groups_delta(State(sim): State<Sim>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn groups_delta(
+    State(sim): State<Sim>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let client_req = match gate(&sim, &headers) {
         Ok(c) => c,
         Err(r) => return r,
     };
-    let round = match start(&q, &["displayName", "members", "description"], &["displayName", "members"]) {
+    let round = match start(
+        &q,
+        &["displayName", "members", "description"],
+        &["displayName", "members"],
+    ) {
         Ok(r) => r,
         Err((st, code, msg)) => return error_response(st, code, &msg, client_req.as_deref()),
     };
@@ -548,7 +752,12 @@ async fn groups_delta(State(sim): State<Sim>, headers: HeaderMap, Query(q): Quer
     let tenant = sim.graph();
     let mut cur = match round {
         Round::Latest(sel) => {
-            let c = Cursor { s: tenant.seq, u: tenant.seq, a: None, sel };
+            let c = Cursor {
+                s: tenant.seq,
+                u: tenant.seq,
+                a: None,
+                sel,
+            };
             drop(tenant);
             return finish(&headers, client_req, "groups", "groups", vec![], Err(c));
         }
@@ -563,7 +772,12 @@ async fn groups_delta(State(sim): State<Sim>, headers: HeaderMap, Query(q): Quer
     let mut last = None;
     let mut more = false;
     let after = cur.a.clone();
-    for (_, g) in tenant.groups.range::<String, _>((after.as_ref().map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded), std::ops::Bound::Unbounded)) {
+    for (_, g) in tenant.groups.range::<String, _>((
+        after
+            .as_ref()
+            .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded),
+        std::ops::Bound::Unbounded,
+    )) {
         if !initial && (g.seq <= cur.s || g.seq > cur.u) {
             continue;
         }
@@ -578,7 +792,10 @@ async fn groups_delta(State(sim): State<Sim>, headers: HeaderMap, Query(q): Quer
         }
         if with_members {
             let members: Vec<Value> = if initial {
-                g.members.iter().map(|m| json!({"@odata.type": "#microsoft.graph.user", "id": m})).collect()
+                g.members
+                    .iter()
+                    .map(|m| json!({"@odata.type": "#microsoft.graph.user", "id": m}))
+                    .collect()
             } else {
                 let mut latest: BTreeMap<&str, bool> = BTreeMap::new();
                 for (seq, m, add) in &g.log {
@@ -607,7 +824,12 @@ async fn groups_delta(State(sim): State<Sim>, headers: HeaderMap, Query(q): Quer
     let next = if more {
         Ok(Cursor { a: last, ..cur })
     } else {
-        Err(Cursor { s: cur.u, u: cur.u, a: None, sel: cur.sel })
+        Err(Cursor {
+            s: cur.u,
+            u: cur.u,
+            a: None,
+            sel: cur.sel,
+        })
     };
     finish(&headers, client_req, "groups", "groups", value, next)
 }

@@ -37,7 +37,11 @@ pub struct SfErr {
 }
 
 fn err(code: &'static str, message: impl Into<String>, fields: &[&str]) -> SfErr {
-    SfErr { code, message: message.into(), fields: fields.iter().map(|s| s.to_string()).collect() }
+    SfErr {
+        code,
+        message: message.into(),
+        fields: fields.iter().map(|s| s.to_string()).collect(),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -62,14 +66,57 @@ struct FieldDef {
 }
 
 const fn f(name: &'static str, kind: Kind, len: usize, required: bool, writable: bool) -> FieldDef {
-    FieldDef { name, kind, len, required, writable }
+    FieldDef {
+        name,
+        kind,
+        len,
+        required,
+        writable,
+    }
 }
 
 /// Restricted picklists (a realistic subset of Salesforce's values).
-pub const TIME_ZONES: &[&str] = &["America/Los_Angeles", "America/Denver", "America/Chicago", "America/New_York", "America/Sao_Paulo", "Europe/London", "Europe/Dublin", "Europe/Paris", "Europe/Berlin", "Europe/Madrid", "Europe/Rome", "Europe/Amsterdam", "Europe/Stockholm", "Europe/Warsaw", "Asia/Tokyo", "Asia/Shanghai", "Asia/Kolkata", "Asia/Singapore", "Australia/Sydney", "GMT"];
-pub const LOCALES: &[&str] = &["en_US", "en_GB", "en_AU", "en_CA", "en_IE", "en_IN", "de_DE", "de_AT", "de_CH", "fr_FR", "fr_CA", "fr_BE", "es_ES", "es_MX", "it_IT", "ja_JP", "ko_KR", "nl_NL", "nl_BE", "pt_BR", "pt_PT", "sv_SE", "pl_PL", "zh_CN", "zh_TW", "da_DK", "fi_FI", "nb_NO", "cs_CZ", "tr_TR"];
-pub const LANGUAGES: &[&str] = &["en_US", "en_GB", "de", "fr", "es", "it", "ja", "ko", "nl_NL", "pt_BR", "sv", "pl", "zh_CN", "zh_TW", "da", "fi", "no", "cs", "tr"];
-pub const ENCODINGS: &[&str] = &["UTF-8", "ISO-8859-1", "Shift_JIS", "ISO-2022-JP", "EUC-JP", "ks_c_5601-1987", "Big5", "GB2312"];
+pub const TIME_ZONES: &[&str] = &[
+    "America/Los_Angeles",
+    "America/Denver",
+    "America/Chicago",
+    "America/New_York",
+    "America/Sao_Paulo",
+    "Europe/London",
+    "Europe/Dublin",
+    "Europe/Paris",
+    "Europe/Berlin",
+    "Europe/Madrid",
+    "Europe/Rome",
+    "Europe/Amsterdam",
+    "Europe/Stockholm",
+    "Europe/Warsaw",
+    "Asia/Tokyo",
+    "Asia/Shanghai",
+    "Asia/Kolkata",
+    "Asia/Singapore",
+    "Australia/Sydney",
+    "GMT",
+];
+pub const LOCALES: &[&str] = &[
+    "en_US", "en_GB", "en_AU", "en_CA", "en_IE", "en_IN", "de_DE", "de_AT", "de_CH", "fr_FR",
+    "fr_CA", "fr_BE", "es_ES", "es_MX", "it_IT", "ja_JP", "ko_KR", "nl_NL", "nl_BE", "pt_BR",
+    "pt_PT", "sv_SE", "pl_PL", "zh_CN", "zh_TW", "da_DK", "fi_FI", "nb_NO", "cs_CZ", "tr_TR",
+];
+pub const LANGUAGES: &[&str] = &[
+    "en_US", "en_GB", "de", "fr", "es", "it", "ja", "ko", "nl_NL", "pt_BR", "sv", "pl", "zh_CN",
+    "zh_TW", "da", "fi", "no", "cs", "tr",
+];
+pub const ENCODINGS: &[&str] = &[
+    "UTF-8",
+    "ISO-8859-1",
+    "Shift_JIS",
+    "ISO-2022-JP",
+    "EUC-JP",
+    "ks_c_5601-1987",
+    "Big5",
+    "GB2312",
+];
 
 const USER: &[FieldDef] = &[
     f("Id", Kind::Id, 18, false, false),
@@ -82,8 +129,20 @@ const USER: &[FieldDef] = &[
     f("CommunityNickname", Kind::Text, 40, false, true),
     f("TimeZoneSidKey", Kind::Picklist(TIME_ZONES), 40, true, true),
     f("LocaleSidKey", Kind::Picklist(LOCALES), 40, true, true),
-    f("EmailEncodingKey", Kind::Picklist(ENCODINGS), 40, true, true),
-    f("LanguageLocaleKey", Kind::Picklist(LANGUAGES), 40, true, true),
+    f(
+        "EmailEncodingKey",
+        Kind::Picklist(ENCODINGS),
+        40,
+        true,
+        true,
+    ),
+    f(
+        "LanguageLocaleKey",
+        Kind::Picklist(LANGUAGES),
+        40,
+        true,
+        true,
+    ),
     f("ProfileId", Kind::Ref("Profile"), 18, true, true),
     f("UserRoleId", Kind::Ref("UserRole"), 18, false, true),
     f("ManagerId", Kind::Ref("User"), 18, false, true),
@@ -99,7 +158,11 @@ const USER: &[FieldDef] = &[
     f("CreatedDate", Kind::ReadOnly, 28, false, false),
     f("LastModifiedDate", Kind::ReadOnly, 28, false, false),
 ];
-const PROFILE: &[FieldDef] = &[f("Id", Kind::Id, 18, false, false), f("Name", Kind::ReadOnly, 255, false, false), f("UserLicenseId", Kind::Ref("UserLicense"), 18, false, false)];
+const PROFILE: &[FieldDef] = &[
+    f("Id", Kind::Id, 18, false, false),
+    f("Name", Kind::ReadOnly, 255, false, false),
+    f("UserLicenseId", Kind::Ref("UserLicense"), 18, false, false),
+];
 const USER_LICENSE: &[FieldDef] = &[
     f("Id", Kind::Id, 18, false, false),
     f("Name", Kind::ReadOnly, 40, false, false),
@@ -108,9 +171,23 @@ const USER_LICENSE: &[FieldDef] = &[
     f("UsedLicenses", Kind::Number, 0, false, false),
     f("Status", Kind::ReadOnly, 40, false, false),
 ];
-const USER_ROLE: &[FieldDef] = &[f("Id", Kind::Id, 18, false, false), f("Name", Kind::ReadOnly, 80, false, false), f("DeveloperName", Kind::ReadOnly, 80, false, false), f("ParentRoleId", Kind::Ref("UserRole"), 18, false, false)];
-const USER_LOGIN: &[FieldDef] = &[f("Id", Kind::Id, 18, false, false), f("UserId", Kind::Ref("User"), 18, false, false), f("IsFrozen", Kind::Bool, 0, false, true), f("IsPasswordLocked", Kind::Bool, 0, false, false)];
-const ORGANIZATION: &[FieldDef] = &[f("Id", Kind::Id, 18, false, false), f("Name", Kind::ReadOnly, 80, false, false), f("OrganizationType", Kind::ReadOnly, 40, false, false)];
+const USER_ROLE: &[FieldDef] = &[
+    f("Id", Kind::Id, 18, false, false),
+    f("Name", Kind::ReadOnly, 80, false, false),
+    f("DeveloperName", Kind::ReadOnly, 80, false, false),
+    f("ParentRoleId", Kind::Ref("UserRole"), 18, false, false),
+];
+const USER_LOGIN: &[FieldDef] = &[
+    f("Id", Kind::Id, 18, false, false),
+    f("UserId", Kind::Ref("User"), 18, false, false),
+    f("IsFrozen", Kind::Bool, 0, false, true),
+    f("IsPasswordLocked", Kind::Bool, 0, false, false),
+];
+const ORGANIZATION: &[FieldDef] = &[
+    f("Id", Kind::Id, 18, false, false),
+    f("Name", Kind::ReadOnly, 80, false, false),
+    f("OrganizationType", Kind::ReadOnly, 40, false, false),
+];
 
 fn schema(object: &str) -> Option<(&'static str, &'static [FieldDef])> {
     Some(match object.to_ascii_lowercase().as_str() {
@@ -138,7 +215,17 @@ fn prefix(object: &str) -> &'static str {
 
 /// Setup objects can't share a transaction with non-setup ones (mixed DML).
 fn is_setup(object: &str) -> bool {
-    matches!(object, "User" | "UserLogin" | "UserRole" | "Profile" | "PermissionSet" | "PermissionSetAssignment" | "Group" | "GroupMember")
+    matches!(
+        object,
+        "User"
+            | "UserLogin"
+            | "UserRole"
+            | "Profile"
+            | "PermissionSet"
+            | "PermissionSetAssignment"
+            | "Group"
+            | "GroupMember"
+    )
 }
 
 /// Builds an 18-character id: 15 case-sensitive characters plus the
@@ -194,7 +281,10 @@ impl SfOrg {
             blockers: HashMap::new(),
             integration_user_id: String::new(),
         };
-        org.org_id = org.insert_raw("Organization", json_map(json!({"Name": "provisor sim org", "OrganizationType": "Enterprise Edition"})));
+        org.org_id = org.insert_raw(
+            "Organization",
+            json_map(json!({"Name": "provisor sim org", "OrganizationType": "Enterprise Edition"})),
+        );
         org
     }
 
@@ -211,9 +301,15 @@ impl SfOrg {
             fields.insert("LastModifiedDate".into(), json!(now));
             refresh_name(&mut fields);
         }
-        self.objects.entry(object).or_default().insert(id.clone(), fields);
+        self.objects
+            .entry(object)
+            .or_default()
+            .insert(id.clone(), fields);
         if object == "User" {
-            self.insert_raw("UserLogin", json_map(json!({"UserId": id, "IsFrozen": false, "IsPasswordLocked": false})));
+            self.insert_raw(
+                "UserLogin",
+                json_map(json!({"UserId": id, "IsFrozen": false, "IsPasswordLocked": false})),
+            );
             self.refresh_licences();
         }
         id
@@ -221,7 +317,10 @@ impl SfOrg {
 
     /// Rows of one object.
     pub fn rows(&self, object: &str) -> impl Iterator<Item = &Map<String, Value>> {
-        self.objects.get(object).into_iter().flat_map(|m| m.values())
+        self.objects
+            .get(object)
+            .into_iter()
+            .flat_map(|m| m.values())
     }
 
     /// A row by id.
@@ -232,7 +331,11 @@ impl SfOrg {
     /// Users whose `field` equals `value` (case-insensitive, as SOQL).
     pub fn users_where(&self, field: &str, value: &str) -> Vec<&Map<String, Value>> {
         self.rows("User")
-            .filter(|u| u.get(field).and_then(Value::as_str).is_some_and(|v| v.eq_ignore_ascii_case(value)))
+            .filter(|u| {
+                u.get(field)
+                    .and_then(Value::as_str)
+                    .is_some_and(|v| v.eq_ignore_ascii_case(value))
+            })
             .collect()
     }
 
@@ -246,7 +349,9 @@ impl SfOrg {
     }
 
     fn id_of_profile(&self, name: &str) -> Option<String> {
-        self.rows("Profile").find(|p| p.get("Name").and_then(Value::as_str) == Some(name)).and_then(|p| p.get("Id")?.as_str().map(str::to_string))
+        self.rows("Profile")
+            .find(|p| p.get("Name").and_then(Value::as_str) == Some(name))
+            .and_then(|p| p.get("Id")?.as_str().map(str::to_string))
     }
 
     /// Profile id by name (seeding and tests).
@@ -255,40 +360,67 @@ impl SfOrg {
     }
 
     fn licence_of_profile(&self, profile_id: &str) -> Option<String> {
-        self.get("Profile", profile_id)?.get("UserLicenseId")?.as_str().map(str::to_string)
+        self.get("Profile", profile_id)?
+            .get("UserLicenseId")?
+            .as_str()
+            .map(str::to_string)
     }
 
     fn refresh_licences(&mut self) {
         let mut used: HashMap<String, u64> = HashMap::new();
         for u in self.rows("User") {
             if u.get("IsActive") == Some(&Value::Bool(true))
-                && let Some(l) = u.get("ProfileId").and_then(Value::as_str).and_then(|p| self.licence_of_profile(p))
+                && let Some(l) = u
+                    .get("ProfileId")
+                    .and_then(Value::as_str)
+                    .and_then(|p| self.licence_of_profile(p))
             {
                 *used.entry(l).or_default() += 1;
             }
         }
         if let Some(lic) = self.objects.get_mut("UserLicense") {
             for (id, row) in lic.iter_mut() {
-                row.insert("UsedLicenses".into(), json!(used.get(id).copied().unwrap_or(0)));
+                row.insert(
+                    "UsedLicenses".into(),
+                    json!(used.get(id).copied().unwrap_or(0)),
+                );
             }
         }
     }
 
     fn seats_left(&self, licence: &str) -> i64 {
         self.get("UserLicense", licence)
-            .map(|l| l.get("TotalLicenses").and_then(Value::as_i64).unwrap_or(0) - l.get("UsedLicenses").and_then(Value::as_i64).unwrap_or(0))
+            .map(|l| {
+                l.get("TotalLicenses").and_then(Value::as_i64).unwrap_or(0)
+                    - l.get("UsedLicenses").and_then(Value::as_i64).unwrap_or(0)
+            })
             .unwrap_or(0)
     }
 
     /// Resolves a field path such as `Profile.Name` on a row.
     fn path_value(&self, object: &str, row: &Map<String, Value>, path: &str) -> Value {
         match path.split_once('.') {
-            None => row.iter().find(|(k, _)| k.eq_ignore_ascii_case(path)).map(|(_, v)| v.clone()).unwrap_or(Value::Null),
+            None => row
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(path))
+                .map(|(_, v)| v.clone())
+                .unwrap_or(Value::Null),
             Some((rel, rest)) => {
-                let Some((_, defs)) = schema(object) else { return Value::Null };
-                let Some(def) = defs.iter().find(|d| d.name.eq_ignore_ascii_case(&format!("{rel}Id"))) else { return Value::Null };
-                let Kind::Ref(target) = def.kind else { return Value::Null };
-                let Some(id) = row.get(def.name).and_then(Value::as_str) else { return Value::Null };
+                let Some((_, defs)) = schema(object) else {
+                    return Value::Null;
+                };
+                let Some(def) = defs
+                    .iter()
+                    .find(|d| d.name.eq_ignore_ascii_case(&format!("{rel}Id")))
+                else {
+                    return Value::Null;
+                };
+                let Kind::Ref(target) = def.kind else {
+                    return Value::Null;
+                };
+                let Some(id) = row.get(def.name).and_then(Value::as_str) else {
+                    return Value::Null;
+                };
                 match self.get(target, id) {
                     Some(r) => self.path_value(target, r, rest),
                     None => Value::Null,
@@ -299,12 +431,33 @@ impl SfOrg {
 
     /// Checks that a field path exists on an object.
     fn check_path(object: &str, path: &str) -> Result<(), SfErr> {
-        let (name, defs) = schema(object).ok_or_else(|| err("INVALID_TYPE", format!("sObject type '{object}' is not supported."), &[]))?;
-        let no_column = || err("INVALID_FIELD", format!("No such column '{path}' on entity '{name}'. If you are attempting to use a custom field, be sure to append the '__c' after the custom field name. Please reference your WSDL or the describe call for the appropriate names."), &[]);
+        let (name, defs) = schema(object).ok_or_else(|| {
+            err(
+                "INVALID_TYPE",
+                format!("sObject type '{object}' is not supported."),
+                &[],
+            )
+        })?;
+        let no_column = || {
+            err(
+                "INVALID_FIELD",
+                format!(
+                    "No such column '{path}' on entity '{name}'. If you are attempting to use a custom field, be sure to append the '__c' after the custom field name. Please reference your WSDL or the describe call for the appropriate names."
+                ),
+                &[],
+            )
+        };
         match path.split_once('.') {
-            None => defs.iter().any(|d| d.name.eq_ignore_ascii_case(path)).then_some(()).ok_or_else(no_column),
+            None => defs
+                .iter()
+                .any(|d| d.name.eq_ignore_ascii_case(path))
+                .then_some(())
+                .ok_or_else(no_column),
             Some((rel, rest)) => {
-                let def = defs.iter().find(|d| d.name.eq_ignore_ascii_case(&format!("{rel}Id"))).ok_or_else(no_column)?;
+                let def = defs
+                    .iter()
+                    .find(|d| d.name.eq_ignore_ascii_case(&format!("{rel}Id")))
+                    .ok_or_else(no_column)?;
                 match def.kind {
                     Kind::Ref(target) => Self::check_path(target, rest),
                     _ => Err(no_column()),
@@ -328,7 +481,11 @@ impl SfOrg {
         }
         let mut rows: Vec<&Map<String, Value>> = self
             .rows(object)
-            .filter(|r| q.filter.as_ref().is_none_or(|c| c.eval(&|p| self.path_value(object, r, p))))
+            .filter(|r| {
+                q.filter
+                    .as_ref()
+                    .is_none_or(|c| c.eval(&|p| self.path_value(object, r, p)))
+            })
             .collect();
         if let Some((o, desc)) = &q.order_by {
             rows.sort_by(|a, b| {
@@ -340,27 +497,48 @@ impl SfOrg {
         if let Some(l) = q.limit {
             rows.truncate(l);
         }
-        Ok(rows.into_iter().map(|r| self.render(object, r, &q.fields, version)).collect())
+        Ok(rows
+            .into_iter()
+            .map(|r| self.render(object, r, &q.fields, version))
+            .collect())
     }
 
-    fn render(&self, object: &str, row: &Map<String, Value>, fields: &[String], version: &str) -> Value {
+    fn render(
+        &self,
+        object: &str,
+        row: &Map<String, Value>,
+        fields: &[String],
+        version: &str,
+    ) -> Value {
         let id = row.get("Id").and_then(Value::as_str).unwrap_or_default();
         let mut out = Map::new();
         out.insert("attributes".into(), json!({"type": object, "url": format!("/services/data/v{version}/sobjects/{object}/{id}")}));
         for f in fields {
             match f.split_once('.') {
                 None => {
-                    let name = schema(object).and_then(|(_, d)| d.iter().find(|d| d.name.eq_ignore_ascii_case(f))).map_or(f.as_str(), |d| d.name);
+                    let name = schema(object)
+                        .and_then(|(_, d)| d.iter().find(|d| d.name.eq_ignore_ascii_case(f)))
+                        .map_or(f.as_str(), |d| d.name);
                     out.insert(name.to_string(), self.path_value(object, row, f));
                 }
                 Some((rel, rest)) => {
-                    let target = schema(object).and_then(|(_, d)| d.iter().find(|d| d.name.eq_ignore_ascii_case(&format!("{rel}Id")))).and_then(|d| match d.kind {
-                        Kind::Ref(t) => Some((d.name, t)),
-                        _ => None,
-                    });
-                    let Some((ref_field, target)) = target else { continue };
+                    let target = schema(object)
+                        .and_then(|(_, d)| {
+                            d.iter()
+                                .find(|d| d.name.eq_ignore_ascii_case(&format!("{rel}Id")))
+                        })
+                        .and_then(|d| match d.kind {
+                            Kind::Ref(t) => Some((d.name, t)),
+                            _ => None,
+                        });
+                    let Some((ref_field, target)) = target else {
+                        continue;
+                    };
                     let rel_name = ref_field.trim_end_matches("Id").to_string();
-                    let child = row.get(ref_field).and_then(Value::as_str).and_then(|rid| self.get(target, rid));
+                    let child = row
+                        .get(ref_field)
+                        .and_then(Value::as_str)
+                        .and_then(|rid| self.get(target, rid));
                     let entry = out.entry(rel_name).or_insert(Value::Null);
                     if let Some(child) = child {
                         let rendered = self.render(target, child, &[rest.to_string()], version);
@@ -380,26 +558,66 @@ impl SfOrg {
     }
 
     /// Validates and applies one create; returns the new id.
-    pub fn create(&mut self, object: &str, mut fields: Map<String, Value>) -> Result<String, Vec<SfErr>> {
-        let (name, defs) = schema(object).ok_or_else(|| vec![err("INVALID_TYPE", format!("sObject type '{object}' is not supported."), &[])])?;
+    pub fn create(
+        &mut self,
+        object: &str,
+        mut fields: Map<String, Value>,
+    ) -> Result<String, Vec<SfErr>> {
+        let (name, defs) = schema(object).ok_or_else(|| {
+            vec![err(
+                "INVALID_TYPE",
+                format!("sObject type '{object}' is not supported."),
+                &[],
+            )]
+        })?;
         if name != "User" {
-            return Err(vec![err("INVALID_TYPE_FOR_OPERATION", format!("entity type cannot be inserted: {name}"), &[])]);
+            return Err(vec![err(
+                "INVALID_TYPE_FOR_OPERATION",
+                format!("entity type cannot be inserted: {name}"),
+                &[],
+            )]);
         }
         fields.remove("attributes");
         let mut errors = check_fields(name, defs, &fields);
-        let missing: Vec<&str> = defs.iter().filter(|d| d.required && fields.get(d.name).is_none_or(|v| v.is_null() || v.as_str() == Some(""))).map(|d| d.name).collect();
+        let missing: Vec<&str> = defs
+            .iter()
+            .filter(|d| {
+                d.required
+                    && fields
+                        .get(d.name)
+                        .is_none_or(|v| v.is_null() || v.as_str() == Some(""))
+            })
+            .map(|d| d.name)
+            .collect();
         if !missing.is_empty() {
-            errors.push(err("REQUIRED_FIELD_MISSING", format!("Required fields are missing: [{}]", missing.join(", ")), &missing));
+            errors.push(err(
+                "REQUIRED_FIELD_MISSING",
+                format!("Required fields are missing: [{}]", missing.join(", ")),
+                &missing,
+            ));
         }
         if !errors.is_empty() {
             return Err(errors);
         }
         fields.entry("IsActive").or_insert(json!(true));
         if fields.get("CommunityNickname").is_none_or(Value::is_null) {
-            let base: String = fields.get("Username").and_then(Value::as_str).unwrap_or("user").split('@').next().unwrap_or("user").chars().take(30).collect();
+            let base: String = fields
+                .get("Username")
+                .and_then(Value::as_str)
+                .unwrap_or("user")
+                .split('@')
+                .next()
+                .unwrap_or("user")
+                .chars()
+                .take(30)
+                .collect();
             let mut nick = base.clone();
             let mut n = 1;
-            while self.rows("User").any(|u| u.get("CommunityNickname").and_then(Value::as_str).is_some_and(|c| c.eq_ignore_ascii_case(&nick))) {
+            while self.rows("User").any(|u| {
+                u.get("CommunityNickname")
+                    .and_then(Value::as_str)
+                    .is_some_and(|c| c.eq_ignore_ascii_case(&nick))
+            }) {
                 nick = format!("{base}{n}");
                 n += 1;
             }
@@ -410,24 +628,54 @@ impl SfOrg {
     }
 
     /// Validates and applies one update.
-    pub fn update(&mut self, object: &str, id: &str, mut fields: Map<String, Value>) -> Result<(), Vec<SfErr>> {
-        let (name, defs) = schema(object).ok_or_else(|| vec![err("INVALID_TYPE", format!("sObject type '{object}' is not supported."), &[])])?;
+    pub fn update(
+        &mut self,
+        object: &str,
+        id: &str,
+        mut fields: Map<String, Value>,
+    ) -> Result<(), Vec<SfErr>> {
+        let (name, defs) = schema(object).ok_or_else(|| {
+            vec![err(
+                "INVALID_TYPE",
+                format!("sObject type '{object}' is not supported."),
+                &[],
+            )]
+        })?;
         fields.remove("attributes");
         fields.remove("id");
         fields.remove("Id");
         if !matches!(name, "User" | "UserLogin") {
-            return Err(vec![err("INVALID_TYPE_FOR_OPERATION", format!("entity type cannot be updated: {name}"), &[])]);
+            return Err(vec![err(
+                "INVALID_TYPE_FOR_OPERATION",
+                format!("entity type cannot be updated: {name}"),
+                &[],
+            )]);
         }
         if self.get(name, id).is_none() {
-            return Err(vec![err(if id.len() == 15 || id.len() == 18 { "ENTITY_IS_DELETED" } else { "MALFORMED_ID" }, format!("{name} ID: id value of incorrect type: {id}"), &["Id"])]);
+            return Err(vec![err(
+                if id.len() == 15 || id.len() == 18 {
+                    "ENTITY_IS_DELETED"
+                } else {
+                    "MALFORMED_ID"
+                },
+                format!("{name} ID: id value of incorrect type: {id}"),
+                &["Id"],
+            )]);
         }
         let errors = check_fields(name, defs, &fields);
         if !errors.is_empty() {
             return Err(errors);
         }
         for d in defs.iter().filter(|d| d.required) {
-            if fields.get(d.name).is_some_and(|v| v.is_null() || v.as_str() == Some("")) {
-                return Err(vec![err("REQUIRED_FIELD_MISSING", format!("Required fields are missing: [{}]", d.name), &[d.name])]);
+            if fields
+                .get(d.name)
+                .is_some_and(|v| v.is_null() || v.as_str() == Some(""))
+            {
+                return Err(vec![err(
+                    "REQUIRED_FIELD_MISSING",
+                    format!("Required fields are missing: [{}]", d.name),
+                    &[d.name],
+                )]);
             }
         }
         if name == "User" {
@@ -440,13 +688,26 @@ impl SfOrg {
                     return Err(vec![err("FIELD_INTEGRITY_EXCEPTION", msg.clone(), &[])]);
                 }
                 let admin = self.id_of_profile("System Administrator");
-                let is_admin = admin.is_some() && merged.get("ProfileId").and_then(Value::as_str) == admin.as_deref();
-                let other_admins = self.rows("User").filter(|u| u.get("Id").and_then(Value::as_str) != Some(id) && u.get("IsActive") == Some(&Value::Bool(true)) && u.get("ProfileId").and_then(Value::as_str) == admin.as_deref()).count();
+                let is_admin = admin.is_some()
+                    && merged.get("ProfileId").and_then(Value::as_str) == admin.as_deref();
+                let other_admins = self
+                    .rows("User")
+                    .filter(|u| {
+                        u.get("Id").and_then(Value::as_str) != Some(id)
+                            && u.get("IsActive") == Some(&Value::Bool(true))
+                            && u.get("ProfileId").and_then(Value::as_str) == admin.as_deref()
+                    })
+                    .count();
                 if is_admin && other_admins == 0 {
-                    return Err(vec![err("CANNOT_DISABLE_LAST_ADMIN", "You cannot deactivate the last active System Administrator.", &[])]);
+                    return Err(vec![err(
+                        "CANNOT_DISABLE_LAST_ADMIN",
+                        "You cannot deactivate the last active System Administrator.",
+                        &[],
+                    )]);
                 }
             }
-            self.check_user(Some((id, was_active)), &merged).map_err(|e| vec![e])?;
+            self.check_user(Some((id, was_active)), &merged)
+                .map_err(|e| vec![e])?;
             merged.insert("LastModifiedDate".into(), json!(now_iso()));
             refresh_name(&mut merged);
             if let Some(rows) = self.objects.get_mut("User") {
@@ -460,47 +721,105 @@ impl SfOrg {
     }
 
     /// Cross-row User rules: uniqueness, references and licence seats.
-    fn check_user(&self, existing: Option<(&str, bool)>, u: &Map<String, Value>) -> Result<(), SfErr> {
+    fn check_user(
+        &self,
+        existing: Option<(&str, bool)>,
+        u: &Map<String, Value>,
+    ) -> Result<(), SfErr> {
         let me = existing.map(|(id, _)| id);
-        let others = || self.rows("User").filter(move |r| r.get("Id").and_then(Value::as_str) != me);
+        let others = || {
+            self.rows("User")
+                .filter(move |r| r.get("Id").and_then(Value::as_str) != me)
+        };
         let s = |k: &str| u.get(k).and_then(Value::as_str).map(str::to_string);
         if let Some(name) = s("Username") {
             // Usernames are unique across every org of the environment.
-            if others().any(|r| r.get("Username").and_then(Value::as_str).is_some_and(|x| x.eq_ignore_ascii_case(&name))) {
-                return Err(err("DUPLICATE_USERNAME", "Duplicate Username.<br>The username already exists in this or another Salesforce organization. Usernames must be unique across all Salesforce organizations. To resolve, use a different username (it doesn't need to match the user's email address). ", &["Username"]));
+            if others().any(|r| {
+                r.get("Username")
+                    .and_then(Value::as_str)
+                    .is_some_and(|x| x.eq_ignore_ascii_case(&name))
+            }) {
+                return Err(err(
+                    "DUPLICATE_USERNAME",
+                    "Duplicate Username.<br>The username already exists in this or another Salesforce organization. Usernames must be unique across all Salesforce organizations. To resolve, use a different username (it doesn't need to match the user's email address). ",
+                    &["Username"],
+                ));
             }
         }
         if let Some(fid) = s("FederationIdentifier").filter(|f| !f.is_empty())
-            && others().any(|r| r.get("FederationIdentifier").and_then(Value::as_str).is_some_and(|x| x.eq_ignore_ascii_case(&fid)))
+            && others().any(|r| {
+                r.get("FederationIdentifier")
+                    .and_then(Value::as_str)
+                    .is_some_and(|x| x.eq_ignore_ascii_case(&fid))
+            })
         {
-            return Err(err("DUPLICATE_VALUE", "This Federation ID is already in use. Use a different Federation ID.: SAML Federation ID", &["FederationIdentifier"]));
+            return Err(err(
+                "DUPLICATE_VALUE",
+                "This Federation ID is already in use. Use a different Federation ID.: SAML Federation ID",
+                &["FederationIdentifier"],
+            ));
         }
         if let Some(nick) = s("CommunityNickname")
-            && others().any(|r| r.get("CommunityNickname").and_then(Value::as_str).is_some_and(|x| x.eq_ignore_ascii_case(&nick)))
+            && others().any(|r| {
+                r.get("CommunityNickname")
+                    .and_then(Value::as_str)
+                    .is_some_and(|x| x.eq_ignore_ascii_case(&nick))
+            })
         {
-            return Err(err("DUPLICATE_COMM_NICKNAME", "Duplicate Nickname.<br>Another user has already selected this nickname.<br>Please select another.", &["CommunityNickname"]));
+            return Err(err(
+                "DUPLICATE_COMM_NICKNAME",
+                "Duplicate Nickname.<br>Another user has already selected this nickname.<br>Please select another.",
+                &["CommunityNickname"],
+            ));
         }
-        for (field, target) in [("ProfileId", "Profile"), ("UserRoleId", "UserRole"), ("ManagerId", "User")] {
+        for (field, target) in [
+            ("ProfileId", "Profile"),
+            ("UserRoleId", "UserRole"),
+            ("ManagerId", "User"),
+        ] {
             if let Some(id) = s(field)
                 && self.get(target, &id).is_none()
             {
-                return Err(err("INVALID_CROSS_REFERENCE_KEY", format!("invalid cross reference id"), &[field]));
+                return Err(err(
+                    "INVALID_CROSS_REFERENCE_KEY",
+                    "invalid cross reference id".to_string(),
+                    &[field],
+                ));
             }
         }
         let active = u.get("IsActive") == Some(&Value::Bool(true));
         let profile = s("ProfileId").unwrap_or_default();
         let licence = self.licence_of_profile(&profile).unwrap_or_default();
-        let held = existing.is_some_and(|(id, was_active)| was_active && self.get("User", id).and_then(|r| r.get("ProfileId")?.as_str().and_then(|p| self.licence_of_profile(p))).as_deref() == Some(licence.as_str()));
+        let held = existing.is_some_and(|(id, was_active)| {
+            was_active
+                && self
+                    .get("User", id)
+                    .and_then(|r| {
+                        r.get("ProfileId")?
+                            .as_str()
+                            .and_then(|p| self.licence_of_profile(p))
+                    })
+                    .as_deref()
+                    == Some(licence.as_str())
+        });
         if active && !held && self.seats_left(&licence) <= 0 {
-            let lname = self.get("UserLicense", &licence).and_then(|l| l.get("Name")?.as_str().map(str::to_string)).unwrap_or_default();
-            return Err(err("LICENSE_LIMIT_EXCEEDED", format!("License Limit Exceeded - {lname}"), &[]));
+            let lname = self
+                .get("UserLicense", &licence)
+                .and_then(|l| l.get("Name")?.as_str().map(str::to_string))
+                .unwrap_or_default();
+            return Err(err(
+                "LICENSE_LIMIT_EXCEEDED",
+                format!("License Limit Exceeded - {lname}"),
+                &[],
+            ));
         }
         Ok(())
     }
 
     fn issue_token(&mut self) -> String {
         let t = format!("{}!AQ{}", &self.org_id[..15], uuid::Uuid::new_v4().simple());
-        self.tokens.insert(t.clone(), Instant::now() + SESSION_LIFETIME);
+        self.tokens
+            .insert(t.clone(), Instant::now() + SESSION_LIFETIME);
         t
     }
 
@@ -520,7 +839,11 @@ fn check_fields(object: &str, defs: &[FieldDef], fields: &Map<String, Value>) ->
     let mut out = Vec::new();
     for (k, v) in fields {
         let Some(d) = defs.iter().find(|d| d.name == k) else {
-            out.push(err("INVALID_FIELD", format!("No such column '{k}' on sobject of type {object}"), &[]));
+            out.push(err(
+                "INVALID_FIELD",
+                format!("No such column '{k}' on sobject of type {object}"),
+                &[],
+            ));
             continue;
         };
         if !d.writable {
@@ -532,23 +855,46 @@ fn check_fields(object: &str, defs: &[FieldDef], fields: &Map<String, Value>) ->
         }
         match (d.kind, v) {
             (Kind::Bool, Value::Bool(_)) => {}
-            (Kind::Bool, _) => out.push(err("INVALID_TYPE_ON_FIELD_IN_RECORD", format!("{k}: value not of required type: {v}"), &[d.name])),
+            (Kind::Bool, _) => out.push(err(
+                "INVALID_TYPE_ON_FIELD_IN_RECORD",
+                format!("{k}: value not of required type: {v}"),
+                &[d.name],
+            )),
             (_, Value::String(s)) => {
                 if s.chars().count() > d.len {
-                    out.push(err("STRING_TOO_LONG", format!("{k}: data value too large: {s} (max length={})", d.len), &[d.name]));
+                    out.push(err(
+                        "STRING_TOO_LONG",
+                        format!("{k}: data value too large: {s} (max length={})", d.len),
+                        &[d.name],
+                    ));
                 } else if let Kind::Picklist(values) = d.kind
                     && !values.contains(&s.as_str())
                 {
-                    out.push(err("INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST", format!("{}: bad value for restricted picklist field: {s}", k.trim_end_matches("SidKey").trim_end_matches("Key")), &[d.name]));
+                    out.push(err(
+                        "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
+                        format!(
+                            "{}: bad value for restricted picklist field: {s}",
+                            k.trim_end_matches("SidKey").trim_end_matches("Key")
+                        ),
+                        &[d.name],
+                    ));
                 } else if d.kind == Kind::Email && !looks_like_email(s) {
                     if k == "Username" {
                         out.push(err("INVALID_NEW_USERNAME", "Username must be in the form of an email address (for example, john@acme.com): Username", &[d.name]));
                     } else {
-                        out.push(err("INVALID_EMAIL_ADDRESS", format!("{k}: invalid email address: {s}"), &[d.name]));
+                        out.push(err(
+                            "INVALID_EMAIL_ADDRESS",
+                            format!("{k}: invalid email address: {s}"),
+                            &[d.name],
+                        ));
                     }
                 }
             }
-            _ => out.push(err("INVALID_TYPE_ON_FIELD_IN_RECORD", format!("{k}: value not of required type: {v}"), &[d.name])),
+            _ => out.push(err(
+                "INVALID_TYPE_ON_FIELD_IN_RECORD",
+                format!("{k}: value not of required type: {v}"),
+                &[d.name],
+            )),
         }
     }
     out
@@ -556,20 +902,34 @@ fn check_fields(object: &str, defs: &[FieldDef], fields: &Map<String, Value>) ->
 
 fn looks_like_email(s: &str) -> bool {
     match s.rsplit_once('@') {
-        Some((local, domain)) => !local.is_empty() && domain.contains('.') && !domain.starts_with('.') && !domain.ends_with('.') && !s.contains(char::is_whitespace),
+        Some((local, domain)) => {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !s.contains(char::is_whitespace)
+        }
         None => false,
     }
 }
 
 fn refresh_name(u: &mut Map<String, Value>) {
-    let first = u.get("FirstName").and_then(Value::as_str).unwrap_or_default();
-    let last = u.get("LastName").and_then(Value::as_str).unwrap_or_default();
+    let first = u
+        .get("FirstName")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let last = u
+        .get("LastName")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let name = format!("{first} {last}").trim().to_string();
     u.insert("Name".into(), json!(name));
 }
 
 fn now_iso() -> String {
-    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3f+0000").to_string()
+    chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.3f+0000")
+        .to_string()
 }
 
 pub(crate) fn json_map(v: Value) -> Map<String, Value> {
@@ -580,12 +940,25 @@ pub(crate) fn json_map(v: Value) -> Map<String, Value> {
 }
 
 fn errors_json(errors: &[SfErr], key: &str) -> Value {
-    Value::Array(errors.iter().map(|e| json!({key: e.code, "message": e.message, "fields": e.fields})).collect())
+    Value::Array(
+        errors
+            .iter()
+            .map(|e| json!({key: e.code, "message": e.message, "fields": e.fields}))
+            .collect(),
+    )
 }
 
 /// A top-level REST error: an array of `{message, errorCode, fields}`.
-pub(crate) fn error_response(status: StatusCode, code: &str, message: &str, fields: &[&str]) -> Response {
-    super::json(status, json!([{"message": message, "errorCode": code, "fields": fields}]))
+pub(crate) fn error_response(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    fields: &[&str],
+) -> Response {
+    super::json(
+        status,
+        json!([{"message": message, "errorCode": code, "fields": fields}]),
+    )
 }
 
 pub(super) fn routes() -> Router<Sim> {
@@ -597,22 +970,44 @@ pub(super) fn routes() -> Router<Sim> {
         .route("/services/data/{v}/query", get(query))
         .route("/services/data/{v}/query/{cursor}", get(query_more))
         .route("/services/data/{v}/sobjects/{object}", post(create_one))
-        .route("/services/data/{v}/sobjects/{object}/{id}", get(get_one).patch(update_one))
-        .route("/services/data/{v}/composite/sobjects", post(collection).patch(collection))
-        .fallback(|| async { error_response(StatusCode::NOT_FOUND, "NOT_FOUND", "The requested resource does not exist", &[]) })
+        .route(
+            "/services/data/{v}/sobjects/{object}/{id}",
+            get(get_one).patch(update_one),
+        )
+        .route(
+            "/services/data/{v}/composite/sobjects",
+            post(collection).patch(collection),
+        )
+        .fallback(|| async {
+            error_response(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                "The requested resource does not exist",
+                &[],
+            )
+        })
 }
 
 fn oauth_error(error: &str, description: &str) -> Response {
-    super::json(StatusCode::BAD_REQUEST, json!({"error": error, "error_description": description}))
+    super::json(
+        StatusCode::BAD_REQUEST,
+        json!({"error": error, "error_description": description}),
+    )
 }
 
-async fn token(State(sim): State<Sim>, headers: HeaderMap, Form(form): Form<HashMap<String, String>>) -> Response {
+async fn token(
+    State(sim): State<Sim>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
     sim.stats_mut().sf_token_calls += 1;
     let grant = form.get("grant_type").map(String::as_str).unwrap_or("");
     match grant {
         "client_credentials" => {}
         "password" => return oauth_error("invalid_grant", "authentication failure"),
-        "urn:ietf:params:oauth:grant-type:jwt-bearer" => return oauth_error("invalid_grant", "invalid assertion"),
+        "urn:ietf:params:oauth:grant-type:jwt-bearer" => {
+            return oauth_error("invalid_grant", "invalid assertion");
+        }
         _ => return oauth_error("unsupported_grant_type", "grant type not supported"),
     }
     if form.get("client_id").map(String::as_str) != Some(creds::SF_CLIENT_ID) {
@@ -621,7 +1016,13 @@ async fn token(State(sim): State<Sim>, headers: HeaderMap, Form(form): Form<Hash
     if form.get("client_secret").map(String::as_str) != Some(creds::SF_CLIENT_SECRET) {
         return oauth_error("invalid_client", "invalid client credentials");
     }
-    let base = format!("http://{}", headers.get("host").and_then(|v| v.to_str().ok()).unwrap_or("localhost"));
+    let base = format!(
+        "http://{}",
+        headers
+            .get("host")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("localhost")
+    );
     let mut org = sim.salesforce();
     let token = org.issue_token();
     let id = format!("{base}/id/{}/{}", org.org_id, org.integration_user_id);
@@ -633,7 +1034,10 @@ async fn token(State(sim): State<Sim>, headers: HeaderMap, Form(form): Form<Hash
         }
         Err(_) => String::new(),
     };
-    super::json(StatusCode::OK, json!({"access_token": token, "signature": signature, "scope": "api id", "instance_url": base, "id": id, "token_type": "Bearer", "issued_at": issued_at}))
+    super::json(
+        StatusCode::OK,
+        json!({"access_token": token, "signature": signature, "scope": "api id", "instance_url": base, "id": id, "token_type": "Bearer", "issued_at": issued_at}),
+    )
 }
 
 async fn versions() -> Response {
@@ -645,16 +1049,45 @@ async fn versions() -> Response {
 /// the version ("62.0") or the error response.
 fn gate(sim: &Sim, v: &str, headers: &HeaderMap) -> Result<String, Response> {
     let version = v.strip_prefix('v').unwrap_or("");
-    let major = version.strip_suffix(".0").and_then(|m| m.parse::<u32>().ok());
+    let major = version
+        .strip_suffix(".0")
+        .and_then(|m| m.parse::<u32>().ok());
     match major {
-        Some(m) if m < MIN_VERSION => return Err(error_response(StatusCode::GONE, "API_VERSION_RETIRED", &format!("Version {version} of the API is retired."), &[])),
+        Some(m) if m < MIN_VERSION => {
+            return Err(error_response(
+                StatusCode::GONE,
+                "API_VERSION_RETIRED",
+                &format!("Version {version} of the API is retired."),
+                &[],
+            ));
+        }
         Some(m) if m <= MAX_VERSION => {}
-        _ => return Err(error_response(StatusCode::NOT_FOUND, "NOT_FOUND", "The requested resource does not exist", &[])),
+        _ => {
+            return Err(error_response(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                "The requested resource does not exist",
+                &[],
+            ));
+        }
     }
-    let token = headers.get("authorization").and_then(|h| h.to_str().ok()).and_then(|h| h.strip_prefix("Bearer ")).unwrap_or("");
+    let token = headers
+        .get("authorization")
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .unwrap_or("");
     let mut org = sim.salesforce();
-    if !org.tokens.get(token).is_some_and(|exp| *exp > Instant::now()) {
-        return Err(error_response(StatusCode::UNAUTHORIZED, "INVALID_SESSION_ID", "Session expired or invalid", &[]));
+    if org
+        .tokens
+        .get(token)
+        .is_none_or(|exp| *exp <= Instant::now())
+    {
+        return Err(error_response(
+            StatusCode::UNAUTHORIZED,
+            "INVALID_SESSION_ID",
+            "Session expired or invalid",
+            &[],
+        ));
     }
     org.api_usage += 1;
     drop(org);
@@ -664,7 +1097,11 @@ fn gate(sim: &Sim, v: &str, headers: &HeaderMap) -> Result<String, Response> {
 
 fn with_limits(sim: &Sim, mut resp: Response) -> Response {
     let usage = sim.salesforce().api_usage;
-    set_header(&mut resp, "sforce-limit-info", &format!("api-usage={usage}/{DAILY_API_LIMIT}"));
+    set_header(
+        &mut resp,
+        "sforce-limit-info",
+        &format!("api-usage={usage}/{DAILY_API_LIMIT}"),
+    );
     resp
 }
 
@@ -674,7 +1111,12 @@ fn write_fault(sim: &Sim) -> Result<bool, Response> {
     let mut f = sim.faults();
     let commit = f.sf_write_fail_after_commit;
     match f.sf_write_fail_after.as_mut() {
-        Some(0) if !commit => Err(error_response(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN_EXCEPTION", "An unexpected error occurred. Please include this ErrorId if you contact support: 1457311457-4242 (injected fault)", &[])),
+        Some(0) if !commit => Err(error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "UNKNOWN_EXCEPTION",
+            "An unexpected error occurred. Please include this ErrorId if you contact support: 1457311457-4242 (injected fault)",
+            &[],
+        )),
         Some(0) => Ok(true),
         Some(n) => {
             *n -= 1;
@@ -685,7 +1127,12 @@ fn write_fault(sim: &Sim) -> Result<bool, Response> {
 }
 
 fn lost_response() -> Response {
-    error_response(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN_EXCEPTION", "An unexpected error occurred. Please include this ErrorId if you contact support: 1457311457-4243 (injected fault after commit)", &[])
+    error_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "UNKNOWN_EXCEPTION",
+        "An unexpected error occurred. Please include this ErrorId if you contact support: 1457311457-4243 (injected fault after commit)",
+        &[],
+    )
 }
 
 async fn limits(State(sim): State<Sim>, Path(v): Path<String>, headers: HeaderMap) -> Response {
@@ -701,7 +1148,10 @@ fn batch_size(headers: &HeaderMap) -> usize {
     headers
         .get("sforce-query-options")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').find_map(|p| p.trim().strip_prefix("batchSize=")?.parse::<usize>().ok()))
+        .and_then(|v| {
+            v.split(',')
+                .find_map(|p| p.trim().strip_prefix("batchSize=")?.parse::<usize>().ok())
+        })
         .map(|n| n.clamp(200, 2000))
         .unwrap_or(2000)
 }
@@ -710,7 +1160,12 @@ fn page(sim: &Sim, version: &str, cursor: &str, offset: usize, size: usize) -> R
     let mut org = sim.salesforce();
     let Some(all) = org.cursors.get(cursor) else {
         drop(org);
-        return error_response(StatusCode::BAD_REQUEST, "INVALID_QUERY_LOCATOR", "invalid query locator", &[]);
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "INVALID_QUERY_LOCATOR",
+            "invalid query locator",
+            &[],
+        );
     };
     let total = all.len();
     let end = (offset + size).min(total);
@@ -726,24 +1181,50 @@ fn page(sim: &Sim, version: &str, cursor: &str, offset: usize, size: usize) -> R
     with_limits(sim, super::json(StatusCode::OK, body))
 }
 
-async fn query(State(sim): State<Sim>, Path(v): Path<String>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn query(
+    State(sim): State<Sim>,
+    Path(v): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let version = match gate(&sim, &v, &headers) {
         Ok(v) => v,
         Err(r) => return r,
     };
     let Some(text) = q.get("q") else {
-        return with_limits(&sim, error_response(StatusCode::BAD_REQUEST, "MALFORMED_QUERY", "A query string has to be specified", &[]));
+        return with_limits(
+            &sim,
+            error_response(
+                StatusCode::BAD_REQUEST,
+                "MALFORMED_QUERY",
+                "A query string has to be specified",
+                &[],
+            ),
+        );
     };
     let parsed = match soql::parse(text) {
         Ok(p) => p,
-        Err(m) => return with_limits(&sim, error_response(StatusCode::BAD_REQUEST, "MALFORMED_QUERY", &format!("\n{text}\n^\nERROR at Row:1:Column:1\n{m}"), &[])),
+        Err(m) => {
+            return with_limits(
+                &sim,
+                error_response(
+                    StatusCode::BAD_REQUEST,
+                    "MALFORMED_QUERY",
+                    &format!("\n{text}\n^\nERROR at Row:1:Column:1\n{m}"),
+                    &[],
+                ),
+            );
+        }
     };
     let mut org = sim.salesforce();
     let records = match org.run_query(&parsed, &version) {
         Ok(r) => r,
         Err(e) => {
             drop(org);
-            return with_limits(&sim, error_response(StatusCode::BAD_REQUEST, e.code, &e.message, &[]));
+            return with_limits(
+                &sim,
+                error_response(StatusCode::BAD_REQUEST, e.code, &e.message, &[]),
+            );
         }
     };
     let cursor = format!("01gSIM{:09}", org.next_cursor);
@@ -753,24 +1234,52 @@ async fn query(State(sim): State<Sim>, Path(v): Path<String>, headers: HeaderMap
     page(&sim, &version, &cursor, 0, batch_size(&headers))
 }
 
-async fn query_more(State(sim): State<Sim>, Path((v, locator)): Path<(String, String)>, headers: HeaderMap) -> Response {
+async fn query_more(
+    State(sim): State<Sim>,
+    Path((v, locator)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
     let version = match gate(&sim, &v, &headers) {
         Ok(v) => v,
         Err(r) => return r,
     };
-    let Some((cursor, offset)) = locator.rsplit_once('-').and_then(|(c, o)| Some((c.to_string(), o.parse::<usize>().ok()?))) else {
-        return with_limits(&sim, error_response(StatusCode::BAD_REQUEST, "INVALID_QUERY_LOCATOR", "invalid query locator", &[]));
+    let Some((cursor, offset)) = locator
+        .rsplit_once('-')
+        .and_then(|(c, o)| Some((c.to_string(), o.parse::<usize>().ok()?)))
+    else {
+        return with_limits(
+            &sim,
+            error_response(
+                StatusCode::BAD_REQUEST,
+                "INVALID_QUERY_LOCATOR",
+                "invalid query locator",
+                &[],
+            ),
+        );
     };
     page(&sim, &version, &cursor, offset, batch_size(&headers))
 }
 
-async fn get_one(State(sim): State<Sim>, Path((v, object, id)): Path<(String, String, String)>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn get_one(
+    State(sim): State<Sim>,
+    Path((v, object, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let version = match gate(&sim, &v, &headers) {
         Ok(v) => v,
         Err(r) => return r,
     };
     let Some((name, defs)) = schema(&object) else {
-        return with_limits(&sim, error_response(StatusCode::NOT_FOUND, "NOT_FOUND", &format!("The requested resource does not exist"), &[]));
+        return with_limits(
+            &sim,
+            error_response(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                "The requested resource does not exist",
+                &[],
+            ),
+        );
     };
     let fields: Vec<String> = match q.get("fields") {
         Some(f) => f.split(',').map(|s| s.trim().to_string()).collect(),
@@ -780,19 +1289,34 @@ async fn get_one(State(sim): State<Sim>, Path((v, object, id)): Path<(String, St
     for f in &fields {
         if let Err(e) = SfOrg::check_path(name, f) {
             drop(org);
-            return with_limits(&sim, error_response(StatusCode::BAD_REQUEST, e.code, &e.message, &[]));
+            return with_limits(
+                &sim,
+                error_response(StatusCode::BAD_REQUEST, e.code, &e.message, &[]),
+            );
         }
     }
     let resp = match org.get(name, &id) {
         Some(row) => super::json(StatusCode::OK, org.render(name, row, &fields, &version)),
-        None => error_response(StatusCode::NOT_FOUND, "NOT_FOUND", "The requested resource does not exist", &[]),
+        None => error_response(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "The requested resource does not exist",
+            &[],
+        ),
     };
     drop(org);
     with_limits(&sim, resp)
 }
 
 fn parse_body(body: &Bytes) -> Result<Value, Response> {
-    serde_json::from_slice(body).map_err(|e| error_response(StatusCode::BAD_REQUEST, "JSON_PARSER_ERROR", &format!("Unexpected character in request body: {e}"), &[]))
+    serde_json::from_slice(body).map_err(|e| {
+        error_response(
+            StatusCode::BAD_REQUEST,
+            "JSON_PARSER_ERROR",
+            &format!("Unexpected character in request body: {e}"),
+            &[],
+        )
+    })
 }
 
 fn count_write(sim: &Sim, records: u64) {
@@ -801,7 +1325,12 @@ fn count_write(sim: &Sim, records: u64) {
     s.sf_records_written += records;
 }
 
-async fn create_one(State(sim): State<Sim>, Path((v, object)): Path<(String, String)>, headers: HeaderMap, body: Bytes) -> Response {
+async fn create_one(
+    State(sim): State<Sim>,
+    Path((v, object)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if let Err(r) = gate(&sim, &v, &headers) {
         return r;
     }
@@ -817,13 +1346,21 @@ async fn create_one(State(sim): State<Sim>, Path((v, object)): Path<(String, Str
     let result = sim.salesforce().create(&object, json_map(body));
     let resp = match result {
         _ if lose => lost_response(),
-        Ok(id) => super::json(StatusCode::CREATED, json!({"id": id, "success": true, "errors": []})),
+        Ok(id) => super::json(
+            StatusCode::CREATED,
+            json!({"id": id, "success": true, "errors": []}),
+        ),
         Err(e) => super::json(StatusCode::BAD_REQUEST, errors_json(&e, "errorCode")),
     };
     with_limits(&sim, resp)
 }
 
-async fn update_one(State(sim): State<Sim>, Path((v, object, id)): Path<(String, String, String)>, headers: HeaderMap, body: Bytes) -> Response {
+async fn update_one(
+    State(sim): State<Sim>,
+    Path((v, object, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if let Err(r) = gate(&sim, &v, &headers) {
         return r;
     }
@@ -845,7 +1382,13 @@ async fn update_one(State(sim): State<Sim>, Path((v, object, id)): Path<(String,
     with_limits(&sim, resp)
 }
 
-async fn collection(State(sim): State<Sim>, method: Method, Path(v): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+async fn collection(
+    State(sim): State<Sim>,
+    method: Method,
+    Path(v): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if let Err(r) = gate(&sim, &v, &headers) {
         return r;
     }
@@ -853,21 +1396,63 @@ async fn collection(State(sim): State<Sim>, method: Method, Path(v): Path<String
         Ok(b) => b,
         Err(r) => return with_limits(&sim, r),
     };
-    let all_or_none = body.get("allOrNone").and_then(Value::as_bool).unwrap_or(false);
+    let all_or_none = body
+        .get("allOrNone")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     let Some(records) = body.get("records").and_then(Value::as_array) else {
-        return with_limits(&sim, error_response(StatusCode::BAD_REQUEST, "INVALID_FIELD", "Missing required field: records", &[]));
+        return with_limits(
+            &sim,
+            error_response(
+                StatusCode::BAD_REQUEST,
+                "INVALID_FIELD",
+                "Missing required field: records",
+                &[],
+            ),
+        );
     };
     if records.len() > COLLECTION_LIMIT {
         // Message as reported by client libraries; the exact text is unverified.
-        return with_limits(&sim, error_response(StatusCode::BAD_REQUEST, "EXCEEDED_ID_LIMIT", "record limit reached. cannot submit more than 200 records into this call", &[]));
+        return with_limits(
+            &sim,
+            error_response(
+                StatusCode::BAD_REQUEST,
+                "EXCEEDED_ID_LIMIT",
+                "record limit reached. cannot submit more than 200 records into this call",
+                &[],
+            ),
+        );
     }
-    let types: Vec<Option<String>> = records.iter().map(|r| r.pointer("/attributes/type").and_then(Value::as_str).map(str::to_string)).collect();
+    let types: Vec<Option<String>> = records
+        .iter()
+        .map(|r| {
+            r.pointer("/attributes/type")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .collect();
     if types.iter().any(Option::is_none) {
-        return with_limits(&sim, error_response(StatusCode::BAD_REQUEST, "INVALID_TYPE", "Must send a concrete entity type.", &[]));
+        return with_limits(
+            &sim,
+            error_response(
+                StatusCode::BAD_REQUEST,
+                "INVALID_TYPE",
+                "Must send a concrete entity type.",
+                &[],
+            ),
+        );
     }
     let setup = types.iter().flatten().filter(|t| is_setup(t)).count();
     if setup > 0 && setup < types.len() {
-        return with_limits(&sim, error_response(StatusCode::BAD_REQUEST, "MIXED_DML_OPERATION", "DML operation on setup object is not permitted after you have updated a non-setup object (or vice versa)", &[]));
+        return with_limits(
+            &sim,
+            error_response(
+                StatusCode::BAD_REQUEST,
+                "MIXED_DML_OPERATION",
+                "DML operation on setup object is not permitted after you have updated a non-setup object (or vice versa)",
+                &[],
+            ),
+        );
     }
     let lose = match write_fault(&sim) {
         Ok(l) => l,
@@ -881,14 +1466,27 @@ async fn collection(State(sim): State<Sim>, method: Method, Path(v): Path<String
         let fields = json_map(rec.clone());
         let r = if method == Method::POST {
             if fields.contains_key("id") || fields.contains_key("Id") {
-                Err(vec![err("INVALID_FIELD", "cannot specify Id in an insert call", &["Id"])])
+                Err(vec![err(
+                    "INVALID_FIELD",
+                    "cannot specify Id in an insert call",
+                    &["Id"],
+                )])
             } else {
                 org.create(ty, fields)
             }
         } else {
-            match rec.get("id").or_else(|| rec.get("Id")).and_then(Value::as_str).map(str::to_string) {
+            match rec
+                .get("id")
+                .or_else(|| rec.get("Id"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+            {
                 Some(id) => org.update(ty, &id, fields).map(|()| id),
-                None => Err(vec![err("MISSING_ARGUMENT", "Id not specified in an update call", &[])]),
+                None => Err(vec![err(
+                    "MISSING_ARGUMENT",
+                    "Id not specified in an update call",
+                    &[],
+                )]),
             }
         };
         results.push(r);
@@ -907,7 +1505,11 @@ async fn collection(State(sim): State<Sim>, method: Method, Path(v): Path<String
             Err(e) => json!({"success": false, "errors": errors_json(e, "statusCode")}),
         })
         .collect();
-    let resp = if lose { lost_response() } else { super::json(StatusCode::OK, Value::Array(out)) };
+    let resp = if lose {
+        lost_response()
+    } else {
+        super::json(StatusCode::OK, Value::Array(out))
+    };
     with_limits(&sim, resp)
 }
 
@@ -927,12 +1529,17 @@ mod tests {
     fn seeded() -> (SfOrg, String) {
         let mut org = SfOrg::new();
         let lic = org.insert_raw("UserLicense", json_map(json!({"Name": "Salesforce", "TotalLicenses": 1, "UsedLicenses": 0, "Status": "Active"})));
-        let p = org.insert_raw("Profile", json_map(json!({"Name": "Standard User", "UserLicenseId": lic})));
+        let p = org.insert_raw(
+            "Profile",
+            json_map(json!({"Name": "Standard User", "UserLicenseId": lic})),
+        );
         (org, p)
     }
 
     fn user(p: &str, name: &str) -> Map<String, Value> {
-        json_map(json!({"Username": format!("{name}@x.com"), "LastName": name, "Email": format!("{name}@x.com"), "Alias": "a", "TimeZoneSidKey": "GMT", "LocaleSidKey": "en_US", "EmailEncodingKey": "UTF-8", "LanguageLocaleKey": "en_US", "ProfileId": p}))
+        json_map(
+            json!({"Username": format!("{name}@x.com"), "LastName": name, "Email": format!("{name}@x.com"), "Alias": "a", "TimeZoneSidKey": "GMT", "LocaleSidKey": "en_US", "EmailEncodingKey": "UTF-8", "LanguageLocaleKey": "en_US", "ProfileId": p}),
+        )
     }
 
     #[test]
@@ -945,10 +1552,19 @@ mod tests {
         assert_eq!(e[0].fields, vec!["Email"]);
         let mut u = user(&p, "a");
         u.insert("Alias".into(), json!("waytoolongalias"));
-        assert_eq!(org.create("User", u).expect_err("long alias")[0].code, "STRING_TOO_LONG");
+        assert_eq!(
+            org.create("User", u).expect_err("long alias")[0].code,
+            "STRING_TOO_LONG"
+        );
         org.create("User", user(&p, "a")).expect("valid user");
-        assert_eq!(org.create("User", user(&p, "a")).expect_err("dup")[0].code, "DUPLICATE_USERNAME");
+        assert_eq!(
+            org.create("User", user(&p, "a")).expect_err("dup")[0].code,
+            "DUPLICATE_USERNAME"
+        );
         // One seat only.
-        assert_eq!(org.create("User", user(&p, "b")).expect_err("no seat")[0].code, "LICENSE_LIMIT_EXCEEDED");
+        assert_eq!(
+            org.create("User", user(&p, "b")).expect_err("no seat")[0].code,
+            "LICENSE_LIMIT_EXCEEDED"
+        );
     }
 }

@@ -10,32 +10,107 @@ use super::salesforce::{SfOrg, json_map};
 
 /// Departments of the generated tenant; the first four have a Salesforce
 /// access group of their own.
-pub const DEPARTMENTS: &[&str] = &["Sales", "Support", "Marketing", "Finance", "Engineering", "Operations", "HR"];
+pub const DEPARTMENTS: &[&str] = &[
+    "Sales",
+    "Support",
+    "Marketing",
+    "Finance",
+    "Engineering",
+    "Operations",
+    "HR",
+];
 /// Groups of the generated tenant.
-pub const GROUPS: &[&str] = &["SF-Admins", "SF-Sales", "SF-Support", "SF-Marketing", "All Staff", "Contractors"];
+pub const GROUPS: &[&str] = &[
+    "SF-Admins",
+    "SF-Sales",
+    "SF-Support",
+    "SF-Marketing",
+    "All Staff",
+    "Contractors",
+];
 /// The verified domain users get their UPNs in.
 pub const DOMAIN: &str = "contoso-sim.com";
 
 const FIRST: &[(&str, &str)] = &[
-    ("Adele", "adele"), ("Alex", "alex"), ("Zoë", "zoe"), ("José", "jose"), ("Łukasz", "lukasz"), ("Søren", "soren"),
-    ("Megan", "megan"), ("Nestor", "nestor"), ("Patti", "patti"), ("Pradeep", "pradeep"), ("Isaiah", "isaiah"),
-    ("Lynne", "lynne"), ("Grady", "grady"), ("Henrietta", "henrietta"), ("Joni", "joni"), ("Lee", "lee"),
-    ("Miriam", "miriam"), ("Diego", "diego"), ("Émilie", "emilie"), ("Björn", "bjorn"), ("Yuki", "yuki"),
-    ("Aoife", "aoife"), ("Chidi", "chidi"), ("Ingrid", "ingrid"), ("Mateus", "mateus"), ("Priya", "priya"),
+    ("Adele", "adele"),
+    ("Alex", "alex"),
+    ("Zoë", "zoe"),
+    ("José", "jose"),
+    ("Łukasz", "lukasz"),
+    ("Søren", "soren"),
+    ("Megan", "megan"),
+    ("Nestor", "nestor"),
+    ("Patti", "patti"),
+    ("Pradeep", "pradeep"),
+    ("Isaiah", "isaiah"),
+    ("Lynne", "lynne"),
+    ("Grady", "grady"),
+    ("Henrietta", "henrietta"),
+    ("Joni", "joni"),
+    ("Lee", "lee"),
+    ("Miriam", "miriam"),
+    ("Diego", "diego"),
+    ("Émilie", "emilie"),
+    ("Björn", "bjorn"),
+    ("Yuki", "yuki"),
+    ("Aoife", "aoife"),
+    ("Chidi", "chidi"),
+    ("Ingrid", "ingrid"),
+    ("Mateus", "mateus"),
+    ("Priya", "priya"),
 ];
 const LAST: &[(&str, &str)] = &[
-    ("Vance", "vance"), ("Wilber", "wilber"), ("Bowen", "bowen"), ("Fernández", "fernandez"), ("Kowalski", "kowalski"),
-    ("Jørgensen", "jorgensen"), ("Sullivan", "sullivan"), ("Fuller", "fuller"), ("Gupta", "gupta"), ("Langer", "langer"),
-    ("Robinson", "robinson"), ("Archie", "archie"), ("Sherman", "sherman"), ("Cruz", "cruz"), ("Graham", "graham"),
-    ("Müller", "muller"), ("O'Brien", "obrien"), ("Tanaka", "tanaka"), ("Dubois", "dubois"), ("Okafor", "okafor"),
-    ("Silva", "silva"), ("Nowak", "nowak"), ("Lindqvist", "lindqvist"), ("Rossi", "rossi"),
+    ("Vance", "vance"),
+    ("Wilber", "wilber"),
+    ("Bowen", "bowen"),
+    ("Fernández", "fernandez"),
+    ("Kowalski", "kowalski"),
+    ("Jørgensen", "jorgensen"),
+    ("Sullivan", "sullivan"),
+    ("Fuller", "fuller"),
+    ("Gupta", "gupta"),
+    ("Langer", "langer"),
+    ("Robinson", "robinson"),
+    ("Archie", "archie"),
+    ("Sherman", "sherman"),
+    ("Cruz", "cruz"),
+    ("Graham", "graham"),
+    ("Müller", "muller"),
+    ("O'Brien", "obrien"),
+    ("Tanaka", "tanaka"),
+    ("Dubois", "dubois"),
+    ("Okafor", "okafor"),
+    ("Silva", "silva"),
+    ("Nowak", "nowak"),
+    ("Lindqvist", "lindqvist"),
+    ("Rossi", "rossi"),
 ];
-const LANGS: &[Option<&str>] = &[Some("en-US"), Some("en-US"), Some("en-US"), Some("en-GB"), Some("de-DE"), Some("fr-FR"), Some("ja-JP"), Some("es-ES"), Some("nl-NL"), None];
-const TITLES: &[&str] = &["Associate", "Specialist", "Manager", "Senior Manager", "Director", "Analyst"];
+const LANGS: &[Option<&str>] = &[
+    Some("en-US"),
+    Some("en-US"),
+    Some("en-US"),
+    Some("en-GB"),
+    Some("de-DE"),
+    Some("fr-FR"),
+    Some("ja-JP"),
+    Some("es-ES"),
+    Some("nl-NL"),
+    None,
+];
+const TITLES: &[&str] = &[
+    "Associate",
+    "Specialist",
+    "Manager",
+    "Senior Manager",
+    "Director",
+    "Analyst",
+];
 
 fn uuid(rng: &mut StdRng) -> String {
     let bytes: [u8; 16] = rng.random();
-    uuid::Builder::from_random_bytes(bytes).into_uuid().to_string()
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .to_string()
 }
 
 /// A generated tenant of `n` users: about 3% disabled, 4% guests, names
@@ -43,10 +118,13 @@ fn uuid(rng: &mut StdRng) -> String {
 pub fn tenant(n: usize, seed: u64) -> GraphTenant {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut t = GraphTenant::default();
-    let group_ids: Vec<String> = GROUPS.iter().map(|g| {
-        let id = uuid(&mut rng);
-        t.create_group(&id, g)
-    }).collect();
+    let group_ids: Vec<String> = GROUPS
+        .iter()
+        .map(|g| {
+            let id = uuid(&mut rng);
+            t.create_group(&id, g)
+        })
+        .collect();
     let mut managers: Vec<String> = Vec::new();
     for i in 0..n {
         let (first, fa) = FIRST[rng.random_range(0..FIRST.len())];
@@ -56,9 +134,17 @@ pub fn tenant(n: usize, seed: u64) -> GraphTenant {
         let disabled = i % 33 == 32;
         let id = uuid(&mut rng);
         let (upn, mail, user_type) = if guest {
-            (format!("{fa}.{la}{i}_fabrikam.com#EXT#@{}", creds::TENANT), format!("{fa}.{la}{i}@fabrikam.com"), "Guest")
+            (
+                format!("{fa}.{la}{i}_fabrikam.com#EXT#@{}", creds::TENANT),
+                format!("{fa}.{la}{i}@fabrikam.com"),
+                "Guest",
+            )
         } else {
-            (format!("{fa}.{la}{i}@{DOMAIN}"), format!("{fa}.{la}{i}@{DOMAIN}"), "Member")
+            (
+                format!("{fa}.{la}{i}@{DOMAIN}"),
+                format!("{fa}.{la}{i}@{DOMAIN}"),
+                "Member",
+            )
         };
         let mut p = Map::new();
         p.insert("userPrincipalName".into(), json!(upn));
@@ -67,9 +153,25 @@ pub fn tenant(n: usize, seed: u64) -> GraphTenant {
         p.insert("surname".into(), json!(last));
         p.insert("displayName".into(), json!(format!("{first} {last}")));
         p.insert("department".into(), json!(dept));
-        p.insert("jobTitle".into(), json!(format!("{dept} {}", TITLES[rng.random_range(0..TITLES.len())])));
-        p.insert("employeeId".into(), if guest { Value::Null } else { json!(format!("{:06}", 100000 + i)) });
-        p.insert("businessPhones".into(), json!([format!("+1 425 555 {:04}", i % 10000)]));
+        p.insert(
+            "jobTitle".into(),
+            json!(format!(
+                "{dept} {}",
+                TITLES[rng.random_range(0..TITLES.len())]
+            )),
+        );
+        p.insert(
+            "employeeId".into(),
+            if guest {
+                Value::Null
+            } else {
+                json!(format!("{:06}", 100000 + i))
+            },
+        );
+        p.insert(
+            "businessPhones".into(),
+            json!([format!("+1 425 555 {:04}", i % 10000)]),
+        );
         p.insert("userType".into(), json!(user_type));
         p.insert("accountEnabled".into(), json!(!disabled));
         if let Some(l) = LANGS[rng.random_range(0..LANGS.len())] {
@@ -112,29 +214,77 @@ pub fn org(tenant: &GraphTenant, _seed: u64) -> SfOrg {
     let sf_lic = org.insert_raw("UserLicense", json_map(json!({"Name": "Salesforce", "LicenseDefinitionKey": "SFDC", "TotalLicenses": users + 20, "UsedLicenses": 0, "Status": "Active"})));
     let chatter = org.insert_raw("UserLicense", json_map(json!({"Name": "Chatter Free", "LicenseDefinitionKey": "PID_Chatter", "TotalLicenses": 5000 + users, "UsedLicenses": 0, "Status": "Active"})));
     org.insert_raw("UserLicense", json_map(json!({"Name": "Salesforce Platform", "LicenseDefinitionKey": "AUL", "TotalLicenses": 10, "UsedLicenses": 0, "Status": "Active"})));
-    let admin = org.insert_raw("Profile", json_map(json!({"Name": "System Administrator", "UserLicenseId": sf_lic})));
-    let standard = org.insert_raw("Profile", json_map(json!({"Name": "Standard User", "UserLicenseId": sf_lic})));
-    org.insert_raw("Profile", json_map(json!({"Name": "Read Only", "UserLicenseId": sf_lic})));
-    let chatter_free = org.insert_raw("Profile", json_map(json!({"Name": "Chatter Free User", "UserLicenseId": chatter})));
+    let admin = org.insert_raw(
+        "Profile",
+        json_map(json!({"Name": "System Administrator", "UserLicenseId": sf_lic})),
+    );
+    let standard = org.insert_raw(
+        "Profile",
+        json_map(json!({"Name": "Standard User", "UserLicenseId": sf_lic})),
+    );
+    org.insert_raw(
+        "Profile",
+        json_map(json!({"Name": "Read Only", "UserLicenseId": sf_lic})),
+    );
+    let chatter_free = org.insert_raw(
+        "Profile",
+        json_map(json!({"Name": "Chatter Free User", "UserLicenseId": chatter})),
+    );
     let base = |username: &str, first: &str, last: &str, email: &str, profile: &str| {
-        json_map(json!({"Username": username, "FirstName": first, "LastName": last, "Email": email, "Alias": username.chars().take(8).collect::<String>(), "TimeZoneSidKey": "America/Los_Angeles", "LocaleSidKey": "en_US", "EmailEncodingKey": "UTF-8", "LanguageLocaleKey": "en_US", "ProfileId": profile, "IsActive": true}))
+        json_map(
+            json!({"Username": username, "FirstName": first, "LastName": last, "Email": email, "Alias": username.chars().take(8).collect::<String>(), "TimeZoneSidKey": "America/Los_Angeles", "LocaleSidKey": "en_US", "EmailEncodingKey": "UTF-8", "LanguageLocaleKey": "en_US", "ProfileId": profile, "IsActive": true}),
+        )
     };
-    org.integration_user_id = org.insert_raw("User", base(creds::SF_INTEGRATION_USERNAME, "Provisor", "Integration", "integration@provisor-sim.example", &admin));
-    let mut hand = base("it.admin@contoso-sim.com.prod", "Ivy", "Admin", "it.admin@contoso-sim.com", &admin);
+    org.integration_user_id = org.insert_raw(
+        "User",
+        base(
+            creds::SF_INTEGRATION_USERNAME,
+            "Provisor",
+            "Integration",
+            "integration@provisor-sim.example",
+            &admin,
+        ),
+    );
+    let mut hand = base(
+        "it.admin@contoso-sim.com.prod",
+        "Ivy",
+        "Admin",
+        "it.admin@contoso-sim.com",
+        &admin,
+    );
     hand.insert("CommunityNickname".into(), json!("it.admin"));
     org.insert_raw("User", hand);
     // A leftover account nobody in the tenant owns (an orphan).
-    org.insert_raw("User", base("former.contractor@contoso-sim.com", "Former", "Contractor", "former.contractor@contoso-sim.com", &chatter_free));
+    org.insert_raw(
+        "User",
+        base(
+            "former.contractor@contoso-sim.com",
+            "Former",
+            "Contractor",
+            "former.contractor@contoso-sim.com",
+            &chatter_free,
+        ),
+    );
 
     // Pre-existing users for some tenant users: the first two matched by
     // Federation ID, the next three by Username only, with stale fields.
     let members: Vec<_> = tenant
         .users()
-        .filter(|u| u.removed.is_none() && u.props.get("userType").and_then(Value::as_str) == Some("Member") && u.props.get("accountEnabled") == Some(&Value::Bool(true)))
+        .filter(|u| {
+            u.removed.is_none()
+                && u.props.get("userType").and_then(Value::as_str) == Some("Member")
+                && u.props.get("accountEnabled") == Some(&Value::Bool(true))
+        })
         .take(5)
         .collect();
     for (i, u) in members.iter().enumerate() {
-        let s = |k: &str| u.props.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+        let s = |k: &str| {
+            u.props
+                .get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
         let upn = s("userPrincipalName");
         let profile = if i % 2 == 0 { &standard } else { &chatter_free };
         let mut row = base(&upn, &s("givenName"), &s("surname"), &s("mail"), profile);
@@ -142,7 +292,10 @@ pub fn org(tenant: &GraphTenant, _seed: u64) -> SfOrg {
             row.insert("FederationIdentifier".into(), json!(upn));
         } else {
             // Stale data the sync must correct.
-            row.insert("FirstName".into(), json!(format!("{} (old)", s("givenName"))));
+            row.insert(
+                "FirstName".into(),
+                json!(format!("{} (old)", s("givenName"))),
+            );
         }
         org.insert_raw("User", row);
     }

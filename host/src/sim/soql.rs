@@ -70,7 +70,11 @@ pub fn parse(q: &str) -> Result<Query, String> {
     }
     p.keyword("FROM")?;
     let object = p.ident()?;
-    let filter = if p.eat_keyword("WHERE") { Some(p.or()?) } else { None };
+    let filter = if p.eat_keyword("WHERE") {
+        Some(p.or()?)
+    } else {
+        None
+    };
     let order_by = if p.eat_keyword("ORDER") {
         p.keyword("BY")?;
         let f = p.ident()?;
@@ -95,7 +99,13 @@ pub fn parse(q: &str) -> Result<Query, String> {
     if let Some(t) = p.next() {
         return Err(format!("unexpected token: {}", show(Some(&t))));
     }
-    Ok(Query { fields, object, filter, order_by, limit })
+    Ok(Query {
+        fields,
+        object,
+        filter,
+        order_by,
+        limit,
+    })
 }
 
 fn show(t: Option<&Tok>) -> String {
@@ -179,7 +189,9 @@ fn lex(q: &str) -> Result<Vec<Tok>, String> {
                 }
                 out.push(Tok::Str(s));
             }
-            c if c.is_ascii_digit() || (c == '-' && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit())) => {
+            c if c.is_ascii_digit()
+                || (c == '-' && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit())) =>
+            {
                 let start = i;
                 i += 1;
                 while i < chars.len() && (chars[i].is_ascii_digit() || chars[i] == '.') {
@@ -190,7 +202,9 @@ fn lex(q: &str) -> Result<Vec<Tok>, String> {
             }
             c if c.is_ascii_alphabetic() || c == '_' => {
                 let start = i;
-                while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == '.') {
+                while i < chars.len()
+                    && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == '.')
+                {
                     i += 1;
                 }
                 out.push(Tok::Ident(chars[start..i].iter().collect()));
@@ -235,7 +249,10 @@ impl Parser {
         if self.eat_keyword(k) {
             Ok(())
         } else {
-            Err(format!("unexpected token: {} (expected {k})", show(self.peek())))
+            Err(format!(
+                "unexpected token: {} (expected {k})",
+                show(self.peek())
+            ))
         }
     }
     fn ident(&mut self) -> Result<String, String> {
@@ -265,7 +282,10 @@ impl Parser {
         if self.eat(&Tok::LParen) {
             let c = self.or()?;
             if !self.eat(&Tok::RParen) {
-                return Err(format!("unexpected token: {} (expected ')')", show(self.peek())));
+                return Err(format!(
+                    "unexpected token: {} (expected ')')",
+                    show(self.peek())
+                ));
             }
             return Ok(c);
         }
@@ -403,7 +423,8 @@ mod tests {
 
     #[test]
     fn like_and_not_in() {
-        let q = parse("SELECT Id FROM User WHERE (Name LIKE 'ad%') AND Alias NOT IN ('x')").expect("parses");
+        let q = parse("SELECT Id FROM User WHERE (Name LIKE 'ad%') AND Alias NOT IN ('x')")
+            .expect("parses");
         let rec = json!({"Name": "Adele", "Alias": "adele"});
         let get = |f: &str| rec.get(f).cloned().unwrap_or(Value::Null);
         assert!(q.filter.expect("filter").eval(&get));

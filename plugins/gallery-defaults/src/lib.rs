@@ -55,7 +55,10 @@ impl Guest for GalleryDefaults {
             ("LastName".to_string(), Value::Text(last_name)),
             ("LocaleSidKey".to_string(), Value::Text(locale)),
             ("LanguageLocaleKey".to_string(), Value::Text("en_US".into())),
-            ("EmailEncodingKey".to_string(), Value::Text("ISO-8859-1".into())),
+            (
+                "EmailEncodingKey".to_string(),
+                Value::Text("ISO-8859-1".into()),
+            ),
             (
                 "TimeZoneSidKey".to_string(),
                 Value::Text("America/Los_Angeles".into()),

@@ -25,9 +25,19 @@ async fn rejected_entra_credentials_name_the_endpoint_and_code_but_not_the_secre
         c.entra.client_secret = Secret::Value("wrong-secret-value".into());
     })
     .await;
-    let msg = engine.sync_once(&Quiet).await.expect_err("bad secret").to_string();
-    assert!(msg.contains("AADSTS7000215") && msg.contains("invalid_client"), "{msg}");
-    assert!(msg.contains(&format!("/{}/oauth2/v2.0/token", creds::TENANT)), "{msg}");
+    let msg = engine
+        .sync_once(&Quiet)
+        .await
+        .expect_err("bad secret")
+        .to_string();
+    assert!(
+        msg.contains("AADSTS7000215") && msg.contains("invalid_client"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!("/{}/oauth2/v2.0/token", creds::TENANT)),
+        "{msg}"
+    );
     assert!(!msg.contains("wrong-secret-value"), "secret leaked: {msg}");
 }
 
@@ -40,8 +50,17 @@ async fn rejected_salesforce_credentials_are_named() {
         c.salesforce.client_secret = Secret::Value("nope".into());
     })
     .await;
-    let msg = engine.sync_once(&Quiet).await.expect_err("bad secret").to_string();
-    assert!(msg.contains("/services/oauth2/token") && msg.contains("invalid_client") && msg.contains("invalid client credentials"), "{msg}");
+    let msg = engine
+        .sync_once(&Quiet)
+        .await
+        .expect_err("bad secret")
+        .to_string();
+    assert!(
+        msg.contains("/services/oauth2/token")
+            && msg.contains("invalid_client")
+            && msg.contains("invalid client credentials"),
+        "{msg}"
+    );
     // Entra was read and journaled; nothing was marked done.
     assert_eq!(engine.store.dirty_count().await.expect("count"), 5);
 }
@@ -56,7 +75,11 @@ async fn an_unreachable_endpoint_is_named() {
         c.entra.authority = "http://127.0.0.1:9".into();
     })
     .await;
-    let msg = engine.sync_once(&Quiet).await.expect_err("unreachable").to_string();
+    let msg = engine
+        .sync_once(&Quiet)
+        .await
+        .expect_err("unreachable")
+        .to_string();
     assert!(msg.contains("cannot reach http://127.0.0.1:9/"), "{msg}");
 }
 
@@ -68,7 +91,9 @@ async fn broken_graph() -> SocketAddr {
             "/v1.0/users/delta",
             get(|| async { axum::Json(json!({"@odata.deltaLink": "http://x/v1.0/users/delta?$deltatoken=abc", "value": [{"id": "ok-1", "userPrincipalName": "a@b.c"}, {"userPrincipalName": "no-id@b.c"}]})) }),
         );
-    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.expect("bind");
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
@@ -87,11 +112,27 @@ async fn a_malformed_delta_page_is_named_and_nothing_is_journaled() {
         c.entra.graph_url = format!("http://{graph}");
     })
     .await;
-    let msg = engine.sync_once(&Quiet).await.expect_err("malformed").to_string();
-    assert!(msg.contains("malformed response from") && msg.contains("/v1.0/users/delta") && msg.contains("value[1]: item has no id"), "{msg}");
+    let msg = engine
+        .sync_once(&Quiet)
+        .await
+        .expect_err("malformed")
+        .to_string();
+    assert!(
+        msg.contains("malformed response from")
+            && msg.contains("/v1.0/users/delta")
+            && msg.contains("value[1]: item has no id"),
+        "{msg}"
+    );
     let state = engine.store.sync_state("users").await.expect("state");
-    assert_eq!(state.delta_link, None, "the deltaLink of a bad page is not stored");
-    assert_eq!(engine.store.dirty_count().await.expect("count"), 0, "not even the good item of the bad page is journaled");
+    assert_eq!(
+        state.delta_link, None,
+        "the deltaLink of a bad page is not stored"
+    );
+    assert_eq!(
+        engine.store.dirty_count().await.expect("count"),
+        0,
+        "not even the good item of the bad page is journaled"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,11 +142,24 @@ async fn a_salesforce_error_body_is_parsed_into_code_message_and_fields() {
     let dir = tempfile::tempdir().expect("temp dir");
     let engine = engine_with(&running, &rhai_pack(), &dir.path().join("s.db"), fast).await;
     // A locale Salesforce's restricted picklist refuses, per record.
-    let id = sim.graph().users().find(|u| u.props.get("accountEnabled") == Some(&serde_json::Value::Bool(true))).map(|u| u.id.clone()).expect("an enabled user");
+    let id = sim
+        .graph()
+        .users()
+        .find(|u| u.props.get("accountEnabled") == Some(&serde_json::Value::Bool(true)))
+        .map(|u| u.id.clone())
+        .expect("an enabled user");
     let mut m = serde_json::Map::new();
     m.insert("preferredLanguage".into(), json!("xx-YY"));
     sim.graph().update_user(&id, m).expect("update");
     let r = engine.sync_once(&Quiet).await.expect("cycle completes");
-    let f = r.failures.iter().find(|f| f.contains("INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST")).unwrap_or_else(|| panic!("{:?}", r.failures));
-    assert!(f.contains("bad value for restricted picklist field: xx_YY") && f.contains("[LocaleSidKey]"), "{f}");
+    let f = r
+        .failures
+        .iter()
+        .find(|f| f.contains("INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST"))
+        .unwrap_or_else(|| panic!("{:?}", r.failures));
+    assert!(
+        f.contains("bad value for restricted picklist field: xx_YY")
+            && f.contains("[LocaleSidKey]"),
+        "{f}"
+    );
 }

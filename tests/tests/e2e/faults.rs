@@ -17,7 +17,8 @@ fn fast_retries(cfg: &mut provisor::config::Config) {
 fn usernames(sim: &Sim) -> HashMap<String, usize> {
     let mut out = HashMap::new();
     for u in sim.salesforce().rows("User") {
-        *out.entry(u["Username"].as_str().unwrap_or_default().to_lowercase()).or_default() += 1;
+        *out.entry(u["Username"].as_str().unwrap_or_default().to_lowercase())
+            .or_default() += 1;
     }
     out
 }
@@ -25,16 +26,26 @@ fn usernames(sim: &Sim) -> HashMap<String, usize> {
 fn enabled_upns(sim: &Sim) -> Vec<String> {
     sim.graph()
         .users()
-        .filter(|u| u.removed.is_none() && u.props.get("accountEnabled") == Some(&Value::Bool(true)))
+        .filter(|u| {
+            u.removed.is_none() && u.props.get("accountEnabled") == Some(&Value::Bool(true))
+        })
         .filter_map(|u| u.props["userPrincipalName"].as_str().map(str::to_lowercase))
         .collect()
 }
 
 fn assert_one_user_each(sim: &Sim) {
     let counts = usernames(sim);
-    assert!(counts.values().all(|n| *n == 1), "duplicates: {:?}", counts.iter().filter(|(_, n)| **n > 1).collect::<Vec<_>>());
+    assert!(
+        counts.values().all(|n| *n == 1),
+        "duplicates: {:?}",
+        counts.iter().filter(|(_, n)| **n > 1).collect::<Vec<_>>()
+    );
     for upn in enabled_upns(sim) {
-        assert_eq!(counts.get(&upn), Some(&1), "{upn} has exactly one Salesforce user");
+        assert_eq!(
+            counts.get(&upn),
+            Some(&1),
+            "{upn} has exactly one Salesforce user"
+        );
     }
 }
 
@@ -49,30 +60,76 @@ async fn graph_failure_mid_round_keeps_the_delta_link_and_the_next_run_completes
     })
     .await;
     engine.sync_once(&Quiet).await.expect("initial sync");
-    let link_before = engine.store.sync_state("users").await.expect("state").delta_link;
+    let link_before = engine
+        .store
+        .sync_state("users")
+        .await
+        .expect("state")
+        .delta_link;
     assert!(link_before.is_some());
 
     // 120 surname changes: three pages of 40 in the next round.
-    let ids: Vec<String> = sim.graph().users().filter(|u| u.props.get("accountEnabled") == Some(&Value::Bool(true))).take(120).map(|u| u.id.clone()).collect();
+    let ids: Vec<String> = sim
+        .graph()
+        .users()
+        .filter(|u| u.props.get("accountEnabled") == Some(&Value::Bool(true)))
+        .take(120)
+        .map(|u| u.id.clone())
+        .collect();
     for (i, id) in ids.iter().enumerate() {
         let mut m = Map::new();
         m.insert("surname".into(), json!(format!("Renamed{i}")));
         sim.graph().update_user(id, m).expect("update");
     }
-    sim.set_faults(Faults { graph_delta_fail_after_pages: Some(1), ..Default::default() });
+    sim.set_faults(Faults {
+        graph_delta_fail_after_pages: Some(1),
+        ..Default::default()
+    });
     let writes = sim.stats().sf_write_calls;
-    let err = engine.sync_once(&Quiet).await.expect_err("Graph fails on the second page");
+    let err = engine
+        .sync_once(&Quiet)
+        .await
+        .expect_err("Graph fails on the second page");
     let msg = err.to_string();
-    assert!(msg.contains("serviceNotAvailable") && msg.contains("/v1.0/users/delta"), "{msg}");
-    assert_eq!(engine.store.sync_state("users").await.expect("state").delta_link, link_before, "deltaLink not advanced");
-    assert_eq!(sim.stats().sf_write_calls, writes, "nothing applied from a partial read");
+    assert!(
+        msg.contains("serviceNotAvailable") && msg.contains("/v1.0/users/delta"),
+        "{msg}"
+    );
+    assert_eq!(
+        engine
+            .store
+            .sync_state("users")
+            .await
+            .expect("state")
+            .delta_link,
+        link_before,
+        "deltaLink not advanced"
+    );
+    assert_eq!(
+        sim.stats().sf_write_calls,
+        writes,
+        "nothing applied from a partial read"
+    );
 
     sim.set_faults(Faults::default());
     let r = engine.sync_once(&Quiet).await.expect("next run completes");
     assert_eq!(r.updated, 120, "{:?}", r.failures);
-    assert_ne!(engine.store.sync_state("users").await.expect("state").delta_link, link_before, "deltaLink advanced after the complete round");
+    assert_ne!(
+        engine
+            .store
+            .sync_state("users")
+            .await
+            .expect("state")
+            .delta_link,
+        link_before,
+        "deltaLink advanced after the complete round"
+    );
     for (i, id) in ids.iter().enumerate() {
-        let upn = sim.graph().user(id).and_then(|u| u.props["userPrincipalName"].as_str().map(str::to_string)).unwrap_or_default();
+        let upn = sim
+            .graph()
+            .user(id)
+            .and_then(|u| u.props["userPrincipalName"].as_str().map(str::to_string))
+            .unwrap_or_default();
         let org = sim.salesforce();
         let rows = org.users_where("Username", &upn);
         assert_eq!(rows.len(), 1);
@@ -88,23 +145,50 @@ async fn a_lost_salesforce_response_is_recovered_by_matching_not_by_creating_aga
     let running = start_sim(450, 9).await;
     let sim = running.sim.clone();
     let dir = tempfile::tempdir().expect("temp dir");
-    let engine = engine_with(&running, &rhai_pack(), &dir.path().join("state.db"), fast_retries).await;
+    let engine = engine_with(
+        &running,
+        &rhai_pack(),
+        &dir.path().join("state.db"),
+        fast_retries,
+    )
+    .await;
 
     // The first create batch succeeds; the second is carried out by
     // Salesforce but its response is lost (HTTP 500).
-    sim.set_faults(Faults { sf_write_fail_after: Some(1), sf_write_fail_after_commit: true, ..Default::default() });
-    let err = engine.sync_once(&Quiet).await.expect_err("the lost response stops the cycle");
+    sim.set_faults(Faults {
+        sf_write_fail_after: Some(1),
+        sf_write_fail_after_commit: true,
+        ..Default::default()
+    });
+    let err = engine
+        .sync_once(&Quiet)
+        .await
+        .expect_err("the lost response stops the cycle");
     assert!(err.to_string().contains("UNKNOWN_EXCEPTION"), "{err}");
     let outbox = engine.store.outbox_counts().await.expect("outbox");
-    assert_eq!(outbox.get("unknown"), Some(&200), "the lost batch is journaled with an unknown outcome: {outbox:?}");
+    assert_eq!(
+        outbox.get("unknown"),
+        Some(&200),
+        "the lost batch is journaled with an unknown outcome: {outbox:?}"
+    );
     let created_so_far = sim.salesforce().rows("User").count();
 
     sim.set_faults(Faults::default());
-    let r = engine.sync_once(&Quiet).await.expect("the next run completes");
+    let r = engine
+        .sync_once(&Quiet)
+        .await
+        .expect("the next run completes");
     assert_eq!(r.failed, 0, "{:?}", r.failures);
-    assert!(r.linked >= 200, "the 200 users created behind the lost response are found and linked, not created again (linked {})", r.linked);
+    assert!(
+        r.linked >= 200,
+        "the 200 users created behind the lost response are found and linked, not created again (linked {})",
+        r.linked
+    );
     assert_one_user_each(&sim);
-    assert_eq!(sim.salesforce().rows("User").count(), created_so_far + r.created);
+    assert_eq!(
+        sim.salesforce().rows("User").count(),
+        created_so_far + r.created
+    );
     let quiet = engine.sync_once(&Quiet).await.expect("quiet sync");
     assert!(quiet.plan.actions.is_empty(), "{}", quiet.plan.render());
 }
@@ -125,7 +209,15 @@ async fn a_refused_salesforce_write_is_retried_then_parked_without_blocking_othe
     let bad = sim
         .graph()
         .users()
-        .find(|u| u.props.get("accountEnabled") == Some(&Value::Bool(true)) && !existing.contains_key(&u.props["userPrincipalName"].as_str().unwrap_or_default().to_lowercase()))
+        .find(|u| {
+            u.props.get("accountEnabled") == Some(&Value::Bool(true))
+                && !existing.contains_key(
+                    &u.props["userPrincipalName"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_lowercase(),
+                )
+        })
         .map(|u| u.id.clone())
         .expect("an enabled user");
     let mut m = Map::new();
@@ -134,14 +226,24 @@ async fn a_refused_salesforce_write_is_retried_then_parked_without_blocking_othe
 
     let r1 = engine.sync_once(&Quiet).await.expect("sync");
     assert_eq!(r1.failed, 1);
-    assert!(r1.failures[0].contains("INVALID_EMAIL_ADDRESS"), "{:?}", r1.failures);
+    assert!(
+        r1.failures[0].contains("INVALID_EMAIL_ADDRESS"),
+        "{:?}",
+        r1.failures
+    );
     assert!(r1.created > 20, "the others are created");
     let r2 = engine.sync_once(&Quiet).await.expect("sync");
     assert_eq!((r2.failed, r2.parked), (1, 1));
     let dead = engine.store.dead_letters().await.expect("dead letters");
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].entra_id, bad);
-    assert!(dead[0].reason.contains("INVALID_EMAIL_ADDRESS: Email: invalid email address: not-an-email"), "{}", dead[0].reason);
+    assert!(
+        dead[0]
+            .reason
+            .contains("INVALID_EMAIL_ADDRESS: Email: invalid email address: not-an-email"),
+        "{}",
+        dead[0].reason
+    );
     // Parked users are not retried every cycle...
     let r3 = engine.sync_once(&Quiet).await.expect("sync");
     assert_eq!(r3.users_considered, 0);
@@ -151,7 +253,18 @@ async fn a_refused_salesforce_write_is_retried_then_parked_without_blocking_othe
     sim.graph().update_user(&bad, m).expect("update");
     let r4 = engine.sync_once(&Quiet).await.expect("sync");
     assert_eq!((r4.created, r4.failed), (1, 0), "{:?}", r4.failures);
-    assert!(engine.store.dead_letters().await.expect("dead letters").is_empty());
+    assert!(
+        engine
+            .store
+            .dead_letters()
+            .await
+            .expect("dead letters")
+            .is_empty()
+    );
     let audit = engine.store.audit_rows(None).await.expect("audit");
-    assert!(audit.iter().any(|r| r.event == "user.parked" && r.entra_id.as_deref() == Some(bad.as_str())));
+    assert!(
+        audit
+            .iter()
+            .any(|r| r.event == "user.parked" && r.entra_id.as_deref() == Some(bad.as_str()))
+    );
 }

@@ -10,36 +10,65 @@ use serde_json::{Map, Value, json};
 
 /// The gallery defaults, written independently of both packs.
 fn expected(u: &SimUser, groups: &[String]) -> (Map<String, Value>, &'static str) {
-    let s = |k: &str| u.props.get(k).and_then(Value::as_str).filter(|v| !v.is_empty()).map(str::to_string);
+    let s = |k: &str| {
+        u.props
+            .get(k)
+            .and_then(Value::as_str)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    };
     let upn = s("userPrincipalName").expect("generated users have a UPN");
     let mut m = Map::new();
     m.insert("Username".into(), json!(upn));
     m.insert("FederationIdentifier".into(), json!(upn));
-    m.insert("Alias".into(), json!(upn.chars().take(8).collect::<String>()));
+    m.insert(
+        "Alias".into(),
+        json!(upn.chars().take(8).collect::<String>()),
+    );
     m.insert("Email".into(), json!(s("mail")));
     m.insert("FirstName".into(), json!(s("givenName")));
-    m.insert("LastName".into(), json!(s("surname").unwrap_or_else(|| ".".into())));
-    m.insert("LocaleSidKey".into(), json!(s("preferredLanguage").map_or("en_US".to_string(), |l| l.replace('-', "_"))));
+    m.insert(
+        "LastName".into(),
+        json!(s("surname").unwrap_or_else(|| ".".into())),
+    );
+    m.insert(
+        "LocaleSidKey".into(),
+        json!(s("preferredLanguage").map_or("en_US".to_string(), |l| l.replace('-', "_"))),
+    );
     m.insert("LanguageLocaleKey".into(), json!("en_US"));
     m.insert("EmailEncodingKey".into(), json!("ISO-8859-1"));
     m.insert("TimeZoneSidKey".into(), json!("America/Los_Angeles"));
     let profile = ["SF-Admins", "SF-Sales", "SF-Support", "SF-Marketing"]
         .iter()
         .find(|g| groups.iter().any(|x| x == *g))
-        .map(|g| if *g == "SF-Admins" { "System Administrator" } else { "Standard User" })
+        .map(|g| {
+            if *g == "SF-Admins" {
+                "System Administrator"
+            } else {
+                "Standard User"
+            }
+        })
         .unwrap_or("Chatter Free User");
     (m, profile)
 }
 
 fn groups_of(sim: &Sim, id: &str) -> Vec<String> {
-    sim.graph().groups().filter(|g| g.members.contains(id)).map(|g| g.display_name.clone()).collect()
+    sim.graph()
+        .groups()
+        .filter(|g| g.members.contains(id))
+        .map(|g| g.display_name.clone())
+        .collect()
 }
 
 fn sf_users_by_username(sim: &Sim) -> HashMap<String, Vec<Map<String, Value>>> {
     let org = sim.salesforce();
     let mut out: HashMap<String, Vec<Map<String, Value>>> = HashMap::new();
     for u in org.rows("User") {
-        let name = u.get("Username").and_then(Value::as_str).unwrap_or_default().to_lowercase();
+        let name = u
+            .get("Username")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_lowercase();
         out.entry(name).or_default().push(u.clone());
     }
     out
@@ -47,12 +76,20 @@ fn sf_users_by_username(sim: &Sim) -> HashMap<String, Vec<Map<String, Value>>> {
 
 fn profile_name(sim: &Sim, profile_id: &Value) -> String {
     let org = sim.salesforce();
-    profile_id.as_str().and_then(|p| org.get("Profile", p)).and_then(|p| p.get("Name")?.as_str().map(str::to_string)).unwrap_or_default()
+    profile_id
+        .as_str()
+        .and_then(|p| org.get("Profile", p))
+        .and_then(|p| p.get("Name")?.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 /// Asserts the org holds exactly the expected user for `id`.
 fn assert_user(sim: &Sim, id: &str, active: bool) -> Map<String, Value> {
-    let u = sim.graph().user(id).cloned().expect("user exists in the tenant");
+    let u = sim
+        .graph()
+        .user(id)
+        .cloned()
+        .expect("user exists in the tenant");
     let (want, profile) = expected(&u, &groups_of(sim, id));
     let upn = want["Username"].as_str().unwrap_or_default().to_lowercase();
     let all = sf_users_by_username(sim);
@@ -62,8 +99,16 @@ fn assert_user(sim: &Sim, id: &str, active: bool) -> Map<String, Value> {
     for (k, v) in &want {
         assert_eq!(row.get(k).unwrap_or(&Value::Null), v, "{upn}: field {k}");
     }
-    assert_eq!(row.get("IsActive"), Some(&Value::Bool(active)), "{upn}: IsActive");
-    assert_eq!(profile_name(sim, &row["ProfileId"]), profile, "{upn}: profile");
+    assert_eq!(
+        row.get("IsActive"),
+        Some(&Value::Bool(active)),
+        "{upn}: IsActive"
+    );
+    assert_eq!(
+        profile_name(sim, &row["ProfileId"]),
+        profile,
+        "{upn}: profile"
+    );
     row
 }
 
@@ -75,48 +120,106 @@ async fn demo_flow_leaves_the_expected_salesforce_state() {
     let engine = engine(&running, &rhai_pack(), &dir.path().join("state.db")).await;
 
     // Pre-existing users and their ids, to prove they are matched, not duplicated.
-    let before: HashMap<String, String> = sim.salesforce().rows("User").map(|u| (u["Username"].as_str().unwrap_or_default().to_lowercase(), u["Id"].as_str().unwrap_or_default().to_string())).collect();
-    assert_eq!(before.len(), 8, "seeded org: integration user, an admin, an orphan and five people to match");
+    let before: HashMap<String, String> = sim
+        .salesforce()
+        .rows("User")
+        .map(|u| {
+            (
+                u["Username"].as_str().unwrap_or_default().to_lowercase(),
+                u["Id"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        before.len(),
+        8,
+        "seeded org: integration user, an admin, an orphan and five people to match"
+    );
 
     let report = engine.sync_once(&Quiet).await.expect("initial sync");
     assert_eq!(report.failed, 0, "{:?}", report.failures);
     assert_eq!(report.linked, 5);
 
     let tenant: Vec<SimUser> = sim.graph().users().cloned().collect();
-    let enabled: Vec<&SimUser> = tenant.iter().filter(|u| u.props.get("accountEnabled") == Some(&Value::Bool(true))).collect();
-    assert!(enabled.len() < tenant.len(), "the tenant has disabled users");
+    let enabled: Vec<&SimUser> = tenant
+        .iter()
+        .filter(|u| u.props.get("accountEnabled") == Some(&Value::Bool(true)))
+        .collect();
+    assert!(
+        enabled.len() < tenant.len(),
+        "the tenant has disabled users"
+    );
     for u in &enabled {
         let row = assert_user(&sim, &u.id, true);
-        let upn = u.props["userPrincipalName"].as_str().unwrap_or_default().to_lowercase();
+        let upn = u.props["userPrincipalName"]
+            .as_str()
+            .unwrap_or_default()
+            .to_lowercase();
         if let Some(old_id) = before.get(&upn) {
-            assert_eq!(row["Id"].as_str(), Some(old_id.as_str()), "{upn} kept its pre-existing Salesforce user");
+            assert_eq!(
+                row["Id"].as_str(),
+                Some(old_id.as_str()),
+                "{upn} kept its pre-existing Salesforce user"
+            );
         }
     }
-    for u in tenant.iter().filter(|u| u.props.get("accountEnabled") == Some(&Value::Bool(false))) {
-        let upn = u.props["userPrincipalName"].as_str().unwrap_or_default().to_lowercase();
-        assert!(!sf_users_by_username(&sim).contains_key(&upn), "disabled user {upn} must not be created");
+    for u in tenant
+        .iter()
+        .filter(|u| u.props.get("accountEnabled") == Some(&Value::Bool(false)))
+    {
+        let upn = u.props["userPrincipalName"]
+            .as_str()
+            .unwrap_or_default()
+            .to_lowercase();
+        assert!(
+            !sf_users_by_username(&sim).contains_key(&upn),
+            "disabled user {upn} must not be created"
+        );
     }
     // Users provisor does not manage are untouched.
     let all = sf_users_by_username(&sim);
-    for untouched in ["integration@provisor-sim.example", "it.admin@contoso-sim.com.prod", "former.contractor@contoso-sim.com"] {
+    for untouched in [
+        "integration@provisor-sim.example",
+        "it.admin@contoso-sim.com.prod",
+        "former.contractor@contoso-sim.com",
+    ] {
         assert_eq!(all[untouched][0]["IsActive"], json!(true), "{untouched}");
     }
-    assert_eq!(sim.salesforce().rows("User").count(), 3 + enabled.len(), "one Salesforce user per enabled Entra user, plus the three unmanaged ones");
+    assert_eq!(
+        sim.salesforce().rows("User").count(),
+        3 + enabled.len(),
+        "one Salesforce user per enabled Entra user, plus the three unmanaged ones"
+    );
 
     // Joiner, mover, leaver.
     let story = joiner_mover_leaver(&sim).expect("story applies to the tenant");
     let r1 = engine.sync_once(&Quiet).await.expect("incremental sync");
-    assert_eq!((r1.created, r1.updated, r1.deactivated, r1.failed), (1, 1, 1, 0), "{}", r1.plan.render());
+    assert_eq!(
+        (r1.created, r1.updated, r1.deactivated, r1.failed),
+        (1, 1, 1, 0),
+        "{}",
+        r1.plan.render()
+    );
     let joiner = assert_user(&sim, &story.joiner, true);
     assert_eq!(joiner["LocaleSidKey"], json!("de_DE"));
     assert_eq!(joiner["Alias"], json!("new.join"));
     assert_eq!(profile_name(&sim, &joiner["ProfileId"]), "Standard User");
     let mover = assert_user(&sim, &story.mover, true);
-    assert_eq!(profile_name(&sim, &mover["ProfileId"]), "Standard User", "the mover joined SF-Sales");
+    assert_eq!(
+        profile_name(&sim, &mover["ProfileId"]),
+        "Standard User",
+        "the mover joined SF-Sales"
+    );
 
     // The leaver is deactivated, not deleted.
-    let leaver_upn = sim.graph().user(&story.leaver).and_then(|u| u.props["userPrincipalName"].as_str().map(str::to_lowercase)).unwrap_or_default();
-    let rows = sf_users_by_username(&sim).remove(&leaver_upn).unwrap_or_default();
+    let leaver_upn = sim
+        .graph()
+        .user(&story.leaver)
+        .and_then(|u| u.props["userPrincipalName"].as_str().map(str::to_lowercase))
+        .unwrap_or_default();
+    let rows = sf_users_by_username(&sim)
+        .remove(&leaver_upn)
+        .unwrap_or_default();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["IsActive"], json!(false), "leaver deactivated");
 
@@ -151,14 +254,28 @@ async fn a_sync_without_tenant_changes_makes_zero_salesforce_writes() {
         assert_eq!(again.plan.actions.len(), 0, "{}", again.plan.render());
     }
     let after = sim.stats();
-    assert_eq!(after.sf_write_calls, before.sf_write_calls, "no Salesforce write calls");
+    assert_eq!(
+        after.sf_write_calls, before.sf_write_calls,
+        "no Salesforce write calls"
+    );
     assert_eq!(after.sf_records_written, before.sf_records_written);
-    assert_eq!(after.sf_api_calls, before.sf_api_calls, "not even reads: nothing was dirty");
-    assert!(after.graph_delta_pages > before.graph_delta_pages, "the delta links were polled");
+    assert_eq!(
+        after.sf_api_calls, before.sf_api_calls,
+        "not even reads: nothing was dirty"
+    );
+    assert!(
+        after.graph_delta_pages > before.graph_delta_pages,
+        "the delta links were polled"
+    );
 
     // A change that maps to nothing Salesforce holds (jobTitle is not in the
     // gallery mapping) reads the user but writes nothing either.
-    let id = sim.graph().users().find(|u| u.props.get("accountEnabled") == Some(&Value::Bool(true))).map(|u| u.id.clone()).expect("an enabled user");
+    let id = sim
+        .graph()
+        .users()
+        .find(|u| u.props.get("accountEnabled") == Some(&Value::Bool(true)))
+        .map(|u| u.id.clone())
+        .expect("an enabled user");
     let mut change = Map::new();
     change.insert("jobTitle".into(), json!("Chief Tester"));
     sim.graph().update_user(&id, change).expect("update");

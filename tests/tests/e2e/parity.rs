@@ -15,7 +15,8 @@ fn fixture() -> Vec<(EntraUser, Vec<String>)> {
         .into_iter()
         .map(|i| {
             let user: EntraUser = serde_json::from_value(i["user"].clone()).expect("fixture user");
-            let groups: Vec<String> = serde_json::from_value(i["groups"].clone()).expect("fixture groups");
+            let groups: Vec<String> =
+                serde_json::from_value(i["groups"].clone()).expect("fixture groups");
             (user, groups)
         })
         .collect()
@@ -31,14 +32,27 @@ fn rhai_and_wasm_packs_want_identical_users() {
     for (u, g) in &users {
         let a = rhai.map(u, g).unwrap_or_else(|e| panic!("rhai: {e}"));
         let b = wasm.map(u, g).unwrap_or_else(|e| panic!("wasm: {e}"));
-        assert_eq!(a, b, "packs disagree for {} ({:?})", u.id, u.user_principal_name);
+        assert_eq!(
+            a, b,
+            "packs disagree for {} ({:?})",
+            u.id, u.user_principal_name
+        );
         rhai_out.push(a);
     }
     // The fixture really is varied: these cases must all occur.
     let alias = |d: &DesiredUser| d.fields.get("Alias").cloned();
     assert!(rhai_out.iter().any(|d| !d.active), "some users inactive");
-    assert!(rhai_out.iter().any(|d| d.profile.as_deref() == Some("System Administrator")));
-    assert!(rhai_out.iter().any(|d| d.fields.get("LastName").and_then(|v| v.as_text()) == Some(".")), "missing surnames default to '.'");
+    assert!(
+        rhai_out
+            .iter()
+            .any(|d| d.profile.as_deref() == Some("System Administrator"))
+    );
+    assert!(
+        rhai_out
+            .iter()
+            .any(|d| d.fields.get("LastName").and_then(|v| v.as_text()) == Some(".")),
+        "missing surnames default to '.'"
+    );
     assert!(rhai_out.iter().any(|d| matches!(alias(d), Some(provisor::model::FieldValue::Text(a)) if a.chars().count() == 8 && a.len() > 8)), "non-ASCII aliases cut by characters");
 
     let golden_path = repo_root().join("tests/fixtures/parity-desired.golden.json");
@@ -46,6 +60,11 @@ fn rhai_and_wasm_packs_want_identical_users() {
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&golden_path, &actual).expect("golden written");
     }
-    let golden = std::fs::read_to_string(&golden_path).expect("golden file exists (UPDATE_GOLDEN=1 creates it)");
-    assert!(golden == actual, "desired users differ from {}; rerun with UPDATE_GOLDEN=1 if the change is intended", golden_path.display());
+    let golden = std::fs::read_to_string(&golden_path)
+        .expect("golden file exists (UPDATE_GOLDEN=1 creates it)");
+    assert!(
+        golden == actual,
+        "desired users differ from {}; rerun with UPDATE_GOLDEN=1 if the change is intended",
+        golden_path.display()
+    );
 }

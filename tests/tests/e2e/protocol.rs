@@ -13,10 +13,22 @@ use serde_json::{Map, Value, json};
 
 fn clients(running: &RunningSim, page_size: u32) -> (EntraClient, SalesforceClient) {
     let dir = std::env::temp_dir();
-    let cfg = config_for(running, &rhai_pack(), &dir.join("unused.db"), |c| c.entra.page_size = page_size);
+    let cfg = config_for(running, &rhai_pack(), &dir.join("unused.db"), |c| {
+        c.entra.page_size = page_size
+    });
     let http = provisor::http::client().expect("client");
-    let e = EntraClient::new(http.clone(), cfg.entra.clone(), SecretString::new(provisor::sim::creds::ENTRA_CLIENT_SECRET), RetryPolicy::default());
-    let s = SalesforceClient::new(http, cfg.salesforce.clone(), SecretString::new(provisor::sim::creds::SF_CLIENT_SECRET), RetryPolicy::default());
+    let e = EntraClient::new(
+        http.clone(),
+        cfg.entra.clone(),
+        SecretString::new(provisor::sim::creds::ENTRA_CLIENT_SECRET),
+        RetryPolicy::default(),
+    );
+    let s = SalesforceClient::new(
+        http,
+        cfg.salesforce.clone(),
+        SecretString::new(provisor::sim::creds::SF_CLIENT_SECRET),
+        RetryPolicy::default(),
+    );
     (e, s)
 }
 
@@ -67,25 +79,46 @@ async fn graph_delta_rounds_report_changes_removals_and_restores() {
     sim.graph().expire_tokens();
     let (changes, _, link2) = users_round(&e, &link).await;
     assert_eq!(changes.len(), 3, "{changes:?}");
-    assert!(changes.contains(&UserChange::Removed { id: ids[0].clone(), removal: Removal::SoftDeleted }));
-    assert!(changes.contains(&UserChange::Removed { id: ids[1].clone(), removal: Removal::HardDeleted }));
+    assert!(changes.contains(&UserChange::Removed {
+        id: ids[0].clone(),
+        removal: Removal::SoftDeleted
+    }));
+    assert!(changes.contains(&UserChange::Removed {
+        id: ids[1].clone(),
+        removal: Removal::HardDeleted
+    }));
     assert!(changes.iter().any(|c| matches!(c, UserChange::Upsert(u) if u.id == ids[2] && u.job_title.as_deref() == Some("CTO"))));
     assert!(sim.stats().graph_token_calls >= 2);
 
     sim.graph().restore_user(&ids[0]).expect("restore");
     let (changes, _, link3) = users_round(&e, &link2).await;
-    assert!(matches!(changes.as_slice(), [UserChange::Upsert(u)] if u.id == ids[0]), "{changes:?}");
+    assert!(
+        matches!(changes.as_slice(), [UserChange::Upsert(u)] if u.id == ids[0]),
+        "{changes:?}"
+    );
     let (nothing, pages, _) = users_round(&e, &link3).await;
-    assert_eq!((nothing.len(), pages), (0, 1), "an empty round is one page with a new deltaLink");
+    assert_eq!(
+        (nothing.len(), pages),
+        (0, 1),
+        "an empty round is one page with a new deltaLink"
+    );
 
     // Groups: the initial round lists members; later rounds only changes.
     let (groups, glink) = groups_round(&e, &e.groups_start()).await;
-    let sales = groups.iter().find(|g| g.display_name.as_deref() == Some("SF-Sales")).expect("SF-Sales").clone();
+    let sales = groups
+        .iter()
+        .find(|g| g.display_name.as_deref() == Some("SF-Sales"))
+        .expect("SF-Sales")
+        .clone();
     assert!(!sales.members_added.is_empty());
     let member = sales.members_added[0].clone();
     let newcomer = ids[5].clone();
-    sim.graph().set_membership(&sales.id, &member, false).expect("remove member");
-    sim.graph().set_membership(&sales.id, &newcomer, true).expect("add member");
+    sim.graph()
+        .set_membership(&sales.id, &member, false)
+        .expect("remove member");
+    sim.graph()
+        .set_membership(&sales.id, &newcomer, true)
+        .expect("add member");
     let (changes, _) = groups_round(&e, &glink).await;
     assert_eq!(changes.len(), 1);
     assert_eq!(changes[0].members_removed, vec![member]);
@@ -96,9 +129,21 @@ async fn graph_delta_rounds_report_changes_removals_and_restores() {
 async fn graph_errors_keep_code_and_request_id() {
     let running = start_sim(3, 8).await;
     let (e, _) = clients(&running, 10);
-    let err = e.users_page(&format!("{}/v1.0/users/delta?$select=id,shoeSize", running.base_url())).await.expect_err("unknown property");
+    let err = e
+        .users_page(&format!(
+            "{}/v1.0/users/delta?$select=id,shoeSize",
+            running.base_url()
+        ))
+        .await
+        .expect_err("unknown property");
     let msg = err.to_string();
-    assert!(msg.contains("HTTP 400") && msg.contains("Request_BadRequest") && msg.contains("shoeSize") && msg.contains("request-id "), "{msg}");
+    assert!(
+        msg.contains("HTTP 400")
+            && msg.contains("Request_BadRequest")
+            && msg.contains("shoeSize")
+            && msg.contains("request-id "),
+        "{msg}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,9 +154,23 @@ async fn soql_pages_escapes_and_reauthenticates() {
         let mut org = sim.salesforce();
         let profile = org.profile_id("Chatter Free User").expect("profile");
         for i in 0..2300 {
-            let name = if i == 7 { "o'brien@contoso-sim.com".to_string() } else { format!("bulk{i}@contoso-sim.com") };
+            let name = if i == 7 {
+                "o'brien@contoso-sim.com".to_string()
+            } else {
+                format!("bulk{i}@contoso-sim.com")
+            };
             let mut m = Map::new();
-            for (k, v) in [("Username", name.clone()), ("LastName", format!("Bulk{i}")), ("Email", name), ("Alias", "bulk".into()), ("TimeZoneSidKey", "GMT".into()), ("LocaleSidKey", "en_US".into()), ("EmailEncodingKey", "UTF-8".into()), ("LanguageLocaleKey", "en_US".into()), ("ProfileId", profile.clone())] {
+            for (k, v) in [
+                ("Username", name.clone()),
+                ("LastName", format!("Bulk{i}")),
+                ("Email", name),
+                ("Alias", "bulk".into()),
+                ("TimeZoneSidKey", "GMT".into()),
+                ("LocaleSidKey", "en_US".into()),
+                ("EmailEncodingKey", "UTF-8".into()),
+                ("LanguageLocaleKey", "en_US".into()),
+                ("ProfileId", profile.clone()),
+            ] {
                 m.insert(k.into(), Value::String(v));
             }
             org.insert_raw("User", m);
@@ -119,22 +178,47 @@ async fn soql_pages_escapes_and_reauthenticates() {
     }
     let (_, sf) = clients(&running, 10);
     let calls = sim.stats().sf_api_calls;
-    let all = sf.query("SELECT Id, Username, Profile.Name FROM User").await.expect("query");
+    let all = sf
+        .query("SELECT Id, Username, Profile.Name FROM User")
+        .await
+        .expect("query");
     assert_eq!(all.len(), sim.salesforce().rows("User").count());
-    assert_eq!(sim.stats().sf_api_calls - calls, 2, "2 pages of at most 2000 records: nextRecordsUrl followed");
+    assert_eq!(
+        sim.stats().sf_api_calls - calls,
+        2,
+        "2 pages of at most 2000 records: nextRecordsUrl followed"
+    );
     assert_eq!(all[0]["attributes"]["type"], json!("User"));
-    assert!(all.iter().any(|r| r["Profile"]["Name"] == json!("Chatter Free User")), "relationship fields are nested");
-    assert!(sf.limit_info().max > 0 && sf.limit_info().used > 0, "Sforce-Limit-Info read");
+    assert!(
+        all.iter()
+            .any(|r| r["Profile"]["Name"] == json!("Chatter Free User")),
+        "relationship fields are nested"
+    );
+    assert!(
+        sf.limit_info().max > 0 && sf.limit_info().used > 0,
+        "Sforce-Limit-Info read"
+    );
 
-    let one = sf.query(&format!("SELECT Id FROM User WHERE Username = {}", soql_quote("O'Brien@contoso-sim.com"))).await.expect("escaped query");
+    let one = sf
+        .query(&format!(
+            "SELECT Id FROM User WHERE Username = {}",
+            soql_quote("O'Brien@contoso-sim.com")
+        ))
+        .await
+        .expect("escaped query");
     assert_eq!(one.len(), 1, "quote escaped, comparison case-insensitive");
 
     sim.salesforce().expire_sessions();
     let tokens = sim.stats().sf_token_calls;
-    sf.query("SELECT Id FROM Profile").await.expect("re-authenticates once on INVALID_SESSION_ID");
+    sf.query("SELECT Id FROM Profile")
+        .await
+        .expect("re-authenticates once on INVALID_SESSION_ID");
     assert_eq!(sim.stats().sf_token_calls, tokens + 1);
 
-    let err = sf.query("SELECT Id, Shoe__c FROM User").await.expect_err("bad field");
+    let err = sf
+        .query("SELECT Id, Shoe__c FROM User")
+        .await
+        .expect_err("bad field");
     match err {
         SfError::Api { status, errors, .. } => {
             assert_eq!(status, 400);
@@ -144,6 +228,10 @@ async fn soql_pages_escapes_and_reauthenticates() {
         other => panic!("{other}"),
     }
     let too_many: Vec<Map<String, Value>> = (0..201).map(|_| Map::new()).collect();
-    let err = sf.create_many("User", &too_many).await.expect_err("over 200").to_string();
+    let err = sf
+        .create_many("User", &too_many)
+        .await
+        .expect_err("over 200")
+        .to_string();
     assert!(err.contains("EXCEEDED_ID_LIMIT"), "{err}");
 }
