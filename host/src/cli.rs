@@ -47,6 +47,21 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Users parked after failing `sync.max_attempts` times. A later change
+    /// in Entra re-arms them.
+    Deadletter {
+        #[command(subcommand)]
+        command: DeadletterCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadletterCommand {
+    /// List parked users with their last error.
+    List {
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -159,13 +174,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}: ok", file.display());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Deadletter {
+            command: DeadletterCommand::List { config },
+        } => {
+            let cfg = Config::load(&config)?;
+            let store = Store::open_existing(&cfg.store.url).await?;
+            let dead = store.dead_letters().await?;
+            if dead.is_empty() {
+                println!("no parked users");
+            }
+            for d in dead {
+                println!("{}  attempts={}  {}", d.entra_id, d.attempts, d.reason);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Audit { command } => {
             let (config, n) = match &command {
                 AuditCommand::Tail { config, n } => (config, Some(*n)),
                 AuditCommand::Verify { config } => (config, None),
             };
             let cfg = Config::load(config)?;
-            let store = Store::open(&cfg.store.url).await?;
+            let store = Store::open_existing(&cfg.store.url).await?;
             let rows = store.audit_rows(n).await?;
             if let AuditCommand::Verify { .. } = command {
                 match crate::audit::verify(&rows) {
@@ -185,7 +214,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 async fn run_sim(a: SimArgs) -> anyhow::Result<ExitCode> {
     let base = format!("http://{}", a.listen);
     if a.print_config {
-        print!("{}", sim::config_toml(&base, &a.pack, &a.store));
+        // An absolute pack path keeps the printed config valid wherever it is saved.
+        let pack =
+            std::fs::canonicalize(&a.pack).map_or(a.pack.clone(), |p| p.display().to_string());
+        print!("{}", sim::config_toml(&base, &pack, &a.store));
         return Ok(ExitCode::SUCCESS);
     }
     if !(0.0..=1.0).contains(&a.fail_rate) {
@@ -261,13 +293,20 @@ async fn run_sync(a: SyncArgs) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(&a.config)?;
     let engine = engine_from_config(&cfg).await?;
     loop {
-        let report = engine.sync_once(&LogObserver).await.context(
-            "sync cycle failed; the deltaLink was not advanced past unjournaled changes",
-        )?;
-        if a.json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        } else {
-            print_summary(&report);
+        match engine.sync_once(&LogObserver).await {
+            Ok(report) if a.json => println!("{}", serde_json::to_string_pretty(&report)?),
+            Ok(report) => print_summary(&report),
+            // One cycle fails; the service does not. Nothing unjournaled
+            // was recorded as done, so the next cycle picks up from here.
+            Err(e) if !a.once => {
+                tracing::error!(error = %e, "sync cycle failed; retrying at the next interval");
+                eprintln!("error: sync cycle failed: {e}");
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(
+                    "sync cycle failed; the deltaLink was not advanced past unjournaled changes",
+                ));
+            }
         }
         if a.once {
             return Ok(ExitCode::SUCCESS);

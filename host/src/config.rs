@@ -81,7 +81,8 @@ pub struct SalesforceConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// sqlx URL; SQLite by default.
+    /// sqlx URL; SQLite by default. A relative SQLite path is taken
+    /// relative to the config file.
     #[serde(default = "default_store_url")]
     pub url: String,
 }
@@ -239,6 +240,19 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new("."));
         if cfg.rules.pack.is_relative() {
             cfg.rules.pack = base.join(&cfg.rules.pack);
+        }
+        // A relative SQLite file lives beside the config file, like the pack.
+        if let Some(rest) = cfg.store.url.strip_prefix("sqlite://") {
+            let (file, query) = rest
+                .split_once('?')
+                .map_or((rest, None), |(f, q)| (f, Some(q)));
+            if !file.is_empty() && !file.starts_with(':') && Path::new(file).is_relative() {
+                let joined = base.join(file);
+                cfg.store.url = match query {
+                    Some(q) => format!("sqlite://{}?{q}", joined.display()),
+                    None => format!("sqlite://{}", joined.display()),
+                };
+            }
         }
         for secret in [
             &mut cfg.entra.client_secret,

@@ -97,12 +97,20 @@ pub fn org_state(sim: &Sim) -> OrgState {
     org.rows("User")
         .map(|u| {
             let mut u = u.clone();
+            // Profiles compare by name; ids and timestamps differ per run.
+            let profile = u
+                .get("ProfileId")
+                .and_then(Value::as_str)
+                .and_then(|p| org.get("Profile", p))
+                .and_then(|p| p.get("Name").cloned());
+            u.insert("Profile".into(), profile.unwrap_or(Value::Null));
             for volatile in [
                 "Id",
                 "CreatedDate",
                 "LastModifiedDate",
                 "CommunityNickname",
                 "ProfileId",
+                "ManagerId",
             ] {
                 u.remove(volatile);
             }

@@ -1,10 +1,12 @@
 //! One HTTP client and one retry policy for both clouds.
 //!
-//! Retries are reasoned: throttling (429, or 503 with `Retry-After`) waits
-//! as told; 5xx and transport failures back off exponentially with jitter;
+//! Retries are reasoned: throttling (429) waits as `Retry-After` says, or
+//! backs off; for idempotent requests 5xx (honouring `Retry-After` when
+//! present) and transport failures back off exponentially with jitter;
 //! anything else is the caller's to interpret. Non-idempotent requests
-//! (creates) are never retried here: a lost response may hide a committed
-//! write, and the engine recovers that by matching on the next cycle.
+//! (creates) are not retried on 5xx or transport errors: a lost response
+//! may hide a committed write, and the engine recovers that by matching on
+//! the next cycle. A 429 is safe to retry for any request: nothing was done.
 
 use std::time::Duration;
 

@@ -78,12 +78,22 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) and migrates the database at `url`.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
+        Self::connect(url, true).await
+    }
+
+    /// Opens an existing database; a wrong path is an error, not a new
+    /// empty store (for read-only commands such as `audit verify`).
+    pub async fn open_existing(url: &str) -> Result<Self, StoreError> {
+        Self::connect(url, false).await
+    }
+
+    async fn connect(url: &str, create: bool) -> Result<Self, StoreError> {
         let opts = SqliteConnectOptions::from_str(url)
             .map_err(|source| StoreError::Open {
                 url: url.into(),
                 source,
             })?
-            .create_if_missing(true)
+            .create_if_missing(create)
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(std::time::Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
@@ -170,7 +180,21 @@ impl Store {
                         id: u.id.clone(),
                         detail: e.to_string(),
                     })?;
-                    // A fresh change re-arms a parked user.
+                    // Graph replays items; an identical one is no change
+                    // (and must not re-arm a parked user).
+                    let before: Option<(String, Option<String>)> =
+                        sqlx::query_as("SELECT data, removed FROM entra_users WHERE id = ?")
+                            .bind(&u.id)
+                            .fetch_optional(&mut *tx)
+                            .await
+                            .map_err(q("read user"))?;
+                    if before
+                        .as_ref()
+                        .is_some_and(|(d, r)| *d == data && r.is_none())
+                    {
+                        continue;
+                    }
+                    // A real change re-arms a parked user.
                     sqlx::query("INSERT INTO entra_users (id, data, removed, dirty, attempts, last_error, request_id, updated_at) VALUES (?, ?, NULL, 1, 0, NULL, ?, ?) ON CONFLICT (id) DO UPDATE SET data = excluded.data, removed = NULL, dirty = 1, attempts = 0, last_error = NULL, request_id = excluded.request_id, updated_at = excluded.updated_at")
                         .bind(&u.id)
                         .bind(data)
@@ -190,6 +214,15 @@ impl Store {
                         Removal::SoftDeleted => "softDeleted",
                         Removal::HardDeleted => "hardDeleted",
                     };
+                    let before: Option<Option<String>> =
+                        sqlx::query_scalar("SELECT removed FROM entra_users WHERE id = ?")
+                            .bind(id)
+                            .fetch_optional(&mut *tx)
+                            .await
+                            .map_err(q("read user"))?;
+                    if before.as_ref().is_some_and(|r| r.as_deref() == Some(tag)) {
+                        continue;
+                    }
                     let stub = serde_json::json!({"id": id}).to_string();
                     sqlx::query("INSERT INTO entra_users (id, data, removed, dirty, attempts, last_error, request_id, updated_at) VALUES (?, ?, ?, 1, 0, NULL, ?, ?) ON CONFLICT (id) DO UPDATE SET removed = excluded.removed, dirty = 1, attempts = 0, last_error = NULL, request_id = excluded.request_id, updated_at = excluded.updated_at")
                         .bind(id)

@@ -11,17 +11,18 @@ use super::{
     Action, ActionKind, CycleReport, Engine, Observer, Outcome, Plan, Progress, SyncError,
 };
 use crate::audit::AuditEvent;
-use crate::salesforce::RecordResult;
+use crate::salesforce::{RecordResult, SfError};
 
 impl Engine {
     pub(super) async fn apply(
         &self,
         cycle: &str,
         plan: &Plan,
+        profiles: &HashMap<String, String>,
         outcomes: &mut HashMap<String, Outcome>,
         obs: &dyn Observer,
         report: &mut CycleReport,
-    ) -> Result<(), SyncError> {
+    ) -> Result<Option<SfError>, SyncError> {
         let writes = plan.actions.iter().filter(|a| a.kind.writes()).count();
         obs.on(Progress::Applying { writes });
 
@@ -41,29 +42,6 @@ impl Engine {
         }
         self.store.append_audit(cycle, &events).await?;
 
-        let profiles = if plan.actions.iter().any(|a| {
-            matches!(
-                a.kind,
-                ActionKind::Create { .. }
-                    | ActionKind::Update { .. }
-                    | ActionKind::Reactivate { .. }
-            )
-        }) {
-            self.salesforce
-                .query("SELECT Id, Name FROM Profile")
-                .await?
-                .into_iter()
-                .filter_map(|p| {
-                    Some((
-                        p.get("Name")?.as_str()?.to_string(),
-                        p.get("Id")?.as_str()?.to_string(),
-                    ))
-                })
-                .collect::<HashMap<_, _>>()
-        } else {
-            HashMap::new()
-        };
-
         let creates: Vec<&Action> = plan
             .actions
             .iter()
@@ -82,10 +60,12 @@ impl Engine {
             })
             .collect();
         let size = self.cfg.batch_size.clamp(1, 200);
+        let mut handed_over: std::collections::HashSet<String> = std::collections::HashSet::new();
         for (is_create, list) in [(true, creates), (false, updates)] {
             for batch in list.chunks(size) {
                 let records: Vec<Map<String, Value>> =
-                    batch.iter().map(|a| record_for(a, &profiles)).collect();
+                    batch.iter().map(|a| record_for(a, profiles)).collect();
+                handed_over.extend(batch.iter().map(|a| a.entra_id.clone()));
                 let mut journal = Vec::with_capacity(batch.len());
                 for a in batch {
                     journal.push(
@@ -135,7 +115,14 @@ impl Engine {
                         obs.on(Progress::Applied { n: batch.len() });
                         if e.outcome_unknown() {
                             // Salesforce is unwell: stop writing this cycle.
-                            return Err(e.into());
+                            // Users whose actions were never sent stay dirty
+                            // without spending an attempt.
+                            for a in plan.actions.iter().filter(|a| a.kind.writes()) {
+                                if !handed_over.contains(&a.entra_id) {
+                                    outcomes.entry(a.entra_id.clone()).or_default().deferred = true;
+                                }
+                            }
+                            return Ok(Some(e));
                         }
                         continue;
                     }
@@ -143,7 +130,7 @@ impl Engine {
                 obs.on(Progress::Applied { n: batch.len() });
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     async fn settle_batch(

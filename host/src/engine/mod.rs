@@ -92,7 +92,20 @@ pub struct CycleReport {
 /// Per-user outcome while a cycle runs.
 #[derive(Default)]
 pub(crate) struct Outcome {
+    /// The user's work failed; counts as an attempt.
     failed: Option<String>,
+    /// The user's actions were not sent (the cycle stopped first): it stays
+    /// dirty without counting an attempt.
+    deferred: bool,
+}
+
+/// What planning produced.
+pub(crate) struct Planned {
+    pub plan: Plan,
+    outcomes: HashMap<String, Outcome>,
+    dirty: Vec<DirtyUser>,
+    /// Profile name -> Id, read once per cycle.
+    profiles: HashMap<String, String>,
 }
 
 /// The engine for one tenant ↔ org connection.
@@ -179,13 +192,33 @@ impl Engine {
         };
         self.read("users", obs, &mut report).await?;
         self.read("groups", obs, &mut report).await?;
-        let (plan, mut outcomes, dirty) = self.plan(&cycle, obs).await?;
+        let Planned {
+            plan,
+            mut outcomes,
+            dirty,
+            profiles,
+        } = self.plan(&cycle, obs).await?;
         report.users_considered = dirty.len();
-        self.apply(&cycle, &plan, &mut outcomes, obs, &mut report)
+        let stopped = self
+            .apply(&cycle, &plan, &profiles, &mut outcomes, obs, &mut report)
             .await?;
         self.settle_users(&cycle, &dirty, &plan, &outcomes, &mut report)
             .await?;
         report.plan = plan;
+        if let Some(e) = stopped {
+            self.store
+                .append_audit(
+                    &cycle,
+                    &[AuditEvent {
+                        event: "cycle.stopped".into(),
+                        entra_id: None,
+                        sf_id: None,
+                        detail: json!({"error": e.to_string(), "failed": report.failed}),
+                    }],
+                )
+                .await?;
+            return Err(e.into());
+        }
         self.store
             .append_audit(&cycle, &[AuditEvent {
                 event: "cycle.completed".into(),
@@ -285,11 +318,7 @@ impl Engine {
 
     /// Runs the rules for every dirty user, matches and diffs against
     /// Salesforce. Reads only: nothing is written anywhere.
-    pub(crate) async fn plan(
-        &self,
-        cycle: &str,
-        obs: &dyn Observer,
-    ) -> Result<(Plan, HashMap<String, Outcome>, Vec<DirtyUser>), SyncError> {
+    pub(crate) async fn plan(&self, cycle: &str, obs: &dyn Observer) -> Result<Planned, SyncError> {
         let dirty = self.store.dirty_users().await?;
         let basis = Basis {
             users_delta_link: self.store.sync_state("users").await?.delta_link,
@@ -302,7 +331,12 @@ impl Engine {
         };
         let mut outcomes: HashMap<String, Outcome> = HashMap::new();
         if dirty.is_empty() {
-            return Ok((plan, outcomes, dirty));
+            return Ok(Planned {
+                plan,
+                outcomes,
+                dirty,
+                profiles: HashMap::new(),
+            });
         }
         obs.on(Progress::Planning { users: dirty.len() });
 
@@ -544,7 +578,12 @@ impl Engine {
                 }
             }
         }
-        Ok((plan, outcomes, dirty))
+        Ok(Planned {
+            plan,
+            outcomes,
+            dirty,
+            profiles,
+        })
     }
 
     /// Tries the match keys in order: FederationIdentifier, then Username.
@@ -620,6 +659,12 @@ impl Engine {
         let mut events = Vec::new();
         for d in dirty {
             let id = d.user.id.as_str();
+            if outcomes
+                .get(id)
+                .is_some_and(|o| o.deferred && o.failed.is_none())
+            {
+                continue;
+            }
             match outcomes.get(id).and_then(|o| o.failed.as_ref()) {
                 Some(err) => {
                     report.failed += 1;

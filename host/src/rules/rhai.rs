@@ -75,7 +75,7 @@ fn user_map(u: &EntraUser, groups: &[String]) -> Map {
         u.account_enabled.map_or(Dynamic::UNIT, Dynamic::from),
     );
     put("managerId", opt(&u.manager_id));
-    put("softDeleted", Dynamic::from(u.removed.is_some()));
+    put("deleted", Dynamic::from(u.removed.is_some()));
     put(
         "groups",
         Dynamic::from(groups.iter().cloned().map(Dynamic::from).collect::<Array>()),

@@ -76,7 +76,7 @@ fn to_wit(u: &EntraUser, groups: &[String]) -> types::EntraUser {
         user_type: u.user_type.clone(),
         account_enabled: u.account_enabled,
         manager_id: u.manager_id.clone(),
-        soft_deleted: u.removed.is_some(),
+        deleted: u.removed.is_some(),
         groups: groups.to_vec(),
     }
 }

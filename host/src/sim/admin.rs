@@ -26,7 +26,16 @@ pub(super) fn routes() -> Router<Sim> {
             "/_sim/graph/groups/{group}/members/{user}",
             post(add_member).delete(remove_member),
         )
+        .route(
+            "/_sim/graph/users/{id}/manager",
+            put(set_manager).delete(clear_manager),
+        )
+        .route("/_sim/graph/groups", get(list_groups).post(create_group))
         .route("/_sim/salesforce/users", get(sf_users))
+        .route(
+            "/_sim/salesforce/users/{id}/deactivation-blocker",
+            put(set_blocker).delete(clear_blocker),
+        )
 }
 
 fn done<E: std::fmt::Display>(r: Result<Value, E>) -> Response {
@@ -119,4 +128,78 @@ async fn sf_users(State(sim): State<Sim>) -> Response {
     let org = sim.salesforce();
     let users: Vec<Value> = org.rows("User").map(|u| Value::Object(u.clone())).collect();
     done::<String>(Ok(Value::Array(users)))
+}
+
+async fn set_manager(
+    State(sim): State<Sim>,
+    Path(id): Path<String>,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
+    let Some(manager) = body.get("id").and_then(Value::as_str) else {
+        return super::json(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "body must be {\"id\": \"<manager id>\"}"}),
+        );
+    };
+    done(
+        sim.graph()
+            .set_manager(&id, Some(manager))
+            .map(|()| json!({"id": id})),
+    )
+}
+
+async fn clear_manager(State(sim): State<Sim>, Path(id): Path<String>) -> Response {
+    done(
+        sim.graph()
+            .set_manager(&id, None)
+            .map(|()| json!({"id": id})),
+    )
+}
+
+async fn list_groups(State(sim): State<Sim>) -> Response {
+    let t = sim.graph();
+    let groups: Vec<Value> = t
+        .groups()
+        .map(|g| json!({"id": g.id, "displayName": g.display_name, "members": g.members}))
+        .collect();
+    done::<String>(Ok(Value::Array(groups)))
+}
+
+async fn create_group(State(sim): State<Sim>, axum::Json(body): axum::Json<Value>) -> Response {
+    let Some(name) = body.get("displayName").and_then(Value::as_str) else {
+        return super::json(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "body must be {\"displayName\": \"...\"}"}),
+        );
+    };
+    let id = body
+        .get("id")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let id = sim.graph().create_group(&id, name);
+    done::<String>(Ok(json!({"id": id})))
+}
+
+/// Makes deactivating the user fail with `{"message": "..."}`, like an org
+/// configuration reference (default case owner, workflow user...).
+async fn set_blocker(
+    State(sim): State<Sim>,
+    Path(id): Path<String>,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
+    let Some(message) = body.get("message").and_then(Value::as_str) else {
+        return super::json(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "body must be {\"message\": \"...\"}"}),
+        );
+    };
+    sim.salesforce()
+        .set_deactivation_blocker(&id, Some(message));
+    done::<String>(Ok(json!({"id": id})))
+}
+
+async fn clear_blocker(State(sim): State<Sim>, Path(id): Path<String>) -> Response {
+    sim.salesforce().set_deactivation_blocker(&id, None);
+    done::<String>(Ok(json!({"id": id})))
 }

@@ -67,7 +67,7 @@ impl Guest for GalleryDefaults {
         DesiredUser {
             fields,
             profile: Some(profile),
-            active: !user.soft_deleted && user.account_enabled.unwrap_or(true),
+            active: !user.deleted && user.account_enabled.unwrap_or(true),
         }
     }
 }
