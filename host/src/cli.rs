@@ -286,6 +286,7 @@ pub async fn engine_from_config(cfg: &Config) -> anyhow::Result<Engine> {
         store,
         pack,
         cfg: cfg.sync.clone(),
+        scope: crate::engine::scope::Scope::new(&cfg.entra.scope).context("entra.scope")?,
     })
 }
 

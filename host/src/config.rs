@@ -61,6 +61,73 @@ pub struct EntraConfig {
     /// `Prefer: odata.maxpagesize` sent on delta reads.
     #[serde(default = "default_page_size")]
     pub page_size: u32,
+    /// Directory extension attributes to read (`extension_<appId>_<name>`).
+    #[serde(default)]
+    pub extension_attributes: Vec<String>,
+    /// Which users are in scope.
+    #[serde(default)]
+    pub scope: ScopeConfig,
+}
+
+/// Which Entra users provisor manages. Users out of scope are leavers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeConfig {
+    /// `all` users (optionally narrowed by `filters`), or only members of
+    /// `groups` (nested membership flattened).
+    #[serde(default)]
+    pub mode: ScopeMode,
+    /// Group display names or object ids, for `mode = "groups"`.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Scoping filters: a user is in scope if any filter matches; a filter
+    /// matches if all of its clauses do (Entra's semantics).
+    #[serde(default)]
+    pub filters: Vec<ScopeFilter>,
+}
+
+/// Scope modes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScopeMode {
+    #[default]
+    All,
+    Groups,
+}
+
+/// One scoping filter: clauses that must all hold.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeFilter {
+    pub clauses: Vec<ScopeClause>,
+}
+
+/// `attribute operator value`, e.g. `userType EQUALS Member`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeClause {
+    /// A Graph user property name (e.g. `department`, `userType`) or an
+    /// extension attribute.
+    pub attribute: String,
+    pub operator: ScopeOperator,
+    #[serde(default)]
+    pub value: Option<String>,
+}
+
+/// Entra scoping filter operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ScopeOperator {
+    Equals,
+    NotEquals,
+    IsTrue,
+    IsFalse,
+    IsNull,
+    IsNotNull,
+    RegexMatch,
+    NotRegexMatch,
+    Includes,
+    NotIncludes,
 }
 
 /// Where and how to reach Salesforce.
@@ -317,6 +384,52 @@ impl Config {
                 key: "sync.batch_size".into(),
                 problem: "sObject Collections take 1 to 200 records".into(),
             });
+        }
+        for (i, e) in self.entra.extension_attributes.iter().enumerate() {
+            if !e.starts_with("extension_") || !crate::model::is_api_name(e) {
+                return Err(ConfigError::Invalid {
+                    key: format!("entra.extension_attributes[{i}]"),
+                    problem: format!(
+                        "{e:?} is not an extension attribute name (extension_<appId>_<name>)"
+                    ),
+                });
+            }
+        }
+        if self.entra.scope.mode == ScopeMode::Groups && self.entra.scope.groups.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "entra.scope.groups".into(),
+                problem: "mode = \"groups\" needs at least one group".into(),
+            });
+        }
+        for (i, f) in self.entra.scope.filters.iter().enumerate() {
+            for (j, c) in f.clauses.iter().enumerate() {
+                let key = format!("entra.scope.filters[{i}].clauses[{j}]");
+                let needs_value = matches!(
+                    c.operator,
+                    ScopeOperator::Equals
+                        | ScopeOperator::NotEquals
+                        | ScopeOperator::RegexMatch
+                        | ScopeOperator::NotRegexMatch
+                        | ScopeOperator::Includes
+                        | ScopeOperator::NotIncludes
+                );
+                if needs_value && c.value.is_none() {
+                    return Err(ConfigError::Invalid {
+                        key,
+                        problem: format!("{:?} needs a value", c.operator),
+                    });
+                }
+                if matches!(
+                    c.operator,
+                    ScopeOperator::RegexMatch | ScopeOperator::NotRegexMatch
+                ) && let Err(e) = regex::Regex::new(c.value.as_deref().unwrap_or(""))
+                {
+                    return Err(ConfigError::Invalid {
+                        key,
+                        problem: format!("bad regular expression: {e}"),
+                    });
+                }
+            }
         }
         if self.sync.retries == 0 {
             return Err(ConfigError::Invalid {

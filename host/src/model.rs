@@ -50,6 +50,10 @@ pub struct EntraUser {
     pub manager_id: Option<String>,
     #[serde(default)]
     pub removed: Option<Removal>,
+    /// Directory extension attributes (`extension_<appId>_<name>`) that the
+    /// configuration asked for.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extensions: BTreeMap<String, serde_json::Value>,
 }
 
 /// A Salesforce field value as rules produce it.

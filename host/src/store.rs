@@ -50,14 +50,18 @@ fn now() -> String {
 pub struct SyncState {
     pub delta_link: Option<String>,
     pub next_link: Option<String>,
+    /// Set while a full enumeration (first read or resync) is running.
+    pub resync_round: Option<String>,
 }
 
 /// A user with work owed, as the engine needs it.
 #[derive(Debug, Clone)]
 pub struct DirtyUser {
     pub user: EntraUser,
-    /// Display names of the user's groups, sorted.
+    /// Display names of the user's groups (nested flattened), sorted.
     pub groups: Vec<String>,
+    /// The same groups as (id, display name).
+    pub group_refs: Vec<(String, String)>,
     pub attempts: u32,
 }
 
@@ -110,15 +114,18 @@ impl Store {
 
     /// Delta state of `resource` (`users` or `groups`).
     pub async fn sync_state(&self, resource: &str) -> Result<SyncState, StoreError> {
-        let row = sqlx::query("SELECT delta_link, next_link FROM sync_state WHERE resource = ?")
-            .bind(resource)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(q("read sync state"))?;
+        let row = sqlx::query(
+            "SELECT delta_link, next_link, resync_round FROM sync_state WHERE resource = ?",
+        )
+        .bind(resource)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(q("read sync state"))?;
         Ok(row
             .map(|r| SyncState {
                 delta_link: r.get(0),
                 next_link: r.get(1),
+                resync_round: r.get(2),
             })
             .unwrap_or_default())
     }
@@ -162,15 +169,38 @@ impl Store {
         Ok(())
     }
 
+    /// Starts a full enumeration of `resource` (first read, or a resync
+    /// after 410 / `syncStateNotFound`): a fresh round id, no checkpoint.
+    /// Objects not listed by the time the round ends are swept as deleted.
+    pub async fn begin_resync(&self, resource: &str) -> Result<String, StoreError> {
+        let round = format!("r{}", uuid::Uuid::new_v4().simple());
+        sqlx::query("INSERT INTO sync_state (resource, delta_link, next_link, resync_round, updated_at) VALUES (?, NULL, NULL, ?, ?) ON CONFLICT (resource) DO UPDATE SET next_link = NULL, resync_round = excluded.resync_round, updated_at = excluded.updated_at")
+            .bind(resource)
+            .bind(&round)
+            .bind(now())
+            .execute(&self.pool)
+            .await
+            .map_err(q("begin resync"))?;
+        Ok(round)
+    }
+
     /// Journals one `users/delta` page and the link after it, atomically.
+    /// In a resync round, the page that completes it also sweeps: users
+    /// not listed in the round become deleted. Returns how many were swept.
     pub async fn apply_user_page(
         &self,
         changes: &[UserChange],
         next: Option<&str>,
         delta: Option<&str>,
         request_id: &str,
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await.map_err(q("begin"))?;
+        let round: Option<String> =
+            sqlx::query_scalar("SELECT resync_round FROM sync_state WHERE resource = 'users'")
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(q("read round"))?
+                .flatten();
         let at = now();
         for c in changes {
             match c {
@@ -192,14 +222,23 @@ impl Store {
                         .as_ref()
                         .is_some_and(|(d, r)| *d == data && r.is_none())
                     {
+                        if round.is_some() {
+                            sqlx::query("UPDATE entra_users SET seen_round = ? WHERE id = ?")
+                                .bind(&round)
+                                .bind(&u.id)
+                                .execute(&mut *tx)
+                                .await
+                                .map_err(q("mark seen"))?;
+                        }
                         continue;
                     }
                     // A real change re-arms a parked user.
-                    sqlx::query("INSERT INTO entra_users (id, data, removed, dirty, attempts, last_error, request_id, updated_at) VALUES (?, ?, NULL, 1, 0, NULL, ?, ?) ON CONFLICT (id) DO UPDATE SET data = excluded.data, removed = NULL, dirty = 1, attempts = 0, last_error = NULL, request_id = excluded.request_id, updated_at = excluded.updated_at")
+                    sqlx::query("INSERT INTO entra_users (id, data, removed, dirty, attempts, last_error, request_id, updated_at, seen_round) VALUES (?, ?, NULL, 1, 0, NULL, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET data = excluded.data, removed = NULL, dirty = 1, attempts = 0, last_error = NULL, request_id = excluded.request_id, updated_at = excluded.updated_at, seen_round = COALESCE(excluded.seen_round, entra_users.seen_round)")
                         .bind(&u.id)
                         .bind(data)
                         .bind(request_id)
                         .bind(&at)
+                        .bind(&round)
                         .execute(&mut *tx)
                         .await
                         .map_err(q("upsert user"))?;
@@ -249,20 +288,59 @@ impl Store {
                 }
             }
         }
+        let mut swept = 0;
+        if let (Some(r), Some(_)) = (&round, delta) {
+            // The enumeration is complete: whoever it did not list is gone.
+            // Never earlier: a partial read must not deprovision anybody.
+            let res = sqlx::query("UPDATE entra_users SET removed = 'softDeleted', dirty = 1, attempts = 0, updated_at = ? WHERE removed IS NULL AND (seen_round IS NULL OR seen_round <> ?)")
+                .bind(&at)
+                .bind(r)
+                .execute(&mut *tx)
+                .await
+                .map_err(q("sweep users"))?;
+            swept = res.rows_affected();
+            sqlx::query("UPDATE sync_state SET resync_round = NULL WHERE resource = 'users'")
+                .execute(&mut *tx)
+                .await
+                .map_err(q("end resync"))?;
+        }
         Self::save_links(&mut tx, "users", next, delta).await?;
         tx.commit().await.map_err(q("commit user page"))?;
+        Ok(swept)
+    }
+
+    /// Marks every user under `group` (nested groups included) dirty.
+    async fn mark_group_dirty(
+        tx: &mut sqlx::SqliteConnection,
+        group: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "WITH RECURSIVE sub(id) AS (SELECT ? UNION SELECT m.member_id FROM memberships m JOIN sub ON m.group_id = sub.id WHERE m.member_type = 'group') \
+             UPDATE entra_users SET dirty = 1 WHERE id IN (SELECT member_id FROM memberships WHERE member_type = 'user' AND group_id IN (SELECT id FROM sub))",
+        )
+        .bind(group)
+        .execute(&mut *tx)
+        .await
+        .map_err(q("mark group members"))?;
         Ok(())
     }
 
     /// Journals one `groups/delta` page and the link after it, atomically;
-    /// users whose memberships change become dirty.
+    /// users whose (possibly nested) memberships change become dirty. A
+    /// completed resync round sweeps groups and memberships it did not list.
     pub async fn apply_group_page(
         &self,
         changes: &[GroupChange],
         next: Option<&str>,
         delta: Option<&str>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await.map_err(q("begin"))?;
+        let round: Option<String> =
+            sqlx::query_scalar("SELECT resync_round FROM sync_state WHERE resource = 'groups'")
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(q("read round"))?
+                .flatten();
         let at = now();
         for g in changes {
             let old: Option<(Option<String>, i64)> =
@@ -271,21 +349,19 @@ impl Store {
                     .fetch_optional(&mut *tx)
                     .await
                     .map_err(q("read group"))?;
-            let renamed = match (&old, &g.display_name) {
-                (Some((Some(before), _)), Some(now)) => before != now,
-                _ => false,
-            };
-            sqlx::query("INSERT INTO entra_groups (id, display_name, removed, updated_at) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET display_name = COALESCE(excluded.display_name, entra_groups.display_name), removed = excluded.removed, updated_at = excluded.updated_at")
+            let renamed = matches!((&old, &g.display_name), (Some((Some(before), _)), Some(now)) if before != now);
+            sqlx::query("INSERT INTO entra_groups (id, display_name, removed, updated_at, seen_round) VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET display_name = COALESCE(excluded.display_name, entra_groups.display_name), removed = excluded.removed, updated_at = excluded.updated_at, seen_round = COALESCE(excluded.seen_round, entra_groups.seen_round)")
                 .bind(&g.id)
                 .bind(&g.display_name)
                 .bind(g.removed as i64)
                 .bind(&at)
+                .bind(&round)
                 .execute(&mut *tx)
                 .await
                 .map_err(q("upsert group"))?;
             if g.removed || renamed {
                 // Removal or rename changes what every member maps to.
-                sqlx::query("UPDATE entra_users SET dirty = 1 WHERE id IN (SELECT member_id FROM memberships WHERE group_id = ?)").bind(&g.id).execute(&mut *tx).await.map_err(q("mark members"))?;
+                Self::mark_group_dirty(&mut tx, &g.id).await?;
             }
             if g.removed {
                 sqlx::query("DELETE FROM memberships WHERE group_id = ?")
@@ -295,34 +371,126 @@ impl Store {
                     .map_err(q("drop group members"))?;
                 continue;
             }
-            for m in &g.members_added {
-                sqlx::query("INSERT INTO memberships (group_id, member_id) VALUES (?, ?) ON CONFLICT DO NOTHING").bind(&g.id).bind(m).execute(&mut *tx).await.map_err(q("add member"))?;
-                sqlx::query("UPDATE entra_users SET dirty = 1 WHERE id = ?")
-                    .bind(m)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(q("mark member"))?;
+            for (members, kind) in [(&g.members_added, "user"), (&g.groups_added, "group")] {
+                for m in members {
+                    sqlx::query("INSERT INTO memberships (group_id, member_id, member_type, seen_round) VALUES (?, ?, ?, ?) ON CONFLICT (group_id, member_id) DO UPDATE SET seen_round = COALESCE(excluded.seen_round, memberships.seen_round), member_type = excluded.member_type")
+                        .bind(&g.id)
+                        .bind(m)
+                        .bind(kind)
+                        .bind(&round)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(q("add member"))?;
+                    if kind == "user" {
+                        sqlx::query("UPDATE entra_users SET dirty = 1 WHERE id = ?")
+                            .bind(m)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(q("mark member"))?;
+                    } else {
+                        Self::mark_group_dirty(&mut tx, m).await?;
+                    }
+                }
             }
-            for m in &g.members_removed {
-                sqlx::query("DELETE FROM memberships WHERE group_id = ? AND member_id = ?")
-                    .bind(&g.id)
-                    .bind(m)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(q("remove member"))?;
-                sqlx::query("UPDATE entra_users SET dirty = 1 WHERE id = ?")
-                    .bind(m)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(q("mark member"))?;
+            for (members, kind) in [(&g.members_removed, "user"), (&g.groups_removed, "group")] {
+                for m in members {
+                    if kind == "group" {
+                        // Mark before the edge goes, while the CTE still reaches them.
+                        Self::mark_group_dirty(&mut tx, m).await?;
+                    }
+                    sqlx::query("DELETE FROM memberships WHERE group_id = ? AND member_id = ?")
+                        .bind(&g.id)
+                        .bind(m)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(q("remove member"))?;
+                    if kind == "user" {
+                        sqlx::query("UPDATE entra_users SET dirty = 1 WHERE id = ?")
+                            .bind(m)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(q("mark member"))?;
+                    }
+                }
             }
+        }
+        let mut swept = 0;
+        if let (Some(r), Some(_)) = (&round, delta) {
+            // Memberships a full enumeration did not list are gone.
+            sqlx::query("UPDATE entra_users SET dirty = 1 WHERE id IN (SELECT member_id FROM memberships WHERE seen_round IS NULL OR seen_round <> ?)").bind(r).execute(&mut *tx).await.map_err(q("mark swept members"))?;
+            let gone: Vec<String> = sqlx::query_scalar("SELECT id FROM entra_groups WHERE removed = 0 AND (seen_round IS NULL OR seen_round <> ?)").bind(r).fetch_all(&mut *tx).await.map_err(q("find swept groups"))?;
+            for gid in &gone {
+                Self::mark_group_dirty(&mut tx, gid).await?;
+                sqlx::query("UPDATE entra_groups SET removed = 1, updated_at = ? WHERE id = ?")
+                    .bind(&at)
+                    .bind(gid)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(q("sweep group"))?;
+                sqlx::query("DELETE FROM memberships WHERE group_id = ?")
+                    .bind(gid)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(q("sweep group members"))?;
+            }
+            let res =
+                sqlx::query("DELETE FROM memberships WHERE seen_round IS NULL OR seen_round <> ?")
+                    .bind(r)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(q("sweep memberships"))?;
+            swept = res.rows_affected() + gone.len() as u64;
+            sqlx::query("UPDATE sync_state SET resync_round = NULL WHERE resource = 'groups'")
+                .execute(&mut *tx)
+                .await
+                .map_err(q("end resync"))?;
         }
         Self::save_links(&mut tx, "groups", next, delta).await?;
         tx.commit().await.map_err(q("commit group page"))?;
-        Ok(())
+        Ok(swept)
     }
 
-    /// Every user with work owed, with group names.
+    /// Group display names per user, nested membership flattened.
+    async fn groups_by_user(&self) -> Result<HashMap<String, Vec<(String, String)>>, StoreError> {
+        let names: HashMap<String, String> = sqlx::query_as::<_, (String, String)>("SELECT id, display_name FROM entra_groups WHERE removed = 0 AND display_name IS NOT NULL").fetch_all(&self.pool).await.map_err(q("read groups"))?.into_iter().collect();
+        let edges: Vec<(String, String, String)> =
+            sqlx::query_as("SELECT group_id, member_id, member_type FROM memberships")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(q("read memberships"))?;
+        // parents[g] = groups that g is a direct member of.
+        let mut parents: HashMap<&str, Vec<&str>> = HashMap::new();
+        let mut direct: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (g, m, kind) in &edges {
+            if !names.contains_key(g) {
+                continue;
+            }
+            if kind == "group" {
+                parents.entry(m.as_str()).or_default().push(g.as_str());
+            } else {
+                direct.entry(m.as_str()).or_default().push(g.as_str());
+            }
+        }
+        let mut out = HashMap::new();
+        for (user, groups) in direct {
+            let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
+            let mut stack: Vec<&str> = groups;
+            while let Some(g) = stack.pop() {
+                if seen.insert(g) {
+                    stack.extend(parents.get(g).into_iter().flatten().copied());
+                }
+            }
+            let mut list: Vec<(String, String)> = seen
+                .iter()
+                .filter_map(|g| Some((g.to_string(), names.get(*g)?.clone())))
+                .collect();
+            list.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));
+            out.insert(user.to_string(), list);
+        }
+        Ok(out)
+    }
+
+    /// Every user with work owed, with group names (nested flattened).
     pub async fn dirty_users(&self) -> Result<Vec<DirtyUser>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, data, removed, attempts FROM entra_users WHERE dirty = 1 ORDER BY id",
@@ -330,13 +498,11 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .map_err(q("read dirty users"))?;
-        let mut groups: HashMap<String, Vec<String>> = HashMap::new();
-        if !rows.is_empty() {
-            let ms = sqlx::query("SELECT m.member_id, g.display_name FROM memberships m JOIN entra_groups g ON g.id = m.group_id WHERE g.removed = 0 AND g.display_name IS NOT NULL").fetch_all(&self.pool).await.map_err(q("read memberships"))?;
-            for m in ms {
-                groups.entry(m.get(0)).or_default().push(m.get(1));
-            }
-        }
+        let mut groups = if rows.is_empty() {
+            HashMap::new()
+        } else {
+            self.groups_by_user().await?
+        };
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             let id: String = r.get(0);
@@ -354,15 +520,46 @@ impl Store {
                 Some(_) => Some(Removal::SoftDeleted),
                 None => None,
             };
-            let mut g = groups.remove(&id).unwrap_or_default();
-            g.sort();
+            let refs = groups.remove(&id).unwrap_or_default();
+            let mut names: Vec<String> = refs.iter().map(|(_, n)| n.clone()).collect();
+            names.dedup();
             out.push(DirtyUser {
                 user,
-                groups: g,
+                groups: names,
+                group_refs: refs,
                 attempts: attempts.max(0) as u32,
             });
         }
         Ok(out)
+    }
+
+    /// The mirror: every user not removed, and direct memberships as
+    /// (group id, member id, member type), sorted (for checks and tests).
+    pub async fn mirror(
+        &self,
+    ) -> Result<(Vec<EntraUser>, Vec<(String, String, String)>), StoreError> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT id, data FROM entra_users WHERE removed IS NULL ORDER BY id")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(q("read mirror"))?;
+        let mut users = Vec::with_capacity(rows.len());
+        for (id, data) in rows {
+            users.push(
+                serde_json::from_str(&data).map_err(|e| StoreError::Corrupt {
+                    table: "entra_users",
+                    id,
+                    detail: e.to_string(),
+                })?,
+            );
+        }
+        let members = sqlx::query_as(
+            "SELECT group_id, member_id, member_type FROM memberships ORDER BY group_id, member_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("read memberships"))?;
+        Ok((users, members))
     }
 
     /// Number of users still owed work.

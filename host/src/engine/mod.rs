@@ -4,6 +4,7 @@
 
 mod apply;
 pub mod plan;
+pub mod scope;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -75,6 +76,8 @@ pub struct CycleReport {
     pub cycle: String,
     pub delta_pages: usize,
     pub entra_changes: usize,
+    /// Users, groups and memberships a full resync found gone.
+    pub swept: usize,
     pub users_considered: usize,
     pub created: usize,
     pub updated: usize,
@@ -115,6 +118,8 @@ pub struct Engine {
     pub store: Store,
     pub pack: Pack,
     pub cfg: SyncConfig,
+    /// Which Entra users are managed.
+    pub scope: scope::Scope,
 }
 
 fn new_cycle_id() -> String {
@@ -231,30 +236,38 @@ impl Engine {
     }
 
     /// Follows one resource's delta pages from the checkpoint, the saved
-    /// deltaLink, or the start; every page is journaled with its link.
+    /// deltaLink, or a full enumeration; every page is journaled with its
+    /// link. When Graph says the delta state is gone (410, or
+    /// `syncStateNotFound` / `resyncRequired`), or a checkpoint went stale,
+    /// a full resync starts; it deprovisions nobody until its last page.
     async fn read(
         &self,
         resource: &'static str,
         obs: &dyn Observer,
         report: &mut CycleReport,
     ) -> Result<(), SyncError> {
-        let state = self.store.sync_state(resource).await?;
         let start = if resource == "users" {
             self.entra.users_start()
         } else {
             self.entra.groups_start()
         };
-        let mut url = state
-            .next_link
-            .clone()
-            .or(state.delta_link.clone())
-            .unwrap_or(start);
-        let mut from_checkpoint = state.next_link.is_some();
+        let state = self.store.sync_state(resource).await?;
+        let mut url = match (&state.next_link, &state.delta_link, &state.resync_round) {
+            (Some(n), _, _) => n.clone(),
+            (None, Some(d), None) => d.clone(),
+            // First read, or a resync that had not listed its first page.
+            _ => {
+                self.store.begin_resync(resource).await?;
+                start.clone()
+            }
+        };
+        let mut restarts = 0;
         loop {
-            let (items, next, delta) = if resource == "users" {
+            let result = if resource == "users" {
                 match self.entra.users_page(&url).await {
                     Ok(page) => {
-                        self.store
+                        let swept = self
+                            .store
                             .apply_user_page(
                                 &page.changes,
                                 page.next_link.as_deref(),
@@ -262,51 +275,76 @@ impl Engine {
                                 &page.request_id,
                             )
                             .await?;
-                        (page.changes.len(), page.next_link, page.delta_link)
+                        Ok((page.changes.len(), page.next_link, page.delta_link, swept))
                     }
-                    Err(EntraError::Graph {
-                        status: 400..=499, ..
-                    }) if from_checkpoint => {
-                        // The checkpoint's skip token went stale; resume
-                        // from the last complete round (replays are harmless).
-                        self.store.clear_checkpoint(resource).await?;
-                        from_checkpoint = false;
-                        url = state
-                            .delta_link
-                            .clone()
-                            .unwrap_or_else(|| self.entra.users_start());
-                        continue;
-                    }
-                    Err(e) => return Err(e.into()),
+                    Err(e) => Err(e),
                 }
             } else {
                 match self.entra.groups_page(&url).await {
                     Ok(page) => {
-                        self.store
+                        let swept = self
+                            .store
                             .apply_group_page(
                                 &page.changes,
                                 page.next_link.as_deref(),
                                 page.delta_link.as_deref(),
                             )
                             .await?;
-                        (page.changes.len(), page.next_link, page.delta_link)
+                        Ok((page.changes.len(), page.next_link, page.delta_link, swept))
                     }
-                    Err(EntraError::Graph {
-                        status: 400..=499, ..
-                    }) if from_checkpoint => {
-                        self.store.clear_checkpoint(resource).await?;
-                        from_checkpoint = false;
-                        url = state
-                            .delta_link
-                            .clone()
-                            .unwrap_or_else(|| self.entra.groups_start());
+                    Err(e) => Err(e),
+                }
+            };
+            let (items, next, delta, swept) = match result {
+                Ok(x) => x,
+                Err(e) => {
+                    let stale_checkpoint = matches!(
+                        e,
+                        EntraError::Graph {
+                            status: 400..=499,
+                            ..
+                        }
+                    ) && url != start
+                        && !url.contains("$deltatoken");
+                    if (e.needs_resync() || stale_checkpoint) && restarts < 2 {
+                        restarts += 1;
+                        tracing::warn!(resource, error = %e, "delta state lost: full resync (nobody is deprovisioned before it completes)");
+                        self.store.begin_resync(resource).await?;
+                        self.store
+                            .append_audit(
+                                &report.cycle,
+                                &[AuditEvent {
+                                    event: format!("entra.{resource}.resync_started"),
+                                    entra_id: None,
+                                    sf_id: None,
+                                    detail: json!({"reason": e.to_string()}),
+                                }],
+                            )
+                            .await?;
+                        // Our own start URL, not Graph's Location: it carries
+                        // the $select the mapping needs.
+                        url = start.clone();
                         continue;
                     }
-                    Err(e) => return Err(e.into()),
+                    return Err(e.into());
                 }
             };
             report.delta_pages += 1;
             report.entra_changes += items;
+            if swept > 0 {
+                report.swept += swept as usize;
+                self.store
+                    .append_audit(
+                        &report.cycle,
+                        &[AuditEvent {
+                            event: format!("entra.{resource}.swept"),
+                            entra_id: None,
+                            sf_id: None,
+                            detail: json!({"not_listed_by_full_enumeration": swept}),
+                        }],
+                    )
+                    .await?;
+            }
             obs.on(Progress::Page { resource, items });
             match (next, delta) {
                 (_, Some(_)) => return Ok(()),
@@ -342,9 +380,19 @@ impl Engine {
 
         // Decide: the rules' desired state for every dirty user.
         let mut desired: Vec<(&DirtyUser, DesiredUser)> = Vec::new();
+        let mut out_of_scope: HashMap<&str, String> = HashMap::new();
         for d in &dirty {
             match self.pack.map(&d.user, &d.groups) {
-                Ok(x) => desired.push((d, x)),
+                Ok(mut x) => {
+                    // Scope overrides the rules: out of scope is a leaver.
+                    if d.user.removed.is_none()
+                        && let Err(why) = self.scope.check(&d.user, &d.group_refs)
+                    {
+                        x.active = false;
+                        out_of_scope.insert(d.user.id.as_str(), why);
+                    }
+                    desired.push((d, x));
+                }
                 Err(e) => {
                     outcomes.entry(d.user.id.clone()).or_default().failed = Some(e.to_string());
                 }
@@ -479,7 +527,10 @@ impl Engine {
                     }
                 }
             }
-            let cause = cause_text(d);
+            let cause = match out_of_scope.get(id.as_str()) {
+                Some(why) => format!("out of scope: {why}"),
+                None => cause_text(d),
+            };
             match current {
                 None if !want.active => {}
                 None => {

@@ -1,6 +1,6 @@
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
 use crate::config::{EntraConfig, SecretString};
@@ -29,6 +29,8 @@ pub enum EntraError {
         code: String,
         message: String,
         request_id: String,
+        /// `Location` of a 410 Gone: where a fresh round starts.
+        location: Option<String>,
     },
     #[error("cannot reach {url}")]
     Transport {
@@ -38,6 +40,21 @@ pub enum EntraError {
     },
     #[error("malformed response from {url}: {detail}")]
     Malformed { url: String, detail: String },
+}
+
+impl EntraError {
+    /// True when the delta state is gone and only a full resync helps:
+    /// 410 Gone, or `syncStateNotFound` / `resyncRequired` in the body.
+    pub fn needs_resync(&self) -> bool {
+        match self {
+            Self::Graph { status, code, .. } => {
+                *status == 410
+                    || code.eq_ignore_ascii_case("syncStateNotFound")
+                    || code.eq_ignore_ascii_case("resyncRequired")
+            }
+            _ => false,
+        }
+    }
 }
 
 /// A change to one user from a delta page.
@@ -57,8 +74,14 @@ pub struct GroupChange {
     pub id: String,
     pub display_name: Option<String>,
     pub removed: bool,
+    /// Users added as direct members.
     pub members_added: Vec<String>,
+    /// Users removed as direct members.
     pub members_removed: Vec<String>,
+    /// Groups added as direct (nested) members.
+    pub groups_added: Vec<String>,
+    /// Groups removed as direct (nested) members.
+    pub groups_removed: Vec<String>,
 }
 
 /// One delta page.
@@ -118,10 +141,16 @@ impl EntraClient {
         format!("{}/.default", self.cfg.graph_url.trim_end_matches('/'))
     }
 
-    /// First URL of a users round.
+    /// First URL of a users round: every property rules may read, plus the
+    /// configured extension attributes.
     pub fn users_start(&self) -> String {
+        let mut select = USER_SELECT.to_string();
+        for e in &self.cfg.extension_attributes {
+            select.push(',');
+            select.push_str(e);
+        }
         format!(
-            "{}/v1.0/users/delta?$select={USER_SELECT}",
+            "{}/v1.0/users/delta?$select={select}",
             self.cfg.graph_url.trim_end_matches('/')
         )
     }
@@ -250,14 +279,29 @@ impl EntraClient {
                 refreshed = true;
                 continue;
             }
+            let location = resp
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
             let text = resp.text().await.map_err(|source| EntraError::Transport {
                 url: url.to_string(),
                 source: source.without_url(),
             })?;
-            let body: Value = serde_json::from_str(&text).map_err(|e| EntraError::Malformed {
-                url: url.to_string(),
-                detail: format!("HTTP {status}, body is not JSON ({e})"),
-            })?;
+            let body: Value = match serde_json::from_str(&text) {
+                Ok(b) => b,
+                // An error without a JSON body (a gateway's HTML, an empty
+                // 410) still has a status worth acting on.
+                Err(_) if !status.is_success() => {
+                    json!({"error": {"code": "", "message": text.chars().take(200).collect::<String>()}})
+                }
+                Err(e) => {
+                    return Err(EntraError::Malformed {
+                        url: url.to_string(),
+                        detail: format!("HTTP {status}, body is not JSON ({e})"),
+                    });
+                }
+            };
             if !status.is_success() {
                 let err = body.get("error");
                 let s = |k: &str| {
@@ -277,6 +321,7 @@ impl EntraClient {
                     code: s("code"),
                     message: s("message"),
                     request_id: rid,
+                    location,
                 });
             }
             return Ok((body, request_id));
@@ -381,6 +426,13 @@ pub fn parse_user(item: &Value) -> Result<UserChange, String> {
         .and_then(Value::as_str)
         .map(str::to_string);
     user.removed = None;
+    if let Some(obj) = item.as_object() {
+        for (k, v) in obj {
+            if k.starts_with("extension_") {
+                user.extensions.insert(k.clone(), v.clone());
+            }
+        }
+    }
     Ok(UserChange::Upsert(user))
 }
 
@@ -403,22 +455,20 @@ pub fn parse_group(item: &Value) -> Result<GroupChange, String> {
     };
     if let Some(members) = item.get("members@delta").and_then(Value::as_array) {
         for m in members {
-            // Devices, contacts, service principals and nested groups are
-            // not users; flattening nested groups is a later feature.
-            let is_user = m
-                .get("@odata.type")
-                .and_then(Value::as_str)
-                .is_none_or(|t| t == "#microsoft.graph.user");
             let Some(mid) = m.get("id").and_then(Value::as_str) else {
                 continue;
             };
-            if !is_user {
-                continue;
-            }
-            if m.get("@removed").is_some() {
-                g.members_removed.push(mid.to_string());
-            } else {
-                g.members_added.push(mid.to_string());
+            let removed = m.get("@removed").is_some();
+            // Users and nested groups matter; devices, contacts and service
+            // principals are ignored (never an error: they are normal).
+            match m.get("@odata.type").and_then(Value::as_str) {
+                None | Some("#microsoft.graph.user") if removed => {
+                    g.members_removed.push(mid.to_string())
+                }
+                None | Some("#microsoft.graph.user") => g.members_added.push(mid.to_string()),
+                Some("#microsoft.graph.group") if removed => g.groups_removed.push(mid.to_string()),
+                Some("#microsoft.graph.group") => g.groups_added.push(mid.to_string()),
+                Some(_) => {}
             }
         }
     }

@@ -80,6 +80,20 @@ fn user_map(u: &EntraUser, groups: &[String]) -> Map {
         "groups",
         Dynamic::from(groups.iter().cloned().map(Dynamic::from).collect::<Array>()),
     );
+    let mut ext = Map::new();
+    for (k, v) in &u.extensions {
+        let d = match v {
+            serde_json::Value::String(s) => Dynamic::from(s.clone()),
+            serde_json::Value::Bool(b) => Dynamic::from(*b),
+            serde_json::Value::Number(n) => n
+                .as_i64()
+                .map_or_else(|| Dynamic::from(n.as_f64().unwrap_or(0.0)), Dynamic::from),
+            serde_json::Value::Null => Dynamic::UNIT,
+            other => Dynamic::from(other.to_string()),
+        };
+        ext.insert(k.as_str().into(), d);
+    }
+    m.insert("extensions".into(), Dynamic::from(ext));
     m
 }
 

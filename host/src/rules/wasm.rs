@@ -78,6 +78,20 @@ fn to_wit(u: &EntraUser, groups: &[String]) -> types::EntraUser {
         manager_id: u.manager_id.clone(),
         deleted: u.removed.is_some(),
         groups: groups.to_vec(),
+        extensions: u
+            .extensions
+            .iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    serde_json::Value::String(s) => types::Value::Text(s.clone()),
+                    serde_json::Value::Bool(b) => types::Value::Boolean(*b),
+                    serde_json::Value::Number(n) => types::Value::Number(n.as_f64().unwrap_or(0.0)),
+                    serde_json::Value::Null => types::Value::Null,
+                    other => types::Value::Text(other.to_string()),
+                };
+                (k.clone(), v)
+            })
+            .collect(),
     }
 }
 

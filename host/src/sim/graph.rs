@@ -83,12 +83,36 @@ pub struct SimGroup {
 }
 
 /// The simulated Entra tenant.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct GraphTenant {
     seq: u64,
     users: BTreeMap<String, SimUser>,
     groups: BTreeMap<String, SimGroup>,
     tokens: HashMap<String, Instant>,
+    /// Lower-cased UPN -> id of live or soft-deleted users (uniqueness in
+    /// O(1), so generating 100k users takes seconds).
+    upns: HashMap<String, String>,
+    /// How long a deltaLink stays valid (Graph: 7 days for directory objects).
+    pub delta_token_ttl: Duration,
+}
+
+/// Whether the emulator stores this user property: the known ones and
+/// directory extension attributes (`extension_<appId>_<name>`).
+pub fn is_user_property(k: &str) -> bool {
+    USER_PROPERTIES.contains(&k) || (k.starts_with("extension_") && k.len() > "extension_".len())
+}
+
+impl Default for GraphTenant {
+    fn default() -> Self {
+        Self {
+            seq: 0,
+            users: BTreeMap::new(),
+            groups: BTreeMap::new(),
+            tokens: HashMap::new(),
+            upns: HashMap::new(),
+            delta_token_ttl: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
 }
 
 /// Errors from admin operations on the tenant.
@@ -119,21 +143,15 @@ impl GraphTenant {
         props: Map<String, Value>,
     ) -> Result<String, TenantError> {
         for k in props.keys() {
-            if !USER_PROPERTIES.contains(&k.as_str()) {
+            if !is_user_property(k) {
                 return Err(TenantError::UnknownProperty(k.clone()));
             }
         }
         if let Some(upn) = props.get("userPrincipalName").and_then(Value::as_str) {
-            let clash = self.users.values().any(|u| {
-                u.removed != Some(Removal::HardDeleted)
-                    && u.props
-                        .get("userPrincipalName")
-                        .and_then(Value::as_str)
-                        .is_some_and(|x| x.eq_ignore_ascii_case(upn))
-            });
-            if clash {
+            if self.upns.contains_key(&upn.to_lowercase()) {
                 return Err(TenantError::DuplicateUpn(upn.to_string()));
             }
+            self.upns.insert(upn.to_lowercase(), id.to_string());
         }
         let seq = self.bump();
         self.users.insert(
@@ -156,9 +174,25 @@ impl GraphTenant {
         changes: Map<String, Value>,
     ) -> Result<(), TenantError> {
         for k in changes.keys() {
-            if !USER_PROPERTIES.contains(&k.as_str()) {
+            if !is_user_property(k) {
                 return Err(TenantError::UnknownProperty(k.clone()));
             }
+        }
+        if let Some(new) = changes.get("userPrincipalName").and_then(Value::as_str) {
+            let key = new.to_lowercase();
+            if self.upns.get(&key).is_some_and(|owner| owner != id) {
+                return Err(TenantError::DuplicateUpn(new.to_string()));
+            }
+            let old = self
+                .live_user(id)?
+                .props
+                .get("userPrincipalName")
+                .and_then(Value::as_str)
+                .map(str::to_lowercase);
+            if let Some(old) = old {
+                self.upns.remove(&old);
+            }
+            self.upns.insert(key, id.to_string());
         }
         let seq = self.bump();
         let user = self.live_user(id)?;
@@ -210,6 +244,9 @@ impl GraphTenant {
             .ok_or_else(|| TenantError::NoUser(id.to_string()))?;
         user.removed = Some(Removal::HardDeleted);
         user.seq = seq;
+        if let Some(upn) = user.props.get("userPrincipalName").and_then(Value::as_str) {
+            self.upns.remove(&upn.to_lowercase());
+        }
         for g in self.groups.values_mut() {
             g.members.remove(id);
         }
@@ -246,8 +283,15 @@ impl GraphTenant {
         member: &str,
         add: bool,
     ) -> Result<(), TenantError> {
-        if add && self.users.get(member).is_none_or(|u| u.removed.is_some()) {
+        // Members are users or (nested) groups.
+        let is_group = self.groups.contains_key(member);
+        if add && !is_group && self.users.get(member).is_none_or(|u| u.removed.is_some()) {
             return Err(TenantError::NoUser(member.to_string()));
+        }
+        if add && member == group {
+            return Err(TenantError::NoGroup(format!(
+                "{group} cannot be a member of itself"
+            )));
         }
         let seq = self.bump();
         let g = self
@@ -319,6 +363,9 @@ struct Cursor {
     a: Option<String>,
     /// Selected properties.
     sel: Vec<String>,
+    /// When a deltaLink was issued (Unix seconds), to expire it.
+    #[serde(default)]
+    t: i64,
 }
 
 impl Cursor {
@@ -465,8 +512,13 @@ async fn token(
     }
 }
 
-/// Checks the bearer token and the delta fault; `Err` is the response.
-fn gate(sim: &Sim, headers: &HeaderMap) -> Result<Option<String>, Response> {
+/// Checks the bearer token and the injected faults; `Err` is the response.
+fn gate(
+    sim: &Sim,
+    headers: &HeaderMap,
+    q: &HashMap<String, String>,
+    kind: &str,
+) -> Result<Option<String>, Response> {
     let client_req = headers
         .get("client-request-id")
         .and_then(|v| v.to_str().ok())
@@ -493,7 +545,55 @@ fn gate(sim: &Sim, headers: &HeaderMap) -> Result<Option<String>, Response> {
             client_req.as_deref(),
         ));
     }
+    let (throttle, retry_after) = {
+        let f = sim.faults();
+        (
+            f.throttle_rate,
+            if f.throttle_retry_after_secs > 0.0 {
+                f.throttle_retry_after_secs
+            } else {
+                1.0
+            },
+        )
+    };
+    if throttle > 0.0 && sim.chance(throttle) {
+        let mut resp = super::json(
+            StatusCode::TOO_MANY_REQUESTS,
+            json!({"error": {"code": "TooManyRequests", "message": "Please retry again later.", "innerError": {"code": "429", "status": "429", "message": "Please retry after", "date": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S").to_string(), "request-id": uuid::Uuid::new_v4().to_string()}}}),
+        );
+        set_header(&mut resp, "retry-after", &retry_after.to_string());
+        set_header(
+            &mut resp,
+            "x-ms-throttle-information",
+            "ResourceUnitLimitExceeded",
+        );
+        return Err(resp);
+    }
     let mut faults = sim.faults();
+    if faults.graph_gone_next > 0 && (q.contains_key("$deltatoken") || q.contains_key("$skiptoken"))
+    {
+        faults.graph_gone_next -= 1;
+        drop(faults);
+        // Service-side reset: 410 with a fresh initial round in Location.
+        let sel = q
+            .get("$deltatoken")
+            .or_else(|| q.get("$skiptoken"))
+            .and_then(|t| Cursor::decode(t))
+            .map(|c| c.sel.join(","))
+            .unwrap_or_default();
+        let mut resp = error_response(
+            StatusCode::GONE,
+            "resyncRequired",
+            "Resync required. Replace any local cached copies of the collection with the full resource collection.",
+            client_req.as_deref(),
+        );
+        set_header(
+            &mut resp,
+            "location",
+            &format!("{}/v1.0/{kind}/delta?$select={sel}", base_url(headers)),
+        );
+        return Err(resp);
+    }
     if let Some(n) = faults.graph_delta_fail_after_pages.as_mut() {
         if *n == 0 {
             return Err(error_response(
@@ -537,8 +637,9 @@ enum Round {
 /// Works out where a delta request starts from its query string.
 fn start(
     q: &HashMap<String, String>,
-    allowed: &[&str],
+    allowed: &dyn Fn(&str) -> bool,
     default_sel: &[&str],
+    ttl: Duration,
 ) -> Result<Round, (StatusCode, &'static str, String)> {
     if let Some(t) = q.get("$skiptoken") {
         return Cursor::decode(t).map(Round::Page).ok_or((
@@ -554,7 +655,7 @@ fn start(
         Some(s) => {
             let mut v = Vec::new();
             for p in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                if p != "id" && !allowed.contains(&p) {
+                if p != "id" && !allowed(p) {
                     return Err((
                         StatusCode::BAD_REQUEST,
                         "Request_BadRequest",
@@ -572,12 +673,17 @@ fn start(
     match q.get("$deltatoken").map(String::as_str) {
         Some("latest") => Ok(Round::Latest(sel)),
         Some(t) => {
-            let c = Cursor::decode(t).ok_or((StatusCode::BAD_REQUEST, "syncStateNotFound", "The sync state generation is not found. The delta token is expired and data must be synchronized again.".to_string()))?;
+            let expired = (StatusCode::BAD_REQUEST, "syncStateNotFound", "The sync state generation is not found. The delta token is expired and data must be synchronized again.".to_string());
+            let c = Cursor::decode(t).ok_or(expired.clone())?;
+            if chrono::Utc::now().timestamp() - c.t > ttl.as_secs() as i64 {
+                return Err(expired);
+            }
             Ok(Round::Page(Cursor {
                 s: c.u,
                 u: 0,
                 a: None,
                 sel: c.sel,
+                t: 0,
             }))
         }
         None => Ok(Round::Page(Cursor {
@@ -585,6 +691,7 @@ fn start(
             u: 0,
             a: None,
             sel,
+            t: 0,
         })),
     }
 }
@@ -627,13 +734,13 @@ async fn users_delta(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let client_req = match gate(&sim, &headers) {
+    let client_req = match gate(&sim, &headers, &q, "users") {
         Ok(c) => c,
         Err(r) => return r,
     };
-    let mut allowed: Vec<&str> = USER_PROPERTIES.to_vec();
-    allowed.push("manager");
-    let round = match start(&q, &allowed, DEFAULT_SELECT) {
+    let ttl = sim.graph().delta_token_ttl;
+    let allowed = |p: &str| p == "manager" || is_user_property(p);
+    let round = match start(&q, &allowed, DEFAULT_SELECT, ttl) {
         Ok(r) => r,
         Err((st, code, msg)) => return error_response(st, code, &msg, client_req.as_deref()),
     };
@@ -646,6 +753,7 @@ async fn users_delta(
                 u: tenant.seq,
                 a: None,
                 sel,
+                t: chrono::Utc::now().timestamp(),
             };
             drop(tenant);
             return finish(&headers, client_req, "users", "users", vec![], Err(c));
@@ -694,6 +802,7 @@ async fn users_delta(
             u: cur.u,
             a: None,
             sel: cur.sel,
+            t: chrono::Utc::now().timestamp(),
         })
     };
     finish(&headers, client_req, "users", "users", value, next)
@@ -736,15 +845,13 @@ async fn groups_delta(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let client_req = match gate(&sim, &headers) {
+    let client_req = match gate(&sim, &headers, &q, "groups") {
         Ok(c) => c,
         Err(r) => return r,
     };
-    let round = match start(
-        &q,
-        &["displayName", "members", "description"],
-        &["displayName", "members"],
-    ) {
+    let ttl = sim.graph().delta_token_ttl;
+    let allowed = |p: &str| matches!(p, "displayName" | "members" | "description");
+    let round = match start(&q, &allowed, &["displayName", "members"], ttl) {
         Ok(r) => r,
         Err((st, code, msg)) => return error_response(st, code, &msg, client_req.as_deref()),
     };
@@ -757,6 +864,7 @@ async fn groups_delta(
                 u: tenant.seq,
                 a: None,
                 sel,
+                t: chrono::Utc::now().timestamp(),
             };
             drop(tenant);
             return finish(&headers, client_req, "groups", "groups", vec![], Err(c));
@@ -791,10 +899,17 @@ async fn groups_delta(
             o.insert("displayName".into(), json!(g.display_name));
         }
         if with_members {
+            let odata_type = |m: &str| {
+                if tenant.groups.contains_key(m) {
+                    "#microsoft.graph.group"
+                } else {
+                    "#microsoft.graph.user"
+                }
+            };
             let members: Vec<Value> = if initial {
                 g.members
                     .iter()
-                    .map(|m| json!({"@odata.type": "#microsoft.graph.user", "id": m}))
+                    .map(|m| json!({"@odata.type": odata_type(m), "id": m}))
                     .collect()
             } else {
                 let mut latest: BTreeMap<&str, bool> = BTreeMap::new();
@@ -807,9 +922,9 @@ async fn groups_delta(
                     .into_iter()
                     .map(|(m, add)| {
                         if add {
-                            json!({"@odata.type": "#microsoft.graph.user", "id": m})
+                            json!({"@odata.type": odata_type(m), "id": m})
                         } else {
-                            json!({"@odata.type": "#microsoft.graph.user", "id": m, "@removed": {"reason": "deleted"}})
+                            json!({"@odata.type": odata_type(m), "id": m, "@removed": {"reason": "deleted"}})
                         }
                     })
                     .collect()
@@ -829,6 +944,7 @@ async fn groups_delta(
             u: cur.u,
             a: None,
             sel: cur.sel,
+            t: chrono::Utc::now().timestamp(),
         })
     };
     finish(&headers, client_req, "groups", "groups", value, next)

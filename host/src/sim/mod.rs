@@ -64,6 +64,14 @@ pub struct Faults {
     /// With `sf_write_fail_after`: perform the write, then answer 500 as if
     /// the response were lost on the way back.
     pub sf_write_fail_after_commit: bool,
+    /// Probability that a Graph request is throttled (429 + `Retry-After`).
+    pub throttle_rate: f64,
+    /// `Retry-After` seconds sent with injected 429s (default 1).
+    pub throttle_retry_after_secs: f64,
+    /// The next this-many delta requests that carry a skip or delta token
+    /// answer 410 Gone (`resyncRequired`, with `Location`), as after a
+    /// service-side reset.
+    pub graph_gone_next: u32,
 }
 
 /// Counters the tests and the demo read back (`GET /_sim/stats`).
@@ -157,6 +165,11 @@ impl Sim {
 
     pub(crate) fn faults(&self) -> MutexGuard<'_, Faults> {
         lock(&self.0.faults)
+    }
+
+    /// True with probability `p` (seeded, for injected faults).
+    pub(crate) fn chance(&self, p: f64) -> bool {
+        lock(&self.0.rng).random_bool(p.clamp(0.0, 1.0))
     }
 
     /// The axum router serving both clouds and the admin API.
@@ -260,7 +273,7 @@ async fn fault_layer(State(sim): State<Sim>, req: Request, next: Next) -> Respon
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }
     let is_token = path.ends_with("/token");
-    if fail_rate > 0.0 && !is_token && lock(&sim.0.rng).random_bool(fail_rate.min(1.0)) {
+    if fail_rate > 0.0 && !is_token && sim.chance(fail_rate) {
         return if path.starts_with("/services/") {
             salesforce::error_response(
                 StatusCode::SERVICE_UNAVAILABLE,

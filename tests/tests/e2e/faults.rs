@@ -173,7 +173,10 @@ async fn a_lost_salesforce_response_is_recovered_by_matching_not_by_creating_aga
     );
     let dirty = engine.store.dirty_users().await.expect("dirty users");
     let charged = dirty.iter().filter(|d| d.attempts == 1).count();
-    assert_eq!(charged, 200, "the lost batch counts one attempt each; users never sent count none");
+    assert_eq!(
+        charged, 200,
+        "the lost batch counts one attempt each; users never sent count none"
+    );
     assert!(dirty.iter().all(|d| d.attempts <= 1));
     let created_so_far = sim.salesforce().rows("User").count();
 
