@@ -553,8 +553,10 @@ impl Store {
                 })?,
             );
         }
+        // As Graph lists members: deleted users are not members (a restore
+        // brings their memberships back), groups are.
         let members = sqlx::query_as(
-            "SELECT group_id, member_id, member_type FROM memberships ORDER BY group_id, member_id",
+            "SELECT m.group_id, m.member_id, m.member_type FROM memberships m LEFT JOIN entra_users u ON u.id = m.member_id WHERE m.member_type = 'group' OR (u.id IS NOT NULL AND u.removed IS NULL) ORDER BY m.group_id, m.member_id",
         )
         .fetch_all(&self.pool)
         .await

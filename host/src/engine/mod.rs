@@ -235,6 +235,18 @@ impl Engine {
         Ok(report)
     }
 
+    /// Reads Entra changes into the store and stops: no rules, no
+    /// Salesforce. (Benchmarks and mirror checks; `sync_once` does this first.)
+    pub async fn read_entra(&self, obs: &dyn Observer) -> Result<CycleReport, SyncError> {
+        let mut report = CycleReport {
+            cycle: new_cycle_id(),
+            ..Default::default()
+        };
+        self.read("users", obs, &mut report).await?;
+        self.read("groups", obs, &mut report).await?;
+        Ok(report)
+    }
+
     /// Follows one resource's delta pages from the checkpoint, the saved
     /// deltaLink, or a full enumeration; every page is journaled with its
     /// link. When Graph says the delta state is gone (410, or
@@ -460,6 +472,9 @@ impl Engine {
         let unmatched: Vec<&DesiredUser> = desired
             .iter()
             .filter(|(d, _)| links.get(&d.user.id).is_none_or(|s| !by_id.contains_key(s)))
+            .filter(|(d, _)| {
+                !out_of_scope.contains_key(d.user.id.as_str()) || links.contains_key(&d.user.id)
+            })
             .map(|(_, x)| x)
             .collect();
         let mut by_fed: Index = HashMap::new();
@@ -499,6 +514,10 @@ impl Engine {
         for (d, want) in &desired {
             let id = &d.user.id;
             let upn = d.user.user_principal_name.clone();
+            // Out of scope and never managed: not ours to adopt or touch.
+            if out_of_scope.contains_key(id.as_str()) && !links.contains_key(id) {
+                continue;
+            }
             let mut current: Option<&Map<String, Value>> = links.get(id).and_then(|s| by_id.get(s));
             if current.is_none() {
                 match self.match_user(id, want, &by_fed, &by_username, &linked_to, &claimed) {

@@ -570,9 +570,22 @@ fn gate(
         return Err(resp);
     }
     let mut faults = sim.faults();
-    if faults.graph_gone_next > 0 && (q.contains_key("$deltatoken") || q.contains_key("$skiptoken"))
-    {
-        faults.graph_gone_next -= 1;
+    let has_token = q.contains_key("$deltatoken") || q.contains_key("$skiptoken");
+    let gone_now = match faults.graph_gone_after_pages {
+        Some(0) if has_token => {
+            faults.graph_gone_after_pages = None;
+            true
+        }
+        Some(n) if n > 0 => {
+            faults.graph_gone_after_pages = Some(n - 1);
+            false
+        }
+        _ => false,
+    };
+    if gone_now || (faults.graph_gone_next > 0 && has_token) {
+        if !gone_now {
+            faults.graph_gone_next -= 1;
+        }
         drop(faults);
         // Service-side reset: 410 with a fresh initial round in Location.
         let sel = q

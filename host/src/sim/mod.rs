@@ -72,6 +72,9 @@ pub struct Faults {
     /// answer 410 Gone (`resyncRequired`, with `Location`), as after a
     /// service-side reset.
     pub graph_gone_next: u32,
+    /// After this many more delta pages, the next delta request that
+    /// carries a token answers 410 Gone once (a reset in mid-round).
+    pub graph_gone_after_pages: Option<u64>,
 }
 
 /// Counters the tests and the demo read back (`GET /_sim/stats`).
