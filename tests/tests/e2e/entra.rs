@@ -344,7 +344,7 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
-fn pick<'a>(v: &'a [String], i: u8) -> Option<&'a String> {
+fn pick(v: &[String], i: u8) -> Option<&String> {
     (!v.is_empty()).then(|| &v[usize::from(i) % v.len()])
 }
 
