@@ -26,6 +26,36 @@ type SfRecord = Map<String, Value>;
 /// Records indexed by a lower-cased key value.
 type Index = HashMap<String, Vec<SfRecord>>;
 
+/// Empty delta pages in a row before a round is declared stalled.
+const MAX_EMPTY_PAGES: usize = 1000;
+
+/// A delta page of either resource.
+enum AnyPage {
+    Users(crate::entra::Page<crate::entra::UserChange>),
+    Groups(crate::entra::Page<crate::entra::GroupChange>),
+}
+
+impl AnyPage {
+    fn len(&self) -> usize {
+        match self {
+            Self::Users(p) => p.changes.len(),
+            Self::Groups(p) => p.changes.len(),
+        }
+    }
+    fn next_link(&self) -> Option<&str> {
+        match self {
+            Self::Users(p) => p.next_link.as_deref(),
+            Self::Groups(p) => p.next_link.as_deref(),
+        }
+    }
+    fn delta_link(&self) -> Option<&str> {
+        match self {
+            Self::Users(p) => p.delta_link.as_deref(),
+            Self::Groups(p) => p.delta_link.as_deref(),
+        }
+    }
+}
+
 /// Values per SOQL `IN (...)` list; keeps URLs well under limits.
 const IN_CHUNK: usize = 100;
 
@@ -249,20 +279,12 @@ impl Engine {
 
     /// Follows one resource's delta pages from the checkpoint, the saved
     /// deltaLink, or a full enumeration; every page is journaled with its
-    /// link. When Graph says the delta state is gone (410, or
-    /// `syncStateNotFound` / `resyncRequired`), or a checkpoint went stale,
-    /// a full resync starts; it deprovisions nobody until its last page.
-    async fn read(
-        &self,
-        resource: &'static str,
-        obs: &dyn Observer,
-        report: &mut CycleReport,
-    ) -> Result<(), SyncError> {
-        let start = if resource == "users" {
-            self.entra.users_start()
-        } else {
-            self.entra.groups_start()
-        };
+    /// link, while the next page is already being fetched. When Graph says
+    /// the delta state is gone (410, or `syncStateNotFound` /
+    /// `resyncRequired`), or a checkpoint went stale, a full resync starts;
+    /// it deprovisions nobody until its last page.
+    async fn read(&self, resource: &'static str, obs: &dyn Observer, report: &mut CycleReport) -> Result<(), SyncError> {
+        let start = if resource == "users" { self.entra.users_start() } else { self.entra.groups_start() };
         let state = self.store.sync_state(resource).await?;
         let mut url = match (&state.next_link, &state.delta_link, &state.resync_round) {
             (Some(n), _, _) => n.clone(),
@@ -274,95 +296,77 @@ impl Engine {
             }
         };
         let mut restarts = 0;
+        let mut prefetched: Option<Result<AnyPage, EntraError>> = None;
+        let mut links_seen: HashSet<String> = HashSet::new();
+        let mut empty_run = 0usize;
         loop {
-            let result = if resource == "users" {
-                match self.entra.users_page(&url).await {
-                    Ok(page) => {
-                        let swept = self
-                            .store
-                            .apply_user_page(
-                                &page.changes,
-                                page.next_link.as_deref(),
-                                page.delta_link.as_deref(),
-                                &page.request_id,
-                            )
-                            .await?;
-                        Ok((page.changes.len(), page.next_link, page.delta_link, swept))
-                    }
-                    Err(e) => Err(e),
-                }
-            } else {
-                match self.entra.groups_page(&url).await {
-                    Ok(page) => {
-                        let swept = self
-                            .store
-                            .apply_group_page(
-                                &page.changes,
-                                page.next_link.as_deref(),
-                                page.delta_link.as_deref(),
-                            )
-                            .await?;
-                        Ok((page.changes.len(), page.next_link, page.delta_link, swept))
-                    }
-                    Err(e) => Err(e),
-                }
+            let result = match prefetched.take() {
+                Some(r) => r,
+                None => self.fetch(resource, &url).await,
             };
-            let (items, next, delta, swept) = match result {
-                Ok(x) => x,
+            let page = match result {
+                Ok(p) => p,
                 Err(e) => {
-                    let stale_checkpoint = matches!(
-                        e,
-                        EntraError::Graph {
-                            status: 400..=499,
-                            ..
-                        }
-                    ) && url != start
-                        && !url.contains("$deltatoken");
+                    let stale_checkpoint = matches!(e, EntraError::Graph { status: 400..=499, .. }) && url != start && !url.contains("$deltatoken");
                     if (e.needs_resync() || stale_checkpoint) && restarts < 2 {
                         restarts += 1;
                         tracing::warn!(resource, error = %e, "delta state lost: full resync (nobody is deprovisioned before it completes)");
                         self.store.begin_resync(resource).await?;
                         self.store
-                            .append_audit(
-                                &report.cycle,
-                                &[AuditEvent {
-                                    event: format!("entra.{resource}.resync_started"),
-                                    entra_id: None,
-                                    sf_id: None,
-                                    detail: json!({"reason": e.to_string()}),
-                                }],
-                            )
+                            .append_audit(&report.cycle, &[AuditEvent { event: format!("entra.{resource}.resync_started"), entra_id: None, sf_id: None, detail: json!({"reason": e.to_string()}) }])
                             .await?;
                         // Our own start URL, not Graph's Location: it carries
                         // the $select the mapping needs.
                         url = start.clone();
+                        links_seen.clear();
                         continue;
                     }
                     return Err(e.into());
                 }
             };
+            // Graph can page without progressing (the same nextLink again,
+            // or endless empty pages): stop rather than spin.
+            empty_run = if page.len() == 0 { empty_run + 1 } else { 0 };
+            if empty_run > MAX_EMPTY_PAGES {
+                return Err(EntraError::Stalled { url, detail: format!("{MAX_EMPTY_PAGES} empty pages in a row") }.into());
+            }
+            let swept = match page.next_link() {
+                Some(next) if page.delta_link().is_none() => {
+                    if !links_seen.insert(next.to_string()) {
+                        return Err(EntraError::Stalled { url, detail: "the nextLink repeated an earlier one".into() }.into());
+                    }
+                    let next = next.to_string();
+                    let (journaled, fetched) = tokio::join!(self.journal(&page), self.fetch(resource, &next));
+                    prefetched = Some(fetched);
+                    url = next;
+                    journaled?
+                }
+                _ => self.journal(&page).await?,
+            };
             report.delta_pages += 1;
-            report.entra_changes += items;
+            report.entra_changes += page.len();
             if swept > 0 {
                 report.swept += swept as usize;
                 self.store
-                    .append_audit(
-                        &report.cycle,
-                        &[AuditEvent {
-                            event: format!("entra.{resource}.swept"),
-                            entra_id: None,
-                            sf_id: None,
-                            detail: json!({"not_listed_by_full_enumeration": swept}),
-                        }],
-                    )
+                    .append_audit(&report.cycle, &[AuditEvent { event: format!("entra.{resource}.swept"), entra_id: None, sf_id: None, detail: json!({"not_listed_by_full_enumeration": swept}) }])
                     .await?;
             }
-            obs.on(Progress::Page { resource, items });
-            match (next, delta) {
-                (_, Some(_)) => return Ok(()),
-                (Some(n), None) => url = n,
-                (None, None) => return Ok(()),
+            obs.on(Progress::Page { resource, items: page.len() });
+            if page.delta_link().is_some() || page.next_link().is_none() {
+                return Ok(());
             }
+        }
+    }
+
+    async fn fetch(&self, resource: &str, url: &str) -> Result<AnyPage, EntraError> {
+        if resource == "users" { self.entra.users_page(url).await.map(AnyPage::Users) } else { self.entra.groups_page(url).await.map(AnyPage::Groups) }
+    }
+
+    /// Journals a page and its link in one transaction.
+    async fn journal(&self, page: &AnyPage) -> Result<u64, StoreError> {
+        match page {
+            AnyPage::Users(p) => self.store.apply_user_page(&p.changes, p.next_link.as_deref(), p.delta_link.as_deref(), &p.request_id).await,
+            AnyPage::Groups(p) => self.store.apply_group_page(&p.changes, p.next_link.as_deref(), p.delta_link.as_deref()).await,
         }
     }
 

@@ -40,6 +40,8 @@ pub enum EntraError {
     },
     #[error("malformed response from {url}: {detail}")]
     Malformed { url: String, detail: String },
+    #[error("Graph delta round stalled at {url}: {detail}")]
+    Stalled { url: String, detail: String },
 }
 
 impl EntraError {
