@@ -37,6 +37,11 @@ enum Command {
     Sim(SimArgs),
     /// Read Entra changes, run the rules and apply the plan to Salesforce.
     Sync(SyncArgs),
+    /// Benchmarks against the emulators (use a release build).
+    Bench {
+        #[command(subcommand)]
+        command: crate::bench::BenchCommand,
+    },
     /// Configuration helpers.
     Config {
         #[command(subcommand)]
@@ -104,6 +109,15 @@ struct SimArgs {
     /// Share of API requests that fail with 503 (0.0 to 1.0).
     #[arg(long, default_value_t = 0.0)]
     fail_rate: f64,
+    /// Share of Graph requests throttled with 429 and `Retry-After`.
+    #[arg(long, default_value_t = 0.0)]
+    throttle_rate: f64,
+    /// `Retry-After` seconds on injected 429s.
+    #[arg(long, default_value_t = 1.0)]
+    retry_after_secs: f64,
+    /// Lifetime of Graph deltaLinks; older ones answer 400 syncStateNotFound.
+    #[arg(long, default_value_t = 7 * 24 * 3600)]
+    delta_token_ttl_secs: u64,
     /// Print a provisor config pointing at the emulators and exit.
     #[arg(long)]
     print_config: bool,
@@ -164,6 +178,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => crate::demo::run(args).await,
         Command::Sim(args) => run_sim(args).await,
         Command::Sync(args) => run_sync(args).await,
+        Command::Bench { command } => crate::bench::run(command).await,
         Command::Config {
             command: ConfigCommand::Check { file },
         } => {
@@ -232,9 +247,12 @@ async fn run_sim(a: SimArgs) -> anyhow::Result<ExitCode> {
         faults: Faults {
             latency_ms: a.latency_ms,
             fail_rate: a.fail_rate,
+            throttle_rate: a.throttle_rate,
+            throttle_retry_after_secs: a.retry_after_secs,
             ..Default::default()
         },
     });
+    sim.graph().delta_token_ttl = Duration::from_secs(a.delta_token_ttl_secs);
     let running = sim
         .serve(a.listen)
         .await
@@ -263,7 +281,20 @@ async fn run_sim(a: SimArgs) -> anyhow::Result<ExitCode> {
 pub async fn engine_from_config(cfg: &Config) -> anyhow::Result<Engine> {
     cfg.validate()?;
     let client = http::client().context("cannot build the HTTP client")?;
-    let entra_secret = cfg.entra.client_secret.resolve("entra.client_secret")?;
+    let entra_credential = match (&cfg.entra.client_secret, &cfg.entra.client_certificate) {
+        (Some(s), _) => crate::entra::Credential::Secret(s.resolve("entra.client_secret")?),
+        (None, Some(c)) => crate::entra::Credential::from_pem(
+            c.certificate
+                .resolve("entra.client_certificate.certificate")?
+                .expose(),
+            c.private_key
+                .resolve("entra.client_certificate.private_key")?
+                .expose(),
+        )?,
+        (None, None) => {
+            bail!("entra: a credential is required (client_secret or client_certificate)")
+        }
+    };
     let sf_secret = cfg
         .salesforce
         .client_secret
@@ -279,7 +310,7 @@ pub async fn engine_from_config(cfg: &Config) -> anyhow::Result<Engine> {
         entra: EntraClient::new(
             client.clone(),
             cfg.entra.clone(),
-            entra_secret,
+            entra_credential,
             retry.clone(),
         ),
         salesforce: SalesforceClient::new(client, cfg.salesforce.clone(), sf_secret, retry),

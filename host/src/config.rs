@@ -50,8 +50,13 @@ pub struct EntraConfig {
     pub tenant: String,
     /// Application (client) id of the app registration.
     pub client_id: String,
-    /// The client secret *value*.
-    pub client_secret: Secret,
+    /// The client secret *value* (or use `client_certificate`).
+    #[serde(default)]
+    pub client_secret: Option<Secret>,
+    /// A certificate credential: provisor signs a `client_assertion`
+    /// (RS256, `x5t#S256`) with the private key. Preferred over a secret.
+    #[serde(default)]
+    pub client_certificate: Option<ClientCertificate>,
     /// Identity platform authority; national clouds and emulators differ.
     #[serde(default = "default_authority")]
     pub authority: String,
@@ -128,6 +133,16 @@ pub enum ScopeOperator {
     NotRegexMatch,
     Includes,
     NotIncludes,
+}
+
+/// A certificate uploaded to the app registration, and its private key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertificate {
+    /// The X.509 certificate, PEM.
+    pub certificate: Secret,
+    /// Its RSA private key, PEM (PKCS#8 or PKCS#1).
+    pub private_key: Secret,
 }
 
 /// Where and how to reach Salesforce.
@@ -321,10 +336,15 @@ impl Config {
                 };
             }
         }
-        for secret in [
-            &mut cfg.entra.client_secret,
-            &mut cfg.salesforce.client_secret,
-        ] {
+        let mut secrets: Vec<&mut Secret> = vec![&mut cfg.salesforce.client_secret];
+        if let Some(s) = cfg.entra.client_secret.as_mut() {
+            secrets.push(s);
+        }
+        if let Some(c) = cfg.entra.client_certificate.as_mut() {
+            secrets.push(&mut c.certificate);
+            secrets.push(&mut c.private_key);
+        }
+        for secret in secrets {
             if let Secret::File(p) = secret
                 && p.is_relative()
             {
@@ -449,7 +469,29 @@ impl Config {
                 problem: format!("{} has no pack.toml", self.rules.pack.display()),
             });
         }
-        self.entra.client_secret.resolve("entra.client_secret")?;
+        match (&self.entra.client_secret, &self.entra.client_certificate) {
+            (Some(s), None) => {
+                s.resolve("entra.client_secret")?;
+            }
+            (None, Some(c)) => {
+                c.certificate
+                    .resolve("entra.client_certificate.certificate")?;
+                c.private_key
+                    .resolve("entra.client_certificate.private_key")?;
+            }
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    key: "entra".into(),
+                    problem: "set either client_secret or client_certificate, not both".into(),
+                });
+            }
+            (None, None) => {
+                return Err(ConfigError::Invalid {
+                    key: "entra".into(),
+                    problem: "a credential is required: client_secret or client_certificate".into(),
+                });
+            }
+        }
         self.salesforce
             .client_secret
             .resolve("salesforce.client_secret")?;

@@ -22,6 +22,9 @@ pub struct RetryPolicy {
     pub base: Duration,
     /// Cap of one backoff or `Retry-After` wait.
     pub max_wait: Duration,
+    /// Throttling (429) is waited out within this time budget rather than a
+    /// count of attempts: retrying early only spends more quota.
+    pub throttle_budget: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -30,6 +33,7 @@ impl Default for RetryPolicy {
             attempts: 5,
             base: Duration::from_millis(200),
             max_wait: Duration::from_secs(60),
+            throttle_budget: Duration::from_secs(600),
         }
     }
 }
@@ -85,22 +89,31 @@ impl RetryPolicy {
     where
         F: Fn() -> reqwest::RequestBuilder,
     {
+        let started = std::time::Instant::now();
         let mut attempt = 0;
         loop {
             let last = attempt + 1 >= self.attempts;
             match make().send().await {
-                Ok(resp) => match self.classify(resp, attempt, idempotent) {
-                    Attempt::Done(r) => return Ok(r),
-                    Attempt::Retry(_, r) if last => return Ok(r),
-                    Attempt::Retry(wait, _) => {
-                        tracing::debug!(
-                            ?wait,
-                            attempt,
-                            "retrying after a throttled or failed response"
-                        );
-                        tokio::time::sleep(wait).await;
+                Ok(resp) => {
+                    let throttled = resp.status() == StatusCode::TOO_MANY_REQUESTS;
+                    match self.classify(resp, attempt, idempotent) {
+                        Attempt::Done(r) => return Ok(r),
+                        Attempt::Retry(wait, r) if throttled => {
+                            if started.elapsed() + wait > self.throttle_budget {
+                                return Ok(r);
+                            }
+                            tracing::debug!(?wait, "throttled; waiting as told");
+                            tokio::time::sleep(wait).await;
+                            // Throttling spends the time budget, not attempts.
+                            continue;
+                        }
+                        Attempt::Retry(_, r) if last => return Ok(r),
+                        Attempt::Retry(wait, _) => {
+                            tracing::debug!(?wait, attempt, "retrying after a failed response");
+                            tokio::time::sleep(wait).await;
+                        }
                     }
-                },
+                }
                 Err(e)
                     if idempotent
                         && !last

@@ -7,6 +7,7 @@
 //! [`sim`] carrying faithful emulators of both clouds for tests and the demo.
 
 pub mod audit;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -213,13 +213,19 @@ impl Store {
             .collect();
         let mut before: HashMap<String, (String, Option<String>)> = HashMap::new();
         for chunk in ids.chunks(500) {
-            let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new("SELECT id, data, removed FROM entra_users WHERE id IN (");
+            let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "SELECT id, data, removed FROM entra_users WHERE id IN (",
+            );
             let mut sep = qb.separated(", ");
             for id in chunk {
                 sep.push_bind(*id);
             }
             qb.push(")");
-            let rows: Vec<(String, String, Option<String>)> = qb.build_query_as().fetch_all(&mut *tx).await.map_err(q("read page users"))?;
+            let rows: Vec<(String, String, Option<String>)> = qb
+                .build_query_as()
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(q("read page users"))?;
             before.extend(rows.into_iter().map(|(id, d, r)| (id, (d, r))));
         }
         let mut upserts: Vec<(&str, String)> = Vec::new();
@@ -228,10 +234,17 @@ impl Store {
         for c in changes {
             match c {
                 UserChange::Upsert(u) => {
-                    let data = serde_json::to_string(u).map_err(|e| StoreError::Corrupt { table: "entra_users", id: u.id.clone(), detail: e.to_string() })?;
+                    let data = serde_json::to_string(u).map_err(|e| StoreError::Corrupt {
+                        table: "entra_users",
+                        id: u.id.clone(),
+                        detail: e.to_string(),
+                    })?;
                     // Graph replays items; an identical one is no change
                     // (and must not re-arm a parked user).
-                    if before.get(&u.id).is_some_and(|(d, r)| *d == data && r.is_none()) {
+                    if before
+                        .get(&u.id)
+                        .is_some_and(|(d, r)| *d == data && r.is_none())
+                    {
                         seen_only.push(&u.id);
                         continue;
                     }
@@ -243,7 +256,10 @@ impl Store {
                         Removal::SoftDeleted => "softDeleted",
                         Removal::HardDeleted => "hardDeleted",
                     };
-                    if before.get(id).is_some_and(|(_, r)| r.as_deref() == Some(tag)) {
+                    if before
+                        .get(id)
+                        .is_some_and(|(_, r)| r.as_deref() == Some(tag))
+                    {
                         continue;
                     }
                     changed.push(id);
@@ -259,23 +275,38 @@ impl Store {
                         .map_err(q("remove user"))?;
                     if *removal == Removal::HardDeleted {
                         // Graph may not report the membership removal itself.
-                        sqlx::query("DELETE FROM memberships WHERE member_id = ?").bind(id).execute(&mut *tx).await.map_err(q("drop memberships"))?;
+                        sqlx::query("DELETE FROM memberships WHERE member_id = ?")
+                            .bind(id)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(q("drop memberships"))?;
                     }
                 }
             }
         }
         for chunk in upserts.chunks(500) {
-            let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO entra_users (id, data, removed, dirty, attempts, last_error, request_id, updated_at, seen_round) ");
+            let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO entra_users (id, data, removed, dirty, attempts, last_error, request_id, updated_at, seen_round) ",
+            );
             qb.push_values(chunk, |mut b, (id, data)| {
-                b.push_bind(*id).push_bind(data.as_str()).push("NULL, 1, 0, NULL").push_bind(request_id).push_bind(&at).push_bind(&round);
+                b.push_bind(*id)
+                    .push_bind(data.as_str())
+                    .push("NULL, 1, 0, NULL")
+                    .push_bind(request_id)
+                    .push_bind(&at)
+                    .push_bind(&round);
             });
             // A real change re-arms a parked user.
             qb.push(" ON CONFLICT (id) DO UPDATE SET data = excluded.data, removed = NULL, dirty = 1, attempts = 0, last_error = NULL, request_id = excluded.request_id, updated_at = excluded.updated_at, seen_round = COALESCE(excluded.seen_round, entra_users.seen_round)");
-            qb.build().execute(&mut *tx).await.map_err(q("upsert users"))?;
+            qb.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(q("upsert users"))?;
         }
         if round.is_some() {
             for chunk in seen_only.chunks(500) {
-                let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new("UPDATE entra_users SET seen_round = ");
+                let mut qb =
+                    sqlx::QueryBuilder::<sqlx::Sqlite>::new("UPDATE entra_users SET seen_round = ");
                 qb.push_bind(&round).push(" WHERE id IN (");
                 let mut sep = qb.separated(", ");
                 for id in chunk {
@@ -285,16 +316,24 @@ impl Store {
                 qb.build().execute(&mut *tx).await.map_err(q("mark seen"))?;
             }
         }
-        let parked: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM dead_letters)").fetch_one(&mut *tx).await.map_err(q("read dead letters"))?;
+        let parked: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM dead_letters)")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(q("read dead letters"))?;
         if parked {
             for chunk in changed.chunks(500) {
-                let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new("DELETE FROM dead_letters WHERE entra_id IN (");
+                let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                    "DELETE FROM dead_letters WHERE entra_id IN (",
+                );
                 let mut sep = qb.separated(", ");
                 for id in chunk {
                     sep.push_bind(*id);
                 }
                 qb.push(")");
-                qb.build().execute(&mut *tx).await.map_err(q("re-arm users"))?;
+                qb.build()
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(q("re-arm users"))?;
             }
         }
         let mut swept = 0;

@@ -283,8 +283,17 @@ impl Engine {
     /// the delta state is gone (410, or `syncStateNotFound` /
     /// `resyncRequired`), or a checkpoint went stale, a full resync starts;
     /// it deprovisions nobody until its last page.
-    async fn read(&self, resource: &'static str, obs: &dyn Observer, report: &mut CycleReport) -> Result<(), SyncError> {
-        let start = if resource == "users" { self.entra.users_start() } else { self.entra.groups_start() };
+    async fn read(
+        &self,
+        resource: &'static str,
+        obs: &dyn Observer,
+        report: &mut CycleReport,
+    ) -> Result<(), SyncError> {
+        let start = if resource == "users" {
+            self.entra.users_start()
+        } else {
+            self.entra.groups_start()
+        };
         let state = self.store.sync_state(resource).await?;
         let mut url = match (&state.next_link, &state.delta_link, &state.resync_round) {
             (Some(n), _, _) => n.clone(),
@@ -307,13 +316,28 @@ impl Engine {
             let page = match result {
                 Ok(p) => p,
                 Err(e) => {
-                    let stale_checkpoint = matches!(e, EntraError::Graph { status: 400..=499, .. }) && url != start && !url.contains("$deltatoken");
+                    let stale_checkpoint = matches!(
+                        e,
+                        EntraError::Graph {
+                            status: 400..=499,
+                            ..
+                        }
+                    ) && url != start
+                        && !url.contains("$deltatoken");
                     if (e.needs_resync() || stale_checkpoint) && restarts < 2 {
                         restarts += 1;
                         tracing::warn!(resource, error = %e, "delta state lost: full resync (nobody is deprovisioned before it completes)");
                         self.store.begin_resync(resource).await?;
                         self.store
-                            .append_audit(&report.cycle, &[AuditEvent { event: format!("entra.{resource}.resync_started"), entra_id: None, sf_id: None, detail: json!({"reason": e.to_string()}) }])
+                            .append_audit(
+                                &report.cycle,
+                                &[AuditEvent {
+                                    event: format!("entra.{resource}.resync_started"),
+                                    entra_id: None,
+                                    sf_id: None,
+                                    detail: json!({"reason": e.to_string()}),
+                                }],
+                            )
                             .await?;
                         // Our own start URL, not Graph's Location: it carries
                         // the $select the mapping needs.
@@ -328,15 +352,24 @@ impl Engine {
             // or endless empty pages): stop rather than spin.
             empty_run = if page.len() == 0 { empty_run + 1 } else { 0 };
             if empty_run > MAX_EMPTY_PAGES {
-                return Err(EntraError::Stalled { url, detail: format!("{MAX_EMPTY_PAGES} empty pages in a row") }.into());
+                return Err(EntraError::Stalled {
+                    url,
+                    detail: format!("{MAX_EMPTY_PAGES} empty pages in a row"),
+                }
+                .into());
             }
             let swept = match page.next_link() {
                 Some(next) if page.delta_link().is_none() => {
                     if !links_seen.insert(next.to_string()) {
-                        return Err(EntraError::Stalled { url, detail: "the nextLink repeated an earlier one".into() }.into());
+                        return Err(EntraError::Stalled {
+                            url,
+                            detail: "the nextLink repeated an earlier one".into(),
+                        }
+                        .into());
                     }
                     let next = next.to_string();
-                    let (journaled, fetched) = tokio::join!(self.journal(&page), self.fetch(resource, &next));
+                    let (journaled, fetched) =
+                        tokio::join!(self.journal(&page), self.fetch(resource, &next));
                     prefetched = Some(fetched);
                     url = next;
                     journaled?
@@ -348,10 +381,21 @@ impl Engine {
             if swept > 0 {
                 report.swept += swept as usize;
                 self.store
-                    .append_audit(&report.cycle, &[AuditEvent { event: format!("entra.{resource}.swept"), entra_id: None, sf_id: None, detail: json!({"not_listed_by_full_enumeration": swept}) }])
+                    .append_audit(
+                        &report.cycle,
+                        &[AuditEvent {
+                            event: format!("entra.{resource}.swept"),
+                            entra_id: None,
+                            sf_id: None,
+                            detail: json!({"not_listed_by_full_enumeration": swept}),
+                        }],
+                    )
                     .await?;
             }
-            obs.on(Progress::Page { resource, items: page.len() });
+            obs.on(Progress::Page {
+                resource,
+                items: page.len(),
+            });
             if page.delta_link().is_some() || page.next_link().is_none() {
                 return Ok(());
             }
@@ -359,14 +403,31 @@ impl Engine {
     }
 
     async fn fetch(&self, resource: &str, url: &str) -> Result<AnyPage, EntraError> {
-        if resource == "users" { self.entra.users_page(url).await.map(AnyPage::Users) } else { self.entra.groups_page(url).await.map(AnyPage::Groups) }
+        if resource == "users" {
+            self.entra.users_page(url).await.map(AnyPage::Users)
+        } else {
+            self.entra.groups_page(url).await.map(AnyPage::Groups)
+        }
     }
 
     /// Journals a page and its link in one transaction.
     async fn journal(&self, page: &AnyPage) -> Result<u64, StoreError> {
         match page {
-            AnyPage::Users(p) => self.store.apply_user_page(&p.changes, p.next_link.as_deref(), p.delta_link.as_deref(), &p.request_id).await,
-            AnyPage::Groups(p) => self.store.apply_group_page(&p.changes, p.next_link.as_deref(), p.delta_link.as_deref()).await,
+            AnyPage::Users(p) => {
+                self.store
+                    .apply_user_page(
+                        &p.changes,
+                        p.next_link.as_deref(),
+                        p.delta_link.as_deref(),
+                        &p.request_id,
+                    )
+                    .await
+            }
+            AnyPage::Groups(p) => {
+                self.store
+                    .apply_group_page(&p.changes, p.next_link.as_deref(), p.delta_link.as_deref())
+                    .await
+            }
         }
     }
 

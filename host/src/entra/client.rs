@@ -40,6 +40,8 @@ pub enum EntraError {
     },
     #[error("malformed response from {url}: {detail}")]
     Malformed { url: String, detail: String },
+    #[error("Entra certificate credential: {detail}")]
+    Credential { detail: String },
     #[error("Graph delta round stalled at {url}: {detail}")]
     Stalled { url: String, detail: String },
 }
@@ -103,11 +105,66 @@ struct Token {
     refresh_at: Instant,
 }
 
+/// How the app proves who it is to the token endpoint.
+pub enum Credential {
+    /// A client secret value.
+    Secret(SecretString),
+    /// A certificate: assertions are signed with its private key and name
+    /// it by `x5t#S256` (base64url SHA-256 of the certificate's DER).
+    Certificate {
+        thumbprint_s256: String,
+        key: jsonwebtoken::EncodingKey,
+    },
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Secret(_) => f.write_str("Credential::Secret(<redacted>)"),
+            Self::Certificate {
+                thumbprint_s256, ..
+            } => write!(f, "Credential::Certificate(x5t#S256={thumbprint_s256})"),
+        }
+    }
+}
+
+impl From<SecretString> for Credential {
+    fn from(s: SecretString) -> Self {
+        Self::Secret(s)
+    }
+}
+
+impl Credential {
+    /// A certificate credential from PEM text; errors name what is wrong
+    /// but never include key material.
+    pub fn from_pem(certificate: &str, private_key: &str) -> Result<Self, EntraError> {
+        let bad = |detail: String| EntraError::Credential { detail };
+        let cert =
+            pem::parse(certificate).map_err(|e| bad(format!("certificate is not PEM: {e}")))?;
+        if cert.tag() != "CERTIFICATE" {
+            return Err(bad(format!(
+                "certificate PEM holds a {:?}, not a CERTIFICATE",
+                cert.tag()
+            )));
+        }
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(cert.contents());
+        let thumbprint_s256 =
+            base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, digest);
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(private_key.as_bytes())
+            .map_err(|e| bad(format!("private key is not an RSA PEM key: {e}")))?;
+        Ok(Self::Certificate {
+            thumbprint_s256,
+            key,
+        })
+    }
+}
+
 /// Graph client for one tenant.
 pub struct EntraClient {
     http: reqwest::Client,
     cfg: EntraConfig,
-    secret: SecretString,
+    secret: Credential,
     retry: RetryPolicy,
     token: Mutex<Option<Token>>,
 }
@@ -117,13 +174,13 @@ impl EntraClient {
     pub fn new(
         http: reqwest::Client,
         cfg: EntraConfig,
-        secret: SecretString,
+        credential: impl Into<Credential>,
         retry: RetryPolicy,
     ) -> Self {
         Self {
             http,
             cfg,
-            secret,
+            secret: credential.into(),
             retry,
             token: Mutex::new(None),
         }
@@ -175,12 +232,35 @@ impl EntraClient {
         }
         let url = self.token_url();
         let scope = self.scope();
-        let form = [
-            ("grant_type", "client_credentials"),
-            ("client_id", self.cfg.client_id.as_str()),
-            ("client_secret", self.secret.expose()),
-            ("scope", scope.as_str()),
+        let mut form: Vec<(&str, String)> = vec![
+            ("grant_type", "client_credentials".into()),
+            ("client_id", self.cfg.client_id.clone()),
+            ("scope", scope.clone()),
         ];
+        match &self.secret {
+            Credential::Secret(s) => form.push(("client_secret", s.expose().to_string())),
+            Credential::Certificate {
+                thumbprint_s256,
+                key,
+            } => {
+                // A fresh assertion per token request: short-lived, unique jti.
+                let now = chrono::Utc::now().timestamp();
+                let claims = json!({"aud": url, "iss": self.cfg.client_id, "sub": self.cfg.client_id, "jti": uuid::Uuid::new_v4().to_string(), "nbf": now, "iat": now, "exp": now + 600});
+                let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+                header.typ = Some("JWT".into());
+                header.x5t_s256 = Some(thumbprint_s256.clone());
+                let jwt = jsonwebtoken::encode(&header, &claims, key).map_err(|e| {
+                    EntraError::Credential {
+                        detail: format!("cannot sign the client assertion: {e}"),
+                    }
+                })?;
+                form.push((
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into(),
+                ));
+                form.push(("client_assertion", jwt));
+            }
+        }
         let resp = self
             .retry
             .send(true, || self.http.post(&url).form(&form))

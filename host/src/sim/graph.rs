@@ -443,6 +443,7 @@ fn identity_error(status: StatusCode, error: &str, code: u32, description: &str)
 async fn token(
     State(sim): State<Sim>,
     Path(tenant): Path<String>,
+    headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     sim.stats_mut().graph_token_calls += 1;
@@ -489,6 +490,32 @@ async fn token(
             "Application was not found in the directory. This can happen if the application has not been installed by the administrator of the tenant.",
         );
     }
+    let issue = |sim: &Sim| {
+        let token = sim.graph().issue_token();
+        super::json(
+            StatusCode::OK,
+            json!({"token_type": "Bearer", "expires_in": TOKEN_LIFETIME.as_secs(), "ext_expires_in": TOKEN_LIFETIME.as_secs(), "access_token": token}),
+        )
+    };
+    if let Some(assertion) = form.get("client_assertion") {
+        if form.get("client_assertion_type").map(String::as_str)
+            != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+        {
+            return identity_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                50027,
+                "Invalid client_assertion_type: expected urn:ietf:params:oauth:client-assertion-type:jwt-bearer.",
+            );
+        }
+        let expected_aud = format!("{}/{tenant}/oauth2/v2.0/token", base_url(&headers));
+        return match check_assertion(assertion, &expected_aud) {
+            Ok(()) => issue(&sim),
+            Err((code, msg)) => {
+                identity_error(StatusCode::UNAUTHORIZED, "invalid_client", code, &msg)
+            }
+        };
+    }
     match form.get("client_secret") {
         None => identity_error(
             StatusCode::BAD_REQUEST,
@@ -502,14 +529,81 @@ async fn token(
             7000215,
             "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app.",
         ),
-        Some(_) => {
-            let token = sim.graph().issue_token();
-            super::json(
-                StatusCode::OK,
-                json!({"token_type": "Bearer", "expires_in": TOKEN_LIFETIME.as_secs(), "ext_expires_in": TOKEN_LIFETIME.as_secs(), "access_token": token}),
-            )
-        }
+        Some(_) => issue(&sim),
     }
+}
+
+/// The certificate the emulated app registration trusts (test-only pair in
+/// `sim/testcert/`), and its `x5t#S256` thumbprint.
+pub const TRUSTED_CERT_PEM: &str = include_str!("testcert/cert.pem");
+const TRUSTED_PUBLIC_KEY_PEM: &str = include_str!("testcert/pub.pem");
+/// The private key of [`TRUSTED_CERT_PEM`], for tests and the demo only.
+pub const TEST_PRIVATE_KEY_PEM: &str = include_str!("testcert/key.pem");
+
+fn trusted_thumbprint() -> Option<String> {
+    use sha2::Digest as _;
+    let cert = pem::parse(TRUSTED_CERT_PEM).ok()?;
+    Some(
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(sha2::Sha256::digest(cert.contents())),
+    )
+}
+
+/// Verifies a `client_assertion` as Entra does: known certificate by
+/// `x5t#S256` (or legacy `x5t`), RS256/PS256 signature, `aud` = this token
+/// endpoint, `iss` = `sub` = client id, `nbf`/`exp` with 5 minutes' skew.
+fn check_assertion(jwt: &str, expected_aud: &str) -> Result<(), (u32, String)> {
+    let header = jsonwebtoken::decode_header(jwt).map_err(|e| (700027, format!("Client assertion failed signature validation. [Reason - The provided assertion is malformed: {e}]")))?;
+    let known = trusted_thumbprint();
+    if header.x5t_s256.is_none() && header.x5t.is_none() {
+        return Err((700027, "Client assertion failed signature validation. [Reason - The key used to sign the assertion is not identified: no x5t or x5t#S256 header.]".into()));
+    }
+    if header.x5t_s256.is_some() && header.x5t_s256 != known {
+        return Err((
+            700027,
+            "Client assertion failed signature validation. [Reason - The key was not found.]"
+                .into(),
+        ));
+    }
+    if !matches!(
+        header.alg,
+        jsonwebtoken::Algorithm::RS256 | jsonwebtoken::Algorithm::PS256
+    ) {
+        return Err((
+            700027,
+            format!(
+                "Client assertion failed signature validation. [Reason - Unsupported algorithm {:?}.]",
+                header.alg
+            ),
+        ));
+    }
+    let key = jsonwebtoken::DecodingKey::from_rsa_pem(TRUSTED_PUBLIC_KEY_PEM.as_bytes())
+        .map_err(|e| (500011, format!("emulator key unusable: {e}")))?;
+    let mut v = jsonwebtoken::Validation::new(header.alg);
+    v.set_audience(&[expected_aud]);
+    v.set_required_spec_claims(&["exp", "nbf", "aud", "iss", "sub"]);
+    v.validate_nbf = true;
+    v.leeway = 300;
+    let data = jsonwebtoken::decode::<Value>(jwt, &key, &v).map_err(|e| match e.kind() {
+        jsonwebtoken::errors::ErrorKind::ExpiredSignature | jsonwebtoken::errors::ErrorKind::ImmatureSignature => (700024, "Client assertion is not within its valid time range.".to_string()),
+        jsonwebtoken::errors::ErrorKind::InvalidAudience => (700021, format!("Client assertion audience claim does not match Realm issuer. Expected {expected_aud}.")),
+        _ => (700027, format!("Client assertion failed signature validation. [Reason - {e}]")),
+    })?;
+    let claim = |k: &str| {
+        data.claims
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    if claim("iss") != creds::ENTRA_CLIENT_ID || claim("sub") != creds::ENTRA_CLIENT_ID {
+        return Err((
+            700023,
+            "Client assertion contains an invalid issuer or subject: both must be the client id."
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks the bearer token and the injected faults; `Err` is the response.

@@ -22,7 +22,7 @@ async fn rejected_entra_credentials_name_the_endpoint_and_code_but_not_the_secre
     let dir = tempfile::tempdir().expect("temp dir");
     let engine = engine_with(&running, &rhai_pack(), &dir.path().join("s.db"), |c| {
         fast(c);
-        c.entra.client_secret = Secret::Value("wrong-secret-value".into());
+        c.entra.client_secret = Some(Secret::Value("wrong-secret-value".into()));
     })
     .await;
     let msg = engine

@@ -235,3 +235,92 @@ async fn soql_pages_escapes_and_reauthenticates() {
         .to_string();
     assert!(err.contains("EXCEEDED_ID_LIMIT"), "{err}");
 }
+
+fn cert_credential(cert: &str, key: &str) -> impl FnOnce(&mut provisor::config::Config) {
+    let (cert, key) = (cert.to_string(), key.to_string());
+    move |c| {
+        c.entra.client_secret = None;
+        c.entra.client_certificate = Some(provisor::config::ClientCertificate {
+            certificate: provisor::config::Secret::Value(cert),
+            private_key: provisor::config::Secret::Value(key),
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_credentials_sign_a_client_assertion() {
+    let running = start_sim(10, 8).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let good = provisor_e2e::engine_with(
+        &running,
+        &rhai_pack(),
+        &dir.path().join("a.db"),
+        cert_credential(
+            provisor::sim::graph::TRUSTED_CERT_PEM,
+            provisor::sim::graph::TEST_PRIVATE_KEY_PEM,
+        ),
+    )
+    .await;
+    let r = good
+        .sync_once(&provisor::engine::Quiet)
+        .await
+        .expect("a signed assertion gets a token");
+    assert!(r.created > 0);
+
+    // A certificate the app registration does not know.
+    let fixtures = provisor_e2e::repo_root().join("tests/fixtures/untrusted-cert");
+    let cert = std::fs::read_to_string(fixtures.join("cert.pem")).expect("cert");
+    let key = std::fs::read_to_string(fixtures.join("key.pem")).expect("key");
+    let bad = provisor_e2e::engine_with(
+        &running,
+        &rhai_pack(),
+        &dir.path().join("b.db"),
+        cert_credential(&cert, &key),
+    )
+    .await;
+    let msg = bad
+        .sync_once(&provisor::engine::Quiet)
+        .await
+        .expect_err("unknown certificate")
+        .to_string();
+    assert!(
+        msg.contains("AADSTS700027") && msg.contains("key was not found"),
+        "{msg}"
+    );
+    assert!(
+        !msg.contains("PRIVATE KEY"),
+        "no key material in errors: {msg}"
+    );
+
+    // The trusted certificate, signed with the wrong key: bad signature.
+    let forged = provisor_e2e::engine_with(
+        &running,
+        &rhai_pack(),
+        &dir.path().join("c.db"),
+        cert_credential(provisor::sim::graph::TRUSTED_CERT_PEM, &key),
+    )
+    .await;
+    let msg = forged
+        .sync_once(&provisor::engine::Quiet)
+        .await
+        .expect_err("forged")
+        .to_string();
+    assert!(
+        msg.contains("AADSTS700027") && msg.contains("signature"),
+        "{msg}"
+    );
+
+    // Garbage PEM is refused before any request, naming the part at fault.
+    let cfg = provisor_e2e::config_for(
+        &running,
+        &rhai_pack(),
+        &dir.path().join("d.db"),
+        cert_credential("not pem", provisor::sim::graph::TEST_PRIVATE_KEY_PEM),
+    );
+    let err = provisor::cli::engine_from_config(&cfg)
+        .await
+        .err()
+        .map(|e| format!("{e:#}"))
+        .unwrap_or_default();
+    assert!(err.contains("certificate is not PEM"), "{err}");
+}

@@ -1,0 +1,170 @@
+//! `provisor bench`: whole-path measurements against the emulators, with
+//! the emulator in its own process so the figures are the host's alone.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+
+use crate::cli::{engine_from_config, find_rules_dir};
+use crate::config::Config;
+use crate::engine::Quiet;
+
+/// Benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Initial read of a large tenant (users and groups delta) into the
+    /// mirror, against the Graph emulator with injected latency.
+    EntraRead(EntraReadArgs),
+}
+
+/// Options of `provisor bench entra-read`.
+#[derive(Debug, Args)]
+pub struct EntraReadArgs {
+    /// Users in the emulated tenant.
+    #[arg(long, default_value_t = 100_000)]
+    users: usize,
+    /// Latency the emulator adds to every request.
+    #[arg(long, default_value_t = 50)]
+    latency_ms: u64,
+    /// `Prefer: odata.maxpagesize`.
+    #[arg(long, default_value_t = 999)]
+    page_size: u32,
+}
+
+struct SimProcess(Child);
+
+impl Drop for SimProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`), in MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Runs a benchmark.
+pub async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        BenchCommand::EntraRead(a) => entra_read(a).await,
+    }
+}
+
+async fn entra_read(a: EntraReadArgs) -> anyhow::Result<ExitCode> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("no free loopback port")?
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let exe = std::env::current_exe().context("cannot find the provisor binary")?;
+    let spawned = Instant::now();
+    let mut child = Command::new(&exe)
+        .args([
+            "sim",
+            "--listen",
+            &listen,
+            "--users",
+            &a.users.to_string(),
+            "--latency-ms",
+            &a.latency_ms.to_string(),
+            "--seed",
+            "1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("cannot start `provisor sim`")?;
+    let stdout = child.stdout.take().context("no sim stdout")?;
+    let sim = SimProcess(child);
+    let mut reader = BufReader::new(stdout);
+    let mut line = String::new();
+    reader
+        .read_line(&mut line)
+        .context("the sim did not start")?;
+    if !line.contains(&listen) {
+        bail!("unexpected sim output: {line}");
+    }
+    let generated = spawned.elapsed();
+    // Keep draining the sim's banner so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in reader.lines() {});
+
+    let dir =
+        std::env::temp_dir().join(format!("provisor-bench-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir)?;
+    let pack = find_rules_dir(std::path::Path::new("rules/gallery-defaults"))
+        .context("cannot find rules/gallery-defaults")?;
+    let store = format!("sqlite://{}?mode=rwc", dir.join("bench.db").display());
+    let mut cfg: Config = Config::parse(&crate::sim::config_toml(
+        &format!("http://{listen}"),
+        &pack.display().to_string(),
+        &store,
+    ))
+    .map_err(|e| anyhow::anyhow!(e))?;
+    cfg.entra.page_size = a.page_size;
+    let engine = engine_from_config(&cfg).await?;
+    let rss_before = peak_rss_mib();
+    let started = Instant::now();
+    let report = engine.read_entra(&Quiet).await.context("the read failed")?;
+    let wall = started.elapsed();
+    let rss_after = peak_rss_mib();
+    drop(sim);
+    let (mirror, members) = engine.store.mirror().await?;
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let user_pages = a.users.div_ceil(a.page_size as usize);
+    let group_pages = report.delta_pages.saturating_sub(user_pages).max(1);
+    let model_ms = (user_pages + group_pages) as f64 * a.latency_ms as f64;
+    let ratio = wall.as_secs_f64() * 1000.0 / model_ms;
+    println!(
+        "provisor bench entra-read: {} users, {} ms latency, page size {}",
+        a.users, a.latency_ms, a.page_size
+    );
+    println!(
+        "  emulator generated the tenant and listened after {:.2} s (separate process)",
+        generated.as_secs_f64()
+    );
+    println!(
+        "  read {} users and {} memberships in {} pages ({} users + {} groups)",
+        mirror.len(),
+        members.len(),
+        report.delta_pages,
+        user_pages,
+        group_pages
+    );
+    println!(
+        "  wall time {:.2} s; model {} sequential round-trips x {} ms = {:.2} s; ratio {:.3} (target <= 1.2)",
+        wall.as_secs_f64(),
+        user_pages + group_pages,
+        a.latency_ms,
+        model_ms / 1000.0,
+        ratio
+    );
+    match (rss_before, rss_after) {
+        (Some(b), Some(p)) => {
+            println!("  host peak RSS {p:.1} MiB (before the read {b:.1} MiB; target < 150 MiB)")
+        }
+        _ => println!("  host peak RSS unavailable (no /proc/self/status)"),
+    }
+    if mirror.len() != a.users {
+        bail!(
+            "the mirror holds {} users, the tenant {}",
+            mirror.len(),
+            a.users
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
