@@ -118,6 +118,9 @@ struct SimArgs {
     /// Lifetime of Graph deltaLinks; older ones answer 400 syncStateNotFound.
     #[arg(long, default_value_t = 7 * 24 * 3600)]
     delta_token_ttl_secs: u64,
+    /// Answer expired deltaLinks with 410 Gone rather than 400 syncStateNotFound.
+    #[arg(long)]
+    expired_delta_410: bool,
     /// Print a provisor config pointing at the emulators and exit.
     #[arg(long)]
     print_config: bool,
@@ -253,6 +256,7 @@ async fn run_sim(a: SimArgs) -> anyhow::Result<ExitCode> {
         },
     });
     sim.graph().delta_token_ttl = Duration::from_secs(a.delta_token_ttl_secs);
+    sim.graph().expired_token_gone = a.expired_delta_410;
     let running = sim
         .serve(a.listen)
         .await

@@ -94,6 +94,9 @@ pub struct GraphTenant {
     upns: HashMap<String, String>,
     /// How long a deltaLink stays valid (Graph: 7 days for directory objects).
     pub delta_token_ttl: Duration,
+    /// Answer an expired deltaLink with 410 Gone instead of the documented
+    /// 400 `syncStateNotFound` (both are seen in the field).
+    pub expired_token_gone: bool,
 }
 
 /// Whether the emulator stores this user property: the known ones and
@@ -111,6 +114,7 @@ impl Default for GraphTenant {
             tokens: HashMap::new(),
             upns: HashMap::new(),
             delta_token_ttl: Duration::from_secs(7 * 24 * 3600),
+            expired_token_gone: false,
         }
     }
 }
@@ -747,6 +751,7 @@ fn start(
     allowed: &dyn Fn(&str) -> bool,
     default_sel: &[&str],
     ttl: Duration,
+    expired_gone: bool,
 ) -> Result<Round, (StatusCode, &'static str, String)> {
     if let Some(t) = q.get("$skiptoken") {
         return Cursor::decode(t).map(Round::Page).ok_or((
@@ -783,7 +788,11 @@ fn start(
             let expired = (StatusCode::BAD_REQUEST, "syncStateNotFound", "The sync state generation is not found. The delta token is expired and data must be synchronized again.".to_string());
             let c = Cursor::decode(t).ok_or(expired.clone())?;
             if chrono::Utc::now().timestamp() - c.t > ttl.as_secs() as i64 {
-                return Err(expired);
+                return Err(if expired_gone {
+                    (StatusCode::GONE, "syncStateNotFound", expired.2)
+                } else {
+                    expired
+                });
             }
             Ok(Round::Page(Cursor {
                 s: c.u,
@@ -845,9 +854,12 @@ async fn users_delta(
         Ok(c) => c,
         Err(r) => return r,
     };
-    let ttl = sim.graph().delta_token_ttl;
+    let (ttl, gone) = {
+        let t = sim.graph();
+        (t.delta_token_ttl, t.expired_token_gone)
+    };
     let allowed = |p: &str| p == "manager" || is_user_property(p);
-    let round = match start(&q, &allowed, DEFAULT_SELECT, ttl) {
+    let round = match start(&q, &allowed, DEFAULT_SELECT, ttl, gone) {
         Ok(r) => r,
         Err((st, code, msg)) => return error_response(st, code, &msg, client_req.as_deref()),
     };
@@ -956,9 +968,12 @@ async fn groups_delta(
         Ok(c) => c,
         Err(r) => return r,
     };
-    let ttl = sim.graph().delta_token_ttl;
+    let (ttl, gone) = {
+        let t = sim.graph();
+        (t.delta_token_ttl, t.expired_token_gone)
+    };
     let allowed = |p: &str| matches!(p, "displayName" | "members" | "description");
-    let round = match start(&q, &allowed, &["displayName", "members"], ttl) {
+    let round = match start(&q, &allowed, &["displayName", "members"], ttl, gone) {
         Ok(r) => r,
         Err((st, code, msg)) => return error_response(st, code, &msg, client_req.as_deref()),
     };

@@ -143,10 +143,25 @@ async fn an_expired_delta_token_resyncs_without_deprovisioning() {
         started.detail["reason"]
             .as_str()
             .unwrap_or_default()
-            .contains("syncStateNotFound"),
+            .contains("HTTP 400 syncStateNotFound"),
         "{}",
         started.detail
     );
+
+    // Some tenants answer an expired token with 410 instead: same outcome.
+    sim.graph().expired_token_gone = true;
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let r = engine.sync_once(&Quiet).await.expect("resync after 410");
+    assert!(r.plan.actions.is_empty(), "{}", r.plan.render());
+    assert_eq!(active_usernames(&sim), before);
+    let audit = engine.store.audit_rows(None).await.expect("audit");
+    assert!(audit.iter().any(|a| {
+        a.event == "entra.users.resync_started"
+            && a.detail["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("HTTP 410")
+    }));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
