@@ -268,12 +268,25 @@ impl Engine {
     /// Reads Entra changes into the store and stops: no rules, no
     /// Salesforce. (Benchmarks and mirror checks; `sync_once` does this first.)
     pub async fn read_entra(&self, obs: &dyn Observer) -> Result<CycleReport, SyncError> {
+        let mut report = self.read_resource("users", obs).await?;
+        let groups = self.read_resource("groups", obs).await?;
+        report.delta_pages += groups.delta_pages;
+        report.entra_changes += groups.entra_changes;
+        report.swept += groups.swept;
+        Ok(report)
+    }
+
+    /// Reads one resource (`users` or `groups`) into the store.
+    pub async fn read_resource(
+        &self,
+        resource: &'static str,
+        obs: &dyn Observer,
+    ) -> Result<CycleReport, SyncError> {
         let mut report = CycleReport {
             cycle: new_cycle_id(),
             ..Default::default()
         };
-        self.read("users", obs, &mut report).await?;
-        self.read("groups", obs, &mut report).await?;
+        self.read(resource, obs, &mut report).await?;
         Ok(report)
     }
 

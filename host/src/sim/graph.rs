@@ -20,6 +20,9 @@ use crate::model::Removal;
 
 /// Token lifetime the emulator grants, as Entra does.
 const TOKEN_LIFETIME: Duration = Duration::from_secs(3599);
+/// Member entries (`members@delta`) per groups page; Graph is reported to
+/// cap link entries at about 500 per page.
+const MEMBER_LINKS_PER_PAGE: usize = 500;
 /// Page size when the client does not ask (Graph is commonly seen at ~200
 /// for directory delta).
 const DEFAULT_PAGE: usize = 200;
@@ -370,6 +373,10 @@ struct Cursor {
     /// When a deltaLink was issued (Unix seconds), to expire it.
     #[serde(default)]
     t: i64,
+    /// Member offset inside the first group served: large groups are split
+    /// across pages, as Graph does.
+    #[serde(default)]
+    m: usize,
 }
 
 impl Cursor {
@@ -800,6 +807,7 @@ fn start(
                 a: None,
                 sel: c.sel,
                 t: 0,
+                m: 0,
             }))
         }
         None => Ok(Round::Page(Cursor {
@@ -808,6 +816,7 @@ fn start(
             a: None,
             sel,
             t: 0,
+            m: 0,
         })),
     }
 }
@@ -873,6 +882,7 @@ async fn users_delta(
                 a: None,
                 sel,
                 t: chrono::Utc::now().timestamp(),
+                m: 0,
             };
             drop(tenant);
             return finish(&headers, client_req, "users", "users", vec![], Err(c));
@@ -922,6 +932,7 @@ async fn users_delta(
             a: None,
             sel: cur.sel,
             t: chrono::Utc::now().timestamp(),
+            m: 0,
         })
     };
     finish(&headers, client_req, "users", "users", value, next)
@@ -987,6 +998,7 @@ async fn groups_delta(
                 a: None,
                 sel,
                 t: chrono::Utc::now().timestamp(),
+                m: 0,
             };
             drop(tenant);
             return finish(&headers, client_req, "groups", "groups", vec![], Err(c));
@@ -999,11 +1011,19 @@ async fn groups_delta(
     let initial = cur.s == 0;
     let with_members = cur.sel.iter().any(|s| s == "members");
     let mut value = Vec::new();
-    let mut last = None;
-    let mut more = false;
-    let after = cur.a.clone();
+    let mut last = cur.a.clone();
+    let mut resume: Option<Cursor> = None;
+    let mut budget = MEMBER_LINKS_PER_PAGE;
+    let mut offset = cur.m;
+    let odata_type = |m: &str| {
+        if tenant.groups.contains_key(m) {
+            "#microsoft.graph.group"
+        } else {
+            "#microsoft.graph.user"
+        }
+    };
     for (_, g) in tenant.groups.range::<String, _>((
-        after
+        cur.a
             .as_ref()
             .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded),
         std::ops::Bound::Unbounded,
@@ -1011,8 +1031,12 @@ async fn groups_delta(
         if !initial && (g.seq <= cur.s || g.seq > cur.u) {
             continue;
         }
-        if value.len() == size {
-            more = true;
+        if value.len() == size || budget == 0 {
+            resume = Some(Cursor {
+                a: last.clone(),
+                m: 0,
+                ..cur.clone()
+            });
             break;
         }
         let mut o = Map::new();
@@ -1021,18 +1045,25 @@ async fn groups_delta(
             o.insert("displayName".into(), json!(g.display_name));
         }
         if with_members {
-            let odata_type = |m: &str| {
-                if tenant.groups.contains_key(m) {
-                    "#microsoft.graph.group"
-                } else {
-                    "#microsoft.graph.user"
-                }
-            };
             let members: Vec<Value> = if initial {
-                g.members
+                // A large group comes in slices: the same group id again on
+                // the next page with the next members (clients must merge).
+                let slice: Vec<Value> = g
+                    .members
                     .iter()
+                    .skip(offset)
+                    .take(budget)
                     .map(|m| json!({"@odata.type": odata_type(m), "id": m}))
-                    .collect()
+                    .collect();
+                budget -= slice.len();
+                if offset + slice.len() < g.members.len() {
+                    resume = Some(Cursor {
+                        a: last.clone(),
+                        m: offset + slice.len(),
+                        ..cur.clone()
+                    });
+                }
+                slice
             } else {
                 let mut latest: BTreeMap<&str, bool> = BTreeMap::new();
                 for (seq, m, add) in &g.log {
@@ -1053,21 +1084,25 @@ async fn groups_delta(
             };
             o.insert("members@delta".into(), Value::Array(members));
         }
+        offset = 0;
         value.push(Value::Object(o));
+        if resume.is_some() {
+            break;
+        }
         last = Some(g.id.clone());
     }
     drop(tenant);
     sim.stats_mut().graph_delta_pages += 1;
-    let next = if more {
-        Ok(Cursor { a: last, ..cur })
-    } else {
-        Err(Cursor {
+    let next = match resume {
+        Some(c) => Ok(c),
+        None => Err(Cursor {
             s: cur.u,
             u: cur.u,
             a: None,
             sel: cur.sel,
             t: chrono::Utc::now().timestamp(),
-        })
+            m: 0,
+        }),
     };
     finish(&headers, client_req, "groups", "groups", value, next)
 }

@@ -324,3 +324,40 @@ async fn certificate_credentials_sign_a_client_assertion() {
         .unwrap_or_default();
     assert!(err.contains("certificate is not PEM"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_groups_arrive_in_slices_and_are_merged() {
+    let running = start_sim(1300, 8).await;
+    let sim = running.sim.clone();
+    let big = {
+        let mut t = sim.graph();
+        let g = t.create_group("30000000-0000-4000-8000-000000000001", "Everyone-Big");
+        let ids: Vec<String> = t.users().map(|u| u.id.clone()).take(1200).collect();
+        for id in &ids {
+            t.set_membership(&g, id, true).expect("member");
+        }
+        g
+    };
+    let (e, _) = clients(&running, 999);
+    let (changes, _) = groups_round(&e, &e.groups_start()).await;
+    let slices: Vec<&GroupChange> = changes.iter().filter(|g| g.id == big).collect();
+    assert!(
+        slices.len() >= 3,
+        "1200 members in slices of at most 500: {} slices",
+        slices.len()
+    );
+    assert!(slices.iter().all(|g| g.members_added.len() <= 500));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine =
+        provisor_e2e::engine_with(&running, &rhai_pack(), &dir.path().join("g.db"), |_| {}).await;
+    engine
+        .read_entra(&provisor::engine::Quiet)
+        .await
+        .expect("read");
+    let (_, members) = engine.store.mirror().await.expect("mirror");
+    assert_eq!(
+        members.iter().filter(|(g, _, _)| *g == big).count(),
+        1200,
+        "slices merged per group id"
+    );
+}
