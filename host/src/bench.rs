@@ -116,6 +116,20 @@ async fn entra_read(a: EntraReadArgs) -> anyhow::Result<ExitCode> {
     .map_err(|e| anyhow::anyhow!(e))?;
     cfg.entra.page_size = a.page_size;
     let engine = engine_from_config(&cfg).await?;
+    // The physical limit: the same pages fetched back to back with nothing
+    // done but reading each page's nextLink.
+    let baseline_started = Instant::now();
+    let mut url = engine.entra.users_start();
+    let mut bare_pages = 0usize;
+    loop {
+        let page = engine.entra.page(&url).await.context("baseline fetch failed")?;
+        bare_pages += 1;
+        match page.next_link {
+            Some(n) if page.delta_link.is_none() => url = n,
+            _ => break,
+        }
+    }
+    let baseline = baseline_started.elapsed();
     let rss_before = peak_rss_mib();
     let started = Instant::now();
     let users = engine
@@ -156,6 +170,12 @@ async fn entra_read(a: EntraReadArgs) -> anyhow::Result<ExitCode> {
         a.latency_ms,
         model_ms / 1000.0,
         ratio
+    );
+    println!(
+        "  baseline: the same {bare_pages} pages fetched back to back without parsing or storing: {:.2} s ({:.1} ms per round-trip); full read / baseline = {:.3}",
+        baseline.as_secs_f64(),
+        baseline.as_secs_f64() * 1000.0 / bare_pages as f64,
+        users_wall.as_secs_f64() / baseline.as_secs_f64()
     );
     println!(
         "  groups/delta: {} memberships in {} pages (large groups arrive in slices of 500 members), {:.2} s",

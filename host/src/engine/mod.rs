@@ -29,30 +29,18 @@ type Index = HashMap<String, Vec<SfRecord>>;
 /// Empty delta pages in a row before a round is declared stalled.
 const MAX_EMPTY_PAGES: usize = 1000;
 
-/// A delta page of either resource.
-enum AnyPage {
-    Users(crate::entra::Page<crate::entra::UserChange>),
-    Groups(crate::entra::Page<crate::entra::GroupChange>),
+/// A fetched delta page of either resource, items not parsed yet.
+struct AnyPage {
+    resource: &'static str,
+    raw: crate::entra::RawPage,
 }
 
 impl AnyPage {
-    fn len(&self) -> usize {
-        match self {
-            Self::Users(p) => p.changes.len(),
-            Self::Groups(p) => p.changes.len(),
-        }
-    }
     fn next_link(&self) -> Option<&str> {
-        match self {
-            Self::Users(p) => p.next_link.as_deref(),
-            Self::Groups(p) => p.next_link.as_deref(),
-        }
+        self.raw.next_link.as_deref()
     }
     fn delta_link(&self) -> Option<&str> {
-        match self {
-            Self::Users(p) => p.delta_link.as_deref(),
-            Self::Groups(p) => p.delta_link.as_deref(),
-        }
+        self.raw.delta_link.as_deref()
     }
 }
 
@@ -361,36 +349,27 @@ impl Engine {
                     return Err(e.into());
                 }
             };
-            // Graph can page without progressing (the same nextLink again,
-            // or endless empty pages): stop rather than spin.
-            empty_run = if page.len() == 0 { empty_run + 1 } else { 0 };
-            if empty_run > MAX_EMPTY_PAGES {
-                return Err(EntraError::Stalled {
-                    url,
-                    detail: format!("{MAX_EMPTY_PAGES} empty pages in a row"),
-                }
-                .into());
-            }
-            let swept = match page.next_link() {
+            let (items, swept) = match page.next_link() {
                 Some(next) if page.delta_link().is_none() => {
+                    // Graph can page without progressing (the same nextLink
+                    // again, or endless empty pages): stop rather than spin.
                     if !links_seen.insert(next.to_string()) {
-                        return Err(EntraError::Stalled {
-                            url,
-                            detail: "the nextLink repeated an earlier one".into(),
-                        }
-                        .into());
+                        return Err(EntraError::Stalled { url, detail: "the nextLink repeated an earlier one".into() }.into());
                     }
                     let next = next.to_string();
-                    let (journaled, fetched) =
-                        tokio::join!(self.journal(&page), self.fetch(resource, &next));
+                    let (journaled, fetched) = tokio::join!(self.journal(&page), self.fetch(resource, &next));
                     prefetched = Some(fetched);
                     url = next;
                     journaled?
                 }
                 _ => self.journal(&page).await?,
             };
+            empty_run = if items == 0 { empty_run + 1 } else { 0 };
+            if empty_run > MAX_EMPTY_PAGES {
+                return Err(EntraError::Stalled { url, detail: format!("{MAX_EMPTY_PAGES} empty pages in a row") }.into());
+            }
             report.delta_pages += 1;
-            report.entra_changes += page.len();
+            report.entra_changes += items;
             if swept > 0 {
                 report.swept += swept as usize;
                 self.store
@@ -405,42 +384,29 @@ impl Engine {
                     )
                     .await?;
             }
-            obs.on(Progress::Page {
-                resource,
-                items: page.len(),
-            });
+            obs.on(Progress::Page { resource, items });
             if page.delta_link().is_some() || page.next_link().is_none() {
                 return Ok(());
             }
         }
     }
 
-    async fn fetch(&self, resource: &str, url: &str) -> Result<AnyPage, EntraError> {
-        if resource == "users" {
-            self.entra.users_page(url).await.map(AnyPage::Users)
-        } else {
-            self.entra.groups_page(url).await.map(AnyPage::Groups)
-        }
+    async fn fetch(&self, resource: &'static str, url: &str) -> Result<AnyPage, EntraError> {
+        Ok(AnyPage { resource, raw: self.entra.page(url).await? })
     }
 
-    /// Journals a page and its link in one transaction.
-    async fn journal(&self, page: &AnyPage) -> Result<u64, StoreError> {
-        match page {
-            AnyPage::Users(p) => {
-                self.store
-                    .apply_user_page(
-                        &p.changes,
-                        p.next_link.as_deref(),
-                        p.delta_link.as_deref(),
-                        &p.request_id,
-                    )
-                    .await
-            }
-            AnyPage::Groups(p) => {
-                self.store
-                    .apply_group_page(&p.changes, p.next_link.as_deref(), p.delta_link.as_deref())
-                    .await
-            }
+    /// Parses a page and journals it with its link in one transaction;
+    /// returns (items, swept).
+    async fn journal(&self, page: &AnyPage) -> Result<(usize, u64), SyncError> {
+        let p = &page.raw;
+        if page.resource == "users" {
+            let changes = p.users()?;
+            let swept = self.store.apply_user_page(&changes, p.next_link.as_deref(), p.delta_link.as_deref(), &p.request_id).await?;
+            Ok((changes.len(), swept))
+        } else {
+            let changes = p.groups()?;
+            let swept = self.store.apply_group_page(&changes, p.next_link.as_deref(), p.delta_link.as_deref()).await?;
+            Ok((changes.len(), swept))
         }
     }
 

@@ -1,5 +1,6 @@
 use std::time::{Duration, Instant};
 
+use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
@@ -330,7 +331,7 @@ impl EntraClient {
     }
 
     /// GETs one page, refreshing the token once on 401.
-    async fn get(&self, url: &str) -> Result<(Value, String), EntraError> {
+    async fn get(&self, url: &str) -> Result<(String, String), EntraError> {
         let mut refreshed = false;
         loop {
             let token = self.token(refreshed).await?;
@@ -370,6 +371,10 @@ impl EntraClient {
                 url: url.to_string(),
                 source: source.without_url(),
             })?;
+            if status.is_success() {
+                // Parsed later, while the next page is already on its way.
+                return Ok((text, request_id));
+            }
             let body: Value = match serde_json::from_str(&text) {
                 Ok(b) => b,
                 // An error without a JSON body (a gateway's HTML, an empty
@@ -406,75 +411,82 @@ impl EntraClient {
                     location,
                 });
             }
-            return Ok((body, request_id));
+            return Err(EntraError::Malformed { url: url.to_string(), detail: format!("HTTP {status} with an unexpected body") });
         }
     }
 
-    fn links(url: &str, body: &Value) -> Result<(Option<String>, Option<String>), EntraError> {
-        let next = body
-            .get("@odata.nextLink")
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        let delta = body
-            .get("@odata.deltaLink")
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        if next.is_none() == delta.is_none() {
-            return Err(EntraError::Malformed {
-                url: url.to_string(),
-                detail:
-                    "a delta page must carry exactly one of @odata.nextLink and @odata.deltaLink"
-                        .into(),
-            });
+    /// Fetches one delta page and reads only its links; the items are parsed
+    /// by [`RawPage::users`] or [`RawPage::groups`].
+    pub async fn page(&self, url: &str) -> Result<RawPage, EntraError> {
+        let (text, request_id) = self.get(url).await?;
+        #[derive(serde::Deserialize)]
+        struct Links {
+            #[serde(rename = "@odata.nextLink")]
+            next: Option<String>,
+            #[serde(rename = "@odata.deltaLink")]
+            delta: Option<String>,
+            value: Option<serde::de::IgnoredAny>,
         }
-        Ok((next, delta))
+        let links: Links = serde_json::from_str(&text).map_err(|e| EntraError::Malformed { url: url.to_string(), detail: format!("not a delta page ({e})") })?;
+        if links.value.is_none() {
+            return Err(EntraError::Malformed { url: url.to_string(), detail: "no `value` array".into() });
+        }
+        if links.next.is_none() == links.delta.is_none() {
+            return Err(EntraError::Malformed { url: url.to_string(), detail: "a delta page must carry exactly one of @odata.nextLink and @odata.deltaLink".into() });
+        }
+        Ok(RawPage { url: url.to_string(), text, next_link: links.next, delta_link: links.delta, request_id })
     }
 
-    fn items<'a>(url: &str, body: &'a Value) -> Result<&'a Vec<Value>, EntraError> {
-        body.get("value")
-            .and_then(Value::as_array)
-            .ok_or_else(|| EntraError::Malformed {
-                url: url.to_string(),
-                detail: "no `value` array".into(),
-            })
-    }
-
-    /// Reads one `users/delta` page.
+    /// Reads and parses one `users/delta` page.
     pub async fn users_page(&self, url: &str) -> Result<Page<UserChange>, EntraError> {
-        let (body, request_id) = self.get(url).await?;
-        let (next_link, delta_link) = Self::links(url, &body)?;
-        let mut changes = Vec::new();
-        for (i, item) in Self::items(url, &body)?.iter().enumerate() {
-            changes.push(parse_user(item).map_err(|detail| EntraError::Malformed {
-                url: url.to_string(),
-                detail: format!("value[{i}]: {detail}"),
-            })?);
-        }
-        Ok(Page {
-            changes,
-            next_link,
-            delta_link,
-            request_id,
-        })
+        let raw = self.page(url).await?;
+        let changes = raw.users()?;
+        Ok(Page { changes, next_link: raw.next_link, delta_link: raw.delta_link, request_id: raw.request_id })
     }
 
-    /// Reads one `groups/delta` page.
+    /// Reads and parses one `groups/delta` page.
     pub async fn groups_page(&self, url: &str) -> Result<Page<GroupChange>, EntraError> {
-        let (body, request_id) = self.get(url).await?;
-        let (next_link, delta_link) = Self::links(url, &body)?;
-        let mut changes = Vec::new();
-        for (i, item) in Self::items(url, &body)?.iter().enumerate() {
-            changes.push(parse_group(item).map_err(|detail| EntraError::Malformed {
-                url: url.to_string(),
-                detail: format!("value[{i}]: {detail}"),
-            })?);
+        let raw = self.page(url).await?;
+        let changes = raw.groups()?;
+        Ok(Page { changes, next_link: raw.next_link, delta_link: raw.delta_link, request_id: raw.request_id })
+    }
+}
+
+/// A delta page whose links are known and whose items are not parsed yet.
+#[derive(Debug, Clone)]
+pub struct RawPage {
+    pub url: String,
+    text: String,
+    pub next_link: Option<String>,
+    pub delta_link: Option<String>,
+    pub request_id: String,
+}
+
+impl RawPage {
+    fn items(&self) -> Result<Vec<Value>, EntraError> {
+        #[derive(serde::Deserialize)]
+        struct Items {
+            value: Vec<Value>,
         }
-        Ok(Page {
-            changes,
-            next_link,
-            delta_link,
-            request_id,
-        })
+        serde_json::from_str::<Items>(&self.text).map(|i| i.value).map_err(|e| EntraError::Malformed { url: self.url.clone(), detail: format!("`value` is not an array of objects ({e})") })
+    }
+
+    /// The page's items as user changes; a bad item is named by index.
+    pub fn users(&self) -> Result<Vec<UserChange>, EntraError> {
+        self.items()?
+            .iter()
+            .enumerate()
+            .map(|(i, item)| parse_user(item).map_err(|detail| EntraError::Malformed { url: self.url.clone(), detail: format!("value[{i}]: {detail}") }))
+            .collect()
+    }
+
+    /// The page's items as group changes; a bad item is named by index.
+    pub fn groups(&self) -> Result<Vec<GroupChange>, EntraError> {
+        self.items()?
+            .iter()
+            .enumerate()
+            .map(|(i, item)| parse_group(item).map_err(|detail| EntraError::Malformed { url: self.url.clone(), detail: format!("value[{i}]: {detail}") }))
+            .collect()
     }
 }
 
@@ -498,8 +510,8 @@ pub fn parse_user(item: &Value) -> Result<UserChange, String> {
     if let Some(removal) = removal(item) {
         return Ok(UserChange::Removed { id, removal });
     }
-    let mut user: EntraUser =
-        serde_json::from_value(item.clone()).map_err(|e| format!("user {id}: {e}"))?;
+    // Deserialize from the borrowed tree: no copy of the item.
+    let mut user = EntraUser::deserialize(item).map_err(|e| format!("user {id}: {e}"))?;
     user.manager_id = item
         .get("manager@delta")
         .and_then(Value::as_array)

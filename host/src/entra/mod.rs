@@ -7,4 +7,4 @@
 
 mod client;
 
-pub use client::{Credential, EntraClient, EntraError, GroupChange, Page, UserChange};
+pub use client::{Credential, EntraClient, EntraError, GroupChange, Page, RawPage, UserChange};
