@@ -122,7 +122,11 @@ async fn entra_read(a: EntraReadArgs) -> anyhow::Result<ExitCode> {
     let mut url = engine.entra.users_start();
     let mut bare_pages = 0usize;
     loop {
-        let page = engine.entra.page(&url).await.context("baseline fetch failed")?;
+        let page = engine
+            .entra
+            .page(&url)
+            .await
+            .context("baseline fetch failed")?;
         bare_pages += 1;
         match page.next_link {
             Some(n) if page.delta_link.is_none() => url = n,

@@ -328,27 +328,66 @@ pub async fn engine_from_config(cfg: &Config) -> anyhow::Result<Engine> {
 async fn run_sync(a: SyncArgs) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(&a.config)?;
     let engine = engine_from_config(&cfg).await?;
-    loop {
-        match engine.sync_once(&LogObserver).await {
-            Ok(report) if a.json => println!("{}", serde_json::to_string_pretty(&report)?),
-            Ok(report) => print_summary(&report),
-            // One cycle fails; the service does not. Nothing unjournaled
-            // was recorded as done, so the next cycle picks up from here.
-            Err(e) if !a.once => {
-                tracing::error!(error = %e, "sync cycle failed; retrying at the next interval");
-                eprintln!("error: sync cycle failed: {e}");
+    if a.once {
+        return match engine.sync_once(&LogObserver).await {
+            Ok(report) => {
+                if a.json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    print_summary(&report);
+                }
+                Ok(ExitCode::SUCCESS)
             }
-            Err(e) => {
-                return Err(anyhow::Error::new(e).context(
-                    "sync cycle failed; the deltaLink was not advanced past unjournaled changes",
-                ));
-            }
-        }
-        if a.once {
-            return Ok(ExitCode::SUCCESS);
-        }
-        tokio::time::sleep(Duration::from_secs(a.interval)).await;
+            Err(e) => Err(anyhow::Error::new(e).context(
+                "sync cycle failed; the deltaLink was not advanced past unjournaled changes",
+            )),
+        };
     }
+    let n = &cfg.entra.notifications;
+    let mut trigger = if n.enabled {
+        let state = n
+            .client_state
+            .as_ref()
+            .context("entra.notifications.client_state is required")?
+            .resolve("entra.notifications.client_state")?;
+        let t = crate::entra::notify::FastTrigger::start(
+            &engine.entra,
+            &n.listen,
+            n.public_url.as_deref(),
+            state,
+        )
+        .await
+        .context("cannot set up change notifications")?;
+        eprintln!(
+            "change notifications: receiver on {}, {} subscriptions",
+            t.receiver.addr,
+            t.subscriptions.len()
+        );
+        Some(t)
+    } else {
+        None
+    };
+    let json = a.json;
+    engine
+        .run_forever(
+            Duration::from_secs(a.interval),
+            trigger.as_mut(),
+            |r| match r {
+                Ok(report) if json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                ),
+                Ok(report) => print_summary(&report),
+                // One cycle fails; the service does not. Nothing unjournaled
+                // was recorded as done, so the next cycle picks up from here.
+                Err(e) => {
+                    tracing::error!(error = %e, "sync cycle failed; retrying at the next interval");
+                    eprintln!("error: sync cycle failed: {e}");
+                }
+            },
+        )
+        .await;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// One-line-per-count summary for people.

@@ -72,6 +72,43 @@ pub struct EntraConfig {
     /// Which users are in scope.
     #[serde(default)]
     pub scope: ScopeConfig,
+    /// Change notifications as a fast trigger for delta polls (off by default).
+    #[serde(default)]
+    pub notifications: NotificationsConfig,
+}
+
+/// Graph change notifications: a receiver that triggers an immediate delta
+/// poll. Delta stays the source of truth; this only shortens the wait.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationsConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Address the receiver listens on.
+    #[serde(default = "default_notify_listen")]
+    pub listen: String,
+    /// Public base URL Graph can reach (HTTPS in production); notifications
+    /// go to `{public_url}/graph/notify`. Defaults to `http://{listen}`.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// The `clientState` secret Graph echoes in every notification.
+    #[serde(default)]
+    pub client_state: Option<Secret>,
+}
+
+impl Default for NotificationsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: default_notify_listen(),
+            public_url: None,
+            client_state: None,
+        }
+    }
+}
+
+fn default_notify_listen() -> String {
+    "127.0.0.1:8765".into()
 }
 
 /// Which Entra users provisor manages. Users out of scope are leavers.
@@ -447,6 +484,32 @@ impl Config {
                     return Err(ConfigError::Invalid {
                         key,
                         problem: format!("bad regular expression: {e}"),
+                    });
+                }
+            }
+        }
+        let n = &self.entra.notifications;
+        if n.enabled {
+            if n.listen.parse::<std::net::SocketAddr>().is_err() {
+                return Err(ConfigError::Invalid {
+                    key: "entra.notifications.listen".into(),
+                    problem: format!("{:?} is not an address such as 0.0.0.0:8443", n.listen),
+                });
+            }
+            match &n.client_state {
+                Some(c) => {
+                    let v = c.resolve("entra.notifications.client_state")?;
+                    if v.expose().is_empty() || v.expose().len() > 128 {
+                        return Err(ConfigError::Invalid {
+                            key: "entra.notifications.client_state".into(),
+                            problem: "must be 1 to 128 characters".into(),
+                        });
+                    }
+                }
+                None => {
+                    return Err(ConfigError::Invalid {
+                        key: "entra.notifications.client_state".into(),
+                        problem: "required when notifications are enabled".into(),
                     });
                 }
             }

@@ -253,6 +253,34 @@ impl Engine {
         Ok(report)
     }
 
+    /// Runs cycles forever: every `interval`, or at once when a change
+    /// notification arrives (if a fast trigger is given). Each cycle's
+    /// outcome goes to `each`; a failed cycle does not stop the loop.
+    pub async fn run_forever(
+        &self,
+        interval: std::time::Duration,
+        mut trigger: Option<&mut crate::entra::notify::FastTrigger>,
+        mut each: impl FnMut(Result<CycleReport, SyncError>),
+    ) {
+        loop {
+            each(self.sync_once(&Quiet).await);
+            if let Some(t) = trigger.as_deref_mut()
+                && let Err(e) = t.renew_if_due(&self.entra).await
+            {
+                tracing::error!(error = %e, "cannot renew change-notification subscriptions; polling continues");
+            }
+            match trigger.as_deref() {
+                Some(t) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(interval) => {}
+                        _ = t.notified() => tracing::info!("change notification: polling delta now"),
+                    }
+                }
+                None => tokio::time::sleep(interval).await,
+            }
+        }
+    }
+
     /// Reads Entra changes into the store and stops: no rules, no
     /// Salesforce. (Benchmarks and mirror checks; `sync_once` does this first.)
     pub async fn read_entra(&self, obs: &dyn Observer) -> Result<CycleReport, SyncError> {
@@ -354,10 +382,15 @@ impl Engine {
                     // Graph can page without progressing (the same nextLink
                     // again, or endless empty pages): stop rather than spin.
                     if !links_seen.insert(next.to_string()) {
-                        return Err(EntraError::Stalled { url, detail: "the nextLink repeated an earlier one".into() }.into());
+                        return Err(EntraError::Stalled {
+                            url,
+                            detail: "the nextLink repeated an earlier one".into(),
+                        }
+                        .into());
                     }
                     let next = next.to_string();
-                    let (journaled, fetched) = tokio::join!(self.journal(&page), self.fetch(resource, &next));
+                    let (journaled, fetched) =
+                        tokio::join!(self.journal(&page), self.fetch(resource, &next));
                     prefetched = Some(fetched);
                     url = next;
                     journaled?
@@ -366,7 +399,11 @@ impl Engine {
             };
             empty_run = if items == 0 { empty_run + 1 } else { 0 };
             if empty_run > MAX_EMPTY_PAGES {
-                return Err(EntraError::Stalled { url, detail: format!("{MAX_EMPTY_PAGES} empty pages in a row") }.into());
+                return Err(EntraError::Stalled {
+                    url,
+                    detail: format!("{MAX_EMPTY_PAGES} empty pages in a row"),
+                }
+                .into());
             }
             report.delta_pages += 1;
             report.entra_changes += items;
@@ -392,7 +429,10 @@ impl Engine {
     }
 
     async fn fetch(&self, resource: &'static str, url: &str) -> Result<AnyPage, EntraError> {
-        Ok(AnyPage { resource, raw: self.entra.page(url).await? })
+        Ok(AnyPage {
+            resource,
+            raw: self.entra.page(url).await?,
+        })
     }
 
     /// Parses a page and journals it with its link in one transaction;
@@ -401,11 +441,22 @@ impl Engine {
         let p = &page.raw;
         if page.resource == "users" {
             let changes = p.users()?;
-            let swept = self.store.apply_user_page(&changes, p.next_link.as_deref(), p.delta_link.as_deref(), &p.request_id).await?;
+            let swept = self
+                .store
+                .apply_user_page(
+                    &changes,
+                    p.next_link.as_deref(),
+                    p.delta_link.as_deref(),
+                    &p.request_id,
+                )
+                .await?;
             Ok((changes.len(), swept))
         } else {
             let changes = p.groups()?;
-            let swept = self.store.apply_group_page(&changes, p.next_link.as_deref(), p.delta_link.as_deref()).await?;
+            let swept = self
+                .store
+                .apply_group_page(&changes, p.next_link.as_deref(), p.delta_link.as_deref())
+                .await?;
             Ok((changes.len(), swept))
         }
     }

@@ -411,7 +411,75 @@ impl EntraClient {
                     location,
                 });
             }
-            return Err(EntraError::Malformed { url: url.to_string(), detail: format!("HTTP {status} with an unexpected body") });
+            return Err(EntraError::Malformed {
+                url: url.to_string(),
+                detail: format!("HTTP {status} with an unexpected body"),
+            });
+        }
+    }
+
+    /// Graph's base URL (without the version).
+    pub(crate) fn graph_base(&self) -> &str {
+        self.cfg.graph_url.trim_end_matches('/')
+    }
+
+    /// Sends a JSON request (subscriptions and other writes), refreshing the
+    /// token once on 401; errors carry Graph's code and request-id.
+    pub(crate) async fn send_json(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        body: &Value,
+    ) -> Result<Value, EntraError> {
+        let mut refreshed = false;
+        loop {
+            let token = self.token(refreshed).await?;
+            let resp = self
+                .retry
+                .send(method != reqwest::Method::POST, || {
+                    self.http
+                        .request(method.clone(), url)
+                        .bearer_auth(token.expose())
+                        .json(body)
+                })
+                .await
+                .map_err(|source| EntraError::Transport {
+                    url: url.to_string(),
+                    source: source.without_url(),
+                })?;
+            let status = resp.status();
+            if status.as_u16() == 401 && !refreshed {
+                refreshed = true;
+                continue;
+            }
+            let request_id = resp
+                .headers()
+                .get("request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let text = resp.text().await.map_err(|source| EntraError::Transport {
+                url: url.to_string(),
+                source: source.without_url(),
+            })?;
+            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            if status.is_success() {
+                return Ok(v);
+            }
+            let s = |k: &str| {
+                v.pointer(&format!("/error/{k}"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string()
+            };
+            return Err(EntraError::Graph {
+                url: url.to_string(),
+                status: status.as_u16(),
+                code: s("code"),
+                message: s("message"),
+                request_id,
+                location: None,
+            });
         }
     }
 
@@ -427,28 +495,55 @@ impl EntraClient {
             delta: Option<String>,
             value: Option<serde::de::IgnoredAny>,
         }
-        let links: Links = serde_json::from_str(&text).map_err(|e| EntraError::Malformed { url: url.to_string(), detail: format!("not a delta page ({e})") })?;
+        let links: Links = serde_json::from_str(&text).map_err(|e| EntraError::Malformed {
+            url: url.to_string(),
+            detail: format!("not a delta page ({e})"),
+        })?;
         if links.value.is_none() {
-            return Err(EntraError::Malformed { url: url.to_string(), detail: "no `value` array".into() });
+            return Err(EntraError::Malformed {
+                url: url.to_string(),
+                detail: "no `value` array".into(),
+            });
         }
         if links.next.is_none() == links.delta.is_none() {
-            return Err(EntraError::Malformed { url: url.to_string(), detail: "a delta page must carry exactly one of @odata.nextLink and @odata.deltaLink".into() });
+            return Err(EntraError::Malformed {
+                url: url.to_string(),
+                detail:
+                    "a delta page must carry exactly one of @odata.nextLink and @odata.deltaLink"
+                        .into(),
+            });
         }
-        Ok(RawPage { url: url.to_string(), text, next_link: links.next, delta_link: links.delta, request_id })
+        Ok(RawPage {
+            url: url.to_string(),
+            text,
+            next_link: links.next,
+            delta_link: links.delta,
+            request_id,
+        })
     }
 
     /// Reads and parses one `users/delta` page.
     pub async fn users_page(&self, url: &str) -> Result<Page<UserChange>, EntraError> {
         let raw = self.page(url).await?;
         let changes = raw.users()?;
-        Ok(Page { changes, next_link: raw.next_link, delta_link: raw.delta_link, request_id: raw.request_id })
+        Ok(Page {
+            changes,
+            next_link: raw.next_link,
+            delta_link: raw.delta_link,
+            request_id: raw.request_id,
+        })
     }
 
     /// Reads and parses one `groups/delta` page.
     pub async fn groups_page(&self, url: &str) -> Result<Page<GroupChange>, EntraError> {
         let raw = self.page(url).await?;
         let changes = raw.groups()?;
-        Ok(Page { changes, next_link: raw.next_link, delta_link: raw.delta_link, request_id: raw.request_id })
+        Ok(Page {
+            changes,
+            next_link: raw.next_link,
+            delta_link: raw.delta_link,
+            request_id: raw.request_id,
+        })
     }
 }
 
@@ -468,7 +563,12 @@ impl RawPage {
         struct Items {
             value: Vec<Value>,
         }
-        serde_json::from_str::<Items>(&self.text).map(|i| i.value).map_err(|e| EntraError::Malformed { url: self.url.clone(), detail: format!("`value` is not an array of objects ({e})") })
+        serde_json::from_str::<Items>(&self.text)
+            .map(|i| i.value)
+            .map_err(|e| EntraError::Malformed {
+                url: self.url.clone(),
+                detail: format!("`value` is not an array of objects ({e})"),
+            })
     }
 
     /// The page's items as user changes; a bad item is named by index.
@@ -476,7 +576,12 @@ impl RawPage {
         self.items()?
             .iter()
             .enumerate()
-            .map(|(i, item)| parse_user(item).map_err(|detail| EntraError::Malformed { url: self.url.clone(), detail: format!("value[{i}]: {detail}") }))
+            .map(|(i, item)| {
+                parse_user(item).map_err(|detail| EntraError::Malformed {
+                    url: self.url.clone(),
+                    detail: format!("value[{i}]: {detail}"),
+                })
+            })
             .collect()
     }
 
@@ -485,7 +590,12 @@ impl RawPage {
         self.items()?
             .iter()
             .enumerate()
-            .map(|(i, item)| parse_group(item).map_err(|detail| EntraError::Malformed { url: self.url.clone(), detail: format!("value[{i}]: {detail}") }))
+            .map(|(i, item)| {
+                parse_group(item).map_err(|detail| EntraError::Malformed {
+                    url: self.url.clone(),
+                    detail: format!("value[{i}]: {detail}"),
+                })
+            })
             .collect()
     }
 }

@@ -6,5 +6,6 @@
 //! deltaLink is never ahead of what has been journaled.
 
 mod client;
+pub mod notify;
 
 pub use client::{Credential, EntraClient, EntraError, GroupChange, Page, RawPage, UserChange};

@@ -100,6 +100,33 @@ pub struct GraphTenant {
     /// Answer an expired deltaLink with 410 Gone instead of the documented
     /// 400 `syncStateNotFound` (both are seen in the field).
     pub expired_token_gone: bool,
+    subscriptions: BTreeMap<String, Subscription>,
+    notifications: Vec<(String, String, String)>,
+}
+
+/// A change-notification subscription (`/v1.0/subscriptions`).
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    pub id: String,
+    /// `users` or `groups`.
+    pub resource: String,
+    pub change_type: String,
+    pub notification_url: String,
+    pub client_state: Option<String>,
+    pub expires: chrono::DateTime<chrono::Utc>,
+}
+
+impl Subscription {
+    fn json(&self) -> Value {
+        json!({
+            "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#subscriptions/$entity",
+            "id": self.id, "resource": self.resource, "changeType": self.change_type,
+            "notificationUrl": self.notification_url, "clientState": self.client_state,
+            "expirationDateTime": self.expires.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "applicationId": creds::ENTRA_CLIENT_ID, "creatorId": creds::ENTRA_CLIENT_ID,
+            "latestSupportedTlsVersion": "v1_2",
+        })
+    }
 }
 
 /// Whether the emulator stores this user property: the known ones and
@@ -118,6 +145,8 @@ impl Default for GraphTenant {
             upns: HashMap::new(),
             delta_token_ttl: Duration::from_secs(7 * 24 * 3600),
             expired_token_gone: false,
+            subscriptions: BTreeMap::new(),
+            notifications: Vec::new(),
         }
     }
 }
@@ -141,6 +170,35 @@ impl GraphTenant {
     fn bump(&mut self) -> u64 {
         self.seq += 1;
         self.seq
+    }
+
+    /// Queues a change notification for subscribers of `resource`.
+    fn note(&mut self, resource: &str, id: &str, change: &str) {
+        if !self.subscriptions.is_empty() {
+            self.notifications
+                .push((resource.to_string(), id.to_string(), change.to_string()));
+        }
+    }
+
+    /// Takes the queued notifications with the subscriptions they go to.
+    pub(crate) fn take_notifications(&mut self) -> Vec<(Subscription, Vec<(String, String)>)> {
+        let queued = std::mem::take(&mut self.notifications);
+        let now = chrono::Utc::now();
+        self.subscriptions
+            .values()
+            .filter(|s| s.expires > now)
+            .map(|s| {
+                let items = queued
+                    .iter()
+                    .filter(|(r, _, c)| {
+                        *r == s.resource && s.change_type.split(',').any(|t| t.trim() == c)
+                    })
+                    .map(|(_, id, c)| (id.clone(), c.clone()))
+                    .collect();
+                (s.clone(), items)
+            })
+            .filter(|(_, items): &(Subscription, Vec<(String, String)>)| !items.is_empty())
+            .collect()
     }
 
     /// Adds a user with the given properties; returns its id.
@@ -171,6 +229,7 @@ impl GraphTenant {
                 seq,
             },
         );
+        self.note("users", id, "updated");
         Ok(id.to_string())
     }
 
@@ -207,6 +266,7 @@ impl GraphTenant {
             user.props.insert(k, v);
         }
         user.seq = seq;
+        self.note("users", id, "updated");
         Ok(())
     }
 
@@ -216,6 +276,7 @@ impl GraphTenant {
         let user = self.live_user(id)?;
         user.manager_id = manager.map(str::to_string);
         user.seq = seq;
+        self.note("users", id, "updated");
         Ok(())
     }
 
@@ -225,6 +286,7 @@ impl GraphTenant {
         let user = self.live_user(id)?;
         user.removed = Some(Removal::SoftDeleted);
         user.seq = seq;
+        self.note("users", id, "updated");
         Ok(())
     }
 
@@ -238,6 +300,7 @@ impl GraphTenant {
             .ok_or_else(|| TenantError::NoUser(id.to_string()))?;
         user.removed = None;
         user.seq = seq;
+        self.note("users", id, "updated");
         Ok(())
     }
 
@@ -257,6 +320,7 @@ impl GraphTenant {
         for g in self.groups.values_mut() {
             g.members.remove(id);
         }
+        self.note("users", id, "deleted");
         Ok(())
     }
 
@@ -280,6 +344,7 @@ impl GraphTenant {
                 seq,
             },
         );
+        self.note("groups", id, "updated");
         id.to_string()
     }
 
@@ -314,6 +379,7 @@ impl GraphTenant {
             g.log.push((seq, member.to_string(), add));
             g.seq = seq;
         }
+        self.note("groups", group, "updated");
         Ok(())
     }
 
@@ -404,7 +470,227 @@ pub(super) fn routes() -> Router<Sim> {
             .route(&format!("/v1.0/users/{path}"), get(users_delta))
             .route(&format!("/v1.0/groups/{path}"), get(groups_delta));
     }
-    r
+    r.route(
+        "/v1.0/subscriptions",
+        post(create_subscription).get(list_subscriptions),
+    )
+    .route(
+        "/v1.0/subscriptions/{id}",
+        axum::routing::patch(renew_subscription).delete(delete_subscription),
+    )
+}
+
+/// Only the bearer token check (subscriptions are not delta reads).
+fn authorized(sim: &Sim, headers: &HeaderMap) -> Result<(), Response> {
+    sim.stats_mut().graph_calls += 1;
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if sim.graph().token_valid(token) {
+        Ok(())
+    } else {
+        Err(error_response(
+            StatusCode::UNAUTHORIZED,
+            "InvalidAuthenticationToken",
+            "Access token has expired or is not yet valid.",
+            None,
+        ))
+    }
+}
+
+/// Directory subscriptions live at most 41,760 minutes; less than 45 minutes
+/// is raised to 45.
+fn subscription_expiry(requested: Option<&str>) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    let now = chrono::Utc::now();
+    let at = requested
+        .ok_or("expirationDateTime is required")?
+        .parse::<chrono::DateTime<chrono::Utc>>()
+        .map_err(|e| format!("expirationDateTime is not a date: {e}"))?;
+    if at > now + chrono::Duration::minutes(41_760) {
+        return Err("Subscription expiration can only be 41760 minutes in the future.".into());
+    }
+    Ok(at.max(now + chrono::Duration::minutes(45)))
+}
+
+async fn create_subscription(
+    State(sim): State<Sim>,
+    headers: HeaderMap,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
+    if let Err(r) = authorized(&sim, &headers) {
+        return r;
+    }
+    let bad = |msg: &str| error_response(StatusCode::BAD_REQUEST, "InvalidRequest", msg, None);
+    let s = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
+    let resource = s("resource")
+        .unwrap_or_default()
+        .trim_start_matches('/')
+        .to_lowercase();
+    if resource != "users" && resource != "groups" {
+        return bad("resource must be users or groups for this emulator.");
+    }
+    let change_type = s("changeType").unwrap_or_default();
+    if change_type.is_empty()
+        || !change_type
+            .split(',')
+            .all(|t| matches!(t.trim(), "created" | "updated" | "deleted"))
+    {
+        return bad("changeType must be a comma-separated list of created, updated, deleted.");
+    }
+    let Some(url) = s("notificationUrl") else {
+        return bad("notificationUrl is required.");
+    };
+    let client_state = s("clientState");
+    if client_state.as_ref().is_some_and(|c| c.len() > 128) {
+        return bad("clientState must be at most 128 characters.");
+    }
+    let expires = match subscription_expiry(s("expirationDateTime").as_deref()) {
+        Ok(e) => e,
+        Err(m) => return bad(&m),
+    };
+    // The validation handshake: the endpoint must echo the token, as
+    // text/plain, within 10 seconds, or the subscription is refused.
+    let token = format!(
+        "Validation: Testing client application reachability for subscription Request-Id: {}",
+        uuid::Uuid::new_v4()
+    );
+    let validated = async {
+        let resp = reqwest::Client::new()
+            .post(&url)
+            .query(&[("validationToken", &token)])
+            .header("content-type", "text/plain; charset=utf-8")
+            .timeout(std::time::Duration::from_secs(10))
+            .send()
+            .await
+            .ok()?;
+        let ok = resp.status() == reqwest::StatusCode::OK
+            && resp
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|c| c.starts_with("text/plain"));
+        let text = resp.text().await.ok()?;
+        (ok && text == token).then_some(())
+    }
+    .await;
+    if validated.is_none() {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "ValidationError",
+            "Subscription validation request failed. Notification endpoint must respond with 200 OK to validation request.",
+            None,
+        );
+    }
+    let sub = Subscription {
+        id: uuid::Uuid::new_v4().to_string(),
+        resource,
+        change_type,
+        notification_url: url,
+        client_state,
+        expires,
+    };
+    let out = sub.json();
+    sim.graph().subscriptions.insert(sub.id.clone(), sub);
+    super::json(StatusCode::CREATED, out)
+}
+
+async fn list_subscriptions(State(sim): State<Sim>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorized(&sim, &headers) {
+        return r;
+    }
+    let subs: Vec<Value> = sim
+        .graph()
+        .subscriptions
+        .values()
+        .map(Subscription::json)
+        .collect();
+    super::json(StatusCode::OK, json!({"value": subs}))
+}
+
+async fn renew_subscription(
+    State(sim): State<Sim>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
+    if let Err(r) = authorized(&sim, &headers) {
+        return r;
+    }
+    let expires = match subscription_expiry(body.get("expirationDateTime").and_then(Value::as_str))
+    {
+        Ok(e) => e,
+        Err(m) => return error_response(StatusCode::BAD_REQUEST, "InvalidRequest", &m, None),
+    };
+    let mut t = sim.graph();
+    match t.subscriptions.get_mut(&id) {
+        Some(sub) => {
+            sub.expires = expires;
+            super::json(StatusCode::OK, sub.json())
+        }
+        None => error_response(
+            StatusCode::NOT_FOUND,
+            "ResourceNotFound",
+            &format!("The object was not found: subscription {id}"),
+            None,
+        ),
+    }
+}
+
+async fn delete_subscription(
+    State(sim): State<Sim>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = authorized(&sim, &headers) {
+        return r;
+    }
+    match sim.graph().subscriptions.remove(&id) {
+        Some(_) => StatusCode::NO_CONTENT.into_response(),
+        None => error_response(
+            StatusCode::NOT_FOUND,
+            "ResourceNotFound",
+            &format!("The object was not found: subscription {id}"),
+            None,
+        ),
+    }
+}
+
+/// Sends queued change notifications to their subscribers; runs beside the
+/// server. Notifications only say that something changed: delta says what.
+pub(crate) async fn dispatch_notifications(sim: Sim) {
+    let client = reqwest::Client::new();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let batches = sim.graph().take_notifications();
+        for (sub, items) in batches {
+            for chunk in items.chunks(100) {
+                let value: Vec<Value> = chunk
+                    .iter()
+                    .map(|(id, change)| {
+                        let kind = if sub.resource == "users" { ("Users", "#Microsoft.Graph.User") } else { ("Groups", "#Microsoft.Graph.Group") };
+                        json!({
+                            "subscriptionId": sub.id,
+                            "subscriptionExpirationDateTime": sub.expires.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                            "changeType": change,
+                            "resource": format!("{}/{id}", kind.0),
+                            "resourceData": {"@odata.type": kind.1, "@odata.id": format!("{}/{id}", kind.0), "id": id, "organizationId": creds::TENANT},
+                            "clientState": sub.client_state,
+                            "tenantId": creds::TENANT,
+                        })
+                    })
+                    .collect();
+                // Delivery failures are the receiver's problem, as with Graph.
+                let _ = client
+                    .post(&sub.notification_url)
+                    .json(&json!({"value": value}))
+                    .timeout(std::time::Duration::from_secs(3))
+                    .send()
+                    .await;
+            }
+        }
+    }
 }
 
 /// A Graph error body (`{"error":{code,message,innerError}}`).
@@ -851,8 +1137,14 @@ fn finish_raw(
 ) -> Response {
     let base = base_url(headers);
     let (link_name, link) = match next {
-        Ok(c) => ("@odata.nextLink", format!("{base}/v1.0/{kind}/delta?$skiptoken={}", c.encode())),
-        Err(c) => ("@odata.deltaLink", format!("{base}/v1.0/{kind}/delta?$deltatoken={}", c.encode())),
+        Ok(c) => (
+            "@odata.nextLink",
+            format!("{base}/v1.0/{kind}/delta?$skiptoken={}", c.encode()),
+        ),
+        Err(c) => (
+            "@odata.deltaLink",
+            format!("{base}/v1.0/{kind}/delta?$deltatoken={}", c.encode()),
+        ),
     };
     let mut body = Vec::with_capacity(items.len() + 512);
     body.extend_from_slice(b"{\"@odata.context\":");
@@ -864,7 +1156,12 @@ fn finish_raw(
     body.extend_from_slice(b",\"value\":[");
     body.extend_from_slice(items);
     body.extend_from_slice(b"]}");
-    let mut resp = (StatusCode::OK, [("content-type", "application/json; odata.metadata=minimal")], body).into_response();
+    let mut resp = (
+        StatusCode::OK,
+        [("content-type", "application/json; odata.metadata=minimal")],
+        body,
+    )
+        .into_response();
     set_header(&mut resp, "request-id", &uuid::Uuid::new_v4().to_string());
     if let Some(c) = client_req {
         set_header(&mut resp, "client-request-id", &c);
@@ -968,7 +1265,11 @@ fn render_user(out: &mut Vec<u8>, u: &SimUser, sel: &[String]) {
     out.extend_from_slice(b"{\"id\":");
     let _ = serde_json::to_writer(&mut *out, &u.id);
     if let Some(r) = u.removed {
-        let reason = if r == Removal::SoftDeleted { "changed" } else { "deleted" };
+        let reason = if r == Removal::SoftDeleted {
+            "changed"
+        } else {
+            "deleted"
+        };
         out.extend_from_slice(b",\"@removed\":{\"reason\":\"");
         out.extend_from_slice(reason.as_bytes());
         out.extend_from_slice(b"\"}}");
@@ -977,7 +1278,9 @@ fn render_user(out: &mut Vec<u8>, u: &SimUser, sel: &[String]) {
     for p in sel {
         if p == "manager" {
             if let Some(m) = &u.manager_id {
-                out.extend_from_slice(b",\"manager@delta\":[{\"@odata.type\":\"#microsoft.graph.user\",\"id\":");
+                out.extend_from_slice(
+                    b",\"manager@delta\":[{\"@odata.type\":\"#microsoft.graph.user\",\"id\":",
+                );
                 let _ = serde_json::to_writer(&mut *out, m);
                 out.extend_from_slice(b"}]");
             }

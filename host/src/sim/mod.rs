@@ -195,10 +195,12 @@ impl Sim {
             // connection errors, which name the address.
             let _ = axum::serve(listener, router).await;
         });
+        let notifier = tokio::spawn(graph::dispatch_notifications(self.clone()));
         Ok(RunningSim {
             sim: self.clone(),
             addr,
             task,
+            notifier,
         })
     }
 }
@@ -208,6 +210,7 @@ pub struct RunningSim {
     pub sim: Sim,
     pub addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
+    notifier: tokio::task::JoinHandle<()>,
 }
 
 impl RunningSim {
@@ -225,6 +228,7 @@ impl RunningSim {
 impl Drop for RunningSim {
     fn drop(&mut self) {
         self.task.abort();
+        self.notifier.abort();
     }
 }
 

@@ -541,3 +541,105 @@ proptest! {
         });
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_notifications_trigger_an_immediate_poll() {
+    use provisor::entra::notify::FastTrigger;
+    use std::sync::atomic::Ordering;
+    let running = start_sim(30, 26).await;
+    let sim = running.sim.clone();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = engine_with(&running, &rhai_pack(), &dir.path().join("s.db"), fast).await;
+
+    // An endpoint that does not echo the validation token is refused.
+    let err = engine
+        .entra
+        .subscribe(
+            "users",
+            &format!("{}/_sim/stats", running.base_url()),
+            &format!("{}/_sim/stats", running.base_url()),
+            &provisor::config::SecretString::new("x"),
+        )
+        .await
+        .expect_err("validation fails");
+    assert!(err.to_string().contains("ValidationError"), "{err}");
+
+    let state = provisor::config::SecretString::new("a-client-state-only-graph-knows");
+    let mut trigger = FastTrigger::start(&engine.entra, "127.0.0.1:0", None, state)
+        .await
+        .expect("receiver validated and subscribed");
+    assert_eq!(trigger.subscriptions.len(), 2);
+    assert!(trigger.receiver.stats.validations.load(Ordering::Relaxed) >= 2);
+    let receiver = format!("http://{}/graph/notify", trigger.receiver.addr);
+    let stats = trigger.receiver.stats.clone();
+
+    let engine = std::sync::Arc::new(engine);
+    let e2 = engine.clone();
+    let service = tokio::spawn(async move {
+        e2.run_forever(
+            std::time::Duration::from_secs(3600),
+            Some(&mut trigger),
+            |_| {},
+        )
+        .await
+    });
+    let wait_for = |upn: String| {
+        let sim = sim.clone();
+        async move {
+            for _ in 0..100 {
+                if !sim.salesforce().users_where("Username", &upn).is_empty() {
+                    return true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            false
+        }
+    };
+    let first = sim
+        .graph()
+        .users()
+        .find(|u| u.props.get("accountEnabled") == Some(&Value::Bool(true)))
+        .and_then(|u| u.props["userPrincipalName"].as_str().map(str::to_string))
+        .expect("a user");
+    assert!(wait_for(first).await, "the first cycle runs at once");
+
+    // A joiner: the notification wakes the loop long before the 1 h interval.
+    let mut m = Map::new();
+    m.insert(
+        "userPrincipalName".into(),
+        json!("notified.joiner@contoso-sim.com"),
+    );
+    m.insert("mail".into(), json!("notified.joiner@contoso-sim.com"));
+    m.insert("surname".into(), json!("Joiner"));
+    m.insert("accountEnabled".into(), json!(true));
+    sim.graph()
+        .create_user("40000000-0000-4000-8000-000000000001", m)
+        .expect("create");
+    assert!(
+        wait_for("notified.joiner@contoso-sim.com".into()).await,
+        "provisioned within seconds of the notification"
+    );
+    assert!(stats.accepted.load(Ordering::Relaxed) >= 1);
+
+    // Anyone can POST to the receiver; a wrong clientState is ignored.
+    let before = stats.rejected.load(Ordering::Relaxed);
+    let resp = reqwest_post(
+        &receiver,
+        json!({"value": [{"clientState": "guess", "resource": "Users/x"}]}),
+    )
+    .await;
+    assert_eq!(resp, 202);
+    assert_eq!(stats.rejected.load(Ordering::Relaxed), before + 1);
+    service.abort();
+}
+
+async fn reqwest_post(url: &str, body: Value) -> u16 {
+    let client = provisor::http::client().expect("client");
+    client
+        .post(url)
+        .json(&body)
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
