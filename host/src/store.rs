@@ -581,6 +581,14 @@ impl Store {
         Ok(out)
     }
 
+    /// Groups in the mirror that are not removed: (id, display name), sorted.
+    pub async fn mirror_groups(&self) -> Result<Vec<(String, Option<String>)>, StoreError> {
+        sqlx::query_as("SELECT id, display_name FROM entra_groups WHERE removed = 0 ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("read groups"))
+    }
+
     /// The mirror: every user not removed, and direct memberships as
     /// (group id, member id, member type), sorted (for checks and tests).
     pub async fn mirror(

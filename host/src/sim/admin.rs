@@ -31,6 +31,10 @@ pub(super) fn routes() -> Router<Sim> {
             put(set_manager).delete(clear_manager),
         )
         .route("/_sim/graph/groups", get(list_groups).post(create_group))
+        .route(
+            "/_sim/graph/groups/{group}",
+            axum::routing::patch(rename_group).delete(delete_group),
+        )
         .route("/_sim/salesforce/users", get(sf_users))
         .route(
             "/_sim/salesforce/users/{id}/deactivation-blocker",
@@ -160,6 +164,7 @@ async fn list_groups(State(sim): State<Sim>) -> Response {
     let t = sim.graph();
     let groups: Vec<Value> = t
         .groups()
+        .filter(|g| !g.removed)
         .map(|g| json!({"id": g.id, "displayName": g.display_name, "members": g.members}))
         .collect();
     done::<String>(Ok(Value::Array(groups)))
@@ -202,4 +207,30 @@ async fn set_blocker(
 async fn clear_blocker(State(sim): State<Sim>, Path(id): Path<String>) -> Response {
     sim.salesforce().set_deactivation_blocker(&id, None);
     done::<String>(Ok(json!({"id": id})))
+}
+
+async fn rename_group(
+    State(sim): State<Sim>,
+    Path(group): Path<String>,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
+    let Some(name) = body.get("displayName").and_then(Value::as_str) else {
+        return super::json(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "body must be {\"displayName\": \"...\"}"}),
+        );
+    };
+    done(
+        sim.graph()
+            .rename_group(&group, name)
+            .map(|()| json!({"id": group})),
+    )
+}
+
+async fn delete_group(State(sim): State<Sim>, Path(group): Path<String>) -> Response {
+    done(
+        sim.graph()
+            .delete_group(&group)
+            .map(|()| json!({"id": group})),
+    )
 }

@@ -83,6 +83,8 @@ pub struct SimGroup {
     /// (seq, member id, added?) for `members@delta` in change rounds.
     log: Vec<(u64, String, bool)>,
     seq: u64,
+    /// Deleted groups stay as tombstones so change rounds can report them.
+    pub removed: bool,
 }
 
 /// The simulated Entra tenant.
@@ -342,10 +344,46 @@ impl GraphTenant {
                 members: BTreeSet::new(),
                 log: Vec::new(),
                 seq,
+                removed: false,
             },
         );
         self.note("groups", id, "updated");
         id.to_string()
+    }
+
+    /// Renames a group.
+    pub fn rename_group(&mut self, id: &str, display_name: &str) -> Result<(), TenantError> {
+        let seq = self.bump();
+        let g = self
+            .groups
+            .get_mut(id)
+            .filter(|g| !g.removed)
+            .ok_or_else(|| TenantError::NoGroup(id.to_string()))?;
+        g.display_name = display_name.to_string();
+        g.seq = seq;
+        self.note("groups", id, "updated");
+        Ok(())
+    }
+
+    /// Deletes a group: its memberships, and its membership in other groups, go.
+    pub fn delete_group(&mut self, id: &str) -> Result<(), TenantError> {
+        let seq = self.bump();
+        let g = self
+            .groups
+            .get_mut(id)
+            .filter(|g| !g.removed)
+            .ok_or_else(|| TenantError::NoGroup(id.to_string()))?;
+        g.removed = true;
+        g.members.clear();
+        g.seq = seq;
+        for other in self.groups.values_mut() {
+            if other.members.remove(id) {
+                other.log.push((seq, id.to_string(), false));
+                other.seq = seq;
+            }
+        }
+        self.note("groups", id, "deleted");
+        Ok(())
     }
 
     /// Adds (`true`) or removes (`false`) a direct member.
@@ -356,7 +394,7 @@ impl GraphTenant {
         add: bool,
     ) -> Result<(), TenantError> {
         // Members are users or (nested) groups.
-        let is_group = self.groups.contains_key(member);
+        let is_group = self.groups.get(member).is_some_and(|g| !g.removed);
         if add && !is_group && self.users.get(member).is_none_or(|u| u.removed.is_some()) {
             return Err(TenantError::NoUser(member.to_string()));
         }
@@ -395,7 +433,9 @@ impl GraphTenant {
 
     /// A group id by display name.
     pub fn group_by_name(&self, name: &str) -> Option<&SimGroup> {
-        self.groups.values().find(|g| g.display_name == name)
+        self.groups
+            .values()
+            .find(|g| !g.removed && g.display_name == name)
     }
 
     /// All groups.
@@ -1357,7 +1397,7 @@ async fn groups_delta(
             .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded),
         std::ops::Bound::Unbounded,
     )) {
-        if !initial && (g.seq <= cur.s || g.seq > cur.u) {
+        if (initial && g.removed) || (!initial && (g.seq <= cur.s || g.seq > cur.u)) {
             continue;
         }
         if value.len() == size || budget == 0 {
@@ -1370,6 +1410,12 @@ async fn groups_delta(
         }
         let mut o = Map::new();
         o.insert("id".into(), json!(g.id));
+        if g.removed {
+            o.insert("@removed".into(), json!({"reason": "deleted"}));
+            value.push(Value::Object(o));
+            last = Some(g.id.clone());
+            continue;
+        }
         if cur.sel.iter().any(|s| s == "displayName") {
             o.insert("displayName".into(), json!(g.display_name));
         }

@@ -338,6 +338,9 @@ enum Step {
     Join(u8, u8),
     Leave(u8, u8),
     Manager(u8, u8),
+    NewGroup(u8),
+    RenameGroup(u8),
+    DeleteGroup(u8),
     Sync,
     Reset,
 }
@@ -353,6 +356,9 @@ fn step() -> impl Strategy<Value = Step> {
         (any::<u8>(), any::<u8>()).prop_map(|(g, u)| Step::Join(g, u)),
         (any::<u8>(), any::<u8>()).prop_map(|(g, u)| Step::Leave(g, u)),
         (any::<u8>(), any::<u8>()).prop_map(|(a, b)| Step::Manager(a, b)),
+        any::<u8>().prop_map(Step::NewGroup),
+        any::<u8>().prop_map(Step::RenameGroup),
+        any::<u8>().prop_map(Step::DeleteGroup),
         Just(Step::Sync),
         Just(Step::Sync),
         Just(Step::Reset),
@@ -376,7 +382,11 @@ fn mutate(sim: &Sim, s: &Step, n: &mut usize) {
         .filter(|u| u.removed == Some(provisor::model::Removal::SoftDeleted))
         .map(|u| u.id.clone())
         .collect();
-    let groups: Vec<String> = t.groups().map(|g| g.id.clone()).collect();
+    let groups: Vec<String> = t
+        .groups()
+        .filter(|g| !g.removed)
+        .map(|g| g.id.clone())
+        .collect();
     match s {
         Step::Create(x) => {
             *n += 1;
@@ -444,6 +454,23 @@ fn mutate(sim: &Sim, s: &Step, n: &mut usize) {
         Step::Manager(a, b) => {
             if let (Some(x), Some(y)) = (pick(&live, *a).cloned(), pick(&live, *b).cloned()) {
                 let _ = t.set_manager(&x, if a % 4 == 0 { None } else { Some(&y) });
+            }
+        }
+        Step::NewGroup(x) => {
+            *n += 1;
+            t.create_group(
+                &format!("50000000-0000-4000-8000-{n:012}"),
+                &format!("G{x}"),
+            );
+        }
+        Step::RenameGroup(i) => {
+            if let Some(g) = pick(&groups, *i) {
+                let _ = t.rename_group(g, &format!("Renamed{i}"));
+            }
+        }
+        Step::DeleteGroup(i) => {
+            if let Some(g) = pick(&groups, *i) {
+                let _ = t.delete_group(g);
             }
         }
         Step::Sync | Step::Reset => {}
@@ -533,6 +560,8 @@ proptest! {
                         let (want, got) = (tenant_view(&sim), mirror_view(&engine).await);
                         assert_eq!(got.0, want.0, "users after {history:?}");
                         assert_eq!(got.1, want.1, "memberships after {history:?}");
+                        let want_groups: Vec<(String, Option<String>)> = sim.graph().groups().filter(|g| !g.removed).map(|g| (g.id.clone(), Some(g.display_name.clone()))).collect();
+                        assert_eq!(engine.store.mirror_groups().await.expect("groups"), want_groups, "groups after {history:?}");
                     }
                     Step::Reset => sim.set_faults(Faults { graph_gone_next: 1, ..Default::default() }),
                     other => mutate(&sim, other, &mut n),
