@@ -121,6 +121,12 @@ struct SimArgs {
     /// Answer expired deltaLinks with 410 Gone rather than 400 syncStateNotFound.
     #[arg(long)]
     expired_delta_410: bool,
+    /// Allow the Salesforce username-password OAuth flow (blocked by default).
+    #[arg(long)]
+    sf_allow_password_flow: bool,
+    /// Allow Salesforce SOAP login() (disabled by default).
+    #[arg(long)]
+    sf_allow_soap_login: bool,
     /// Print a provisor config pointing at the emulators and exit.
     #[arg(long)]
     print_config: bool,
@@ -257,6 +263,8 @@ async fn run_sim(a: SimArgs) -> anyhow::Result<ExitCode> {
     });
     sim.graph().delta_token_ttl = Duration::from_secs(a.delta_token_ttl_secs);
     sim.graph().expired_token_gone = a.expired_delta_410;
+    sim.salesforce().password_flow_allowed = a.sf_allow_password_flow;
+    sim.salesforce().soap_login_allowed = a.sf_allow_soap_login;
     let running = sim
         .serve(a.listen)
         .await
@@ -299,10 +307,7 @@ pub async fn engine_from_config(cfg: &Config) -> anyhow::Result<Engine> {
             bail!("entra: a credential is required (client_secret or client_certificate)")
         }
     };
-    let sf_secret = cfg
-        .salesforce
-        .client_secret
-        .resolve("salesforce.client_secret")?;
+    let sf_credentials = crate::salesforce::Credentials::from_config(&cfg.salesforce)?;
     let pack = Pack::load(&cfg.rules.pack)?;
     let store = Store::open(&cfg.store.url).await?;
     let retry = RetryPolicy {
@@ -317,7 +322,7 @@ pub async fn engine_from_config(cfg: &Config) -> anyhow::Result<Engine> {
             entra_credential,
             retry.clone(),
         ),
-        salesforce: SalesforceClient::new(client, cfg.salesforce.clone(), sf_secret, retry),
+        salesforce: SalesforceClient::new(client, cfg.salesforce.clone(), sf_credentials, retry),
         store,
         pack,
         cfg: cfg.sync.clone(),

@@ -186,14 +186,61 @@ pub struct ClientCertificate {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SalesforceConfig {
-    /// My Domain URL (client credentials must go to My Domain).
+    /// Where to authenticate: `https://login.salesforce.com`,
+    /// `https://test.salesforce.com` or the My Domain URL (client
+    /// credentials only work on My Domain).
     pub login_url: String,
     /// REST API version, e.g. "62.0".
     #[serde(default = "default_api_version")]
     pub api_version: String,
+    /// The OAuth flow. Default: `jwt_bearer` when `private_key` is set,
+    /// else `client_credentials`.
+    #[serde(default)]
+    pub auth: Option<SfAuthFlow>,
     /// Connected app / external client app consumer key.
     pub client_id: String,
-    pub client_secret: Secret,
+    /// Consumer secret (client credentials, password flow).
+    #[serde(default)]
+    pub client_secret: Option<Secret>,
+    /// The integration user's username (JWT `sub`, password flow, SOAP).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// RSA private key (PEM) whose certificate is on the connected app (JWT bearer).
+    #[serde(default)]
+    pub private_key: Option<Secret>,
+    /// Password (password flow, SOAP login).
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// Security token appended to the password when the caller's IP is not trusted.
+    #[serde(default)]
+    pub security_token: Option<Secret>,
+}
+
+/// Salesforce authentication flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SfAuthFlow {
+    /// OAuth 2.0 JWT bearer (recommended): RS256 assertion, no stored password.
+    JwtBearer,
+    /// OAuth 2.0 client credentials on My Domain, run as the app's Run As user.
+    ClientCredentials,
+    /// Username + password (+ security token). Legacy, blocked by default in
+    /// newer orgs; breaks on every password reset.
+    Password,
+    /// SOAP `login()`, as the Entra gallery connector does. Retired: not
+    /// available from API v65.0, removed for v31.0-64.0 in Summer '27.
+    Soap,
+}
+
+impl SalesforceConfig {
+    /// The flow in use (explicit, or inferred from the credentials given).
+    pub fn flow(&self) -> SfAuthFlow {
+        self.auth.unwrap_or(if self.private_key.is_some() {
+            SfAuthFlow::JwtBearer
+        } else {
+            SfAuthFlow::ClientCredentials
+        })
+    }
 }
 
 /// The state database.
@@ -373,7 +420,19 @@ impl Config {
                 };
             }
         }
-        let mut secrets: Vec<&mut Secret> = vec![&mut cfg.salesforce.client_secret];
+        let mut secrets: Vec<&mut Secret> = Vec::new();
+        let sf = &mut cfg.salesforce;
+        for s in [
+            &mut sf.client_secret,
+            &mut sf.private_key,
+            &mut sf.password,
+            &mut sf.security_token,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            secrets.push(s);
+        }
         if let Some(s) = cfg.entra.client_secret.as_mut() {
             secrets.push(s);
         }
@@ -555,9 +614,73 @@ impl Config {
                 });
             }
         }
-        self.salesforce
-            .client_secret
-            .resolve("salesforce.client_secret")?;
+        let sf = &self.salesforce;
+        let need = |present: bool, key: &str, why: &str| -> Result<(), ConfigError> {
+            if present {
+                Ok(())
+            } else {
+                Err(ConfigError::Invalid {
+                    key: format!("salesforce.{key}"),
+                    problem: format!("required for {why}"),
+                })
+            }
+        };
+        match sf.flow() {
+            SfAuthFlow::JwtBearer => {
+                need(
+                    sf.username.is_some(),
+                    "username",
+                    "auth = \"jwt_bearer\" (the JWT sub)",
+                )?;
+                need(
+                    sf.private_key.is_some(),
+                    "private_key",
+                    "auth = \"jwt_bearer\"",
+                )?;
+            }
+            SfAuthFlow::ClientCredentials => need(
+                sf.client_secret.is_some(),
+                "client_secret",
+                "auth = \"client_credentials\"",
+            )?,
+            SfAuthFlow::Password => {
+                need(
+                    sf.client_secret.is_some(),
+                    "client_secret",
+                    "auth = \"password\"",
+                )?;
+                need(sf.username.is_some(), "username", "auth = \"password\"")?;
+                need(sf.password.is_some(), "password", "auth = \"password\"")?;
+            }
+            SfAuthFlow::Soap => {
+                need(sf.username.is_some(), "username", "auth = \"soap\"")?;
+                need(sf.password.is_some(), "password", "auth = \"soap\"")?;
+                if self
+                    .salesforce
+                    .api_version
+                    .split('.')
+                    .next()
+                    .and_then(|m| m.parse::<u32>().ok())
+                    .is_some_and(|m| m >= 65)
+                {
+                    return Err(ConfigError::Invalid {
+                        key: "salesforce.api_version".into(),
+                        problem: "SOAP login() is not available from API v65.0; use jwt_bearer"
+                            .into(),
+                    });
+                }
+            }
+        }
+        for (key, secret) in [
+            ("client_secret", &sf.client_secret),
+            ("private_key", &sf.private_key),
+            ("password", &sf.password),
+            ("security_token", &sf.security_token),
+        ] {
+            if let Some(s) = secret {
+                s.resolve(&format!("salesforce.{key}"))?;
+            }
+        }
         Ok(())
     }
 }

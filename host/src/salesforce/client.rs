@@ -1,3 +1,4 @@
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use reqwest::Method;
@@ -50,6 +51,8 @@ pub enum SfError {
     },
     #[error("malformed response from {url}: {detail}")]
     Malformed { url: String, detail: String },
+    #[error("Salesforce credential: {detail}")]
+    Credential { detail: String },
 }
 
 impl SfError {
@@ -89,11 +92,122 @@ struct Session {
 pub struct SalesforceClient {
     http: reqwest::Client,
     cfg: SalesforceConfig,
-    secret: SecretString,
+    creds: Credentials,
     retry: RetryPolicy,
     session: Mutex<Option<Session>>,
     used: AtomicU64,
     max: AtomicU64,
+}
+
+/// How provisor authenticates to Salesforce (secrets resolved).
+pub enum Credentials {
+    JwtBearer {
+        username: String,
+        key: jsonwebtoken::EncodingKey,
+    },
+    ClientCredentials {
+        secret: SecretString,
+    },
+    Password {
+        secret: SecretString,
+        username: String,
+        password: SecretString,
+    },
+    Soap {
+        username: String,
+        password: SecretString,
+    },
+}
+
+impl From<SecretString> for Credentials {
+    fn from(secret: SecretString) -> Self {
+        Self::ClientCredentials { secret }
+    }
+}
+
+impl Credentials {
+    /// Resolves the secrets the configured flow needs; errors name the key.
+    pub fn from_config(cfg: &crate::config::SalesforceConfig) -> Result<Self, SfError> {
+        use crate::config::SfAuthFlow;
+        let bad = |detail: String| SfError::Credential { detail };
+        let get = |s: &Option<crate::config::Secret>, key: &str| -> Result<SecretString, SfError> {
+            s.as_ref()
+                .ok_or_else(|| bad(format!("salesforce.{key} is required")))?
+                .resolve(&format!("salesforce.{key}"))
+                .map_err(|e| bad(e.to_string()))
+        };
+        let username = || {
+            cfg.username
+                .clone()
+                .ok_or_else(|| bad("salesforce.username is required".into()))
+        };
+        // Password plus security token, as Salesforce expects them joined.
+        let password = || -> Result<SecretString, SfError> {
+            let p = get(&cfg.password, "password")?;
+            let t = match &cfg.security_token {
+                Some(_) => get(&cfg.security_token, "security_token")?
+                    .expose()
+                    .to_string(),
+                None => String::new(),
+            };
+            Ok(SecretString::new(format!("{}{t}", p.expose())))
+        };
+        Ok(match cfg.flow() {
+            SfAuthFlow::JwtBearer => {
+                let pem = get(&cfg.private_key, "private_key")?;
+                let key = jsonwebtoken::EncodingKey::from_rsa_pem(pem.expose().as_bytes())
+                    .map_err(|e| {
+                        bad(format!("salesforce.private_key is not an RSA PEM key: {e}"))
+                    })?;
+                Self::JwtBearer {
+                    username: username()?,
+                    key,
+                }
+            }
+            SfAuthFlow::ClientCredentials => Self::ClientCredentials {
+                secret: get(&cfg.client_secret, "client_secret")?,
+            },
+            SfAuthFlow::Password => Self::Password {
+                secret: get(&cfg.client_secret, "client_secret")?,
+                username: username()?,
+                password: password()?,
+            },
+            SfAuthFlow::Soap => Self::Soap {
+                username: username()?,
+                password: password()?,
+            },
+        })
+    }
+}
+
+/// Text of the first element with each local name (namespace prefixes ignored).
+fn xml_fields(xml: &str, names: &[&str]) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut current: Option<String> = None;
+    loop {
+        match reader.read_event() {
+            Ok(quick_xml::events::Event::Start(e)) => {
+                let local = String::from_utf8_lossy(e.local_name().as_ref()).to_string();
+                current = names.contains(&local.as_str()).then_some(local);
+            }
+            Ok(quick_xml::events::Event::Text(t)) => {
+                if let Some(name) = current.take()
+                    && let Ok(text) = t.decode()
+                {
+                    out.entry(name).or_insert_with(|| {
+                        quick_xml::escape::unescape(&text)
+                            .map(|c| c.to_string())
+                            .unwrap_or_else(|_| text.to_string())
+                    });
+                }
+            }
+            Ok(quick_xml::events::Event::End(_)) => current = None,
+            Ok(quick_xml::events::Event::Eof) | Err(_) => break,
+            _ => {}
+        }
+    }
+    out
 }
 
 /// Quotes a value for a SOQL string literal (o'brien@... stays one value).
@@ -150,13 +264,13 @@ impl SalesforceClient {
     pub fn new(
         http: reqwest::Client,
         cfg: SalesforceConfig,
-        secret: SecretString,
+        creds: impl Into<Credentials>,
         retry: RetryPolicy,
     ) -> Self {
         Self {
             http,
             cfg,
-            secret,
+            creds: creds.into(),
             retry,
             session: Mutex::new(None),
             used: AtomicU64::new(0),
@@ -177,15 +291,50 @@ impl SalesforceClient {
     }
 
     async fn login(&self) -> Result<Session, SfError> {
-        let url = format!(
-            "{}/services/oauth2/token",
-            self.cfg.login_url.trim_end_matches('/')
-        );
-        let form = [
-            ("grant_type", "client_credentials"),
-            ("client_id", self.cfg.client_id.as_str()),
-            ("client_secret", self.secret.expose()),
-        ];
+        let base = self.cfg.login_url.trim_end_matches('/');
+        let url = format!("{base}/services/oauth2/token");
+        let mut form: Vec<(&str, String)> = Vec::new();
+        match &self.creds {
+            Credentials::JwtBearer { username, key } => {
+                // exp within 3 minutes, in seconds (milliseconds is a classic bug).
+                let claims = json!({"iss": self.cfg.client_id, "sub": username, "aud": base, "exp": chrono::Utc::now().timestamp() + 170});
+                let jwt = jsonwebtoken::encode(
+                    &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+                    &claims,
+                    key,
+                )
+                .map_err(|e| SfError::Credential {
+                    detail: format!("cannot sign the JWT bearer assertion: {e}"),
+                })?;
+                form.push((
+                    "grant_type",
+                    "urn:ietf:params:oauth:grant-type:jwt-bearer".into(),
+                ));
+                form.push(("assertion", jwt));
+            }
+            Credentials::ClientCredentials { secret } => {
+                form.push(("grant_type", "client_credentials".into()));
+                form.push(("client_id", self.cfg.client_id.clone()));
+                form.push(("client_secret", secret.expose().into()));
+            }
+            Credentials::Password {
+                secret,
+                username,
+                password,
+            } => {
+                tracing::warn!(
+                    "Salesforce username-password flow: legacy, blocked by default in newer orgs and broken by every password reset; use jwt_bearer"
+                );
+                form.push(("grant_type", "password".into()));
+                form.push(("client_id", self.cfg.client_id.clone()));
+                form.push(("client_secret", secret.expose().into()));
+                form.push(("username", username.clone()));
+                form.push(("password", password.expose().into()));
+            }
+            Credentials::Soap { username, password } => {
+                return self.soap_login(base, username, password).await;
+            }
+        }
         let resp = self
             .retry
             .send(true, || self.http.post(&url).form(&form))
@@ -218,6 +367,76 @@ impl SalesforceClient {
         Ok(Session {
             token: SecretString::new(token),
             instance_url,
+        })
+    }
+
+    /// SOAP `login()` (partner API): the session id works as a REST bearer
+    /// token; the instance is the scheme and host of `serverUrl`.
+    async fn soap_login(
+        &self,
+        base: &str,
+        username: &str,
+        password: &SecretString,
+    ) -> Result<Session, SfError> {
+        tracing::warn!(
+            "Salesforce SOAP login(): retired (not in API v65.0+, removed for v31.0-64.0 in Summer '27); use jwt_bearer"
+        );
+        let url = format!("{base}/services/Soap/u/{}", self.cfg.api_version);
+        let envelope = format!(
+            r#"<?xml version="1.0" encoding="utf-8"?><env:Envelope xmlns:xsd="http://www.w3.org/2001/XMLSchema" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xmlns:env="http://schemas.xmlsoap.org/soap/envelope/"><env:Body><n1:login xmlns:n1="urn:partner.soap.sforce.com"><n1:username>{}</n1:username><n1:password>{}</n1:password></n1:login></env:Body></env:Envelope>"#,
+            quick_xml::escape::escape(username),
+            quick_xml::escape::escape(password.expose())
+        );
+        let resp = self
+            .retry
+            .send(true, || {
+                self.http
+                    .post(&url)
+                    .header("Content-Type", "text/xml; charset=UTF-8")
+                    .header("SOAPAction", "login")
+                    .body(envelope.clone())
+            })
+            .await
+            .map_err(|source| SfError::Transport {
+                url: url.clone(),
+                source: source.without_url(),
+            })?;
+        let text = resp.text().await.map_err(|source| SfError::Transport {
+            url: url.clone(),
+            source: source.without_url(),
+        })?;
+        let fields = xml_fields(
+            &text,
+            &[
+                "sessionId",
+                "serverUrl",
+                "faultcode",
+                "faultstring",
+                "exceptionCode",
+            ],
+        );
+        if let (Some(session), Some(server)) = (fields.get("sessionId"), fields.get("serverUrl")) {
+            let parsed = url::Url::parse(server).map_err(|e| SfError::Malformed {
+                url: url.clone(),
+                detail: format!("serverUrl is not a URL: {e}"),
+            })?;
+            let instance_url = parsed.origin().ascii_serialization();
+            return Ok(Session {
+                token: SecretString::new(session.clone()),
+                instance_url,
+            });
+        }
+        Err(SfError::Auth {
+            url,
+            error: fields
+                .get("exceptionCode")
+                .or(fields.get("faultcode"))
+                .cloned()
+                .unwrap_or_else(|| "SOAP_FAULT".into()),
+            description: fields
+                .get("faultstring")
+                .cloned()
+                .unwrap_or_else(|| "login() failed without a fault string".into()),
         })
     }
 

@@ -3,4 +3,6 @@
 
 mod client;
 
-pub use client::{ApiError, LimitInfo, RecordResult, SalesforceClient, SfError, soql_quote};
+pub use client::{
+    ApiError, Credentials, LimitInfo, RecordResult, SalesforceClient, SfError, soql_quote,
+};

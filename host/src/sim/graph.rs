@@ -873,7 +873,7 @@ async fn token(
 /// The certificate the emulated app registration trusts (test-only pair in
 /// `sim/testcert/`), and its `x5t#S256` thumbprint.
 pub const TRUSTED_CERT_PEM: &str = include_str!("testcert/cert.pem");
-const TRUSTED_PUBLIC_KEY_PEM: &str = include_str!("testcert/pub.pem");
+pub(crate) const TRUSTED_PUBLIC_KEY_PEM: &str = include_str!("testcert/pub.pem");
 /// The private key of [`TRUSTED_CERT_PEM`], for tests and the demo only.
 pub const TEST_PRIVATE_KEY_PEM: &str = include_str!("testcert/key.pem");
 

@@ -43,8 +43,13 @@ pub mod creds {
     pub const SF_CLIENT_ID: &str = "3MVG9SIM.provisor.consumer.key";
     /// Salesforce consumer secret.
     pub const SF_CLIENT_SECRET: &str = "sim-salesforce-secret";
-    /// The integration user the client-credentials flow runs as.
+    /// The integration user the client-credentials flow runs as, and the
+    /// JWT bearer / password / SOAP login user.
     pub const SF_INTEGRATION_USERNAME: &str = "integration@provisor-sim.example";
+    /// The integration user's password (password flow and SOAP login).
+    pub const SF_PASSWORD: &str = "sim-password";
+    /// Its security token, appended to the password.
+    pub const SF_SECURITY_TOKEN: &str = "SIMTOKEN42";
 }
 
 /// Faults injected into API responses (never into `/_sim/`).

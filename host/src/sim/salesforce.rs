@@ -265,6 +265,11 @@ pub struct SfOrg {
     /// Messages returned when deactivating these users (configuration blockers).
     blockers: HashMap<String, String>,
     pub integration_user_id: String,
+    /// The username-password OAuth flow (blocked by default, as in orgs
+    /// created since Summer '23).
+    pub password_flow_allowed: bool,
+    /// SOAP `login()` (disabled by default in new orgs).
+    pub soap_login_allowed: bool,
 }
 
 impl SfOrg {
@@ -280,6 +285,8 @@ impl SfOrg {
             api_usage: 0,
             blockers: HashMap::new(),
             integration_user_id: String::new(),
+            password_flow_allowed: false,
+            soap_login_allowed: false,
         };
         org.org_id = org.insert_raw(
             "Organization",
@@ -964,6 +971,7 @@ pub(crate) fn error_response(
 pub(super) fn routes() -> Router<Sim> {
     Router::new()
         .route("/services/oauth2/token", post(token))
+        .route("/services/Soap/u/{v}", post(soap_login))
         .route("/services/data", get(versions))
         .route("/services/data/", get(versions))
         .route("/services/data/{v}/limits", get(limits))
@@ -1001,21 +1009,6 @@ async fn token(
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     sim.stats_mut().sf_token_calls += 1;
-    let grant = form.get("grant_type").map(String::as_str).unwrap_or("");
-    match grant {
-        "client_credentials" => {}
-        "password" => return oauth_error("invalid_grant", "authentication failure"),
-        "urn:ietf:params:oauth:grant-type:jwt-bearer" => {
-            return oauth_error("invalid_grant", "invalid assertion");
-        }
-        _ => return oauth_error("unsupported_grant_type", "grant type not supported"),
-    }
-    if form.get("client_id").map(String::as_str) != Some(creds::SF_CLIENT_ID) {
-        return oauth_error("invalid_client_id", "client identifier invalid");
-    }
-    if form.get("client_secret").map(String::as_str) != Some(creds::SF_CLIENT_SECRET) {
-        return oauth_error("invalid_client", "invalid client credentials");
-    }
     let base = format!(
         "http://{}",
         headers
@@ -1023,10 +1016,58 @@ async fn token(
             .and_then(|v| v.to_str().ok())
             .unwrap_or("localhost")
     );
+    let grant = form.get("grant_type").map(String::as_str).unwrap_or("");
+    let f = |k: &str| form.get(k).map(String::as_str);
+    let checked = match grant {
+        "urn:ietf:params:oauth:grant-type:jwt-bearer" => {
+            check_jwt_bearer(&sim, f("assertion").unwrap_or(""), &base)
+        }
+        "client_credentials" => {
+            if f("client_id") != Some(creds::SF_CLIENT_ID) {
+                Err(("invalid_client_id", "client identifier invalid"))
+            } else if f("client_secret") != Some(creds::SF_CLIENT_SECRET) {
+                Err(("invalid_client", "invalid client credentials"))
+            } else {
+                Ok(())
+            }
+        }
+        "password" => {
+            // Blocked by default in orgs created since Summer '23.
+            if !sim.salesforce().password_flow_allowed {
+                Err(("invalid_grant", "authentication failure"))
+            } else if f("client_id") != Some(creds::SF_CLIENT_ID) {
+                Err(("invalid_client_id", "client identifier invalid"))
+            } else if f("client_secret") != Some(creds::SF_CLIENT_SECRET) {
+                Err(("invalid_client", "invalid client credentials"))
+            } else if f("username") != Some(creds::SF_INTEGRATION_USERNAME)
+                || f("password")
+                    != Some(&format!(
+                        "{}{}",
+                        creds::SF_PASSWORD,
+                        creds::SF_SECURITY_TOKEN
+                    ))
+            {
+                Err(("invalid_grant", "authentication failure"))
+            } else {
+                Ok(())
+            }
+        }
+        _ => Err(("unsupported_grant_type", "grant type not supported")),
+    };
+    if let Err((error, description)) = checked {
+        return oauth_error(error, description);
+    }
     let mut org = sim.salesforce();
     let token = org.issue_token();
     let id = format!("{base}/id/{}/{}", org.org_id, org.integration_user_id);
     let issued_at = chrono::Utc::now().timestamp_millis().to_string();
+    if grant.ends_with("jwt-bearer") {
+        // The JWT flow answers without issued_at/signature.
+        return super::json(
+            StatusCode::OK,
+            json!({"access_token": token, "scope": "api id", "instance_url": base, "id": id, "token_type": "Bearer"}),
+        );
+    }
     let signature = match Hmac::<sha2::Sha256>::new_from_slice(creds::SF_CLIENT_SECRET.as_bytes()) {
         Ok(mut mac) => {
             mac.update(format!("{id}{issued_at}").as_bytes());
@@ -1038,6 +1079,165 @@ async fn token(
         StatusCode::OK,
         json!({"access_token": token, "signature": signature, "scope": "api id", "instance_url": base, "id": id, "token_type": "Bearer", "issued_at": issued_at}),
     )
+}
+
+/// JWT bearer checks: RS256 signed with the connected app's certificate
+/// key, `iss` = consumer key, `aud` = the login URL, `exp` in seconds and at
+/// most ~3 minutes ahead, `sub` = an active, pre-authorized user.
+fn check_jwt_bearer(
+    sim: &Sim,
+    assertion: &str,
+    base: &str,
+) -> Result<(), (&'static str, &'static str)> {
+    let header = jsonwebtoken::decode_header(assertion)
+        .map_err(|_| ("invalid_grant", "invalid assertion"))?;
+    if header.alg != jsonwebtoken::Algorithm::RS256 {
+        return Err(("invalid_grant", "invalid assertion"));
+    }
+    let key =
+        jsonwebtoken::DecodingKey::from_rsa_pem(super::graph::TRUSTED_PUBLIC_KEY_PEM.as_bytes())
+            .map_err(|_| ("invalid_grant", "invalid assertion"))?;
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    v.validate_aud = false;
+    v.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+    v.leeway = 30;
+    let data = jsonwebtoken::decode::<Value>(assertion, &key, &v).map_err(|e| match e.kind() {
+        jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
+            ("invalid_grant", "expired authorization code")
+        }
+        _ => ("invalid_grant", "invalid assertion"),
+    })?;
+    let c = |k: &str| {
+        data.claims
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    if c("iss") != creds::SF_CLIENT_ID {
+        return Err(("invalid_client_id", "client identifier invalid"));
+    }
+    let aud = c("aud");
+    if aud.trim_end_matches('/') != base {
+        return Err(("invalid_grant", "audience is invalid"));
+    }
+    // exp must be seconds, not milliseconds, and no more than ~3 minutes out.
+    let exp = data.claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
+    if exp > chrono::Utc::now().timestamp() + 300 {
+        return Err(("invalid_grant", "invalid assertion"));
+    }
+    let org = sim.salesforce();
+    let active = org
+        .users_where("Username", &c("sub"))
+        .first()
+        .is_some_and(|u| u.get("IsActive") == Some(&Value::Bool(true)));
+    if !active {
+        return Err(("invalid_grant", "user hasn't approved this consumer"));
+    }
+    Ok(())
+}
+
+/// SOAP `login()` (partner API), as the Entra gallery connector uses it.
+async fn soap_login(
+    State(sim): State<Sim>,
+    Path(v): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    sim.stats_mut().sf_token_calls += 1;
+    let fault = |code: &str, msg: &str| {
+        let xml = format!(
+            r#"<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:sf="urn:fault.partner.soap.sforce.com" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><soapenv:Fault><faultcode>sf:{code}</faultcode><faultstring>{code}: {msg}</faultstring><detail><sf:LoginFault xsi:type="sf:LoginFault"><sf:exceptionCode>{code}</sf:exceptionCode><sf:exceptionMessage>{msg}</sf:exceptionMessage></sf:LoginFault></detail></soapenv:Fault></soapenv:Body></soapenv:Envelope>"#
+        );
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [("content-type", "text/xml; charset=utf-8")],
+            xml,
+        )
+            .into_response()
+    };
+    let major = v
+        .split('.')
+        .next()
+        .and_then(|m| m.parse::<u32>().ok())
+        .unwrap_or(0);
+    if major >= 65 {
+        return fault(
+            "UNSUPPORTED_API_VERSION",
+            "login() is not available in API version 65.0 and later",
+        );
+    }
+    if !sim.salesforce().soap_login_allowed {
+        return fault(
+            "INVALID_LOGIN",
+            "Invalid username, password, security token; or user locked out.",
+        );
+    }
+    let text = String::from_utf8_lossy(&body);
+    let fields = soap_fields(&text);
+    let ok = fields.get("username").map(String::as_str) == Some(creds::SF_INTEGRATION_USERNAME)
+        && fields.get("password").map(String::as_str)
+            == Some(&format!(
+                "{}{}",
+                creds::SF_PASSWORD,
+                creds::SF_SECURITY_TOKEN
+            ));
+    if !ok {
+        return fault(
+            "INVALID_LOGIN",
+            "Invalid username, password, security token; or user locked out.",
+        );
+    }
+    let base = format!(
+        "http://{}",
+        headers
+            .get("host")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("localhost")
+    );
+    let mut org = sim.salesforce();
+    let session = org.issue_token();
+    let xml = format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns="urn:partner.soap.sforce.com"><soapenv:Body><loginResponse><result><metadataServerUrl>{base}/services/Soap/m/{v}/{org_id}</metadataServerUrl><passwordExpired>false</passwordExpired><sandbox>false</sandbox><serverUrl>{base}/services/Soap/u/{v}/{org_id}</serverUrl><sessionId>{session}</sessionId><userId>{user}</userId></result></loginResponse></soapenv:Body></soapenv:Envelope>"#,
+        org_id = org.org_id,
+        user = org.integration_user_id,
+    );
+    (
+        StatusCode::OK,
+        [("content-type", "text/xml; charset=utf-8")],
+        xml,
+    )
+        .into_response()
+}
+
+/// `username` and `password` from a login envelope.
+fn soap_fields(xml: &str) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut current: Option<String> = None;
+    loop {
+        match reader.read_event() {
+            Ok(quick_xml::events::Event::Start(e)) => {
+                let local = String::from_utf8_lossy(e.local_name().as_ref()).to_string();
+                current = matches!(local.as_str(), "username" | "password").then_some(local);
+            }
+            Ok(quick_xml::events::Event::Text(t)) => {
+                if let Some(name) = current.take()
+                    && let Ok(text) = t.decode()
+                {
+                    out.insert(
+                        name,
+                        quick_xml::escape::unescape(&text)
+                            .map(|c| c.to_string())
+                            .unwrap_or_else(|_| text.to_string()),
+                    );
+                }
+            }
+            Ok(quick_xml::events::Event::Eof) | Err(_) => break,
+            _ => {}
+        }
+    }
+    out
 }
 
 async fn versions() -> Response {

@@ -47,7 +47,7 @@ async fn rejected_salesforce_credentials_are_named() {
     let dir = tempfile::tempdir().expect("temp dir");
     let engine = engine_with(&running, &rhai_pack(), &dir.path().join("s.db"), |c| {
         fast(c);
-        c.salesforce.client_secret = Secret::Value("nope".into());
+        c.salesforce.client_secret = Some(Secret::Value("nope".into()));
     })
     .await;
     let msg = engine

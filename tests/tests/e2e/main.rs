@@ -7,3 +7,4 @@ mod faults;
 mod flow;
 mod parity;
 mod protocol;
+mod salesforce;

@@ -1,0 +1,166 @@
+//! The Salesforce sink against the emulator: every authentication flow.
+
+use provisor::config::{Config, Secret, SfAuthFlow};
+use provisor::engine::Quiet;
+use provisor::sim::{creds, graph::TEST_PRIVATE_KEY_PEM};
+use provisor_e2e::{config_for, engine_with, repo_root, rhai_pack, start_sim};
+
+fn fast(c: &mut Config) {
+    c.sync.retries = 2;
+    c.sync.retry_base_ms = 2;
+}
+
+fn jwt(key: &str, username: &str) -> impl FnOnce(&mut Config) {
+    let (key, username) = (key.to_string(), username.to_string());
+    move |c| {
+        fast(c);
+        c.salesforce.auth = Some(SfAuthFlow::JwtBearer);
+        c.salesforce.client_secret = None;
+        c.salesforce.username = Some(username);
+        c.salesforce.private_key = Some(Secret::Value(key));
+    }
+}
+
+fn with_password(flow: SfAuthFlow) -> impl FnOnce(&mut Config) {
+    move |c| {
+        fast(c);
+        c.salesforce.auth = Some(flow);
+        c.salesforce.username = Some(creds::SF_INTEGRATION_USERNAME.into());
+        c.salesforce.password = Some(Secret::Value(creds::SF_PASSWORD.into()));
+        c.salesforce.security_token = Some(Secret::Value(creds::SF_SECURITY_TOKEN.into()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_bearer_is_the_default_when_a_key_is_configured() {
+    let running = start_sim(10, 41).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = engine_with(&running, &rhai_pack(), &dir.path().join("a.db"), |c| {
+        jwt(TEST_PRIVATE_KEY_PEM, creds::SF_INTEGRATION_USERNAME)(c);
+        c.salesforce.auth = None;
+    })
+    .await;
+    let r = engine
+        .sync_once(&Quiet)
+        .await
+        .expect("JWT bearer login works");
+    assert!(r.created > 0);
+
+    // A user that is not pre-authorized (here: unknown) is refused by name.
+    let e = engine_with(
+        &running,
+        &rhai_pack(),
+        &dir.path().join("b.db"),
+        jwt(TEST_PRIVATE_KEY_PEM, "nobody@provisor-sim.example"),
+    )
+    .await;
+    let msg = e.sync_once(&Quiet).await.expect_err("refused").to_string();
+    assert!(
+        msg.contains("invalid_grant") && msg.contains("user hasn't approved this consumer"),
+        "{msg}"
+    );
+
+    // A key whose certificate is not on the connected app.
+    let other = std::fs::read_to_string(repo_root().join("tests/fixtures/untrusted-cert/key.pem"))
+        .expect("key");
+    let e = engine_with(
+        &running,
+        &rhai_pack(),
+        &dir.path().join("c.db"),
+        jwt(&other, creds::SF_INTEGRATION_USERNAME),
+    )
+    .await;
+    let msg = e.sync_once(&Quiet).await.expect_err("refused").to_string();
+    assert!(
+        msg.contains("invalid assertion") && !msg.contains("PRIVATE KEY"),
+        "{msg}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_password_flow_works_only_where_the_org_allows_it() {
+    let running = start_sim(6, 42).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let e = engine_with(
+        &running,
+        &rhai_pack(),
+        &dir.path().join("a.db"),
+        with_password(SfAuthFlow::Password),
+    )
+    .await;
+    let msg = e
+        .sync_once(&Quiet)
+        .await
+        .expect_err("blocked by default")
+        .to_string();
+    assert!(
+        msg.contains("invalid_grant: authentication failure"),
+        "{msg}"
+    );
+    running.sim.salesforce().password_flow_allowed = true;
+    let e = engine_with(
+        &running,
+        &rhai_pack(),
+        &dir.path().join("b.db"),
+        with_password(SfAuthFlow::Password),
+    )
+    .await;
+    e.sync_once(&Quiet)
+        .await
+        .expect("password + security token accepted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soap_login_is_a_last_resort_and_refused_from_v65() {
+    let running = start_sim(6, 43).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let e = engine_with(
+        &running,
+        &rhai_pack(),
+        &dir.path().join("a.db"),
+        with_password(SfAuthFlow::Soap),
+    )
+    .await;
+    let msg = e
+        .sync_once(&Quiet)
+        .await
+        .expect_err("disabled by default")
+        .to_string();
+    assert!(
+        msg.contains("INVALID_LOGIN") && msg.contains("/services/Soap/u/62.0"),
+        "{msg}"
+    );
+    running.sim.salesforce().soap_login_allowed = true;
+    let e = engine_with(
+        &running,
+        &rhai_pack(),
+        &dir.path().join("b.db"),
+        with_password(SfAuthFlow::Soap),
+    )
+    .await;
+    let r = e
+        .sync_once(&Quiet)
+        .await
+        .expect("SOAP session works as a REST token");
+    assert!(r.created > 0);
+
+    // The configuration refuses SOAP with an API version that lacks it.
+    let cfg = config_for(&running, &rhai_pack(), &dir.path().join("c.db"), |c| {
+        with_password(SfAuthFlow::Soap)(c);
+        c.salesforce.api_version = "65.0".into();
+    });
+    let err = cfg
+        .validate()
+        .expect_err("v65 has no SOAP login")
+        .to_string();
+    assert!(
+        err.contains("salesforce.api_version") && err.contains("jwt_bearer"),
+        "{err}"
+    );
+    // And a flow without its credential names the missing key.
+    let cfg = config_for(&running, &rhai_pack(), &dir.path().join("d.db"), |c| {
+        c.salesforce.auth = Some(SfAuthFlow::JwtBearer);
+    });
+    let err = cfg.validate().expect_err("no key").to_string();
+    assert!(err.contains("salesforce.username"), "{err}");
+}
