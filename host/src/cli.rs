@@ -398,15 +398,17 @@ async fn run_sync(a: SyncArgs) -> anyhow::Result<ExitCode> {
 /// One-line-per-count summary for people.
 pub fn print_summary(r: &CycleReport) {
     println!(
-        "cycle {}: {} Entra changes in {} pages, {} users considered\n  created {} | updated {} | deactivated {} | reactivated {} | linked {} | unchanged {} | failed {} (parked {})",
+        "cycle {}: {} Entra changes in {} pages, {} users considered\n  created {} | updated {} | frozen {} | deactivated {} | reactivated {} | unfrozen {} | linked {} | unchanged {} | failed {} (parked {})",
         r.cycle,
         r.entra_changes,
         r.delta_pages,
         r.users_considered,
         r.created,
         r.updated,
+        r.frozen,
         r.deactivated,
         r.reactivated,
+        r.unfrozen,
         r.linked,
         r.unchanged,
         r.failed,

@@ -42,26 +42,29 @@ impl Engine {
         }
         self.store.append_audit(cycle, &events).await?;
 
-        let creates: Vec<&Action> = plan
-            .actions
-            .iter()
-            .filter(|a| matches!(a.kind, ActionKind::Create { .. }))
-            .collect();
-        let updates: Vec<&Action> = plan
-            .actions
-            .iter()
-            .filter(|a| {
-                matches!(
-                    a.kind,
-                    ActionKind::Update { .. }
-                        | ActionKind::Deactivate
-                        | ActionKind::Reactivate { .. }
-                )
-            })
-            .collect();
+        // Order matters: users exist before anything else touches them;
+        // leavers are frozen before deactivation; returners are active again
+        // before they are unfrozen.
+        let select = |f: fn(&ActionKind) -> bool| -> Vec<&Action> {
+            plan.actions.iter().filter(|a| f(&a.kind)).collect()
+        };
+        let creates = select(|k| matches!(k, ActionKind::Create { .. }));
+        let freezes = select(|k| matches!(k, ActionKind::Freeze { .. }));
+        let updates = select(|k| {
+            matches!(
+                k,
+                ActionKind::Update { .. } | ActionKind::Deactivate | ActionKind::Reactivate { .. }
+            )
+        });
+        let unfreezes = select(|k| matches!(k, ActionKind::Unfreeze { .. }));
         let size = self.cfg.batch_size.clamp(1, 200);
         let mut handed_over: std::collections::HashSet<String> = std::collections::HashSet::new();
-        for (is_create, list) in [(true, creates), (false, updates)] {
+        for (is_create, object, list) in [
+            (true, "User", creates),
+            (false, "UserLogin", freezes),
+            (false, "User", updates),
+            (false, "UserLogin", unfreezes),
+        ] {
             for batch in list.chunks(size) {
                 let records: Vec<Map<String, Value>> =
                     batch.iter().map(|a| record_for(a, profiles)).collect();
@@ -80,9 +83,9 @@ impl Engine {
                     );
                 }
                 let sent = if is_create {
-                    self.salesforce.create_many("User", &records).await
+                    self.salesforce.create_many(object, &records).await
                 } else {
-                    self.salesforce.update_many("User", &records).await
+                    self.salesforce.update_many(object, &records).await
                 };
                 match sent {
                     Ok(results) => {
@@ -189,6 +192,24 @@ impl Engine {
                             detail: json!({"changes": changes, "reason": a.reason}),
                         }
                     }
+                    ActionKind::Freeze { login_id } => {
+                        report.frozen += 1;
+                        AuditEvent {
+                            event: "user.frozen".into(),
+                            entra_id: Some(a.entra_id.clone()),
+                            sf_id: a.sf_id.clone(),
+                            detail: json!({"user_login": login_id, "reason": a.reason}),
+                        }
+                    }
+                    ActionKind::Unfreeze { login_id } => {
+                        report.unfrozen += 1;
+                        AuditEvent {
+                            event: "user.unfrozen".into(),
+                            entra_id: Some(a.entra_id.clone()),
+                            sf_id: a.sf_id.clone(),
+                            detail: json!({"user_login": login_id, "reason": a.reason}),
+                        }
+                    }
                     ActionKind::Link { .. } => continue,
                 };
                 events.push(event);
@@ -205,10 +226,23 @@ impl Engine {
                     msg
                 };
                 self.store.settle(*oid, "failed", &msg).await?;
-                outcomes.entry(a.entra_id.clone()).or_default().failed =
-                    Some(format!("{} refused by Salesforce: {msg}", a.kind.name()));
+                // Salesforce has no distinct code for most deactivation
+                // blockers (default case owner, workflow user...): any
+                // refusal of IsActive=false is a blocker; the user stays
+                // frozen and the step is retried on later cycles.
+                let blocked = matches!(a.kind, ActionKind::Deactivate);
+                let text = if blocked {
+                    format!("deactivation blocked by Salesforce (the user stays frozen): {msg}")
+                } else {
+                    format!("{} refused by Salesforce: {msg}", a.kind.name())
+                };
+                outcomes.entry(a.entra_id.clone()).or_default().failed = Some(text);
                 events.push(AuditEvent {
-                    event: format!("user.{}_failed", a.kind.name()),
+                    event: if blocked {
+                        "user.deactivation_blocked".to_string()
+                    } else {
+                        format!("user.{}_failed", a.kind.name())
+                    },
                     entra_id: Some(a.entra_id.clone()),
                     sf_id: a.sf_id.clone(),
                     detail: json!({"errors": r.errors}),
@@ -259,6 +293,14 @@ fn record_for(a: &Action, profiles: &HashMap<String, String>) -> Map<String, Val
             r.insert("id".into(), json!(a.sf_id));
             r.insert("IsActive".into(), json!(true));
             put_changes(&mut r, changes);
+        }
+        ActionKind::Freeze { login_id } => {
+            r.insert("id".into(), json!(login_id));
+            r.insert("IsFrozen".into(), json!(true));
+        }
+        ActionKind::Unfreeze { login_id } => {
+            r.insert("id".into(), json!(login_id));
+            r.insert("IsFrozen".into(), json!(false));
         }
         ActionKind::Link { .. } => {}
     }

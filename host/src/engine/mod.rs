@@ -101,6 +101,8 @@ pub struct CycleReport {
     pub updated: usize,
     pub deactivated: usize,
     pub reactivated: usize,
+    pub frozen: usize,
+    pub unfrozen: usize,
     pub linked: usize,
     pub unchanged: usize,
     pub failed: usize,
@@ -604,6 +606,45 @@ impl Engine {
             }
         }
 
+        // Login state (frozen?) of every Salesforce user already known.
+        let mut known: Vec<String> = by_id.keys().cloned().collect();
+        for recs in by_fed.values().chain(by_username.values()) {
+            known.extend(
+                recs.iter()
+                    .filter_map(|r| r.get("Id").and_then(Value::as_str).map(str::to_string)),
+            );
+        }
+        known.sort();
+        known.dedup();
+        let mut logins: HashMap<String, (String, bool)> = HashMap::new();
+        for chunk in known.chunks(IN_CHUNK) {
+            let list = chunk
+                .iter()
+                .map(|v| soql_quote(v))
+                .collect::<Vec<_>>()
+                .join(", ");
+            for r in self
+                .salesforce
+                .query(&format!(
+                    "SELECT Id, UserId, IsFrozen FROM UserLogin WHERE UserId IN ({list})"
+                ))
+                .await?
+            {
+                if let (Some(id), Some(user)) = (
+                    r.get("Id").and_then(Value::as_str),
+                    r.get("UserId").and_then(Value::as_str),
+                ) {
+                    logins.insert(
+                        user.to_string(),
+                        (
+                            id.to_string(),
+                            r.get("IsFrozen").and_then(Value::as_bool).unwrap_or(false),
+                        ),
+                    );
+                }
+            }
+        }
+
         // Plan per user.
         let mut claimed: HashMap<String, String> = HashMap::new();
         for (d, want) in &desired {
@@ -716,29 +757,75 @@ impl Engine {
                             );
                         }
                     }
-                    let kind = match (want.active, active_now) {
-                        (false, true) => Some((ActionKind::Deactivate, format!("leaver: {cause}"))),
-                        (false, false) => None,
-                        (true, false) => Some((
-                            ActionKind::Reactivate { changes },
-                            format!(
-                                "returner: active again in Entra (restored or re-enabled); {cause}"
-                            ),
-                        )),
-                        (true, true) if changes.is_empty() => None,
-                        (true, true) => Some((
-                            ActionKind::Update { changes },
-                            format!("changed in Entra: {cause}"),
-                        )),
-                    };
-                    if let Some((kind, reason)) = kind {
+                    let login = sf_id.as_ref().and_then(|s| logins.get(s));
+                    let frozen = login.is_some_and(|(_, f)| *f);
+                    let push = |plan: &mut Plan, kind: ActionKind, reason: String| {
                         plan.actions.push(Action {
                             entra_id: id.clone(),
-                            upn,
-                            sf_id,
+                            upn: upn.clone(),
+                            sf_id: sf_id.clone(),
                             kind,
                             reason,
                         });
+                    };
+                    match (want.active, active_now) {
+                        (false, true) => {
+                            // Freeze first: it blocks logins at once, even if
+                            // deactivation is refused by org configuration.
+                            if let Some((login_id, false)) = login {
+                                push(
+                                    &mut plan,
+                                    ActionKind::Freeze {
+                                        login_id: login_id.clone(),
+                                    },
+                                    format!("leaver: {cause}; frozen at once"),
+                                );
+                            }
+                            push(
+                                &mut plan,
+                                ActionKind::Deactivate,
+                                format!("leaver: {cause}"),
+                            );
+                        }
+                        (false, false) => {}
+                        (true, false) => {
+                            push(
+                                &mut plan,
+                                ActionKind::Reactivate { changes },
+                                format!(
+                                    "returner: active again in Entra (restored or re-enabled); {cause}"
+                                ),
+                            );
+                            if let Some((login_id, true)) = login {
+                                push(
+                                    &mut plan,
+                                    ActionKind::Unfreeze {
+                                        login_id: login_id.clone(),
+                                    },
+                                    "returner: unfreeze".into(),
+                                );
+                            }
+                        }
+                        (true, true) => {
+                            if !changes.is_empty() {
+                                push(
+                                    &mut plan,
+                                    ActionKind::Update { changes },
+                                    format!("changed in Entra: {cause}"),
+                                );
+                            }
+                            // Frozen but wanted active (a leaver whose
+                            // deactivation was refused, then came back).
+                            if frozen && let Some((login_id, _)) = login {
+                                push(
+                                    &mut plan,
+                                    ActionKind::Unfreeze {
+                                        login_id: login_id.clone(),
+                                    },
+                                    format!("active in Entra but frozen in Salesforce: {cause}"),
+                                );
+                            }
+                        }
                     }
                 }
             }

@@ -30,6 +30,11 @@ pub enum ActionKind {
     Update { changes: BTreeMap<String, Change> },
     /// Set IsActive = false.
     Deactivate,
+    /// Set `UserLogin.IsFrozen = true`: blocks logins at once, before (and
+    /// regardless of) deactivation.
+    Freeze { login_id: String },
+    /// Set `UserLogin.IsFrozen = false`.
+    Unfreeze { login_id: String },
     /// Set IsActive = true, with any other changes that are due.
     Reactivate { changes: BTreeMap<String, Change> },
 }
@@ -43,6 +48,8 @@ impl ActionKind {
             Self::Update { .. } => "update",
             Self::Deactivate => "deactivate",
             Self::Reactivate { .. } => "reactivate",
+            Self::Freeze { .. } => "freeze",
+            Self::Unfreeze { .. } => "unfreeze",
         }
     }
 
@@ -89,6 +96,8 @@ pub struct PlanCounts {
     pub deactivate: usize,
     pub reactivate: usize,
     pub link: usize,
+    pub freeze: usize,
+    pub unfreeze: usize,
 }
 
 impl Plan {
@@ -102,6 +111,8 @@ impl Plan {
                 ActionKind::Update { .. } => c.update += 1,
                 ActionKind::Deactivate => c.deactivate += 1,
                 ActionKind::Reactivate { .. } => c.reactivate += 1,
+                ActionKind::Freeze { .. } => c.freeze += 1,
+                ActionKind::Unfreeze { .. } => c.unfreeze += 1,
             }
         }
         c
@@ -140,6 +151,22 @@ impl Plan {
                     let _ = writeln!(out, "  - deactivate User {sf}  ({who})");
                     let _ = writeln!(out, "      {:<22} = true -> false", "IsActive");
                 }
+                ActionKind::Freeze { login_id } => {
+                    let _ = writeln!(out, "  * freeze     User {sf}  ({who})");
+                    let _ = writeln!(
+                        out,
+                        "      {:<22} = false -> true  (UserLogin {login_id})",
+                        "IsFrozen"
+                    );
+                }
+                ActionKind::Unfreeze { login_id } => {
+                    let _ = writeln!(out, "  * unfreeze   User {sf}  ({who})");
+                    let _ = writeln!(
+                        out,
+                        "      {:<22} = true -> false  (UserLogin {login_id})",
+                        "IsFrozen"
+                    );
+                }
                 ActionKind::Reactivate { changes } => {
                     let _ = writeln!(out, "  ^ reactivate User {sf}  ({who})");
                     let _ = writeln!(out, "      {:<22} = false -> true", "IsActive");
@@ -151,8 +178,8 @@ impl Plan {
         let c = self.counts();
         let _ = writeln!(
             out,
-            "\nPlan: {} to create, {} to update, {} to deactivate, {} to reactivate, {} to link.",
-            c.create, c.update, c.deactivate, c.reactivate, c.link
+            "\nPlan: {} to create, {} to update, {} to freeze, {} to deactivate, {} to reactivate, {} to unfreeze, {} to link.",
+            c.create, c.update, c.freeze, c.deactivate, c.reactivate, c.unfreeze, c.link
         );
         out
     }

@@ -222,12 +222,25 @@ async fn demo_flow_leaves_the_expected_salesforce_state() {
         .unwrap_or_default();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["IsActive"], json!(false), "leaver deactivated");
+    let leaver_sf = rows[0]["Id"].as_str().unwrap_or_default().to_string();
+    let frozen = |sim: &Sim| {
+        sim.salesforce()
+            .rows("UserLogin")
+            .find(|l| l["UserId"].as_str() == Some(leaver_sf.as_str()))
+            .map(|l| l["IsFrozen"].clone())
+    };
+    assert_eq!(
+        frozen(&sim),
+        Some(json!(true)),
+        "leaver frozen before deactivation"
+    );
 
     // Restore.
     sim.graph().restore_user(&story.leaver).expect("restore");
     let r2 = engine.sync_once(&Quiet).await.expect("sync after restore");
     assert_eq!(r2.reactivated, 1, "{}", r2.plan.render());
     assert_user(&sim, &story.leaver, true);
+    assert_eq!(frozen(&sim), Some(json!(false)), "restored user unfrozen");
 
     // The audit trail holds every change and its chain verifies.
     let audit = engine.store.audit_rows(None).await.expect("audit rows");
@@ -235,6 +248,8 @@ async fn demo_flow_leaves_the_expected_salesforce_state() {
     let count = |e: &str| audit.iter().filter(|r| r.event == e).count();
     assert_eq!(count("user.created"), report.created + 1);
     assert_eq!(count("user.deactivated"), 1);
+    assert_eq!(count("user.frozen"), 1);
+    assert_eq!(count("user.unfrozen"), 1);
     assert_eq!(count("user.reactivated"), 1);
     assert_eq!(count("user.linked"), 5);
 }

@@ -164,3 +164,109 @@ async fn soap_login_is_a_last_resort_and_refused_from_v65() {
     let err = cfg.validate().expect_err("no key").to_string();
     assert!(err.contains("salesforce.username"), "{err}");
 }
+
+fn login_frozen(sim: &provisor::sim::Sim, user_id: &str) -> Option<bool> {
+    let org = sim.salesforce();
+    org.rows("UserLogin")
+        .find(|l| l.get("UserId").and_then(serde_json::Value::as_str) == Some(user_id))
+        .and_then(|l| l.get("IsFrozen").and_then(serde_json::Value::as_bool))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leavers_are_frozen_at_once_and_stay_frozen_while_deactivation_is_blocked() {
+    use serde_json::Value;
+    let running = start_sim(20, 44).await;
+    let sim = running.sim.clone();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = engine_with(&running, &rhai_pack(), &dir.path().join("a.db"), |c| {
+        fast(c);
+        c.sync.max_attempts = 10;
+    })
+    .await;
+    engine.sync_once(&Quiet).await.expect("initial sync");
+    let (entra_id, upn) = sim
+        .graph()
+        .users()
+        .find(|u| u.props.get("accountEnabled") == Some(&Value::Bool(true)))
+        .map(|u| {
+            (
+                u.id.clone(),
+                u.props["userPrincipalName"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .expect("a user");
+    let sf_id = sim.salesforce().users_where("Username", &upn)[0]["Id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(login_frozen(&sim, &sf_id), Some(false));
+
+    // The leaver is the default case owner: Salesforce refuses deactivation.
+    let blocker = "You cannot deactivate this user. You cannot deactivate a user who is the default owner of cases";
+    sim.salesforce()
+        .set_deactivation_blocker(&sf_id, Some(blocker));
+    sim.graph().soft_delete_user(&entra_id).expect("leaver");
+    let r = engine.sync_once(&Quiet).await.expect("cycle completes");
+    assert_eq!(
+        (r.frozen, r.deactivated, r.failed),
+        (1, 0, 1),
+        "{}",
+        r.plan.render()
+    );
+    assert!(
+        r.failures[0].contains("deactivation blocked")
+            && r.failures[0].contains("default owner of cases"),
+        "{:?}",
+        r.failures
+    );
+    assert_eq!(
+        login_frozen(&sim, &sf_id),
+        Some(true),
+        "frozen at once although deactivation failed"
+    );
+    assert_eq!(
+        sim.salesforce()
+            .get("User", &sf_id)
+            .and_then(|u| u.get("IsActive").cloned()),
+        Some(Value::Bool(true))
+    );
+    let audit = engine.store.audit_rows(None).await.expect("audit");
+    let blocked = audit
+        .iter()
+        .find(|a| a.event == "user.deactivation_blocked")
+        .expect("blocker audited");
+    assert!(
+        blocked
+            .detail
+            .to_string()
+            .contains("default owner of cases")
+    );
+
+    // Next cycle: still frozen (not frozen again), deactivation retried.
+    let r = engine.sync_once(&Quiet).await.expect("retry");
+    assert_eq!((r.frozen, r.deactivated, r.failed), (0, 0, 1));
+    // The admin fixes the org; the retry succeeds.
+    sim.salesforce().set_deactivation_blocker(&sf_id, None);
+    let r = engine.sync_once(&Quiet).await.expect("retry");
+    assert_eq!(
+        (r.frozen, r.deactivated, r.failed),
+        (0, 1, 0),
+        "{:?}",
+        r.failures
+    );
+
+    // Restore: reactivated, then unfrozen.
+    sim.graph().restore_user(&entra_id).expect("restore");
+    let r = engine.sync_once(&Quiet).await.expect("restore");
+    assert_eq!((r.reactivated, r.unfrozen), (1, 1), "{}", r.plan.render());
+    assert_eq!(login_frozen(&sim, &sf_id), Some(false));
+    assert_eq!(
+        sim.salesforce()
+            .get("User", &sf_id)
+            .and_then(|u| u.get("IsActive").cloned()),
+        Some(Value::Bool(true))
+    );
+}
