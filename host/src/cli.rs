@@ -414,6 +414,15 @@ pub fn print_summary(r: &CycleReport) {
         r.failed,
         r.parked
     );
+    if r.waiting > 0 {
+        println!(
+            "  waiting for a licence: {} (retried every cycle)",
+            r.waiting
+        );
+        for w in r.waiting_for.iter().take(5) {
+            println!("    {w}");
+        }
+    }
     for f in r.failures.iter().take(10) {
         println!("  failed: {f}");
     }

@@ -655,10 +655,28 @@ impl Store {
         Ok(())
     }
 
+    /// Records that a user waits (for a licence seat); it stays dirty and
+    /// spends no attempt. Returns true when it was not waiting before.
+    pub async fn mark_waiting(&self, entra_id: &str, reason: &str) -> Result<bool, StoreError> {
+        let before: Option<Option<String>> =
+            sqlx::query_scalar("SELECT waiting FROM entra_users WHERE id = ?")
+                .bind(entra_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(q("read waiting"))?;
+        sqlx::query("UPDATE entra_users SET waiting = ? WHERE id = ?")
+            .bind(reason)
+            .bind(entra_id)
+            .execute(&self.pool)
+            .await
+            .map_err(q("mark waiting"))?;
+        Ok(before.flatten().is_none())
+    }
+
     /// The user's work is done.
     pub async fn mark_clean(&self, entra_id: &str) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE entra_users SET dirty = 0, attempts = 0, last_error = NULL WHERE id = ?",
+            "UPDATE entra_users SET dirty = 0, attempts = 0, last_error = NULL, waiting = NULL WHERE id = ?",
         )
         .bind(entra_id)
         .execute(&self.pool)

@@ -107,6 +107,10 @@ pub struct CycleReport {
     pub unchanged: usize,
     pub failed: usize,
     pub parked: usize,
+    /// Users waiting for a licence seat (retried each cycle, never failed).
+    pub waiting: usize,
+    /// One line per waiting user: `upn: reason`.
+    pub waiting_for: Vec<String>,
     /// One line per failed user: `entra id: error`.
     pub failures: Vec<String>,
     pub plan: Plan,
@@ -120,6 +124,9 @@ pub(crate) struct Outcome {
     /// The user's actions were not sent (the cycle stopped first): it stays
     /// dirty without counting an attempt.
     deferred: bool,
+    /// Held back by something outside provisor's control (no licence seat):
+    /// stays dirty, spends no attempt, is retried every cycle.
+    waiting: Option<String>,
 }
 
 /// What planning produced.
@@ -509,18 +516,65 @@ impl Engine {
         }
 
         // Current state: profiles, linked users by Id, others by match keys.
-        let profiles: HashMap<String, String> = self
+        // Profiles and the seats left on each user licence, read once.
+        let mut profiles: HashMap<String, String> = HashMap::new();
+        let mut profile_licence: HashMap<String, String> = HashMap::new();
+        for p in self
             .salesforce
-            .query("SELECT Id, Name FROM Profile")
+            .query("SELECT Id, Name, UserLicenseId FROM Profile")
             .await?
-            .into_iter()
-            .filter_map(|p| {
-                Some((
-                    p.get("Name")?.as_str()?.to_string(),
-                    p.get("Id")?.as_str()?.to_string(),
+        {
+            let (Some(id), Some(name)) = (
+                p.get("Id").and_then(Value::as_str),
+                p.get("Name").and_then(Value::as_str),
+            ) else {
+                continue;
+            };
+            profiles.insert(name.to_string(), id.to_string());
+            if let Some(l) = p.get("UserLicenseId").and_then(Value::as_str) {
+                profile_licence.insert(id.to_string(), l.to_string());
+            }
+        }
+        let mut seats: HashMap<String, (String, i64, i64)> = HashMap::new();
+        for l in self
+            .salesforce
+            .query("SELECT Id, Name, TotalLicenses, UsedLicenses FROM UserLicense")
+            .await?
+        {
+            let Some(id) = l.get("Id").and_then(Value::as_str) else {
+                continue;
+            };
+            let total = l.get("TotalLicenses").and_then(Value::as_i64).unwrap_or(0);
+            let used = l.get("UsedLicenses").and_then(Value::as_i64).unwrap_or(0);
+            seats.insert(
+                id.to_string(),
+                (
+                    l.get("Name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("?")
+                        .to_string(),
+                    total,
+                    used,
+                ),
+            );
+        }
+        // Takes a seat for a profile's licence, or says why there is none.
+        let mut take_seat = |profile_id: &str| -> Result<(), String> {
+            let Some(lic) = profile_licence.get(profile_id) else {
+                return Ok(());
+            };
+            let Some((name, total, used)) = seats.get_mut(lic) else {
+                return Ok(());
+            };
+            if *used < *total {
+                *used += 1;
+                Ok(())
+            } else {
+                Err(format!(
+                    "waiting for a {name} licence: all {total} seats are used"
                 ))
-            })
-            .collect();
+            }
+        };
         let mut select: Vec<String> = vec![
             "Id".into(),
             "IsActive".into(),
@@ -701,6 +755,10 @@ impl Engine {
                             Some(format!("profile {profile:?} does not exist in Salesforce"));
                         continue;
                     }
+                    if let Err(why) = take_seat(&profiles[&profile]) {
+                        outcomes.entry(id.clone()).or_default().waiting = Some(why);
+                        continue;
+                    }
                     let fields = want
                         .fields
                         .iter()
@@ -756,6 +814,27 @@ impl Engine {
                                 },
                             );
                         }
+                    }
+                    // An activation, or a move to a profile on another
+                    // licence, needs a free seat first.
+                    let current_profile = rec
+                        .get("ProfileId")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string();
+                    let target_profile = want
+                        .profile
+                        .as_ref()
+                        .and_then(|p| profiles.get(p))
+                        .cloned()
+                        .unwrap_or_else(|| current_profile.clone());
+                    let needs_seat = want.active
+                        && (!active_now
+                            || profile_licence.get(&target_profile)
+                                != profile_licence.get(&current_profile));
+                    if needs_seat && let Err(why) = take_seat(&target_profile) {
+                        outcomes.entry(id.clone()).or_default().waiting = Some(why);
+                        continue;
                     }
                     let login = sf_id.as_ref().and_then(|s| logins.get(s));
                     let frozen = login.is_some_and(|(_, f)| *f);
@@ -915,6 +994,24 @@ impl Engine {
                 .get(id)
                 .is_some_and(|o| o.deferred && o.failed.is_none())
             {
+                continue;
+            }
+            if let Some(why) = outcomes.get(id).and_then(|o| o.waiting.as_ref()) {
+                report.waiting += 1;
+                report.waiting_for.push(format!(
+                    "{}: {why}",
+                    d.user.user_principal_name.as_deref().unwrap_or(id)
+                ));
+                if self.store.mark_waiting(id, why).await? {
+                    // Newly waiting: an alert, once, not every cycle.
+                    tracing::warn!(user = %id, reason = %why, "user waits for a licence");
+                    events.push(AuditEvent {
+                        event: "user.waiting_for_licence".into(),
+                        entra_id: Some(id.into()),
+                        sf_id: None,
+                        detail: json!({"reason": why}),
+                    });
+                }
                 continue;
             }
             match outcomes.get(id).and_then(|o| o.failed.as_ref()) {

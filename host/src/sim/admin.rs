@@ -36,6 +36,7 @@ pub(super) fn routes() -> Router<Sim> {
             axum::routing::patch(rename_group).delete(delete_group),
         )
         .route("/_sim/salesforce/users", get(sf_users))
+        .route("/_sim/salesforce/licences/{name}", put(set_licence))
         .route(
             "/_sim/salesforce/users/{id}/deactivation-blocker",
             put(set_blocker).delete(clear_blocker),
@@ -233,4 +234,26 @@ async fn delete_group(State(sim): State<Sim>, Path(group): Path<String>) -> Resp
             .delete_group(&group)
             .map(|()| json!({"id": group})),
     )
+}
+
+/// Sets a user licence's seats: `{"total": N}`.
+async fn set_licence(
+    State(sim): State<Sim>,
+    Path(name): Path<String>,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
+    let Some(total) = body.get("total").and_then(Value::as_i64) else {
+        return super::json(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "body must be {\"total\": N}"}),
+        );
+    };
+    if sim.salesforce().set_licence_total(&name, total) {
+        done::<String>(Ok(json!({"licence": name, "total": total})))
+    } else {
+        super::json(
+            StatusCode::NOT_FOUND,
+            json!({"error": format!("no user licence named {name:?}")}),
+        )
+    }
 }

@@ -361,6 +361,21 @@ impl SfOrg {
             .and_then(|p| p.get("Id")?.as_str().map(str::to_string))
     }
 
+    /// Sets the seats of a user licence by name (e.g. "Salesforce").
+    pub fn set_licence_total(&mut self, name: &str, total: i64) -> bool {
+        let Some(rows) = self.objects.get_mut("UserLicense") else {
+            return false;
+        };
+        let mut found = false;
+        for row in rows.values_mut() {
+            if row.get("Name").and_then(Value::as_str) == Some(name) {
+                row.insert("TotalLicenses".into(), json!(total));
+                found = true;
+            }
+        }
+        found
+    }
+
     /// Profile id by name (seeding and tests).
     pub fn profile_id(&self, name: &str) -> Option<String> {
         self.id_of_profile(name)

@@ -270,3 +270,101 @@ async fn leavers_are_frozen_at_once_and_stay_frozen_while_deactivation_is_blocke
         Some(Value::Bool(true))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn licence_exhaustion_parks_users_and_resumes_them_when_seats_appear() {
+    use serde_json::Value;
+    let running = start_sim(60, 45).await;
+    let sim = running.sim.clone();
+    // Few "Salesforce" seats: the Standard User joiners cannot all get one.
+    let used = sim
+        .salesforce()
+        .rows("UserLicense")
+        .find(|l| l["Name"] == "Salesforce")
+        .and_then(|l| l["UsedLicenses"].as_i64())
+        .expect("licence");
+    assert!(sim.salesforce().set_licence_total("Salesforce", used + 3));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = engine_with(&running, &rhai_pack(), &dir.path().join("a.db"), |c| {
+        fast(c);
+        c.sync.max_attempts = 2;
+    })
+    .await;
+    let r = engine.sync_once(&Quiet).await.expect("sync");
+    assert!(r.waiting > 0, "{:?}", r.failures);
+    assert_eq!(r.failed, 0, "waiting is not failing: {:?}", r.failures);
+    assert!(
+        r.waiting_for
+            .iter()
+            .all(|w| w.contains("waiting for a Salesforce licence")),
+        "{:?}",
+        r.waiting_for
+    );
+    let seats = |sim: &provisor::sim::Sim| {
+        sim.salesforce()
+            .rows("UserLicense")
+            .find(|l| l["Name"] == "Salesforce")
+            .map(|l| (l["TotalLicenses"].as_i64(), l["UsedLicenses"].as_i64()))
+    };
+    let (total, used_now) = seats(&sim).expect("licence");
+    assert!(used_now <= total, "never over-allocated");
+    // Seats freed in a cycle (a profile moved off the licence) are counted
+    // on the next one.
+    let r = engine.sync_once(&Quiet).await.expect("sync");
+    let waiting = r.waiting;
+    assert!(waiting > 0);
+    assert_eq!(
+        seats(&sim).map(|(t, u)| t == u),
+        Some(true),
+        "every seat in use now"
+    );
+
+    // Cycles later they still wait, never parked as dead letters...
+    for _ in 0..3 {
+        let r = engine.sync_once(&Quiet).await.expect("sync");
+        assert_eq!((r.waiting, r.failed, r.parked), (waiting, 0, 0));
+    }
+    assert!(
+        engine
+            .store
+            .dead_letters()
+            .await
+            .expect("dead letters")
+            .is_empty()
+    );
+    let audit = engine.store.audit_rows(None).await.expect("audit");
+    let alerts = audit
+        .iter()
+        .filter(|a| a.event == "user.waiting_for_licence")
+        .count();
+    assert!(
+        (waiting..=waiting + 1).contains(&alerts),
+        "alerted once per user, not every cycle: {alerts} alerts for {waiting} waiting"
+    );
+
+    // ...and are created once seats appear.
+    assert!(
+        sim.salesforce()
+            .set_licence_total("Salesforce", used + 3 + waiting as i64)
+    );
+    let r = engine.sync_once(&Quiet).await.expect("sync");
+    assert_eq!(
+        (r.created, r.waiting, r.failed),
+        (waiting, 0, 0),
+        "{:?}",
+        r.failures
+    );
+    let enabled: Vec<String> = sim
+        .graph()
+        .users()
+        .filter(|u| u.props.get("accountEnabled") == Some(&Value::Bool(true)))
+        .filter_map(|u| u.props["userPrincipalName"].as_str().map(str::to_string))
+        .collect();
+    for upn in enabled {
+        assert_eq!(
+            sim.salesforce().users_where("Username", &upn).len(),
+            1,
+            "{upn}"
+        );
+    }
+}
