@@ -127,6 +127,10 @@ struct SimArgs {
     /// Allow Salesforce SOAP login() (disabled by default).
     #[arg(long)]
     sf_allow_soap_login: bool,
+    /// Salesforce daily API request allocation; beyond it calls answer
+    /// 403 REQUEST_LIMIT_EXCEEDED.
+    #[arg(long, default_value_t = 1_000_000)]
+    sf_daily_limit: u64,
     /// Print a provisor config pointing at the emulators and exit.
     #[arg(long)]
     print_config: bool,
@@ -265,6 +269,7 @@ async fn run_sim(a: SimArgs) -> anyhow::Result<ExitCode> {
     sim.graph().expired_token_gone = a.expired_delta_410;
     sim.salesforce().password_flow_allowed = a.sf_allow_password_flow;
     sim.salesforce().soap_login_allowed = a.sf_allow_soap_login;
+    sim.salesforce().daily_api_limit = a.sf_daily_limit;
     let running = sim
         .serve(a.listen)
         .await

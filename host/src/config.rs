@@ -214,6 +214,28 @@ pub struct SalesforceConfig {
     /// Security token appended to the password when the caller's IP is not trusted.
     #[serde(default)]
     pub security_token: Option<Secret>,
+    /// Above this share of the daily API allocation (`Sforce-Limit-Info`),
+    /// calls are paced, more the closer usage gets to `stop_share`.
+    #[serde(default = "default_throttle_share")]
+    pub throttle_share: f64,
+    /// At this share writes stop (reads go on) and the cycle reports it, so
+    /// provisor never eats the last of the org's API calls.
+    #[serde(default = "default_stop_share")]
+    pub stop_share: f64,
+    /// Longest pause between calls when pacing near the limit.
+    #[serde(default = "default_pace_max_ms")]
+    pub pace_max_ms: u64,
+}
+
+fn default_pace_max_ms() -> u64 {
+    2000
+}
+
+fn default_throttle_share() -> f64 {
+    0.8
+}
+fn default_stop_share() -> f64 {
+    0.95
 }
 
 /// Salesforce authentication flows.
@@ -615,6 +637,16 @@ impl Config {
             }
         }
         let sf = &self.salesforce;
+        if !(sf.throttle_share > 0.0 && sf.throttle_share <= sf.stop_share && sf.stop_share <= 1.0)
+        {
+            return Err(ConfigError::Invalid {
+                key: "salesforce.throttle_share".into(),
+                problem: format!(
+                    "need 0 < throttle_share ({}) <= stop_share ({}) <= 1",
+                    sf.throttle_share, sf.stop_share
+                ),
+            });
+        }
         let need = |present: bool, key: &str, why: &str| -> Result<(), ConfigError> {
             if present {
                 Ok(())

@@ -92,6 +92,31 @@ impl Engine {
                         self.settle_batch(cycle, batch, &journal, &results, outcomes, report)
                             .await?
                     }
+                    Err(e) if e.is_limit() => {
+                        // The org's API allocation is (nearly) spent: nothing
+                        // was done. Stop writing, charge nobody an attempt,
+                        // and pick up on a later cycle.
+                        let msg = e.to_string();
+                        for oid in &journal {
+                            self.store.settle(*oid, "deferred", &msg).await?;
+                        }
+                        for a in plan.actions.iter().filter(|a| a.kind.writes()) {
+                            outcomes.entry(a.entra_id.clone()).or_default().deferred = true;
+                        }
+                        tracing::error!(error = %msg, "Salesforce API limit: writes paused");
+                        self.store
+                            .append_audit(
+                                cycle,
+                                &[AuditEvent {
+                                    event: "salesforce.limit_reached".into(),
+                                    entra_id: None,
+                                    sf_id: None,
+                                    detail: json!({"error": msg}),
+                                }],
+                            )
+                            .await?;
+                        return Ok(Some(e));
+                    }
                     Err(e) => {
                         // Whole request failed. If the outcome is unknown the
                         // records may exist: the users stay dirty and the next

@@ -53,9 +53,24 @@ pub enum SfError {
     Malformed { url: String, detail: String },
     #[error("Salesforce credential: {detail}")]
     Credential { detail: String },
+    #[error("Salesforce API usage is at {used}/{max} ({pct:.1}%), at or above the configured stop share: writes paused until usage drops", pct = (*.used as f64) * 100.0 / (*.max as f64).max(1.0))]
+    LimitFloor { used: u64, max: u64 },
 }
 
 impl SfError {
+    /// True when the org's API allocation stops the work: the configured
+    /// floor, or Salesforce's own `REQUEST_LIMIT_EXCEEDED` for the day.
+    /// Nothing was done; retry when usage drops.
+    pub fn is_limit(&self) -> bool {
+        match self {
+            Self::LimitFloor { .. } => true,
+            Self::Api { errors, .. } => errors.iter().any(|e| {
+                e.code == "REQUEST_LIMIT_EXCEEDED" && !e.message.contains("ConcurrentRequests")
+            }),
+            _ => false,
+        }
+    }
+
     /// True when the request may have been carried out even though no
     /// answer says so (lost response, 5xx): the caller must look before
     /// repeating a create.
@@ -451,7 +466,32 @@ impl SalesforceClient {
     ) -> Result<Value, SfError> {
         let idempotent = method != Method::POST;
         let mut relogged = false;
+        let mut concurrency_retries = 0u32;
         loop {
+            // Be polite to the org's daily allocation: pace calls above the
+            // throttle share, and stop writing at the stop share.
+            let LimitInfo { used, max } = self.limit_info();
+            if max > 0 {
+                let share = used as f64 / max as f64;
+                if method != Method::GET && share >= self.cfg.stop_share {
+                    return Err(SfError::LimitFloor { used, max });
+                }
+                if share >= self.cfg.throttle_share {
+                    let span = (self.cfg.stop_share - self.cfg.throttle_share).max(f64::EPSILON);
+                    let pause = std::time::Duration::from_millis(
+                        (self.cfg.pace_max_ms as f64
+                            * ((share - self.cfg.throttle_share) / span).min(1.0))
+                            as u64,
+                    );
+                    tracing::debug!(
+                        ?pause,
+                        used,
+                        max,
+                        "pacing Salesforce calls near the daily limit"
+                    );
+                    tokio::time::sleep(pause).await;
+                }
+            }
             let (token, base) = {
                 let mut guard = self.session.lock().await;
                 if guard.is_none() || relogged {
@@ -518,6 +558,22 @@ impl SalesforceClient {
                     message: text.chars().take(300).collect(),
                     fields: vec![],
                 });
+            }
+            if status.as_u16() == 403
+                && concurrency_retries < self.retry.attempts
+                && errors.iter().any(|e| {
+                    e.code == "REQUEST_LIMIT_EXCEEDED" && e.message.contains("ConcurrentRequests")
+                })
+            {
+                // Too many long-running requests at once: a short backoff helps.
+                concurrency_retries += 1;
+                tokio::time::sleep(
+                    self.retry
+                        .base
+                        .saturating_mul(1 << concurrency_retries.min(8)),
+                )
+                .await;
+                continue;
             }
             if status.as_u16() == 401
                 && !relogged

@@ -261,7 +261,6 @@ pub struct SfOrg {
     tokens: HashMap<String, Instant>,
     cursors: HashMap<String, Vec<Value>>,
     next_cursor: u64,
-    api_usage: u64,
     /// Messages returned when deactivating these users (configuration blockers).
     blockers: HashMap<String, String>,
     pub integration_user_id: String,
@@ -270,6 +269,11 @@ pub struct SfOrg {
     pub password_flow_allowed: bool,
     /// SOAP `login()` (disabled by default in new orgs).
     pub soap_login_allowed: bool,
+    /// Daily API request allocation (rolling 24 h); beyond it every call
+    /// answers 403 `REQUEST_LIMIT_EXCEEDED`.
+    pub daily_api_limit: u64,
+    /// API requests counted so far.
+    pub api_usage: u64,
 }
 
 impl SfOrg {
@@ -287,6 +291,7 @@ impl SfOrg {
             integration_user_id: String::new(),
             password_flow_allowed: false,
             soap_login_allowed: false,
+            daily_api_limit: DAILY_API_LIMIT,
         };
         org.org_id = org.insert_raw(
             "Organization",
@@ -1304,6 +1309,23 @@ fn gate(sim: &Sim, v: &str, headers: &HeaderMap) -> Result<String, Response> {
             &[],
         ));
     }
+    if org.api_usage >= org.daily_api_limit {
+        let limit = org.daily_api_limit;
+        let usage = org.api_usage;
+        drop(org);
+        let mut resp = error_response(
+            StatusCode::FORBIDDEN,
+            "REQUEST_LIMIT_EXCEEDED",
+            "TotalRequests Limit exceeded.",
+            &[],
+        );
+        set_header(
+            &mut resp,
+            "sforce-limit-info",
+            &format!("api-usage={usage}/{limit}"),
+        );
+        return Err(resp);
+    }
     org.api_usage += 1;
     drop(org);
     sim.stats_mut().sf_api_calls += 1;
@@ -1311,11 +1333,14 @@ fn gate(sim: &Sim, v: &str, headers: &HeaderMap) -> Result<String, Response> {
 }
 
 fn with_limits(sim: &Sim, mut resp: Response) -> Response {
-    let usage = sim.salesforce().api_usage;
+    let (usage, limit) = {
+        let org = sim.salesforce();
+        (org.api_usage, org.daily_api_limit)
+    };
     set_header(
         &mut resp,
         "sforce-limit-info",
-        &format!("api-usage={usage}/{DAILY_API_LIMIT}"),
+        &format!("api-usage={usage}/{limit}"),
     );
     resp
 }
@@ -1355,7 +1380,8 @@ async fn limits(State(sim): State<Sim>, Path(v): Path<String>, headers: HeaderMa
         return r;
     }
     let used = sim.salesforce().api_usage;
-    let body = json!({"DailyApiRequests": {"Max": DAILY_API_LIMIT, "Remaining": DAILY_API_LIMIT.saturating_sub(used)}, "DailyBulkApiBatches": {"Max": 15000, "Remaining": 15000}});
+    let limit = sim.salesforce().daily_api_limit;
+    let body = json!({"DailyApiRequests": {"Max": limit, "Remaining": limit.saturating_sub(used)}, "DailyBulkApiBatches": {"Max": 15000, "Remaining": 15000}});
     with_limits(&sim, super::json(StatusCode::OK, body))
 }
 

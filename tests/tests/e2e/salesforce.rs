@@ -368,3 +368,74 @@ async fn licence_exhaustion_parks_users_and_resumes_them_when_seats_appear() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_stop_at_the_configured_share_of_the_daily_api_limit() {
+    let running = start_sim(30, 46).await;
+    let sim = running.sim.clone();
+    {
+        let mut org = sim.salesforce();
+        org.daily_api_limit = 1000;
+        org.api_usage = 960;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = engine_with(&running, &rhai_pack(), &dir.path().join("a.db"), |c| {
+        fast(c);
+        c.salesforce.stop_share = 0.95;
+        c.salesforce.pace_max_ms = 1;
+    })
+    .await;
+    let writes = sim.stats().sf_write_calls;
+    let err = engine.sync_once(&Quiet).await.expect_err("writes paused");
+    assert!(
+        err.to_string().contains("/1000 (96.") && err.to_string().contains("writes paused"),
+        "{err}"
+    );
+    assert_eq!(sim.stats().sf_write_calls, writes, "no write was sent");
+    let dirty = engine.store.dirty_users().await.expect("dirty");
+    assert!(
+        !dirty.is_empty() && dirty.iter().all(|d| d.attempts == 0),
+        "nobody is charged an attempt"
+    );
+    let audit = engine.store.audit_rows(None).await.expect("audit");
+    assert!(audit.iter().any(|a| a.event == "salesforce.limit_reached"));
+
+    // The day rolls over: usage drops, the next cycle completes.
+    sim.salesforce().api_usage = 0;
+    let r = engine.sync_once(&Quiet).await.expect("completes");
+    assert!(r.created > 0 && r.failed == 0, "{:?}", r.failures);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_limit_exceeded_stops_the_cycle_without_charging_users() {
+    let running = start_sim(30, 47).await;
+    let sim = running.sim.clone();
+    {
+        let mut org = sim.salesforce();
+        org.daily_api_limit = org.api_usage;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = engine_with(&running, &rhai_pack(), &dir.path().join("a.db"), fast).await;
+    let err = engine
+        .sync_once(&Quiet)
+        .await
+        .expect_err("limit exceeded")
+        .to_string();
+    assert!(
+        err.contains("HTTP 403")
+            && err.contains("REQUEST_LIMIT_EXCEEDED: TotalRequests Limit exceeded."),
+        "{err}"
+    );
+    assert!(
+        engine
+            .store
+            .dirty_users()
+            .await
+            .expect("dirty")
+            .iter()
+            .all(|d| d.attempts == 0)
+    );
+    sim.salesforce().daily_api_limit = 1_000_000;
+    let r = engine.sync_once(&Quiet).await.expect("completes");
+    assert!(r.created > 0 && r.failed == 0);
+}
