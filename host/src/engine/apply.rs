@@ -88,7 +88,11 @@ impl Engine {
                     self.salesforce.update_many(object, &records).await
                 };
                 match sent {
-                    Ok(results) => {
+                    Ok(mut results) => {
+                        if is_create {
+                            self.retry_nickname_clashes(batch, &records, &mut results)
+                                .await;
+                        }
                         self.settle_batch(cycle, batch, &journal, &results, outcomes, report)
                             .await?
                     }
@@ -159,6 +163,57 @@ impl Engine {
             }
         }
         Ok(None)
+    }
+
+    /// CommunityNickname is unique per org: creates refused only for a
+    /// nickname clash are sent once more with a deterministic suffix taken
+    /// from the Entra object id (the same user always gets the same one).
+    async fn retry_nickname_clashes(
+        &self,
+        batch: &[&Action],
+        records: &[Map<String, Value>],
+        results: &mut [RecordResult],
+    ) {
+        let clashes: Vec<usize> = results
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| {
+                !r.success
+                    && !r.errors.is_empty()
+                    && r.errors.iter().all(|e| e.code == "DUPLICATE_COMM_NICKNAME")
+            })
+            .map(|(i, _)| i)
+            .collect();
+        if clashes.is_empty() {
+            return;
+        }
+        let retry: Vec<Map<String, Value>> = clashes
+            .iter()
+            .map(|&i| {
+                let mut r = records[i].clone();
+                let base = r
+                    .get("CommunityNickname")
+                    .and_then(Value::as_str)
+                    .unwrap_or("user")
+                    .to_string();
+                r.insert(
+                    "CommunityNickname".into(),
+                    json!(nickname_with_suffix(&base, &batch[i].entra_id)),
+                );
+                r
+            })
+            .collect();
+        match self.salesforce.create_many("User", &retry).await {
+            Ok(again) => {
+                for (k, &i) in clashes.iter().enumerate() {
+                    if let Some(r) = again.get(k) {
+                        results[i] = r.clone();
+                    }
+                }
+            }
+            // The first refusal stands; the user is retried next cycle.
+            Err(e) => tracing::warn!(error = %e, "nickname retry failed"),
+        }
     }
 
     async fn settle_batch(
@@ -330,4 +385,40 @@ fn record_for(a: &Action, profiles: &HashMap<String, String>) -> Map<String, Val
         ActionKind::Link { .. } => {}
     }
     r
+}
+
+/// A CommunityNickname (max 40) derived from a Username's local part.
+pub(crate) fn nickname_for(username: &str) -> String {
+    username
+        .split('@')
+        .next()
+        .unwrap_or(username)
+        .chars()
+        .take(40)
+        .collect()
+}
+
+/// `base` shortened to leave room for `.` and 4 hex characters of the
+/// SHA-256 of the Entra object id.
+fn nickname_with_suffix(base: &str, entra_id: &str) -> String {
+    use sha2::Digest as _;
+    let digest = hex::encode(sha2::Sha256::digest(entra_id.as_bytes()));
+    let head: String = base.chars().take(35).collect();
+    format!("{head}.{}", &digest[..4])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nicknames_are_deterministic_and_fit() {
+        assert_eq!(nickname_for("adele.vance@contoso.com"), "adele.vance");
+        let long = "a".repeat(60);
+        assert_eq!(nickname_for(&format!("{long}@x.com")).chars().count(), 40);
+        let a = nickname_with_suffix(&"b".repeat(40), "id-1");
+        assert_eq!(a, nickname_with_suffix(&"b".repeat(40), "id-1"));
+        assert_ne!(a, nickname_with_suffix(&"b".repeat(40), "id-2"));
+        assert!(a.chars().count() <= 40);
+    }
 }

@@ -759,12 +759,20 @@ impl Engine {
                         outcomes.entry(id.clone()).or_default().waiting = Some(why);
                         continue;
                     }
-                    let fields = want
+                    let mut fields: BTreeMap<String, FieldValue> = want
                         .fields
                         .iter()
                         .filter(|(_, v)| !matches!(v, FieldValue::Null) && v.as_text() != Some(""))
                         .map(|(k, v)| (k.clone(), v.clone()))
                         .collect();
+                    // A deterministic nickname rather than Salesforce's
+                    // own pick, so a retry after a clash is predictable.
+                    if !fields.contains_key("CommunityNickname")
+                        && let Some(u) = fields.get("Username").and_then(FieldValue::as_text)
+                    {
+                        let nick = apply::nickname_for(u);
+                        fields.insert("CommunityNickname".into(), FieldValue::Text(nick));
+                    }
                     plan.actions.push(Action {
                         entra_id: id.clone(),
                         upn,

@@ -439,3 +439,58 @@ async fn request_limit_exceeded_stops_the_cycle_without_charging_users() {
     let r = engine.sync_once(&Quiet).await.expect("completes");
     assert!(r.created > 0 && r.failed == 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nickname_clash_is_retried_with_a_deterministic_suffix() {
+    use serde_json::{Value, json};
+    let running = start_sim(10, 48).await;
+    let sim = running.sim.clone();
+    // A hand-made user already holds the nickname a joiner would get.
+    let upn = sim
+        .graph()
+        .users()
+        .filter(|u| u.props.get("accountEnabled") == Some(&Value::Bool(true)))
+        .filter_map(|u| u.props["userPrincipalName"].as_str().map(str::to_string))
+        .find(|upn| sim.salesforce().users_where("Username", upn).is_empty())
+        .expect("a joiner");
+    let taken = upn.split('@').next().unwrap_or_default().to_string();
+    {
+        let mut org = sim.salesforce();
+        let profile = org.profile_id("Chatter Free User").expect("profile");
+        let mut m = serde_json::Map::new();
+        for (k, v) in [
+            ("Username", "squatter@elsewhere.example"),
+            ("LastName", "Squatter"),
+            ("Email", "squatter@elsewhere.example"),
+            ("Alias", "squat"),
+            ("TimeZoneSidKey", "GMT"),
+            ("LocaleSidKey", "en_US"),
+            ("EmailEncodingKey", "UTF-8"),
+            ("LanguageLocaleKey", "en_US"),
+        ] {
+            m.insert(k.into(), json!(v));
+        }
+        m.insert("ProfileId".into(), json!(profile));
+        m.insert("CommunityNickname".into(), json!(taken));
+        org.insert_raw("User", m);
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = engine_with(&running, &rhai_pack(), &dir.path().join("a.db"), fast).await;
+    let r = engine.sync_once(&Quiet).await.expect("sync");
+    assert_eq!(r.failed, 0, "{:?}", r.failures);
+    let rows = sim
+        .salesforce()
+        .users_where("Username", &upn)
+        .into_iter()
+        .cloned()
+        .collect::<Vec<_>>();
+    assert_eq!(rows.len(), 1);
+    let nick = rows[0]["CommunityNickname"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        nick.starts_with(&format!("{taken}.")) && nick.len() == taken.len() + 5,
+        "{nick}"
+    );
+}
