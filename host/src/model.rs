@@ -116,6 +116,12 @@ pub struct DesiredUser {
     pub fields: BTreeMap<String, FieldValue>,
     /// Profile by name.
     pub profile: Option<String>,
+    /// Role (UserRole) by name; `None` leaves the role alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// Permission sets by API name that the user should hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub permission_sets: Vec<String>,
     /// Whether the Salesforce user should be active.
     pub active: bool,
 }

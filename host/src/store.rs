@@ -673,6 +673,56 @@ impl Store {
         Ok(before.flatten().is_none())
     }
 
+    /// Permission sets provisor assigned, per Entra user: name -> assignment id.
+    pub async fn managed_assignments(
+        &self,
+    ) -> Result<HashMap<String, HashMap<String, String>>, StoreError> {
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT entra_id, permission_set, assignment_id FROM managed_assignments",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("read managed assignments"))?;
+        let mut out: HashMap<String, HashMap<String, String>> = HashMap::new();
+        for (e, ps, id) in rows {
+            out.entry(e).or_default().insert(ps, id);
+        }
+        Ok(out)
+    }
+
+    /// Records an assignment provisor made.
+    pub async fn add_managed_assignment(
+        &self,
+        entra_id: &str,
+        permission_set: &str,
+        assignment_id: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO managed_assignments (entra_id, permission_set, assignment_id, assigned_at) VALUES (?, ?, ?, ?) ON CONFLICT (entra_id, permission_set) DO UPDATE SET assignment_id = excluded.assignment_id, assigned_at = excluded.assigned_at")
+            .bind(entra_id)
+            .bind(permission_set)
+            .bind(assignment_id)
+            .bind(now())
+            .execute(&self.pool)
+            .await
+            .map_err(q("save managed assignment"))?;
+        Ok(())
+    }
+
+    /// Forgets an assignment provisor removed.
+    pub async fn remove_managed_assignment(
+        &self,
+        entra_id: &str,
+        permission_set: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM managed_assignments WHERE entra_id = ? AND permission_set = ?")
+            .bind(entra_id)
+            .bind(permission_set)
+            .execute(&self.pool)
+            .await
+            .map_err(q("forget managed assignment"))?;
+        Ok(())
+    }
+
     /// The user's work is done.
     pub async fn mark_clean(&self, entra_id: &str) -> Result<(), StoreError> {
         sqlx::query(

@@ -18,7 +18,7 @@ impl Engine {
         &self,
         cycle: &str,
         plan: &Plan,
-        profiles: &HashMap<String, String>,
+        refs: &super::Refs,
         outcomes: &mut HashMap<String, Outcome>,
         obs: &dyn Observer,
         report: &mut CycleReport,
@@ -67,7 +67,7 @@ impl Engine {
         ] {
             for batch in list.chunks(size) {
                 let records: Vec<Map<String, Value>> =
-                    batch.iter().map(|a| record_for(a, profiles)).collect();
+                    batch.iter().map(|a| record_for(a, refs)).collect();
                 handed_over.extend(batch.iter().map(|a| a.entra_id.clone()));
                 let mut journal = Vec::with_capacity(batch.len());
                 for a in batch {
@@ -162,6 +162,160 @@ impl Engine {
                 obs.on(Progress::Applied { n: batch.len() });
             }
         }
+        self.apply_permission_sets(cycle, plan, refs, outcomes, report)
+            .await
+    }
+
+    /// Permission set assignments, after the users exist: new users' ids
+    /// come from the links made when they were created.
+    async fn apply_permission_sets(
+        &self,
+        cycle: &str,
+        plan: &Plan,
+        refs: &super::Refs,
+        outcomes: &mut HashMap<String, Outcome>,
+        report: &mut CycleReport,
+    ) -> Result<Option<SfError>, SyncError> {
+        let links = self.store.links().await?;
+        let failed = |outcomes: &HashMap<String, Outcome>, id: &str| {
+            outcomes
+                .get(id)
+                .is_some_and(|o| o.failed.is_some() || o.deferred)
+        };
+        let assigns: Vec<(&Action, String, String)> = plan
+            .actions
+            .iter()
+            .filter_map(|a| match &a.kind {
+                ActionKind::AssignPermissionSet { permission_set }
+                    if !failed(outcomes, &a.entra_id) =>
+                {
+                    let user = a
+                        .sf_id
+                        .clone()
+                        .or_else(|| links.get(&a.entra_id).cloned())?;
+                    Some((a, user, refs.permission_sets.get(permission_set)?.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        let size = self.cfg.batch_size.clamp(1, 200);
+        let mut events = Vec::new();
+        for batch in assigns.chunks(size) {
+            let records: Vec<Map<String, Value>> = batch
+                .iter()
+                .map(|(_, user, ps)| {
+                    let mut r = Map::new();
+                    r.insert("AssigneeId".into(), json!(user));
+                    r.insert("PermissionSetId".into(), json!(ps));
+                    r
+                })
+                .collect();
+            let results = match self
+                .salesforce
+                .create_many("PermissionSetAssignment", &records)
+                .await
+            {
+                Ok(r) => r,
+                Err(e) if e.is_limit() || e.outcome_unknown() => return Ok(Some(e)),
+                Err(e) => {
+                    for (a, _, _) in batch {
+                        outcomes.entry(a.entra_id.clone()).or_default().failed =
+                            Some(e.to_string());
+                    }
+                    continue;
+                }
+            };
+            for ((a, user, _), r) in batch.iter().zip(&results) {
+                let ActionKind::AssignPermissionSet { permission_set } = &a.kind else {
+                    continue;
+                };
+                // Already assigned (by hand, meanwhile): fine, and not ours.
+                let duplicate = r.errors.iter().any(|e| e.code == "DUPLICATE_VALUE");
+                if r.success {
+                    if let Some(id) = &r.id {
+                        self.store
+                            .add_managed_assignment(&a.entra_id, permission_set, id)
+                            .await?;
+                    }
+                    report.permission_sets_assigned += 1;
+                    events.push(AuditEvent { event: "user.permission_set_assigned".into(), entra_id: Some(a.entra_id.clone()), sf_id: Some(user.clone()), detail: json!({"permission_set": permission_set, "assignment": r.id, "reason": a.reason}) });
+                } else if !duplicate {
+                    let msg = r
+                        .errors
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    outcomes.entry(a.entra_id.clone()).or_default().failed = Some(format!(
+                        "assigning {permission_set} refused by Salesforce: {msg}"
+                    ));
+                    events.push(AuditEvent {
+                        event: "user.permission_set_assign_failed".into(),
+                        entra_id: Some(a.entra_id.clone()),
+                        sf_id: Some(user.clone()),
+                        detail: json!({"permission_set": permission_set, "errors": r.errors}),
+                    });
+                }
+            }
+        }
+        let removes: Vec<&Action> = plan
+            .actions
+            .iter()
+            .filter(|a| {
+                matches!(a.kind, ActionKind::RemovePermissionSet { .. })
+                    && !failed(outcomes, &a.entra_id)
+            })
+            .collect();
+        for batch in removes.chunks(size) {
+            let ids: Vec<String> = batch
+                .iter()
+                .filter_map(|a| match &a.kind {
+                    ActionKind::RemovePermissionSet { assignment_id, .. } => {
+                        Some(assignment_id.clone())
+                    }
+                    _ => None,
+                })
+                .collect();
+            let results = match self.salesforce.delete_many(&ids).await {
+                Ok(r) => r,
+                Err(e) if e.is_limit() || e.outcome_unknown() => return Ok(Some(e)),
+                Err(e) => {
+                    for a in batch {
+                        outcomes.entry(a.entra_id.clone()).or_default().failed =
+                            Some(e.to_string());
+                    }
+                    continue;
+                }
+            };
+            for (a, r) in batch.iter().zip(&results) {
+                let ActionKind::RemovePermissionSet {
+                    permission_set,
+                    assignment_id,
+                } = &a.kind
+                else {
+                    continue;
+                };
+                // Already gone counts as removed.
+                if r.success || r.errors.iter().any(|e| e.code == "ENTITY_IS_DELETED") {
+                    self.store
+                        .remove_managed_assignment(&a.entra_id, permission_set)
+                        .await?;
+                    report.permission_sets_removed += 1;
+                    events.push(AuditEvent { event: "user.permission_set_removed".into(), entra_id: Some(a.entra_id.clone()), sf_id: a.sf_id.clone(), detail: json!({"permission_set": permission_set, "assignment": assignment_id, "reason": a.reason}) });
+                } else {
+                    let msg = r
+                        .errors
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    outcomes.entry(a.entra_id.clone()).or_default().failed = Some(format!(
+                        "removing {permission_set} refused by Salesforce: {msg}"
+                    ));
+                }
+            }
+        }
+        self.store.append_audit(cycle, &events).await?;
         Ok(None)
     }
 
@@ -233,7 +387,9 @@ impl Engine {
                     .settle(*oid, "done", &json!({"id": sf_id}).to_string())
                     .await?;
                 let event = match &a.kind {
-                    ActionKind::Create { fields, profile } => {
+                    ActionKind::Create {
+                        fields, profile, ..
+                    } => {
                         if let Some(id) = &sf_id {
                             self.store.set_link(&a.entra_id, id, "created").await?;
                         }
@@ -290,7 +446,9 @@ impl Engine {
                             detail: json!({"user_login": login_id, "reason": a.reason}),
                         }
                     }
-                    ActionKind::Link { .. } => continue,
+                    ActionKind::Link { .. }
+                    | ActionKind::AssignPermissionSet { .. }
+                    | ActionKind::RemovePermissionSet { .. } => continue,
                 };
                 events.push(event);
             } else {
@@ -335,7 +493,7 @@ impl Engine {
 }
 
 /// The Collections record for an action.
-fn record_for(a: &Action, profiles: &HashMap<String, String>) -> Map<String, Value> {
+fn record_for(a: &Action, refs: &super::Refs) -> Map<String, Value> {
     let mut r = Map::new();
     let put_changes =
         |r: &mut Map<String, Value>,
@@ -343,9 +501,15 @@ fn record_for(a: &Action, profiles: &HashMap<String, String>) -> Map<String, Val
             for (k, c) in changes {
                 if k == "Profile" {
                     if let Some(name) = c.to.as_text()
-                        && let Some(pid) = profiles.get(name)
+                        && let Some(pid) = refs.profiles.get(name)
                     {
                         r.insert("ProfileId".into(), json!(pid));
+                    }
+                } else if k == "Role" {
+                    if let Some(name) = c.to.as_text()
+                        && let Some(rid) = refs.roles.get(name)
+                    {
+                        r.insert("UserRoleId".into(), json!(rid));
                     }
                 } else {
                     r.insert(k.clone(), c.to.to_json());
@@ -353,12 +517,19 @@ fn record_for(a: &Action, profiles: &HashMap<String, String>) -> Map<String, Val
             }
         };
     match &a.kind {
-        ActionKind::Create { fields, profile } => {
+        ActionKind::Create {
+            fields,
+            profile,
+            role,
+        } => {
             for (k, v) in fields {
                 r.insert(k.clone(), v.to_json());
             }
-            if let Some(pid) = profiles.get(profile) {
+            if let Some(pid) = refs.profiles.get(profile) {
                 r.insert("ProfileId".into(), json!(pid));
+            }
+            if let Some(rid) = role.as_ref().and_then(|n| refs.roles.get(n)) {
+                r.insert("UserRoleId".into(), json!(rid));
             }
         }
         ActionKind::Update { changes } => {
@@ -382,7 +553,9 @@ fn record_for(a: &Action, profiles: &HashMap<String, String>) -> Map<String, Val
             r.insert("id".into(), json!(login_id));
             r.insert("IsFrozen".into(), json!(false));
         }
-        ActionKind::Link { .. } => {}
+        ActionKind::Link { .. }
+        | ActionKind::AssignPermissionSet { .. }
+        | ActionKind::RemovePermissionSet { .. } => {}
     }
     r
 }

@@ -103,6 +103,8 @@ pub struct CycleReport {
     pub reactivated: usize,
     pub frozen: usize,
     pub unfrozen: usize,
+    pub permission_sets_assigned: usize,
+    pub permission_sets_removed: usize,
     pub linked: usize,
     pub unchanged: usize,
     pub failed: usize,
@@ -134,8 +136,16 @@ pub(crate) struct Planned {
     pub plan: Plan,
     outcomes: HashMap<String, Outcome>,
     dirty: Vec<DirtyUser>,
-    /// Profile name -> Id, read once per cycle.
-    profiles: HashMap<String, String>,
+    /// Names of profiles, roles and permission sets resolved to ids.
+    refs: Refs,
+}
+
+/// Salesforce access objects by name, read once per cycle.
+#[derive(Debug, Default)]
+pub(crate) struct Refs {
+    pub profiles: HashMap<String, String>,
+    pub roles: HashMap<String, String>,
+    pub permission_sets: HashMap<String, String>,
 }
 
 /// The engine for one tenant ↔ org connection.
@@ -228,11 +238,11 @@ impl Engine {
             plan,
             mut outcomes,
             dirty,
-            profiles,
+            refs,
         } = self.plan(&cycle, obs).await?;
         report.users_considered = dirty.len();
         let stopped = self
-            .apply(&cycle, &plan, &profiles, &mut outcomes, obs, &mut report)
+            .apply(&cycle, &plan, &refs, &mut outcomes, obs, &mut report)
             .await?;
         self.settle_users(&cycle, &dirty, &plan, &outcomes, &mut report)
             .await?;
@@ -489,7 +499,7 @@ impl Engine {
                 plan,
                 outcomes,
                 dirty,
-                profiles: HashMap::new(),
+                refs: Refs::default(),
             });
         }
         obs.on(Progress::Planning { users: dirty.len() });
@@ -575,10 +585,47 @@ impl Engine {
                 ))
             }
         };
+        let roles: HashMap<String, String> = self
+            .salesforce
+            .query("SELECT Id, Name FROM UserRole")
+            .await?
+            .into_iter()
+            .filter_map(|r| {
+                Some((
+                    r.get("Name")?.as_str()?.to_string(),
+                    r.get("Id")?.as_str()?.to_string(),
+                ))
+            })
+            .collect();
+        let permission_sets: HashMap<String, String> = self
+            .salesforce
+            .query("SELECT Id, Name FROM PermissionSet WHERE IsOwnedByProfile = false")
+            .await?
+            .into_iter()
+            .filter_map(|r| {
+                Some((
+                    r.get("Name")?.as_str()?.to_string(),
+                    r.get("Id")?.as_str()?.to_string(),
+                ))
+            })
+            .collect();
+        let ps_names: HashMap<&str, &str> = permission_sets
+            .iter()
+            .map(|(n, i)| (i.as_str(), n.as_str()))
+            .collect();
+        let managed = self.store.managed_assignments().await?;
+        let owned: HashSet<&str> = self
+            .pack
+            .access
+            .owns_permission_sets
+            .iter()
+            .map(String::as_str)
+            .collect();
         let mut select: Vec<String> = vec![
             "Id".into(),
             "IsActive".into(),
             "ProfileId".into(),
+            "UserRoleId".into(),
             "Username".into(),
             "FederationIdentifier".into(),
         ];
@@ -699,6 +746,22 @@ impl Engine {
             }
         }
 
+        // Current permission set assignments (not the profile-owned ones).
+        let mut assigned: HashMap<String, Vec<(String, String)>> = HashMap::new();
+        for chunk in known.chunks(IN_CHUNK) {
+            let list = chunk
+                .iter()
+                .map(|v| soql_quote(v))
+                .collect::<Vec<_>>()
+                .join(", ");
+            for r in self.salesforce.query(&format!("SELECT Id, AssigneeId, PermissionSetId FROM PermissionSetAssignment WHERE AssigneeId IN ({list}) AND PermissionSet.IsOwnedByProfile = false")).await? {
+                let (Some(id), Some(user), Some(ps)) = (r.get("Id").and_then(Value::as_str), r.get("AssigneeId").and_then(Value::as_str), r.get("PermissionSetId").and_then(Value::as_str)) else { continue };
+                if let Some(name) = ps_names.get(ps) {
+                    assigned.entry(user.to_string()).or_default().push((id.to_string(), name.to_string()));
+                }
+            }
+        }
+
         // Plan per user.
         let mut claimed: HashMap<String, String> = HashMap::new();
         for (d, want) in &desired {
@@ -740,6 +803,21 @@ impl Engine {
                 Some(why) => format!("out of scope: {why}"),
                 None => cause_text(d),
             };
+            if let Some(bad) = want
+                .permission_sets
+                .iter()
+                .find(|p| !permission_sets.contains_key(*p))
+            {
+                outcomes.entry(id.clone()).or_default().failed = Some(format!(
+                    "permission set {bad:?} does not exist in Salesforce (or is owned by a profile)"
+                ));
+                continue;
+            }
+            if let Some(r) = want.role.as_ref().filter(|r| !roles.contains_key(*r)) {
+                outcomes.entry(id.clone()).or_default().failed =
+                    Some(format!("role {r:?} does not exist in Salesforce"));
+                continue;
+            }
             match current {
                 None if !want.active => {}
                 None => {
@@ -775,11 +853,26 @@ impl Engine {
                     }
                     plan.actions.push(Action {
                         entra_id: id.clone(),
-                        upn,
+                        upn: upn.clone(),
                         sf_id: None,
-                        kind: ActionKind::Create { fields, profile },
+                        kind: ActionKind::Create {
+                            fields,
+                            profile,
+                            role: want.role.clone(),
+                        },
                         reason: format!("joiner: {cause}, no Salesforce user matches"),
                     });
+                    for ps in &want.permission_sets {
+                        plan.actions.push(Action {
+                            entra_id: id.clone(),
+                            upn: upn.clone(),
+                            sf_id: None,
+                            kind: ActionKind::AssignPermissionSet {
+                                permission_set: ps.clone(),
+                            },
+                            reason: format!("joiner: the pack grants {ps}"),
+                        });
+                    }
                 }
                 Some(rec) => {
                     let sf_id = rec.get("Id").and_then(Value::as_str).map(str::to_string);
@@ -819,6 +912,25 @@ impl Engine {
                                 Change {
                                     from: FieldValue::Text(from),
                                     to: FieldValue::Text(p.clone()),
+                                },
+                            );
+                        }
+                    }
+                    if let Some(r) = &want.role {
+                        let cur = rec
+                            .get("UserRoleId")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default();
+                        if roles.get(r).map(String::as_str) != Some(cur) {
+                            let from = roles
+                                .iter()
+                                .find(|(_, v)| v.as_str() == cur)
+                                .map_or(FieldValue::Null, |(k, _)| FieldValue::Text(k.clone()));
+                            changes.insert(
+                                "Role".into(),
+                                Change {
+                                    from,
+                                    to: FieldValue::Text(r.clone()),
                                 },
                             );
                         }
@@ -914,6 +1026,41 @@ impl Engine {
                             }
                         }
                     }
+                    // Permission sets: add what is missing; remove only what
+                    // provisor assigned or the pack owns, never hand-made ones.
+                    if want.active {
+                        let have: Vec<(String, String)> = sf_id
+                            .as_ref()
+                            .and_then(|s| assigned.get(s))
+                            .cloned()
+                            .unwrap_or_default();
+                        let mine = managed.get(id.as_str());
+                        for ps in &want.permission_sets {
+                            if !have.iter().any(|(_, n)| n == ps) {
+                                push(
+                                    &mut plan,
+                                    ActionKind::AssignPermissionSet {
+                                        permission_set: ps.clone(),
+                                    },
+                                    format!("the pack grants {ps}"),
+                                );
+                            }
+                        }
+                        for (assignment_id, name) in &have {
+                            let ours = mine.is_some_and(|m| m.contains_key(name))
+                                || owned.contains(name.as_str());
+                            if ours && !want.permission_sets.contains(name) {
+                                push(
+                                    &mut plan,
+                                    ActionKind::RemovePermissionSet {
+                                        permission_set: name.clone(),
+                                        assignment_id: assignment_id.clone(),
+                                    },
+                                    format!("the pack no longer grants {name}"),
+                                );
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -921,7 +1068,11 @@ impl Engine {
             plan,
             outcomes,
             dirty,
-            profiles,
+            refs: Refs {
+                profiles,
+                roles,
+                permission_sets,
+            },
         })
     }
 

@@ -25,6 +25,8 @@ pub enum ActionKind {
     Create {
         fields: BTreeMap<String, FieldValue>,
         profile: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        role: Option<String>,
     },
     /// Change these fields of an active user.
     Update { changes: BTreeMap<String, Change> },
@@ -35,6 +37,13 @@ pub enum ActionKind {
     Freeze { login_id: String },
     /// Set `UserLogin.IsFrozen = false`.
     Unfreeze { login_id: String },
+    /// Assign a permission set (by API name).
+    AssignPermissionSet { permission_set: String },
+    /// Remove an assignment provisor made, or of a permission set the pack owns.
+    RemovePermissionSet {
+        permission_set: String,
+        assignment_id: String,
+    },
     /// Set IsActive = true, with any other changes that are due.
     Reactivate { changes: BTreeMap<String, Change> },
 }
@@ -50,6 +59,8 @@ impl ActionKind {
             Self::Reactivate { .. } => "reactivate",
             Self::Freeze { .. } => "freeze",
             Self::Unfreeze { .. } => "unfreeze",
+            Self::AssignPermissionSet { .. } => "assign_permission_set",
+            Self::RemovePermissionSet { .. } => "remove_permission_set",
         }
     }
 
@@ -98,6 +109,8 @@ pub struct PlanCounts {
     pub link: usize,
     pub freeze: usize,
     pub unfreeze: usize,
+    pub assign: usize,
+    pub remove: usize,
 }
 
 impl Plan {
@@ -113,6 +126,8 @@ impl Plan {
                 ActionKind::Reactivate { .. } => c.reactivate += 1,
                 ActionKind::Freeze { .. } => c.freeze += 1,
                 ActionKind::Unfreeze { .. } => c.unfreeze += 1,
+                ActionKind::AssignPermissionSet { .. } => c.assign += 1,
+                ActionKind::RemovePermissionSet { .. } => c.remove += 1,
             }
         }
         c
@@ -136,12 +151,19 @@ impl Plan {
                         "  = link       User {sf}  <- {who}  (matched by {matched_by})"
                     );
                 }
-                ActionKind::Create { fields, profile } => {
+                ActionKind::Create {
+                    fields,
+                    profile,
+                    role,
+                } => {
                     let _ = writeln!(out, "  + create     User {who}");
                     for (k, v) in fields {
                         let _ = writeln!(out, "      {k:<22} = {}", v.render());
                     }
                     let _ = writeln!(out, "      {:<22} = {profile:?}", "Profile");
+                    if let Some(role) = role {
+                        let _ = writeln!(out, "      {:<22} = {role:?}", "Role");
+                    }
                 }
                 ActionKind::Update { changes } => {
                     let _ = writeln!(out, "  ~ update     User {sf}  ({who})");
@@ -150,6 +172,21 @@ impl Plan {
                 ActionKind::Deactivate => {
                     let _ = writeln!(out, "  - deactivate User {sf}  ({who})");
                     let _ = writeln!(out, "      {:<22} = true -> false", "IsActive");
+                }
+                ActionKind::AssignPermissionSet { permission_set } => {
+                    let _ = writeln!(
+                        out,
+                        "  + assign     PermissionSet {permission_set}  -> {who}"
+                    );
+                }
+                ActionKind::RemovePermissionSet {
+                    permission_set,
+                    assignment_id,
+                } => {
+                    let _ = writeln!(
+                        out,
+                        "  - remove     PermissionSet {permission_set}  from {who}  (assignment {assignment_id})"
+                    );
                 }
                 ActionKind::Freeze { login_id } => {
                     let _ = writeln!(out, "  * freeze     User {sf}  ({who})");
@@ -178,8 +215,16 @@ impl Plan {
         let c = self.counts();
         let _ = writeln!(
             out,
-            "\nPlan: {} to create, {} to update, {} to freeze, {} to deactivate, {} to reactivate, {} to unfreeze, {} to link.",
-            c.create, c.update, c.freeze, c.deactivate, c.reactivate, c.unfreeze, c.link
+            "\nPlan: {} to create, {} to update, {} to freeze, {} to deactivate, {} to reactivate, {} to unfreeze, {} permission sets to assign, {} to remove, {} to link.",
+            c.create,
+            c.update,
+            c.freeze,
+            c.deactivate,
+            c.reactivate,
+            c.unfreeze,
+            c.assign,
+            c.remove,
+            c.link
         );
         out
     }

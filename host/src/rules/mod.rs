@@ -77,6 +77,19 @@ struct Manifest {
     pack: PackInfo,
     #[serde(default)]
     settings: toml::Table,
+    #[serde(default)]
+    access: AccessClaims,
+}
+
+/// `[access]` of `pack.toml`: what the pack owns in Salesforce.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessClaims {
+    /// Permission sets (by API name) the pack owns: assignments of these
+    /// that the pack no longer wants are removed even if an admin made them.
+    /// Other hand-made assignments are never removed.
+    #[serde(default)]
+    pub owns_permission_sets: Vec<String>,
 }
 
 /// A named settings table, entries in file order (order is precedence).
@@ -86,6 +99,8 @@ pub type SettingTables = Vec<(String, Vec<(String, String)>)>;
 pub struct Pack {
     pub info: PackInfo,
     pub dir: PathBuf,
+    /// What the pack claims to own in Salesforce.
+    pub access: AccessClaims,
     settings: SettingTables,
     runner: Runner,
 }
@@ -163,6 +178,7 @@ impl Pack {
         Ok(Self {
             info: m.pack,
             dir: dir.to_path_buf(),
+            access: m.access,
             settings,
             runner,
         })

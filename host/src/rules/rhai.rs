@@ -133,9 +133,12 @@ fn desired(v: Dynamic) -> Result<DesiredUser, String> {
         .try_cast::<Map>()
         .ok_or("map must return an object map #{ fields, profile, active }")?;
     for k in m.keys() {
-        if !matches!(k.as_str(), "fields" | "profile" | "active") {
+        if !matches!(
+            k.as_str(),
+            "fields" | "profile" | "active" | "role" | "permission_sets"
+        ) {
             return Err(format!(
-                "unknown key `{k}` (expected fields, profile, active)"
+                "unknown key `{k}` (expected fields, profile, role, permission_sets, active)"
             ));
         }
     }
@@ -162,9 +165,39 @@ fn desired(v: Dynamic) -> Result<DesiredUser, String> {
         .get("active")
         .and_then(|a| a.clone().try_cast::<bool>())
         .ok_or("`active` must be a bool")?;
+    let role = match m.get("role") {
+        None => None,
+        Some(r) if r.is_unit() => None,
+        Some(r) => Some(
+            r.clone()
+                .try_cast::<ImmutableString>()
+                .ok_or("`role` must be a string or ()")?
+                .to_string(),
+        ),
+    };
+    let permission_sets = match m.get("permission_sets") {
+        None => Vec::new(),
+        Some(p) => {
+            let arr = p
+                .clone()
+                .try_cast::<Array>()
+                .ok_or("`permission_sets` must be an array of strings")?;
+            let mut out = Vec::with_capacity(arr.len());
+            for v in arr {
+                out.push(
+                    v.try_cast::<ImmutableString>()
+                        .ok_or("`permission_sets` must be an array of strings")?
+                        .to_string(),
+                );
+            }
+            out
+        }
+    };
     Ok(DesiredUser {
         fields: fields_from_pairs(pairs)?,
         profile,
+        role,
+        permission_sets,
         active,
     })
 }

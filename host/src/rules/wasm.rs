@@ -178,6 +178,8 @@ impl WasmPack {
         Ok(DesiredUser {
             fields,
             profile: out.profile,
+            role: out.role,
+            permission_sets: out.permission_sets,
             active: out.active,
         })
     }

@@ -671,6 +671,34 @@ impl SalesforceClient {
         self.collection(Method::POST, ty, records).await
     }
 
+    /// Deletes up to 200 records by id (`allOrNone=false`), results in order.
+    pub async fn delete_many(&self, ids: &[String]) -> Result<Vec<RecordResult>, SfError> {
+        let path = format!(
+            "{}/composite/sobjects?ids={}&allOrNone=false",
+            self.data_path(),
+            ids.join(",")
+        );
+        let resp = self.call(Method::DELETE, &path, None, &[]).await?;
+        let arr = resp.as_array().ok_or_else(|| SfError::Malformed {
+            url: path.clone(),
+            detail: "delete result is not an array".into(),
+        })?;
+        if arr.len() != ids.len() {
+            return Err(SfError::Malformed {
+                url: path,
+                detail: format!("{} results for {} ids", arr.len(), ids.len()),
+            });
+        }
+        Ok(arr
+            .iter()
+            .map(|r| RecordResult {
+                id: r.get("id").and_then(Value::as_str).map(str::to_string),
+                success: r.get("success").and_then(Value::as_bool).unwrap_or(false),
+                errors: parse_errors(r.get("errors").unwrap_or(&Value::Null), "statusCode"),
+            })
+            .collect())
+    }
+
     /// Updates up to 200 records of one type; each record carries `id`.
     pub async fn update_many(
         &self,

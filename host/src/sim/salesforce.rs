@@ -189,6 +189,25 @@ const ORGANIZATION: &[FieldDef] = &[
     f("OrganizationType", Kind::ReadOnly, 40, false, false),
 ];
 
+const PERMISSION_SET: &[FieldDef] = &[
+    f("Id", Kind::Id, 18, false, false),
+    f("Name", Kind::ReadOnly, 80, false, false),
+    f("Label", Kind::ReadOnly, 80, false, false),
+    f("IsOwnedByProfile", Kind::Bool, 0, false, false),
+    f("ProfileId", Kind::Ref("Profile"), 18, false, false),
+];
+const PERMISSION_SET_ASSIGNMENT: &[FieldDef] = &[
+    f("Id", Kind::Id, 18, false, false),
+    f("AssigneeId", Kind::Ref("User"), 18, true, true),
+    f(
+        "PermissionSetId",
+        Kind::Ref("PermissionSet"),
+        18,
+        true,
+        true,
+    ),
+];
+
 fn schema(object: &str) -> Option<(&'static str, &'static [FieldDef])> {
     Some(match object.to_ascii_lowercase().as_str() {
         "user" => ("User", USER),
@@ -197,6 +216,8 @@ fn schema(object: &str) -> Option<(&'static str, &'static [FieldDef])> {
         "userrole" => ("UserRole", USER_ROLE),
         "userlogin" => ("UserLogin", USER_LOGIN),
         "organization" => ("Organization", ORGANIZATION),
+        "permissionset" => ("PermissionSet", PERMISSION_SET),
+        "permissionsetassignment" => ("PermissionSetAssignment", PERMISSION_SET_ASSIGNMENT),
         _ => return None,
     })
 }
@@ -209,6 +230,8 @@ fn prefix(object: &str) -> &'static str {
         "UserRole" => "00E",
         "UserLogin" => "060",
         "Organization" => "00D",
+        "PermissionSet" => "0PS",
+        "PermissionSetAssignment" => "0Pa",
         _ => "a00",
     }
 }
@@ -597,6 +620,10 @@ impl SfOrg {
                 &[],
             )]
         })?;
+        if name == "PermissionSetAssignment" {
+            fields.remove("attributes");
+            return self.create_assignment(fields);
+        }
         if name != "User" {
             return Err(vec![err(
                 "INVALID_TYPE_FOR_OPERATION",
@@ -652,6 +679,84 @@ impl SfOrg {
         }
         self.check_user(None, &fields).map_err(|e| vec![e])?;
         Ok(self.insert_raw("User", fields))
+    }
+
+    /// A permission set assignment: both ends must exist, once only, and
+    /// never for a permission set owned by a profile.
+    fn create_assignment(&mut self, fields: Map<String, Value>) -> Result<String, Vec<SfErr>> {
+        let s = |k: &str| {
+            fields
+                .get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        let (user, ps) = (s("AssigneeId"), s("PermissionSetId"));
+        let missing: Vec<&str> = [("AssigneeId", &user), ("PermissionSetId", &ps)]
+            .iter()
+            .filter(|(_, v)| v.is_empty())
+            .map(|(k, _)| *k)
+            .collect();
+        if !missing.is_empty() {
+            return Err(vec![err(
+                "REQUIRED_FIELD_MISSING",
+                format!("Required fields are missing: [{}]", missing.join(", ")),
+                &missing,
+            )]);
+        }
+        if self.get("User", &user).is_none() {
+            return Err(vec![err(
+                "INVALID_CROSS_REFERENCE_KEY",
+                "invalid cross reference id",
+                &["AssigneeId"],
+            )]);
+        }
+        let Some(set) = self.get("PermissionSet", &ps) else {
+            return Err(vec![err(
+                "INVALID_CROSS_REFERENCE_KEY",
+                "invalid cross reference id",
+                &["PermissionSetId"],
+            )]);
+        };
+        if set.get("IsOwnedByProfile") == Some(&Value::Bool(true)) {
+            return Err(vec![err(
+                "INVALID_CROSS_REFERENCE_KEY",
+                "Cannot assign a permission set owned by a profile",
+                &["PermissionSetId"],
+            )]);
+        }
+        let dup = self.rows("PermissionSetAssignment").any(|a| {
+            a.get("AssigneeId").and_then(Value::as_str) == Some(user.as_str())
+                && a.get("PermissionSetId").and_then(Value::as_str) == Some(ps.as_str())
+        });
+        if dup {
+            return Err(vec![err(
+                "DUPLICATE_VALUE",
+                format!(
+                    "Duplicate PermissionSetAssignment. Assignee: {user}; Permission Set: {ps}"
+                ),
+                &[],
+            )]);
+        }
+        Ok(self.insert_raw("PermissionSetAssignment", fields))
+    }
+
+    /// Deletes one record; only assignments can be deleted here (users never can).
+    pub fn delete(&mut self, id: &str) -> Result<(), SfErr> {
+        if self.get("PermissionSetAssignment", id).is_some() {
+            if let Some(rows) = self.objects.get_mut("PermissionSetAssignment") {
+                rows.remove(id);
+            }
+            return Ok(());
+        }
+        if self.get("User", id).is_some() {
+            return Err(err(
+                "INVALID_TYPE_FOR_OPERATION",
+                "entity type cannot be deleted: User",
+                &[],
+            ));
+        }
+        Err(err("ENTITY_IS_DELETED", "entity is deleted", &[]))
     }
 
     /// Validates and applies one update.
@@ -1004,7 +1109,7 @@ pub(super) fn routes() -> Router<Sim> {
         )
         .route(
             "/services/data/{v}/composite/sobjects",
-            post(collection).patch(collection),
+            post(collection).patch(collection).delete(collection_delete),
         )
         .fallback(|| async {
             error_response(
@@ -1619,6 +1724,69 @@ async fn update_one(
         _ if lose => lost_response(),
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => super::json(StatusCode::BAD_REQUEST, errors_json(&e, "errorCode")),
+    };
+    with_limits(&sim, resp)
+}
+
+/// `DELETE /composite/sobjects?ids=...&allOrNone=false` (at most 200 ids).
+async fn collection_delete(
+    State(sim): State<Sim>,
+    Path(v): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(r) = gate(&sim, &v, &headers) {
+        return r;
+    }
+    let ids: Vec<String> = q
+        .get("ids")
+        .map(|s| {
+            s.split(',')
+                .map(|x| x.trim().to_string())
+                .filter(|x| !x.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    if ids.is_empty() {
+        return with_limits(
+            &sim,
+            error_response(
+                StatusCode::BAD_REQUEST,
+                "MISSING_ARGUMENT",
+                "ids parameter not specified",
+                &[],
+            ),
+        );
+    }
+    if ids.len() > COLLECTION_LIMIT {
+        return with_limits(
+            &sim,
+            error_response(
+                StatusCode::BAD_REQUEST,
+                "EXCEEDED_ID_LIMIT",
+                "record limit reached. cannot submit more than 200 records into this call",
+                &[],
+            ),
+        );
+    }
+    let lose = match write_fault(&sim) {
+        Ok(l) => l,
+        Err(r) => return with_limits(&sim, r),
+    };
+    count_write(&sim, ids.len() as u64);
+    let mut org = sim.salesforce();
+    let out: Vec<Value> = ids
+        .iter()
+        .map(|id| match org.delete(id) {
+            Ok(()) => json!({"id": id, "success": true, "errors": []}),
+            Err(e) => json!({"id": id, "success": false, "errors": [{"statusCode": e.code, "message": e.message, "fields": e.fields}]}),
+        })
+        .collect();
+    drop(org);
+    let resp = if lose {
+        lost_response()
+    } else {
+        super::json(StatusCode::OK, Value::Array(out))
     };
     with_limits(&sim, resp)
 }

@@ -230,6 +230,47 @@ pub fn org(tenant: &GraphTenant, _seed: u64) -> SfOrg {
         "Profile",
         json_map(json!({"Name": "Chatter Free User", "UserLicenseId": chatter})),
     );
+    // Each profile owns a permission set (never assigned directly), and
+    // the org has a few that packs can grant.
+    let profile_ids: Vec<(String, String)> = org
+        .rows("Profile")
+        .map(|p| {
+            (
+                p["Id"].as_str().unwrap_or_default().to_string(),
+                p["Name"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    for (pid, pname) in profile_ids {
+        let name = format!("X00e_{}", pname.replace(' ', "_"));
+        org.insert_raw(
+            "PermissionSet",
+            json_map(
+                json!({"Name": name, "Label": pname, "IsOwnedByProfile": true, "ProfileId": pid}),
+            ),
+        );
+    }
+    for (name, label) in [
+        ("Sales_Cloud_User", "Sales Cloud User"),
+        ("Service_Cloud_User", "Service Cloud User"),
+        ("Reports_Builder", "Reports Builder"),
+        ("Marketing_Tools", "Marketing Tools"),
+    ] {
+        org.insert_raw(
+            "PermissionSet",
+            json_map(json!({"Name": name, "Label": label, "IsOwnedByProfile": false})),
+        );
+    }
+    for (name, dev) in [
+        ("CEO", "CEO"),
+        ("Sales Rep", "Sales_Rep"),
+        ("Support Agent", "Support_Agent"),
+    ] {
+        org.insert_raw(
+            "UserRole",
+            json_map(json!({"Name": name, "DeveloperName": dev})),
+        );
+    }
     let base = |username: &str, first: &str, last: &str, email: &str, profile: &str| {
         json_map(
             json!({"Username": username, "FirstName": first, "LastName": last, "Email": email, "Alias": username.chars().take(8).collect::<String>(), "TimeZoneSidKey": "America/Los_Angeles", "LocaleSidKey": "en_US", "EmailEncodingKey": "UTF-8", "LanguageLocaleKey": "en_US", "ProfileId": profile, "IsActive": true}),

@@ -67,6 +67,9 @@ impl Guest for GalleryDefaults {
         DesiredUser {
             fields,
             profile: Some(profile),
+            // The gallery app manages neither roles nor permission sets.
+            role: None,
+            permission_sets: Vec::new(),
             active: !user.deleted && user.account_enabled.unwrap_or(true),
         }
     }

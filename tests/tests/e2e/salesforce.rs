@@ -494,3 +494,112 @@ async fn a_nickname_clash_is_retried_with_a_deterministic_suffix() {
         "{nick}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permission_set_diff_keeps_hand_made_assignments() {
+    use serde_json::{Value, json};
+    let running = start_sim(40, 49).await;
+    let sim = running.sim.clone();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pack = repo_root().join("tests/fixtures/packs/access");
+    let engine = engine_with(&running, &pack, &dir.path().join("a.db"), fast).await;
+    let r = engine.sync_once(&Quiet).await.expect("initial sync");
+    assert_eq!(r.failed, 0, "{:?}", r.failures);
+    assert!(r.permission_sets_assigned > 0);
+
+    let ps_id = |name: &str| {
+        sim.salesforce()
+            .rows("PermissionSet")
+            .find(|p| p["Name"] == name)
+            .and_then(|p| p["Id"].as_str().map(str::to_string))
+            .expect("permission set")
+    };
+    let held = |user: &str| -> Vec<String> {
+        let org = sim.salesforce();
+        let names: std::collections::HashMap<String, String> = org
+            .rows("PermissionSet")
+            .map(|p| {
+                (
+                    p["Id"].as_str().unwrap_or_default().to_string(),
+                    p["Name"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        let mut v: Vec<String> = org
+            .rows("PermissionSetAssignment")
+            .filter(|a| a["AssigneeId"].as_str() == Some(user))
+            .filter_map(|a| names.get(a["PermissionSetId"].as_str()?).cloned())
+            .collect();
+        v.sort();
+        v
+    };
+    // A Sales user got the role and the permission set from the pack.
+    let sales = sim
+        .graph()
+        .group_by_name("SF-Sales")
+        .map(|g| g.id.clone())
+        .expect("group");
+    let (member, upn) = {
+        let t = sim.graph();
+        let g = t.group_by_name("SF-Sales").expect("group");
+        g.members
+            .iter()
+            .filter_map(|m| t.user(m))
+            .find(|u| u.props.get("accountEnabled") == Some(&Value::Bool(true)))
+            .map(|u| {
+                (
+                    u.id.clone(),
+                    u.props["userPrincipalName"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                )
+            })
+            .expect("an enabled sales user")
+    };
+    let sf_user = sim.salesforce().users_where("Username", &upn)[0].clone();
+    let sf_id = sf_user["Id"].as_str().unwrap_or_default().to_string();
+    let role_name = {
+        let org = sim.salesforce();
+        org.get(
+            "UserRole",
+            sf_user["UserRoleId"].as_str().unwrap_or_default(),
+        )
+        .map(|r| r["Name"].clone())
+    };
+    assert_eq!(role_name, Some(json!("Sales Rep")));
+    assert_eq!(held(&sf_id), vec!["Sales_Cloud_User"]);
+
+    // An admin grants two more by hand: one the pack owns, one it does not.
+    for name in ["Reports_Builder", "Marketing_Tools"] {
+        let mut m = serde_json::Map::new();
+        m.insert("AssigneeId".into(), json!(sf_id));
+        m.insert("PermissionSetId".into(), json!(ps_id(name)));
+        sim.salesforce()
+            .create("PermissionSetAssignment", m)
+            .expect("hand-made assignment");
+    }
+    // The user leaves Sales.
+    sim.graph()
+        .set_membership(&sales, &member, false)
+        .expect("leave group");
+    let r = engine.sync_once(&Quiet).await.expect("sync");
+    assert_eq!(r.failed, 0, "{:?}", r.failures);
+    assert_eq!(r.permission_sets_removed, 2, "{}", r.plan.render());
+    assert_eq!(
+        held(&sf_id),
+        vec!["Reports_Builder"],
+        "the hand-made, unowned assignment stays"
+    );
+    let audit = engine.store.audit_rows(None).await.expect("audit");
+    assert!(
+        audit
+            .iter()
+            .any(|a| a.event == "user.permission_set_removed"
+                && a.detail["permission_set"] == "Marketing_Tools")
+    );
+
+    // Nothing more to do next time.
+    let quiet = engine.sync_once(&Quiet).await.expect("sync");
+    assert!(quiet.plan.actions.is_empty(), "{}", quiet.plan.render());
+}
