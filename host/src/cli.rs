@@ -42,6 +42,12 @@ enum Command {
         #[command(subcommand)]
         command: crate::bench::BenchCommand,
     },
+    /// Check auth, API version, the integration user's rights and every
+    /// profile, role and permission set the rule pack references.
+    TestConnection {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Configuration helpers.
     Config {
         #[command(subcommand)]
@@ -192,6 +198,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sim(args) => run_sim(args).await,
         Command::Sync(args) => run_sync(args).await,
         Command::Bench { command } => crate::bench::run(command).await,
+        Command::TestConnection { config } => {
+            let cfg = Config::load(&config)?;
+            let engine = engine_from_config(&cfg).await?;
+            let checks = crate::connection::test_connection(&engine).await;
+            for c in &checks {
+                println!(
+                    "{} {:<60} {}",
+                    if c.ok { "ok  " } else { "FAIL" },
+                    c.name,
+                    c.detail
+                );
+            }
+            Ok(if checks.iter().all(|c| c.ok) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Config {
             command: ConfigCommand::Check { file },
         } => {

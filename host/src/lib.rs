@@ -10,6 +10,7 @@ pub mod audit;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod connection;
 pub mod demo;
 pub mod engine;
 pub mod entra;

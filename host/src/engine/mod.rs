@@ -300,6 +300,11 @@ impl Engine {
         }
     }
 
+    /// The configured Salesforce API version, e.g. "62.0".
+    pub fn salesforce_api_version(&self) -> String {
+        self.salesforce.api_version().to_string()
+    }
+
     /// Reads Entra changes into the store and stops: no rules, no
     /// Salesforce. (Benchmarks and mirror checks; `sync_once` does this first.)
     pub async fn read_entra(&self, obs: &dyn Observer) -> Result<CycleReport, SyncError> {

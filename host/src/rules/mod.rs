@@ -90,6 +90,15 @@ pub struct AccessClaims {
     /// Other hand-made assignments are never removed.
     #[serde(default)]
     pub owns_permission_sets: Vec<String>,
+    /// Profiles the pack may ask for (checked by `provisor test-connection`).
+    #[serde(default)]
+    pub profiles: Vec<String>,
+    /// Roles the pack may ask for.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Permission sets the pack may grant.
+    #[serde(default)]
+    pub permission_sets: Vec<String>,
 }
 
 /// A named settings table, entries in file order (order is precedence).

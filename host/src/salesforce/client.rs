@@ -101,6 +101,8 @@ pub struct LimitInfo {
 struct Session {
     token: SecretString,
     instance_url: String,
+    /// The integration user's id, from the identity URL or SOAP `userId`.
+    user_id: Option<String>,
 }
 
 /// REST client for one org.
@@ -379,9 +381,12 @@ impl SalesforceClient {
             url: url.clone(),
             detail: "no instance_url".into(),
         })?;
+        // The identity URL ends in /id/<orgId>/<userId>.
+        let user_id = s("id").and_then(|i| i.rsplit('/').next().map(str::to_string));
         Ok(Session {
             token: SecretString::new(token),
             instance_url,
+            user_id,
         })
     }
 
@@ -436,9 +441,11 @@ impl SalesforceClient {
                 detail: format!("serverUrl is not a URL: {e}"),
             })?;
             let instance_url = parsed.origin().ascii_serialization();
+            let user_id = xml_fields(&text, &["userId"]).remove("userId");
             return Ok(Session {
                 token: SecretString::new(session.clone()),
                 instance_url,
+                user_id,
             });
         }
         Err(SfError::Auth {
@@ -589,6 +596,38 @@ impl SalesforceClient {
                 errors,
             });
         }
+    }
+
+    /// The configured API version.
+    pub fn api_version(&self) -> &str {
+        &self.cfg.api_version
+    }
+
+    /// Logs in if needed and returns the integration user's id.
+    pub async fn user_id(&self) -> Result<String, SfError> {
+        let mut guard = self.session.lock().await;
+        if guard.is_none() {
+            *guard = Some(self.login().await?);
+        }
+        guard
+            .as_ref()
+            .and_then(|s| s.user_id.clone())
+            .ok_or_else(|| SfError::Malformed {
+                url: self.cfg.login_url.clone(),
+                detail: "the login response named no user".into(),
+            })
+    }
+
+    /// API versions the instance offers (`GET /services/data`), e.g. "62.0".
+    pub async fn versions(&self) -> Result<Vec<String>, SfError> {
+        let v = self.call(Method::GET, "/services/data", None, &[]).await?;
+        Ok(v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.get("version")?.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     /// Runs a SOQL query and follows `nextRecordsUrl` to the end.

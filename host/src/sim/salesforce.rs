@@ -195,6 +195,9 @@ const PERMISSION_SET: &[FieldDef] = &[
     f("Label", Kind::ReadOnly, 80, false, false),
     f("IsOwnedByProfile", Kind::Bool, 0, false, false),
     f("ProfileId", Kind::Ref("Profile"), 18, false, false),
+    f("PermissionsManageUsers", Kind::Bool, 0, false, false),
+    f("PermissionsViewSetup", Kind::Bool, 0, false, false),
+    f("PermissionsApiEnabled", Kind::Bool, 0, false, false),
 ];
 const PERMISSION_SET_ASSIGNMENT: &[FieldDef] = &[
     f("Id", Kind::Id, 18, false, false),
@@ -341,6 +344,26 @@ impl SfOrg {
             .or_default()
             .insert(id.clone(), fields);
         if object == "User" {
+            // Salesforce lists a profile's own permission set as an
+            // assignment of every user with that profile.
+            let profile = self
+                .objects
+                .get("User")
+                .and_then(|u| u.get(&id))
+                .and_then(|u| u.get("ProfileId"))
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            let owned = profile.and_then(|p| {
+                self.rows("PermissionSet")
+                    .find(|ps| ps.get("ProfileId").and_then(Value::as_str) == Some(p.as_str()))
+                    .and_then(|ps| ps.get("Id")?.as_str().map(str::to_string))
+            });
+            if let Some(ps) = owned {
+                self.insert_raw(
+                    "PermissionSetAssignment",
+                    json_map(json!({"AssigneeId": id, "PermissionSetId": ps})),
+                );
+            }
             self.insert_raw(
                 "UserLogin",
                 json_map(json!({"UserId": id, "IsFrozen": false, "IsPasswordLocked": false})),

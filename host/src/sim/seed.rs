@@ -230,26 +230,6 @@ pub fn org(tenant: &GraphTenant, _seed: u64) -> SfOrg {
         "Profile",
         json_map(json!({"Name": "Chatter Free User", "UserLicenseId": chatter})),
     );
-    // Each profile owns a permission set (never assigned directly), and
-    // the org has a few that packs can grant.
-    let profile_ids: Vec<(String, String)> = org
-        .rows("Profile")
-        .map(|p| {
-            (
-                p["Id"].as_str().unwrap_or_default().to_string(),
-                p["Name"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect();
-    for (pid, pname) in profile_ids {
-        let name = format!("X00e_{}", pname.replace(' ', "_"));
-        org.insert_raw(
-            "PermissionSet",
-            json_map(
-                json!({"Name": name, "Label": pname, "IsOwnedByProfile": true, "ProfileId": pid}),
-            ),
-        );
-    }
     for (name, label) in [
         ("Sales_Cloud_User", "Sales Cloud User"),
         ("Service_Cloud_User", "Service Cloud User"),
@@ -270,6 +250,23 @@ pub fn org(tenant: &GraphTenant, _seed: u64) -> SfOrg {
             "UserRole",
             json_map(json!({"Name": name, "DeveloperName": dev})),
         );
+    }
+    // Each profile owns a permission set (never assigned directly), and
+    // the org has a few that packs can grant.
+    let profile_ids: Vec<(String, String)> = org
+        .rows("Profile")
+        .map(|p| {
+            (
+                p["Id"].as_str().unwrap_or_default().to_string(),
+                p["Name"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    for (pid, pname) in profile_ids {
+        let name = format!("X00e_{}", pname.replace(' ', "_"));
+        let admin = pname == "System Administrator";
+        let api = pname != "Chatter Free User";
+        org.insert_raw("PermissionSet", json_map(json!({"Name": name, "Label": pname, "IsOwnedByProfile": true, "ProfileId": pid, "PermissionsManageUsers": admin, "PermissionsViewSetup": admin, "PermissionsApiEnabled": api})));
     }
     let base = |username: &str, first: &str, last: &str, email: &str, profile: &str| {
         json_map(

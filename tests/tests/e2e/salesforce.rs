@@ -518,6 +518,7 @@ async fn permission_set_diff_keeps_hand_made_assignments() {
         let org = sim.salesforce();
         let names: std::collections::HashMap<String, String> = org
             .rows("PermissionSet")
+            .filter(|p| p["IsOwnedByProfile"] == json!(false))
             .map(|p| {
                 (
                     p["Id"].as_str().unwrap_or_default().to_string(),
@@ -602,4 +603,91 @@ async fn permission_set_diff_keeps_hand_made_assignments() {
     // Nothing more to do next time.
     let quiet = engine.sync_once(&Quiet).await.expect("sync");
     assert!(quiet.plan.actions.is_empty(), "{}", quiet.plan.render());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_connection_reports_one_line_per_check() {
+    let running = start_sim(5, 50).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = engine_with(
+        &running,
+        &repo_root().join("tests/fixtures/packs/access"),
+        &dir.path().join("a.db"),
+        fast,
+    )
+    .await;
+    let checks = provisor::connection::test_connection(&engine).await;
+    let names: Vec<&str> = checks.iter().map(|c| c.name.as_str()).collect();
+    assert!(checks.iter().all(|c| c.ok), "{checks:#?}");
+    for want in [
+        "Entra: token and users/delta",
+        "Entra: token and groups/delta",
+        "Salesforce: authentication",
+        "Salesforce: API v62.0",
+        "Salesforce: integration user has Manage Users",
+        "Salesforce: PermissionSets the pack references (3)",
+    ] {
+        assert!(names.contains(&want), "{names:?}");
+    }
+
+    // A pack naming a permission set the org lacks, and an integration user
+    // who lost its rights: both named.
+    let pack_dir = dir.path().join("pack");
+    std::fs::create_dir_all(&pack_dir).expect("pack dir");
+    let fixture = repo_root().join("tests/fixtures/packs/access");
+    std::fs::copy(fixture.join("main.rhai"), pack_dir.join("main.rhai")).expect("copy");
+    let manifest = std::fs::read_to_string(fixture.join("pack.toml"))
+        .expect("manifest")
+        .replace(
+            "\"Marketing_Tools\"]\n",
+            "\"Marketing_Tools\", \"Nope_Set\"]\n",
+        );
+    std::fs::write(pack_dir.join("pack.toml"), manifest).expect("write");
+    {
+        let mut org = running.sim.salesforce();
+        let me = org.integration_user_id.clone();
+        let mine: Vec<String> = org
+            .rows("PermissionSetAssignment")
+            .filter(|x| x["AssigneeId"].as_str() == Some(me.as_str()))
+            .filter_map(|x| x["Id"].as_str().map(str::to_string))
+            .collect();
+        for x in mine {
+            org.delete(&x).expect("delete");
+        }
+    }
+    let engine = engine_with(&running, &pack_dir, &dir.path().join("b.db"), fast).await;
+    let checks = provisor::connection::test_connection(&engine).await;
+    assert!(
+        checks.iter().any(|c| !c.ok
+            && c.name.starts_with("Salesforce: PermissionSets")
+            && c.detail == "missing: Nope_Set"),
+        "{checks:#?}"
+    );
+    assert!(
+        checks
+            .iter()
+            .any(|c| !c.ok && c.name == "Salesforce: integration user has Manage Users"),
+        "{checks:#?}"
+    );
+
+    // Wrong Entra secret: named, and the Salesforce checks still run.
+    let cfg = config_for(&running, &rhai_pack(), &dir.path().join("c.db"), |c| {
+        fast(c);
+        c.entra.client_secret = Some(Secret::Value("wrong".into()));
+    });
+    let engine = provisor::cli::engine_from_config(&cfg)
+        .await
+        .expect("engine");
+    let checks = provisor::connection::test_connection(&engine).await;
+    assert!(
+        checks
+            .iter()
+            .any(|c| !c.ok && c.detail.contains("AADSTS7000215")),
+        "{checks:#?}"
+    );
+    assert!(
+        checks
+            .iter()
+            .any(|c| c.name == "Salesforce: authentication" && c.ok)
+    );
 }
