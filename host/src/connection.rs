@@ -50,7 +50,7 @@ pub async fn test_connection(engine: &Engine) -> Vec<Check> {
     match sf.versions().await {
         Ok(versions) => {
             out.push(check("Salesforce: authentication", true, "logged in"));
-            let ok = versions.iter().any(|v| *v == want);
+            let ok = versions.contains(&want);
             let newest = versions.last().cloned().unwrap_or_default();
             out.push(check(
                 format!("Salesforce: API v{want}"),
