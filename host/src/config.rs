@@ -307,6 +307,14 @@ pub struct SyncConfig {
     /// First retry backoff in milliseconds (doubles, with jitter).
     #[serde(default = "default_retry_base_ms")]
     pub retry_base_ms: u64,
+    /// Salesforce write calls in flight at once (1 to 25; Salesforce allows
+    /// 25 concurrent long-running requests per org).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+}
+
+fn default_concurrency() -> usize {
+    4
 }
 
 impl Default for SyncConfig {
@@ -316,6 +324,7 @@ impl Default for SyncConfig {
             batch_size: default_batch_size(),
             retries: default_retries(),
             retry_base_ms: default_retry_base_ms(),
+            concurrency: default_concurrency(),
         }
     }
 }
@@ -594,6 +603,12 @@ impl Config {
                     });
                 }
             }
+        }
+        if !(1..=25).contains(&self.sync.concurrency) {
+            return Err(ConfigError::Invalid {
+                key: "sync.concurrency".into(),
+                problem: "must be between 1 and 25".into(),
+            });
         }
         if self.sync.retries == 0 {
             return Err(ConfigError::Invalid {

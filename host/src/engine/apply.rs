@@ -11,6 +11,9 @@ use super::{
     Action, ActionKind, CycleReport, Engine, Observer, Outcome, Plan, Progress, SyncError,
 };
 use crate::audit::AuditEvent;
+
+/// One batch ready to send: its Collections records and outbox ids.
+type Prepared = (Vec<Map<String, Value>>, Vec<i64>);
 use crate::salesforce::{RecordResult, SfError};
 
 impl Engine {
@@ -59,55 +62,104 @@ impl Engine {
         let unfreezes = select(|k| matches!(k, ActionKind::Unfreeze { .. }));
         let size = self.cfg.batch_size.clamp(1, 200);
         let mut handed_over: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let concurrency = self.cfg.concurrency.clamp(1, 25);
         for (is_create, object, list) in [
             (true, "User", creates),
             (false, "UserLogin", freezes),
             (false, "User", updates),
             (false, "UserLogin", unfreezes),
         ] {
-            for batch in list.chunks(size) {
-                let records: Vec<Map<String, Value>> =
-                    batch.iter().map(|a| record_for(a, refs)).collect();
-                handed_over.extend(batch.iter().map(|a| a.entra_id.clone()));
-                let mut journal = Vec::with_capacity(batch.len());
-                for a in batch {
-                    journal.push(
-                        self.store
-                            .journal(
-                                cycle,
-                                &a.entra_id,
-                                a.kind.name(),
-                                &serde_json::to_value(a).unwrap_or(Value::Null),
-                            )
-                            .await?,
-                    );
-                }
-                let sent = if is_create {
-                    self.salesforce.create_many(object, &records).await
-                } else {
-                    self.salesforce.update_many(object, &records).await
-                };
-                match sent {
-                    Ok(mut results) => {
-                        if is_create {
-                            self.retry_nickname_clashes(batch, &records, &mut results)
-                                .await;
-                        }
-                        self.settle_batch(cycle, batch, &journal, &results, outcomes, report)
-                            .await?
+            // Up to `concurrency` Collections calls in flight at once; every
+            // action is journaled before its call is sent.
+            for wave in list.chunks(size * concurrency) {
+                let batches: Vec<&[&Action]> = wave.chunks(size).collect();
+                // (records, outbox ids) per batch.
+                let mut prepared: Vec<Prepared> = Vec::with_capacity(batches.len());
+                for batch in &batches {
+                    let records: Vec<Map<String, Value>> =
+                        batch.iter().map(|a| record_for(a, refs)).collect();
+                    let mut journal = Vec::with_capacity(batch.len());
+                    for a in batch.iter() {
+                        journal.push(
+                            self.store
+                                .journal(
+                                    cycle,
+                                    &a.entra_id,
+                                    a.kind.name(),
+                                    &serde_json::to_value(a).unwrap_or(Value::Null),
+                                )
+                                .await?,
+                        );
                     }
-                    Err(e) if e.is_limit() => {
-                        // The org's API allocation is (nearly) spent: nothing
-                        // was done. Stop writing, charge nobody an attempt,
-                        // and pick up on a later cycle.
-                        let msg = e.to_string();
-                        for oid in &journal {
-                            self.store.settle(*oid, "deferred", &msg).await?;
+                    prepared.push((records, journal));
+                }
+                handed_over.extend(wave.iter().map(|a| a.entra_id.clone()));
+                let sent =
+                    futures::future::join_all(prepared.iter().map(|(records, _)| async move {
+                        if is_create {
+                            self.salesforce.create_many(object, records).await
+                        } else {
+                            self.salesforce.update_many(object, records).await
                         }
+                    }))
+                    .await;
+                let mut stop: Option<SfError> = None;
+                for ((batch, (records, journal)), sent) in batches.iter().zip(&prepared).zip(sent) {
+                    match sent {
+                        Ok(mut results) => {
+                            if is_create {
+                                self.retry_nickname_clashes(batch, records, &mut results)
+                                    .await;
+                            }
+                            self.settle_batch(cycle, batch, journal, &results, outcomes, report)
+                                .await?;
+                        }
+                        Err(e) if e.is_limit() => {
+                            // Nothing was done: settle as deferred, stop below.
+                            for oid in journal {
+                                self.store.settle(*oid, "deferred", &e.to_string()).await?;
+                            }
+                            stop.get_or_insert(e);
+                        }
+                        Err(e) => {
+                            // Whole request failed. If the outcome is unknown the
+                            // records may exist: the users stay dirty and the next
+                            // cycle looks them up by key before acting again.
+                            let status = if e.outcome_unknown() {
+                                "unknown"
+                            } else {
+                                "failed"
+                            };
+                            let msg = e.to_string();
+                            let mut events = Vec::new();
+                            for (a, oid) in batch.iter().zip(journal) {
+                                self.store.settle(*oid, status, &msg).await?;
+                                outcomes.entry(a.entra_id.clone()).or_default().failed =
+                                    Some(msg.clone());
+                                events.push(AuditEvent {
+                                    event: format!("user.{}_{status}", a.kind.name()),
+                                    entra_id: Some(a.entra_id.clone()),
+                                    sf_id: a.sf_id.clone(),
+                                    detail: json!({"error": msg}),
+                                });
+                            }
+                            self.store.append_audit(cycle, &events).await?;
+                            if e.outcome_unknown() {
+                                // Salesforce is unwell: stop writing this cycle.
+                                stop.get_or_insert(e);
+                            }
+                        }
+                    }
+                    obs.on(Progress::Applied { n: batch.len() });
+                }
+                if let Some(e) = stop {
+                    if e.is_limit() {
+                        // The org's API allocation is (nearly) spent: charge
+                        // nobody an attempt and pick up on a later cycle.
                         for a in plan.actions.iter().filter(|a| a.kind.writes()) {
                             outcomes.entry(a.entra_id.clone()).or_default().deferred = true;
                         }
-                        tracing::error!(error = %msg, "Salesforce API limit: writes paused");
+                        tracing::error!(error = %e, "Salesforce API limit: writes paused");
                         self.store
                             .append_audit(
                                 cycle,
@@ -115,51 +167,21 @@ impl Engine {
                                     event: "salesforce.limit_reached".into(),
                                     entra_id: None,
                                     sf_id: None,
-                                    detail: json!({"error": msg}),
+                                    detail: json!({"error": e.to_string()}),
                                 }],
                             )
                             .await?;
-                        return Ok(Some(e));
-                    }
-                    Err(e) => {
-                        // Whole request failed. If the outcome is unknown the
-                        // records may exist: the users stay dirty and the next
-                        // cycle looks them up by key before acting again.
-                        let status = if e.outcome_unknown() {
-                            "unknown"
-                        } else {
-                            "failed"
-                        };
-                        let msg = e.to_string();
-                        let mut events = Vec::new();
-                        for (a, oid) in batch.iter().zip(&journal) {
-                            self.store.settle(*oid, status, &msg).await?;
-                            outcomes.entry(a.entra_id.clone()).or_default().failed =
-                                Some(msg.clone());
-                            events.push(AuditEvent {
-                                event: format!("user.{}_{status}", a.kind.name()),
-                                entra_id: Some(a.entra_id.clone()),
-                                sf_id: a.sf_id.clone(),
-                                detail: json!({"error": msg}),
-                            });
-                        }
-                        self.store.append_audit(cycle, &events).await?;
-                        obs.on(Progress::Applied { n: batch.len() });
-                        if e.outcome_unknown() {
-                            // Salesforce is unwell: stop writing this cycle.
-                            // Users whose actions were never sent stay dirty
-                            // without spending an attempt.
-                            for a in plan.actions.iter().filter(|a| a.kind.writes()) {
-                                if !handed_over.contains(&a.entra_id) {
-                                    outcomes.entry(a.entra_id.clone()).or_default().deferred = true;
-                                }
+                    } else {
+                        // Users whose actions were never sent stay dirty
+                        // without spending an attempt.
+                        for a in plan.actions.iter().filter(|a| a.kind.writes()) {
+                            if !handed_over.contains(&a.entra_id) {
+                                outcomes.entry(a.entra_id.clone()).or_default().deferred = true;
                             }
-                            return Ok(Some(e));
                         }
-                        continue;
                     }
+                    return Ok(Some(e));
                 }
-                obs.on(Progress::Applied { n: batch.len() });
             }
         }
         self.apply_permission_sets(cycle, plan, refs, outcomes, report)

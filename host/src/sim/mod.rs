@@ -94,6 +94,8 @@ pub struct Stats {
     pub sf_write_calls: u64,
     /// Records written through those calls.
     pub sf_records_written: u64,
+    /// Most Salesforce REST requests seen in flight at once.
+    pub sf_max_in_flight: u64,
 }
 
 /// Options for a simulated tenant and org.
@@ -121,6 +123,7 @@ pub struct SimState {
     faults: Mutex<Faults>,
     stats: Mutex<Stats>,
     rng: Mutex<rand::rngs::StdRng>,
+    sf_in_flight: std::sync::atomic::AtomicU64,
 }
 
 /// A handle to the emulators; cheap to clone.
@@ -144,6 +147,7 @@ impl Sim {
             faults: Mutex::new(opts.faults),
             stats: Mutex::new(Stats::default()),
             rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(opts.seed)),
+            sf_in_flight: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 
@@ -281,6 +285,34 @@ async fn fault_layer(State(sim): State<Sim>, req: Request, next: Next) -> Respon
         let f = sim.faults();
         (f.latency_ms, f.fail_rate)
     };
+    // Count concurrent Salesforce REST calls (tests check the client's bound).
+    let sf = path.starts_with("/services/data/v");
+    if sf {
+        let now = sim
+            .0
+            .sf_in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        let mut stats = sim.stats_mut();
+        stats.sf_max_in_flight = stats.sf_max_in_flight.max(now);
+    }
+    let resp = serve_with_faults(&sim, &path, latency, fail_rate, req, next).await;
+    if sf {
+        sim.0
+            .sf_in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+    resp
+}
+
+async fn serve_with_faults(
+    sim: &Sim,
+    path: &str,
+    latency: u64,
+    fail_rate: f64,
+    req: Request,
+    next: Next,
+) -> Response {
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }

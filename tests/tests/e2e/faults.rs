@@ -145,12 +145,11 @@ async fn a_lost_salesforce_response_is_recovered_by_matching_not_by_creating_aga
     let running = start_sim(450, 9).await;
     let sim = running.sim.clone();
     let dir = tempfile::tempdir().expect("temp dir");
-    let engine = engine_with(
-        &running,
-        &rhai_pack(),
-        &dir.path().join("state.db"),
-        fast_retries,
-    )
+    let engine = engine_with(&running, &rhai_pack(), &dir.path().join("state.db"), |c| {
+        fast_retries(c);
+        // One call at a time, so that exactly the second batch is lost.
+        c.sync.concurrency = 1;
+    })
     .await;
 
     // The first create batch succeeds; the second is carried out by
@@ -274,4 +273,47 @@ async fn a_refused_salesforce_write_is_retried_then_parked_without_blocking_othe
             .iter()
             .any(|r| r.event == "user.parked" && r.entra_id.as_deref() == Some(bad.as_str()))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_are_bounded_and_lose_nothing() {
+    let running = start_sim(1100, 13).await;
+    let sim = running.sim.clone();
+    sim.set_faults(Faults {
+        latency_ms: 20,
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = engine_with(&running, &rhai_pack(), &dir.path().join("state.db"), |c| {
+        fast_retries(c);
+        c.sync.concurrency = 3;
+    })
+    .await;
+    let r = engine.sync_once(&Quiet).await.expect("sync");
+    assert!(r.created > 1000, "six create batches: {}", r.created);
+    let max = sim.stats().sf_max_in_flight;
+    assert!(
+        (2..=3).contains(&max),
+        "at most 3 Salesforce calls in flight, and more than one: {max}"
+    );
+    assert_one_user_each(&sim);
+
+    // A lost response inside a concurrent wave: still no duplicates.
+    let running = start_sim(700, 14).await;
+    let sim = running.sim.clone();
+    let engine = engine_with(&running, &rhai_pack(), &dir.path().join("b.db"), |c| {
+        fast_retries(c);
+        c.sync.concurrency = 4;
+    })
+    .await;
+    sim.set_faults(Faults {
+        sf_write_fail_after: Some(1),
+        sf_write_fail_after_commit: true,
+        ..Default::default()
+    });
+    assert!(engine.sync_once(&Quiet).await.is_err());
+    sim.set_faults(Faults::default());
+    let r = engine.sync_once(&Quiet).await.expect("recovers");
+    assert_eq!(r.failed, 0, "{:?}", r.failures);
+    assert_one_user_each(&sim);
 }
