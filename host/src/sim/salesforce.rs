@@ -300,6 +300,9 @@ pub struct SfOrg {
     pub daily_api_limit: u64,
     /// API requests counted so far.
     pub api_usage: u64,
+    /// Usernames taken in other orgs of the environment (Usernames are
+    /// unique across all of them): creating one fails DUPLICATE_USERNAME.
+    pub foreign_usernames: std::collections::HashSet<String>,
 }
 
 impl SfOrg {
@@ -318,6 +321,7 @@ impl SfOrg {
             password_flow_allowed: false,
             soap_login_allowed: false,
             daily_api_limit: DAILY_API_LIMIT,
+            foreign_usernames: std::collections::HashSet::new(),
         };
         org.org_id = org.insert_raw(
             "Organization",
@@ -889,11 +893,13 @@ impl SfOrg {
         let s = |k: &str| u.get(k).and_then(Value::as_str).map(str::to_string);
         if let Some(name) = s("Username") {
             // Usernames are unique across every org of the environment.
-            if others().any(|r| {
-                r.get("Username")
-                    .and_then(Value::as_str)
-                    .is_some_and(|x| x.eq_ignore_ascii_case(&name))
-            }) {
+            if self.foreign_usernames.contains(&name.to_lowercase())
+                || others().any(|r| {
+                    r.get("Username")
+                        .and_then(Value::as_str)
+                        .is_some_and(|x| x.eq_ignore_ascii_case(&name))
+                })
+            {
                 return Err(err(
                     "DUPLICATE_USERNAME",
                     "Duplicate Username.<br>The username already exists in this or another Salesforce organization. Usernames must be unique across all Salesforce organizations. To resolve, use a different username (it doesn't need to match the user's email address). ",

@@ -691,3 +691,79 @@ async fn test_connection_reports_one_line_per_check() {
             .any(|c| c.name == "Salesforce: authentication" && c.ok)
     );
 }
+
+/// Each Salesforce refusal ends where it should: the user is retried, then
+/// parked in the dead-letter list with Salesforce's code, while the rest of
+/// the batch goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_errors_end_in_the_dead_letter_list_with_their_code() {
+    use serde_json::{Map, Value, json};
+    let running = start_sim(30, 51).await;
+    let sim = running.sim.clone();
+    let joiners: Vec<(String, String)> = {
+        let t = sim.graph();
+        let org = sim.salesforce();
+        t.users()
+            .filter(|u| u.props.get("accountEnabled") == Some(&Value::Bool(true)))
+            .filter_map(|u| {
+                Some((
+                    u.id.clone(),
+                    u.props["userPrincipalName"].as_str()?.to_string(),
+                ))
+            })
+            .filter(|(_, upn)| org.users_where("Username", upn).is_empty())
+            .take(3)
+            .collect()
+    };
+    // 1. The Username is taken in another org of the environment.
+    sim.salesforce()
+        .foreign_usernames
+        .insert(joiners[0].1.to_lowercase());
+    // 2. A first name longer than Salesforce's 40 characters.
+    let mut m = Map::new();
+    m.insert("givenName".into(), json!("A".repeat(41)));
+    sim.graph().update_user(&joiners[1].0, m).expect("update");
+    // 3. No mail: Email is required.
+    let mut m = Map::new();
+    m.insert("mail".into(), Value::Null);
+    sim.graph().update_user(&joiners[2].0, m).expect("update");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = engine_with(&running, &rhai_pack(), &dir.path().join("a.db"), |c| {
+        fast(c);
+        c.sync.max_attempts = 2;
+    })
+    .await;
+    let r1 = engine.sync_once(&Quiet).await.expect("sync");
+    assert_eq!(r1.failed, 3, "{:?}", r1.failures);
+    assert!(r1.created > 15, "the rest of the batch is created");
+    let r2 = engine.sync_once(&Quiet).await.expect("retry");
+    assert_eq!((r2.failed, r2.parked), (3, 3));
+    let dead = engine.store.dead_letters().await.expect("dead letters");
+    let reason = |id: &str| {
+        dead.iter()
+            .find(|d| d.entra_id == id)
+            .map(|d| d.reason.clone())
+            .unwrap_or_default()
+    };
+    assert!(
+        reason(&joiners[0].0).contains("DUPLICATE_USERNAME"),
+        "{}",
+        reason(&joiners[0].0)
+    );
+    assert!(
+        reason(&joiners[1].0).contains("STRING_TOO_LONG")
+            && reason(&joiners[1].0).contains("[FirstName]"),
+        "{}",
+        reason(&joiners[1].0)
+    );
+    assert!(
+        reason(&joiners[2].0).contains("REQUIRED_FIELD_MISSING")
+            && reason(&joiners[2].0).contains("[Email]"),
+        "{}",
+        reason(&joiners[2].0)
+    );
+    // Parked users cost nothing on later cycles.
+    let r3 = engine.sync_once(&Quiet).await.expect("quiet");
+    assert_eq!((r3.users_considered, r3.failed), (0, 0));
+}
