@@ -194,6 +194,18 @@ fn same(field: &str, desired: &FieldValue, current: Option<&Value>) -> bool {
     }
 }
 
+/// Name -> Id of query rows that have both.
+fn by_name(rows: Vec<SfRecord>) -> HashMap<String, String> {
+    rows.into_iter()
+        .filter_map(|r| {
+            Some((
+                r.get("Name")?.as_str()?.to_string(),
+                r.get("Id")?.as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
 fn current_value(v: Option<&Value>) -> FieldValue {
     v.and_then(FieldValue::from_json)
         .unwrap_or(FieldValue::Null)
@@ -590,30 +602,16 @@ impl Engine {
                 ))
             }
         };
-        let roles: HashMap<String, String> = self
-            .salesforce
-            .query("SELECT Id, Name FROM UserRole")
-            .await?
-            .into_iter()
-            .filter_map(|r| {
-                Some((
-                    r.get("Name")?.as_str()?.to_string(),
-                    r.get("Id")?.as_str()?.to_string(),
-                ))
-            })
-            .collect();
-        let permission_sets: HashMap<String, String> = self
-            .salesforce
-            .query("SELECT Id, Name FROM PermissionSet WHERE IsOwnedByProfile = false")
-            .await?
-            .into_iter()
-            .filter_map(|r| {
-                Some((
-                    r.get("Name")?.as_str()?.to_string(),
-                    r.get("Id")?.as_str()?.to_string(),
-                ))
-            })
-            .collect();
+        let roles = by_name(
+            self.salesforce
+                .query("SELECT Id, Name FROM UserRole")
+                .await?,
+        );
+        let permission_sets = by_name(
+            self.salesforce
+                .query("SELECT Id, Name FROM PermissionSet WHERE IsOwnedByProfile = false")
+                .await?,
+        );
         let ps_names: HashMap<&str, &str> = permission_sets
             .iter()
             .map(|(n, i)| (i.as_str(), n.as_str()))
@@ -656,20 +654,14 @@ impl Engine {
             .filter_map(|(d, _)| links.get(&d.user.id).cloned())
             .collect();
         let mut by_id: HashMap<String, Map<String, Value>> = HashMap::new();
-        for chunk in linked_ids.chunks(IN_CHUNK) {
-            let list = chunk
-                .iter()
-                .map(|v| soql_quote(v))
-                .collect::<Vec<_>>()
-                .join(", ");
-            for r in self
-                .salesforce
-                .query(&format!("SELECT {select} FROM User WHERE Id IN ({list})"))
-                .await?
-            {
-                if let Some(id) = r.get("Id").and_then(Value::as_str) {
-                    by_id.insert(id.to_string(), r);
-                }
+        for r in self
+            .query_in(&linked_ids, |list| {
+                format!("SELECT {select} FROM User WHERE Id IN ({list})")
+            })
+            .await?
+        {
+            if let Some(id) = r.get("Id").and_then(Value::as_str) {
+                by_id.insert(id.to_string(), r);
             }
         }
         let unmatched: Vec<&DesiredUser> = desired
@@ -692,22 +684,14 @@ impl Engine {
                 .collect();
             values.sort();
             values.dedup();
-            for chunk in values.chunks(IN_CHUNK) {
-                let list = chunk
-                    .iter()
-                    .map(|v| soql_quote(v))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                for r in self
-                    .salesforce
-                    .query(&format!(
-                        "SELECT {select} FROM User WHERE {key} IN ({list})"
-                    ))
-                    .await?
-                {
-                    if let Some(v) = r.get(key).and_then(Value::as_str) {
-                        index.entry(v.to_lowercase()).or_default().push(r);
-                    }
+            for r in self
+                .query_in(&values, |list| {
+                    format!("SELECT {select} FROM User WHERE {key} IN ({list})")
+                })
+                .await?
+            {
+                if let Some(v) = r.get(key).and_then(Value::as_str) {
+                    index.entry(v.to_lowercase()).or_default().push(r);
                 }
             }
         }
@@ -723,47 +707,32 @@ impl Engine {
         known.sort();
         known.dedup();
         let mut logins: HashMap<String, (String, bool)> = HashMap::new();
-        for chunk in known.chunks(IN_CHUNK) {
-            let list = chunk
-                .iter()
-                .map(|v| soql_quote(v))
-                .collect::<Vec<_>>()
-                .join(", ");
-            for r in self
-                .salesforce
-                .query(&format!(
-                    "SELECT Id, UserId, IsFrozen FROM UserLogin WHERE UserId IN ({list})"
-                ))
-                .await?
-            {
-                if let (Some(id), Some(user)) = (
-                    r.get("Id").and_then(Value::as_str),
-                    r.get("UserId").and_then(Value::as_str),
-                ) {
-                    logins.insert(
-                        user.to_string(),
-                        (
-                            id.to_string(),
-                            r.get("IsFrozen").and_then(Value::as_bool).unwrap_or(false),
-                        ),
-                    );
-                }
+        for r in self
+            .query_in(&known, |list| {
+                format!("SELECT Id, UserId, IsFrozen FROM UserLogin WHERE UserId IN ({list})")
+            })
+            .await?
+        {
+            if let (Some(id), Some(user)) = (
+                r.get("Id").and_then(Value::as_str),
+                r.get("UserId").and_then(Value::as_str),
+            ) {
+                logins.insert(
+                    user.to_string(),
+                    (
+                        id.to_string(),
+                        r.get("IsFrozen").and_then(Value::as_bool).unwrap_or(false),
+                    ),
+                );
             }
         }
 
         // Current permission set assignments (not the profile-owned ones).
         let mut assigned: HashMap<String, Vec<(String, String)>> = HashMap::new();
-        for chunk in known.chunks(IN_CHUNK) {
-            let list = chunk
-                .iter()
-                .map(|v| soql_quote(v))
-                .collect::<Vec<_>>()
-                .join(", ");
-            for r in self.salesforce.query(&format!("SELECT Id, AssigneeId, PermissionSetId FROM PermissionSetAssignment WHERE AssigneeId IN ({list}) AND PermissionSet.IsOwnedByProfile = false")).await? {
-                let (Some(id), Some(user), Some(ps)) = (r.get("Id").and_then(Value::as_str), r.get("AssigneeId").and_then(Value::as_str), r.get("PermissionSetId").and_then(Value::as_str)) else { continue };
-                if let Some(name) = ps_names.get(ps) {
-                    assigned.entry(user.to_string()).or_default().push((id.to_string(), name.to_string()));
-                }
+        for r in self.query_in(&known, |list| format!("SELECT Id, AssigneeId, PermissionSetId FROM PermissionSetAssignment WHERE AssigneeId IN ({list}) AND PermissionSet.IsOwnedByProfile = false")).await? {
+            let (Some(id), Some(user), Some(ps)) = (r.get("Id").and_then(Value::as_str), r.get("AssigneeId").and_then(Value::as_str), r.get("PermissionSetId").and_then(Value::as_str)) else { continue };
+            if let Some(name) = ps_names.get(ps) {
+                assigned.entry(user.to_string()).or_default().push((id.to_string(), name.to_string()));
             }
         }
 
@@ -1079,6 +1048,25 @@ impl Engine {
                 permission_sets,
             },
         })
+    }
+
+    /// Runs `soql(list)` for the values in `IN` lists of at most
+    /// [`IN_CHUNK`] quoted literals and returns every row.
+    async fn query_in(
+        &self,
+        values: &[String],
+        soql: impl Fn(&str) -> String,
+    ) -> Result<Vec<SfRecord>, SfError> {
+        let mut out = Vec::new();
+        for chunk in values.chunks(IN_CHUNK) {
+            let list = chunk
+                .iter()
+                .map(|v| soql_quote(v))
+                .collect::<Vec<_>>()
+                .join(", ");
+            out.extend(self.salesforce.query(&soql(&list)).await?);
+        }
+        Ok(out)
     }
 
     /// Tries the match keys in order: FederationIdentifier, then Username.

@@ -198,7 +198,7 @@ impl Credentials {
 }
 
 /// Text of the first element with each local name (namespace prefixes ignored).
-fn xml_fields(xml: &str, names: &[&str]) -> HashMap<String, String> {
+pub(crate) fn xml_fields(xml: &str, names: &[&str]) -> HashMap<String, String> {
     let mut out = HashMap::new();
     let mut reader = quick_xml::Reader::from_str(xml);
     let mut current: Option<String> = None;
@@ -225,6 +225,15 @@ fn xml_fields(xml: &str, names: &[&str]) -> HashMap<String, String> {
         }
     }
     out
+}
+
+/// One entry of a Collections result array (`statusCode` per error).
+fn record_result(r: &Value) -> RecordResult {
+    RecordResult {
+        id: r.get("id").and_then(Value::as_str).map(str::to_string),
+        success: r.get("success").and_then(Value::as_bool).unwrap_or(false),
+        errors: parse_errors(r.get("errors").unwrap_or(&Value::Null), "statusCode"),
+    }
 }
 
 /// Quotes a value for a SOQL string literal (o'brien@... stays one value).
@@ -690,14 +699,7 @@ impl SalesforceClient {
                 detail: format!("{} results for {} records", arr.len(), records.len()),
             });
         }
-        Ok(arr
-            .iter()
-            .map(|r| RecordResult {
-                id: r.get("id").and_then(Value::as_str).map(str::to_string),
-                success: r.get("success").and_then(Value::as_bool).unwrap_or(false),
-                errors: parse_errors(r.get("errors").unwrap_or(&Value::Null), "statusCode"),
-            })
-            .collect())
+        Ok(arr.iter().map(record_result).collect())
     }
 
     /// Creates up to 200 records of one type (`allOrNone=false`); results
@@ -728,14 +730,7 @@ impl SalesforceClient {
                 detail: format!("{} results for {} ids", arr.len(), ids.len()),
             });
         }
-        Ok(arr
-            .iter()
-            .map(|r| RecordResult {
-                id: r.get("id").and_then(Value::as_str).map(str::to_string),
-                success: r.get("success").and_then(Value::as_bool).unwrap_or(false),
-                errors: parse_errors(r.get("errors").unwrap_or(&Value::Null), "statusCode"),
-            })
-            .collect())
+        Ok(arr.iter().map(record_result).collect())
     }
 
     /// Updates up to 200 records of one type; each record carries `id`.

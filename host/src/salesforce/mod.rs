@@ -3,6 +3,8 @@
 
 mod client;
 
+pub(crate) use client::xml_fields;
+
 pub use client::{
     ApiError, Credentials, LimitInfo, RecordResult, SalesforceClient, SfError, soql_quote,
 };

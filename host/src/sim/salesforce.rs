@@ -1328,7 +1328,7 @@ async fn soap_login(
         );
     }
     let text = String::from_utf8_lossy(&body);
-    let fields = soap_fields(&text);
+    let fields = crate::salesforce::xml_fields(&text, &["username", "password"]);
     let ok = fields.get("username").map(String::as_str) == Some(creds::SF_INTEGRATION_USERNAME)
         && fields.get("password").map(String::as_str)
             == Some(&format!(
@@ -1362,36 +1362,6 @@ async fn soap_login(
         xml,
     )
         .into_response()
-}
-
-/// `username` and `password` from a login envelope.
-fn soap_fields(xml: &str) -> HashMap<String, String> {
-    let mut out = HashMap::new();
-    let mut reader = quick_xml::Reader::from_str(xml);
-    let mut current: Option<String> = None;
-    loop {
-        match reader.read_event() {
-            Ok(quick_xml::events::Event::Start(e)) => {
-                let local = String::from_utf8_lossy(e.local_name().as_ref()).to_string();
-                current = matches!(local.as_str(), "username" | "password").then_some(local);
-            }
-            Ok(quick_xml::events::Event::Text(t)) => {
-                if let Some(name) = current.take()
-                    && let Ok(text) = t.decode()
-                {
-                    out.insert(
-                        name,
-                        quick_xml::escape::unescape(&text)
-                            .map(|c| c.to_string())
-                            .unwrap_or_else(|_| text.to_string()),
-                    );
-                }
-            }
-            Ok(quick_xml::events::Event::Eof) | Err(_) => break,
-            _ => {}
-        }
-    }
-    out
 }
 
 async fn versions() -> Response {
@@ -1700,34 +1670,46 @@ fn count_write(sim: &Sim, records: u64) {
     s.sf_records_written += records;
 }
 
+/// One-record write: session, body, injected write fault, counting and the
+/// limit header are shared; `apply` does the write and renders the answer.
+fn single_write(
+    sim: &Sim,
+    v: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+    apply: impl FnOnce(&mut SfOrg, Map<String, Value>) -> Response,
+) -> Response {
+    if let Err(r) = gate(sim, v, headers) {
+        return r;
+    }
+    let body = match parse_body(body) {
+        Ok(b) => b,
+        Err(r) => return with_limits(sim, r),
+    };
+    let lose = match write_fault(sim) {
+        Ok(l) => l,
+        Err(r) => return with_limits(sim, r),
+    };
+    count_write(sim, 1);
+    let resp = apply(&mut sim.salesforce(), json_map(body));
+    with_limits(sim, if lose { lost_response() } else { resp })
+}
+
 async fn create_one(
     State(sim): State<Sim>,
     Path((v, object)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = gate(&sim, &v, &headers) {
-        return r;
-    }
-    let body = match parse_body(&body) {
-        Ok(b) => b,
-        Err(r) => return with_limits(&sim, r),
-    };
-    let lose = match write_fault(&sim) {
-        Ok(l) => l,
-        Err(r) => return with_limits(&sim, r),
-    };
-    count_write(&sim, 1);
-    let result = sim.salesforce().create(&object, json_map(body));
-    let resp = match result {
-        _ if lose => lost_response(),
-        Ok(id) => super::json(
-            StatusCode::CREATED,
-            json!({"id": id, "success": true, "errors": []}),
-        ),
-        Err(e) => super::json(StatusCode::BAD_REQUEST, errors_json(&e, "errorCode")),
-    };
-    with_limits(&sim, resp)
+    single_write(&sim, &v, &headers, &body, |org, fields| {
+        match org.create(&object, fields) {
+            Ok(id) => super::json(
+                StatusCode::CREATED,
+                json!({"id": id, "success": true, "errors": []}),
+            ),
+            Err(e) => super::json(StatusCode::BAD_REQUEST, errors_json(&e, "errorCode")),
+        }
+    })
 }
 
 async fn update_one(
@@ -1736,25 +1718,12 @@ async fn update_one(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = gate(&sim, &v, &headers) {
-        return r;
-    }
-    let body = match parse_body(&body) {
-        Ok(b) => b,
-        Err(r) => return with_limits(&sim, r),
-    };
-    let lose = match write_fault(&sim) {
-        Ok(l) => l,
-        Err(r) => return with_limits(&sim, r),
-    };
-    count_write(&sim, 1);
-    let result = sim.salesforce().update(&object, &id, json_map(body));
-    let resp = match result {
-        _ if lose => lost_response(),
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => super::json(StatusCode::BAD_REQUEST, errors_json(&e, "errorCode")),
-    };
-    with_limits(&sim, resp)
+    single_write(&sim, &v, &headers, &body, |org, fields| {
+        match org.update(&object, &id, fields) {
+            Ok(()) => StatusCode::NO_CONTENT.into_response(),
+            Err(e) => super::json(StatusCode::BAD_REQUEST, errors_json(&e, "errorCode")),
+        }
+    })
 }
 
 /// `DELETE /composite/sobjects?ids=...&allOrNone=false` (at most 200 ids).
