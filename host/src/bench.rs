@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
@@ -18,6 +18,24 @@ pub enum BenchCommand {
     /// Initial read of a large tenant (users and groups delta) into the
     /// mirror, against the Graph emulator with injected latency.
     EntraRead(EntraReadArgs),
+    /// Initial load of a large tenant into an empty org: every user
+    /// created with one permission set, counting Salesforce API calls at
+    /// the emulator against the Collections bound.
+    SalesforceCreate(SalesforceCreateArgs),
+}
+
+/// Options of `provisor bench salesforce-create`.
+#[derive(Debug, Args)]
+pub struct SalesforceCreateArgs {
+    /// Users in the emulated tenant.
+    #[arg(long, default_value_t = 100_000)]
+    users: usize,
+    /// Latency the emulator adds to every request.
+    #[arg(long, default_value_t = 50)]
+    latency_ms: u64,
+    /// The permission set every user gets.
+    #[arg(long, default_value = "Sales_Cloud_User")]
+    permission_set: String,
 }
 
 /// Options of `provisor bench entra-read`.
@@ -61,10 +79,13 @@ fn peak_rss_mib() -> Option<f64> {
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCommand::EntraRead(a) => entra_read(a).await,
+        BenchCommand::SalesforceCreate(a) => salesforce_create(a).await,
     }
 }
 
-async fn entra_read(a: EntraReadArgs) -> anyhow::Result<ExitCode> {
+/// Starts `provisor sim` in its own process; returns it, its address and
+/// how long it took to generate the tenant and listen.
+fn spawn_sim(users: usize, latency_ms: u64) -> anyhow::Result<(SimProcess, String, Duration)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .context("no free loopback port")?
@@ -78,9 +99,9 @@ async fn entra_read(a: EntraReadArgs) -> anyhow::Result<ExitCode> {
             "--listen",
             &listen,
             "--users",
-            &a.users.to_string(),
+            &users.to_string(),
             "--latency-ms",
-            &a.latency_ms.to_string(),
+            &latency_ms.to_string(),
             "--seed",
             "1",
         ])
@@ -101,19 +122,34 @@ async fn entra_read(a: EntraReadArgs) -> anyhow::Result<ExitCode> {
     let generated = spawned.elapsed();
     // Keep draining the sim's banner so it never blocks on a full pipe.
     std::thread::spawn(move || for _ in reader.lines() {});
+    Ok((sim, listen, generated))
+}
+
+/// A config for the emulator at `listen` with the pack at `pack` and a
+/// fresh SQLite store in `dir`.
+fn bench_config(
+    listen: &str,
+    pack: &std::path::Path,
+    dir: &std::path::Path,
+) -> anyhow::Result<Config> {
+    let store = format!("sqlite://{}?mode=rwc", dir.join("bench.db").display());
+    Config::parse(&crate::sim::config_toml(
+        &format!("http://{listen}"),
+        &pack.display().to_string(),
+        &store,
+    ))
+    .map_err(|e| anyhow::anyhow!(e))
+}
+
+async fn entra_read(a: EntraReadArgs) -> anyhow::Result<ExitCode> {
+    let (sim, listen, generated) = spawn_sim(a.users, a.latency_ms)?;
 
     let dir =
         std::env::temp_dir().join(format!("provisor-bench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir)?;
     let pack = find_rules_dir(std::path::Path::new("rules/gallery-defaults"))
         .context("cannot find rules/gallery-defaults")?;
-    let store = format!("sqlite://{}?mode=rwc", dir.join("bench.db").display());
-    let mut cfg: Config = Config::parse(&crate::sim::config_toml(
-        &format!("http://{listen}"),
-        &pack.display().to_string(),
-        &store,
-    ))
-    .map_err(|e| anyhow::anyhow!(e))?;
+    let mut cfg = bench_config(&listen, &pack, &dir)?;
     cfg.entra.page_size = a.page_size;
     let engine = engine_from_config(&cfg).await?;
     // The physical limit: the same pages fetched back to back with nothing
@@ -199,6 +235,104 @@ async fn entra_read(a: EntraReadArgs) -> anyhow::Result<ExitCode> {
             mirror.len(),
             a.users
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads the emulator's call counters.
+async fn sim_stats(listen: &str) -> anyhow::Result<crate::sim::Stats> {
+    reqwest::get(format!("http://{listen}/_sim/stats"))
+        .await
+        .context("cannot read the emulator's stats")?
+        .json()
+        .await
+        .context("malformed emulator stats")
+}
+
+async fn salesforce_create(a: SalesforceCreateArgs) -> anyhow::Result<ExitCode> {
+    if !crate::model::is_api_name(&a.permission_set) {
+        bail!("--permission-set {:?} is not an API name", a.permission_set);
+    }
+    let (sim, listen, generated) = spawn_sim(a.users, a.latency_ms)?;
+    let dir =
+        std::env::temp_dir().join(format!("provisor-bench-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir)?;
+    // The gallery defaults, plus one permission set for everyone.
+    let gallery = find_rules_dir(std::path::Path::new("rules/gallery-defaults"))
+        .context("cannot find rules/gallery-defaults")?;
+    let pack = dir.join("pack");
+    std::fs::create_dir_all(&pack)?;
+    let manifest = std::fs::read_to_string(gallery.join("pack.toml"))?;
+    let script = std::fs::read_to_string(gallery.join("main.rhai"))?;
+    if !script.contains("fn map(") {
+        bail!("rules/gallery-defaults/main.rhai has no `fn map(`");
+    }
+    std::fs::write(pack.join("pack.toml"), manifest)?;
+    std::fs::write(
+        pack.join("main.rhai"),
+        format!(
+            "{}\nfn map(user, settings) {{\n    let d = gallery_map(user, settings);\n    d.permission_sets = [\"{}\"];\n    d\n}}\n",
+            script.replace("fn map(", "fn gallery_map("),
+            a.permission_set
+        ),
+    )?;
+    let cfg = bench_config(&listen, &pack, &dir)?;
+    let engine = engine_from_config(&cfg).await?;
+    // Read Entra first, so that the counted cycle is Salesforce's alone.
+    engine
+        .read_entra(&Quiet)
+        .await
+        .context("the Entra read failed")?;
+    let before = sim_stats(&listen).await?;
+    let started = Instant::now();
+    let report = engine.sync_once(&Quiet).await.context("the sync failed")?;
+    let wall = started.elapsed();
+    let after = sim_stats(&listen).await?;
+    drop(sim);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let n = report.created;
+    let calls = after.sf_api_calls - before.sf_api_calls;
+    let writes = after.sf_write_calls - before.sf_write_calls;
+    let reads = calls - writes;
+    let bound = n.div_ceil(200) * 2 + n.div_ceil(2000);
+    let limit = bound as f64 * 1.05;
+    println!(
+        "provisor bench salesforce-create: {} tenant users, {} ms latency, permission set {}",
+        a.users, a.latency_ms, a.permission_set
+    );
+    println!(
+        "  emulator generated the tenant and org and listened after {:.2} s (separate process)",
+        generated.as_secs_f64()
+    );
+    println!(
+        "  created {n} users, assigned {} permission sets, linked {}, failed {}, waiting {}, in {:.2} s",
+        report.permission_sets_assigned,
+        report.linked,
+        report.failed,
+        report.waiting,
+        wall.as_secs_f64()
+    );
+    println!(
+        "  Salesforce REST calls: {calls} ({writes} writes, {reads} reads incl. lookups), plus {} token requests",
+        after.sf_token_calls - before.sf_token_calls
+    );
+    println!(
+        "  bound: ceil({n}/200) x 2 + ceil({n}/2000) = {bound}; x 1.05 = {limit:.1}; measured / bound = {:.3}",
+        calls as f64 / bound as f64
+    );
+    if report.failed > 0 || report.permission_sets_assigned != n {
+        bail!(
+            "{} users failed and {} of {n} permission sets were assigned: {:?}",
+            report.failed,
+            report.permission_sets_assigned,
+            report.failures.iter().take(5).collect::<Vec<_>>()
+        );
+    }
+    // The bound allows a constant for lookups (profiles, licences, roles,
+    // permission sets, the User table): 10 calls.
+    if calls as f64 > limit + 10.0 {
+        bail!("{calls} calls exceed 1.05 x {bound} + 10");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -4,6 +4,7 @@
 use serde_json::Value;
 
 use crate::engine::Engine;
+use crate::model::Access;
 use crate::salesforce::soql_quote;
 
 /// One check's outcome.
@@ -114,19 +115,36 @@ pub async fn test_connection(engine: &Engine) -> Vec<Check> {
 
     // Everything the rule pack says it references.
     let access = &engine.pack.access;
-    let mut permission_sets = access.permission_sets.clone();
-    permission_sets.extend(access.owns_permission_sets.iter().cloned());
-    permission_sets.sort();
-    permission_sets.dedup();
-    for (object, names, filter) in [
-        ("Profile", &access.profiles, ""),
-        ("UserRole", &access.roles, ""),
+    let refs: Vec<(&str, Vec<String>, &str, &str)> = vec![
+        ("Profile", access.profiles.clone(), "Name", ""),
+        ("UserRole", access.roles.clone(), "Name", ""),
         (
             "PermissionSet",
-            &permission_sets,
+            access.referenced(Access::PermissionSet),
+            "Name",
             " AND IsOwnedByProfile = false",
         ),
-    ] {
+        (
+            "PermissionSetGroup",
+            access.referenced(Access::PermissionSetGroup),
+            "DeveloperName",
+            "",
+        ),
+        (
+            "PermissionSetLicense",
+            access.referenced(Access::PermissionSetLicense),
+            "DeveloperName",
+            "",
+        ),
+        (
+            "Queue",
+            access.referenced(Access::Queue),
+            "DeveloperName",
+            " AND Type = 'Queue'",
+        ),
+    ];
+    for (object, names, field, filter) in refs {
+        let names = &names;
         if names.is_empty() {
             continue;
         }
@@ -141,14 +159,15 @@ pub async fn test_connection(engine: &Engine) -> Vec<Check> {
         );
         match sf
             .query(&format!(
-                "SELECT Name FROM {object} WHERE Name IN ({list}){filter}"
+                "SELECT {field} FROM {} WHERE {field} IN ({list}){filter}",
+                if object == "Queue" { "Group" } else { object }
             ))
             .await
         {
             Ok(rows) => {
                 let found: Vec<&str> = rows
                     .iter()
-                    .filter_map(|r| r.get("Name").and_then(Value::as_str))
+                    .filter_map(|r| r.get(field).and_then(Value::as_str))
                     .collect();
                 let missing: Vec<&String> = names
                     .iter()

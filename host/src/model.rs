@@ -122,8 +122,116 @@ pub struct DesiredUser {
     /// Permission sets by API name that the user should hold.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub permission_sets: Vec<String>,
+    /// Permission set groups by API name (`DeveloperName`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub permission_set_groups: Vec<String>,
+    /// Permission set licences by API name (`DeveloperName`). Assigned
+    /// before the permission sets that need them, removed after.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub permission_set_licenses: Vec<String>,
+    /// Queues (by `DeveloperName`) the user should be a member of.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queues: Vec<String>,
     /// Whether the Salesforce user should be active.
     pub active: bool,
+}
+
+impl DesiredUser {
+    /// The names the user should hold for one kind of access.
+    pub fn grants(&self, kind: Access) -> &[String] {
+        match kind {
+            Access::PermissionSet => &self.permission_sets,
+            Access::PermissionSetGroup => &self.permission_set_groups,
+            Access::PermissionSetLicense => &self.permission_set_licenses,
+            Access::Queue => &self.queues,
+        }
+    }
+}
+
+/// A kind of access granted to a user through an assignment record in
+/// Salesforce. Grants are diffed per kind: what is missing is added, and
+/// only what provisor granted (or the pack owns) is ever taken away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Access {
+    PermissionSetLicense,
+    PermissionSet,
+    PermissionSetGroup,
+    Queue,
+}
+
+impl Access {
+    /// Every kind, in the order grants are applied: a permission set
+    /// licence before the permission sets that need it. Removals run in
+    /// the reverse order.
+    pub const ALL: [Access; 4] = [
+        Access::PermissionSetLicense,
+        Access::PermissionSet,
+        Access::PermissionSetGroup,
+        Access::Queue,
+    ];
+
+    /// The Salesforce object that is granted.
+    pub fn object(self) -> &'static str {
+        match self {
+            Self::PermissionSet => "PermissionSet",
+            Self::PermissionSetGroup => "PermissionSetGroup",
+            Self::PermissionSetLicense => "PermissionSetLicense",
+            Self::Queue => "Group",
+        }
+    }
+
+    /// The assignment object that links a user to it.
+    pub fn assignment_object(self) -> &'static str {
+        match self {
+            Self::PermissionSet | Self::PermissionSetGroup => "PermissionSetAssignment",
+            Self::PermissionSetLicense => "PermissionSetLicenseAssign",
+            Self::Queue => "GroupMember",
+        }
+    }
+
+    /// The assignment's field naming the user.
+    pub fn assignee_field(self) -> &'static str {
+        match self {
+            Self::Queue => "UserOrGroupId",
+            _ => "AssigneeId",
+        }
+    }
+
+    /// The assignment's field naming what is granted.
+    pub fn target_field(self) -> &'static str {
+        match self {
+            Self::PermissionSet => "PermissionSetId",
+            Self::PermissionSetGroup => "PermissionSetGroupId",
+            Self::PermissionSetLicense => "PermissionSetLicenseId",
+            Self::Queue => "GroupId",
+        }
+    }
+
+    /// Words for people: "permission set", "queue"...
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::PermissionSet => "permission set",
+            Self::PermissionSetGroup => "permission set group",
+            Self::PermissionSetLicense => "permission set licence",
+            Self::Queue => "queue",
+        }
+    }
+
+    /// The snake_case name used in audit events and the store.
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::PermissionSet => "permission_set",
+            Self::PermissionSetGroup => "permission_set_group",
+            Self::PermissionSetLicense => "permission_set_license",
+            Self::Queue => "queue",
+        }
+    }
+
+    /// Parses [`Access::key`].
+    pub fn from_key(key: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.key() == key)
+    }
 }
 
 /// Returns true when `name` is a plausible Salesforce API name. Names go into

@@ -10,7 +10,10 @@ use sqlx::{Row, SqlitePool};
 
 use crate::audit::{self, AuditEvent, AuditRow};
 use crate::entra::{GroupChange, UserChange};
-use crate::model::{EntraUser, Removal};
+use crate::model::{Access, EntraUser, Removal};
+
+/// One user's grants made by provisor: (kind, API name) -> assignment id.
+pub type ManagedGrants = HashMap<(Access, String), String>;
 
 /// Errors from the state database.
 #[derive(Debug, thiserror::Error)]
@@ -673,53 +676,58 @@ impl Store {
         Ok(before.flatten().is_none())
     }
 
-    /// Permission sets provisor assigned, per Entra user: name -> assignment id.
-    pub async fn managed_assignments(
-        &self,
-    ) -> Result<HashMap<String, HashMap<String, String>>, StoreError> {
-        let rows: Vec<(String, String, String)> = sqlx::query_as(
-            "SELECT entra_id, permission_set, assignment_id FROM managed_assignments",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(q("read managed assignments"))?;
-        let mut out: HashMap<String, HashMap<String, String>> = HashMap::new();
-        for (e, ps, id) in rows {
-            out.entry(e).or_default().insert(ps, id);
+    /// Access provisor granted, per Entra user: (kind, name) -> assignment id.
+    pub async fn managed_grants(&self) -> Result<HashMap<String, ManagedGrants>, StoreError> {
+        let rows: Vec<(String, String, String, String)> =
+            sqlx::query_as("SELECT entra_id, access, name, assignment_id FROM managed_grants")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(q("read managed grants"))?;
+        let mut out: HashMap<String, ManagedGrants> = HashMap::new();
+        for (e, access, name, id) in rows {
+            // A kind this build does not know (written by a newer one) is
+            // left alone rather than guessed at.
+            if let Some(access) = Access::from_key(&access) {
+                out.entry(e).or_default().insert((access, name), id);
+            }
         }
         Ok(out)
     }
 
-    /// Records an assignment provisor made.
-    pub async fn add_managed_assignment(
+    /// Records a grant provisor made.
+    pub async fn add_managed_grant(
         &self,
         entra_id: &str,
-        permission_set: &str,
+        access: Access,
+        name: &str,
         assignment_id: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO managed_assignments (entra_id, permission_set, assignment_id, assigned_at) VALUES (?, ?, ?, ?) ON CONFLICT (entra_id, permission_set) DO UPDATE SET assignment_id = excluded.assignment_id, assigned_at = excluded.assigned_at")
+        sqlx::query("INSERT INTO managed_grants (entra_id, access, name, assignment_id, granted_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (entra_id, access, name) DO UPDATE SET assignment_id = excluded.assignment_id, granted_at = excluded.granted_at")
             .bind(entra_id)
-            .bind(permission_set)
+            .bind(access.key())
+            .bind(name)
             .bind(assignment_id)
             .bind(now())
             .execute(&self.pool)
             .await
-            .map_err(q("save managed assignment"))?;
+            .map_err(q("save managed grant"))?;
         Ok(())
     }
 
-    /// Forgets an assignment provisor removed.
-    pub async fn remove_managed_assignment(
+    /// Forgets a grant provisor revoked.
+    pub async fn remove_managed_grant(
         &self,
         entra_id: &str,
-        permission_set: &str,
+        access: Access,
+        name: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM managed_assignments WHERE entra_id = ? AND permission_set = ?")
+        sqlx::query("DELETE FROM managed_grants WHERE entra_id = ? AND access = ? AND name = ?")
             .bind(entra_id)
-            .bind(permission_set)
+            .bind(access.key())
+            .bind(name)
             .execute(&self.pool)
             .await
-            .map_err(q("forget managed assignment"))?;
+            .map_err(q("forget managed grant"))?;
         Ok(())
     }
 

@@ -11,9 +11,12 @@ use super::{
     Action, ActionKind, CycleReport, Engine, Observer, Outcome, Plan, Progress, SyncError,
 };
 use crate::audit::AuditEvent;
+use crate::model::Access;
 
 /// One batch ready to send: its Collections records and outbox ids.
 type Prepared = (Vec<Map<String, Value>>, Vec<i64>);
+/// A grant ready to send: its action, the name granted, the assignment record.
+type GrantRecord<'a> = (&'a Action, &'a String, Map<String, Value>);
 use crate::salesforce::{RecordResult, SfError};
 
 impl Engine {
@@ -184,13 +187,14 @@ impl Engine {
                 }
             }
         }
-        self.apply_permission_sets(cycle, plan, refs, outcomes, report)
-            .await
+        self.apply_grants(cycle, plan, refs, outcomes, report).await
     }
 
-    /// Permission set assignments, after the users exist: new users' ids
-    /// come from the links made when they were created.
-    async fn apply_permission_sets(
+    /// Grants and revocations of access, after the users exist (new users'
+    /// ids come from the links made when they were created). Grants run
+    /// kind by kind, permission set licences first; revocations in the
+    /// reverse order, so a licence goes only after what needed it.
+    async fn apply_grants(
         &self,
         cycle: &str,
         plan: &Plan,
@@ -204,136 +208,162 @@ impl Engine {
                 .get(id)
                 .is_some_and(|o| o.failed.is_some() || o.deferred)
         };
-        let assigns: Vec<(&Action, String, String)> = plan
-            .actions
-            .iter()
-            .filter_map(|a| match &a.kind {
-                ActionKind::AssignPermissionSet { permission_set }
-                    if !failed(outcomes, &a.entra_id) =>
-                {
-                    let user = a
-                        .sf_id
-                        .clone()
-                        .or_else(|| links.get(&a.entra_id).cloned())?;
-                    Some((a, user, refs.permission_sets.get(permission_set)?.clone()))
-                }
-                _ => None,
-            })
-            .collect();
         let size = self.cfg.batch_size.clamp(1, 200);
+        let concurrency = self.cfg.concurrency.clamp(1, 25);
         let mut events = Vec::new();
-        for batch in assigns.chunks(size) {
-            let records: Vec<Map<String, Value>> = batch
-                .iter()
-                .map(|(_, user, ps)| {
-                    let mut r = Map::new();
-                    r.insert("AssigneeId".into(), json!(user));
-                    r.insert("PermissionSetId".into(), json!(ps));
-                    r
-                })
-                .collect();
-            let results = match self
-                .salesforce
-                .create_many("PermissionSetAssignment", &records)
-                .await
-            {
-                Ok(r) => r,
-                Err(e) if e.is_limit() || e.outcome_unknown() => return Ok(Some(e)),
-                Err(e) => {
-                    for (a, _, _) in batch {
-                        outcomes.entry(a.entra_id.clone()).or_default().failed =
-                            Some(e.to_string());
-                    }
-                    continue;
-                }
-            };
-            for ((a, user, _), r) in batch.iter().zip(&results) {
-                let ActionKind::AssignPermissionSet { permission_set } = &a.kind else {
-                    continue;
-                };
-                // Already assigned (by hand, meanwhile): fine, and not ours.
-                let duplicate = r.errors.iter().any(|e| e.code == "DUPLICATE_VALUE");
-                if r.success {
-                    if let Some(id) = &r.id {
-                        self.store
-                            .add_managed_assignment(&a.entra_id, permission_set, id)
-                            .await?;
-                    }
-                    report.permission_sets_assigned += 1;
-                    events.push(AuditEvent { event: "user.permission_set_assigned".into(), entra_id: Some(a.entra_id.clone()), sf_id: Some(user.clone()), detail: json!({"permission_set": permission_set, "assignment": r.id, "reason": a.reason}) });
-                } else if !duplicate {
-                    let msg = r
-                        .errors
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("; ");
-                    outcomes.entry(a.entra_id.clone()).or_default().failed = Some(format!(
-                        "assigning {permission_set} refused by Salesforce: {msg}"
-                    ));
-                    events.push(AuditEvent {
-                        event: "user.permission_set_assign_failed".into(),
-                        entra_id: Some(a.entra_id.clone()),
-                        sf_id: Some(user.clone()),
-                        detail: json!({"permission_set": permission_set, "errors": r.errors}),
-                    });
-                }
-            }
-        }
-        let removes: Vec<&Action> = plan
-            .actions
-            .iter()
-            .filter(|a| {
-                matches!(a.kind, ActionKind::RemovePermissionSet { .. })
-                    && !failed(outcomes, &a.entra_id)
-            })
-            .collect();
-        for batch in removes.chunks(size) {
-            let ids: Vec<String> = batch
+        for kind in Access::ALL {
+            // (action, name, assignment record)
+            let grants: Vec<GrantRecord> = plan
+                .actions
                 .iter()
                 .filter_map(|a| match &a.kind {
-                    ActionKind::RemovePermissionSet { assignment_id, .. } => {
-                        Some(assignment_id.clone())
+                    ActionKind::Grant { access, name }
+                        if *access == kind && !failed(outcomes, &a.entra_id) =>
+                    {
+                        let user = a
+                            .sf_id
+                            .clone()
+                            .or_else(|| links.get(&a.entra_id).cloned())?;
+                        let target = refs.catalog.id(kind, name)?;
+                        let mut r = Map::new();
+                        r.insert(kind.assignee_field().into(), json!(user));
+                        r.insert(kind.target_field().into(), json!(target));
+                        Some((a, name, r))
                     }
                     _ => None,
                 })
                 .collect();
-            let results = match self.salesforce.delete_many(&ids).await {
-                Ok(r) => r,
-                Err(e) if e.is_limit() || e.outcome_unknown() => return Ok(Some(e)),
-                Err(e) => {
-                    for a in batch {
-                        outcomes.entry(a.entra_id.clone()).or_default().failed =
-                            Some(e.to_string());
+            for wave in grants.chunks(size * concurrency) {
+                let batches: Vec<&[GrantRecord]> = wave.chunks(size).collect();
+                let sent = futures::future::join_all(batches.iter().map(|batch| async move {
+                    let records: Vec<Map<String, Value>> =
+                        batch.iter().map(|(_, _, r)| r.clone()).collect();
+                    self.salesforce
+                        .create_many(kind.assignment_object(), &records)
+                        .await
+                }))
+                .await;
+                for (batch, sent) in batches.iter().zip(sent) {
+                    let results = match sent {
+                        Ok(r) => r,
+                        Err(e) if e.is_limit() || e.outcome_unknown() => return Ok(Some(e)),
+                        Err(e) => {
+                            for (a, _, _) in batch.iter() {
+                                outcomes.entry(a.entra_id.clone()).or_default().failed =
+                                    Some(e.to_string());
+                            }
+                            continue;
+                        }
+                    };
+                    for ((a, name, record), r) in batch.iter().zip(&results) {
+                        let user = record
+                            .get(kind.assignee_field())
+                            .cloned()
+                            .unwrap_or(Value::Null);
+                        // Already assigned (by hand, meanwhile): fine, and not ours.
+                        let duplicate = r.errors.iter().any(|e| e.code == "DUPLICATE_VALUE");
+                        if r.success {
+                            if let Some(id) = &r.id {
+                                self.store
+                                    .add_managed_grant(&a.entra_id, kind, name, id)
+                                    .await?;
+                            }
+                            if kind == Access::PermissionSet {
+                                report.permission_sets_assigned += 1;
+                            }
+                            report.granted += 1;
+                            events.push(AuditEvent {
+                                event: format!("user.{}_assigned", kind.key()),
+                                entra_id: Some(a.entra_id.clone()),
+                                sf_id: user.as_str().map(str::to_string),
+                                detail: json!({kind.key(): name, "assignment": r.id, "reason": a.reason}),
+                            });
+                        } else if !duplicate {
+                            let msg = r
+                                .errors
+                                .iter()
+                                .map(ToString::to_string)
+                                .collect::<Vec<_>>()
+                                .join("; ");
+                            outcomes.entry(a.entra_id.clone()).or_default().failed = Some(format!(
+                                "granting {} {name} refused by Salesforce: {msg}",
+                                kind.label()
+                            ));
+                            events.push(AuditEvent {
+                                event: format!("user.{}_assign_failed", kind.key()),
+                                entra_id: Some(a.entra_id.clone()),
+                                sf_id: user.as_str().map(str::to_string),
+                                detail: json!({kind.key(): name, "errors": r.errors}),
+                            });
+                        }
                     }
-                    continue;
                 }
-            };
-            for (a, r) in batch.iter().zip(&results) {
-                let ActionKind::RemovePermissionSet {
-                    permission_set,
-                    assignment_id,
-                } = &a.kind
-                else {
-                    continue;
+            }
+        }
+        for kind in Access::ALL.into_iter().rev() {
+            let removes: Vec<&Action> = plan
+                .actions
+                .iter()
+                .filter(|a| {
+                    matches!(&a.kind, ActionKind::Revoke { access, .. } if *access == kind)
+                        && !failed(outcomes, &a.entra_id)
+                })
+                .collect();
+            for batch in removes.chunks(size) {
+                let ids: Vec<String> = batch
+                    .iter()
+                    .filter_map(|a| match &a.kind {
+                        ActionKind::Revoke { assignment_id, .. } => Some(assignment_id.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                let results = match self.salesforce.delete_many(&ids).await {
+                    Ok(r) => r,
+                    Err(e) if e.is_limit() || e.outcome_unknown() => return Ok(Some(e)),
+                    Err(e) => {
+                        for a in batch {
+                            outcomes.entry(a.entra_id.clone()).or_default().failed =
+                                Some(e.to_string());
+                        }
+                        continue;
+                    }
                 };
-                // Already gone counts as removed.
-                if r.success || r.errors.iter().any(|e| e.code == "ENTITY_IS_DELETED") {
-                    self.store
-                        .remove_managed_assignment(&a.entra_id, permission_set)
-                        .await?;
-                    report.permission_sets_removed += 1;
-                    events.push(AuditEvent { event: "user.permission_set_removed".into(), entra_id: Some(a.entra_id.clone()), sf_id: a.sf_id.clone(), detail: json!({"permission_set": permission_set, "assignment": assignment_id, "reason": a.reason}) });
-                } else {
-                    let msg = r
-                        .errors
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("; ");
-                    outcomes.entry(a.entra_id.clone()).or_default().failed = Some(format!(
-                        "removing {permission_set} refused by Salesforce: {msg}"
-                    ));
+                for (a, r) in batch.iter().zip(&results) {
+                    let ActionKind::Revoke {
+                        name,
+                        assignment_id,
+                        ..
+                    } = &a.kind
+                    else {
+                        continue;
+                    };
+                    // Already gone counts as removed.
+                    if r.success || r.errors.iter().any(|e| e.code == "ENTITY_IS_DELETED") {
+                        self.store
+                            .remove_managed_grant(&a.entra_id, kind, name)
+                            .await?;
+                        if kind == Access::PermissionSet {
+                            report.permission_sets_removed += 1;
+                        }
+                        report.revoked += 1;
+                        events.push(AuditEvent {
+                            event: format!("user.{}_removed", kind.key()),
+                            entra_id: Some(a.entra_id.clone()),
+                            sf_id: a.sf_id.clone(),
+                            detail: json!({kind.key(): name, "assignment": assignment_id, "reason": a.reason}),
+                        });
+                    } else {
+                        let msg = r
+                            .errors
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("; ");
+                        outcomes.entry(a.entra_id.clone()).or_default().failed = Some(format!(
+                            "revoking {} {name} refused by Salesforce: {msg}",
+                            kind.label()
+                        ));
+                    }
                 }
             }
         }
@@ -469,8 +499,10 @@ impl Engine {
                         }
                     }
                     ActionKind::Link { .. }
-                    | ActionKind::AssignPermissionSet { .. }
-                    | ActionKind::RemovePermissionSet { .. } => continue,
+                    | ActionKind::Grant { .. }
+                    | ActionKind::Revoke { .. } => {
+                        continue;
+                    }
                 };
                 events.push(event);
             } else {
@@ -485,6 +517,30 @@ impl Engine {
                 } else {
                     msg
                 };
+                // Row contention passes: try again next cycle, no attempt spent.
+                let transient = !r.errors.is_empty()
+                    && r.errors
+                        .iter()
+                        .all(|e| TRANSIENT_RECORD_CODES.contains(&e.code.as_str()));
+                // Seats taken since planning (another admin, a race): wait.
+                let no_seat = r.errors.iter().any(|e| e.code == "LICENSE_LIMIT_EXCEEDED");
+                if transient || no_seat {
+                    let status = if transient { "deferred" } else { "waiting" };
+                    self.store.settle(*oid, status, &msg).await?;
+                    let o = outcomes.entry(a.entra_id.clone()).or_default();
+                    if transient {
+                        o.deferred = true;
+                    } else {
+                        o.waiting = Some(format!("waiting for a licence seat: {msg}"));
+                    }
+                    events.push(AuditEvent {
+                        event: format!("user.{}_{status}", a.kind.name()),
+                        entra_id: Some(a.entra_id.clone()),
+                        sf_id: a.sf_id.clone(),
+                        detail: json!({"errors": r.errors}),
+                    });
+                    continue;
+                }
                 self.store.settle(*oid, "failed", &msg).await?;
                 // Salesforce has no distinct code for most deactivation
                 // blockers (default case owner, workflow user...): any
@@ -513,6 +569,10 @@ impl Engine {
         Ok(())
     }
 }
+
+/// Record-level error codes that pass by themselves: the action is tried
+/// again on the next cycle without counting an attempt.
+const TRANSIENT_RECORD_CODES: &[&str] = &["UNABLE_TO_LOCK_ROW"];
 
 /// The Collections record for an action.
 fn record_for(a: &Action, refs: &super::Refs) -> Map<String, Value> {
@@ -575,9 +635,7 @@ fn record_for(a: &Action, refs: &super::Refs) -> Map<String, Value> {
             r.insert("id".into(), json!(login_id));
             r.insert("IsFrozen".into(), json!(false));
         }
-        ActionKind::Link { .. }
-        | ActionKind::AssignPermissionSet { .. }
-        | ActionKind::RemovePermissionSet { .. } => {}
+        ActionKind::Link { .. } | ActionKind::Grant { .. } | ActionKind::Revoke { .. } => {}
     }
     r
 }

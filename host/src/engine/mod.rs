@@ -2,6 +2,7 @@
 //! rule pack for every user with work owed, matches and diffs against
 //! Salesforce into a [`Plan`], applies it through the outbox and audits.
 
+mod access;
 mod apply;
 pub mod plan;
 pub mod scope;
@@ -16,7 +17,7 @@ pub use plan::{Action, ActionKind, Basis, Change, Plan};
 use crate::audit::AuditEvent;
 use crate::config::SyncConfig;
 use crate::entra::{EntraClient, EntraError};
-use crate::model::{DesiredUser, FieldValue};
+use crate::model::{Access, DesiredUser, FieldValue};
 use crate::rules::{Pack, RuleError};
 use crate::salesforce::{SalesforceClient, SfError, soql_quote};
 use crate::store::{DirtyUser, Store, StoreError};
@@ -46,6 +47,10 @@ impl AnyPage {
 
 /// Values per SOQL `IN (...)` list; keeps URLs well under limits.
 const IN_CHUNK: usize = 100;
+
+/// Above this many users to match by key, the User table is read whole
+/// instead of looked up IN-list by IN-list (20 calls per key at this size).
+const SCAN_THRESHOLD: usize = 2000;
 
 /// Why a cycle stopped.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +110,10 @@ pub struct CycleReport {
     pub unfrozen: usize,
     pub permission_sets_assigned: usize,
     pub permission_sets_removed: usize,
+    /// Grants of every kind (permission sets, groups, licences, queues).
+    pub granted: usize,
+    /// Revocations of every kind.
+    pub revoked: usize,
     pub linked: usize,
     pub unchanged: usize,
     pub failed: usize,
@@ -145,7 +154,7 @@ pub(crate) struct Planned {
 pub(crate) struct Refs {
     pub profiles: HashMap<String, String>,
     pub roles: HashMap<String, String>,
-    pub permission_sets: HashMap<String, String>,
+    pub catalog: access::Catalog,
 }
 
 /// The engine for one tenant ↔ org connection.
@@ -192,6 +201,41 @@ fn same(field: &str, desired: &FieldValue, current: Option<&Value>) -> bool {
         FieldValue::Bool(b) => current.and_then(Value::as_bool) == Some(*b),
         FieldValue::Number(n) => current.and_then(Value::as_f64) == Some(*n),
     }
+}
+
+/// Keeps the grants whose permission set licence has a seat (taking it);
+/// a licence without seats holds back itself and the permission sets that
+/// need it, and says why (the user waits, the rest goes ahead).
+fn with_seats(
+    catalog: &mut access::Catalog,
+    grants: Vec<(Access, String)>,
+) -> (Vec<(Access, String)>, Option<String>) {
+    let mut blocked: HashSet<String> = HashSet::new();
+    let mut waiting = None;
+    let mut out = Vec::with_capacity(grants.len());
+    // Licences sort first (Access order), so they are decided before the
+    // permission sets that need them.
+    for (access, name) in grants {
+        match access {
+            Access::PermissionSetLicense => {
+                if let Err(why) = catalog.take_seat(&name) {
+                    blocked.insert(name);
+                    waiting.get_or_insert(why);
+                    continue;
+                }
+            }
+            Access::PermissionSet
+                if catalog
+                    .licence_of(&name)
+                    .is_some_and(|l| blocked.contains(l)) =>
+            {
+                continue;
+            }
+            _ => {}
+        }
+        out.push((access, name));
+    }
+    (out, waiting)
 }
 
 /// Name -> Id of query rows that have both.
@@ -607,23 +651,10 @@ impl Engine {
                 .query("SELECT Id, Name FROM UserRole")
                 .await?,
         );
-        let permission_sets = by_name(
-            self.salesforce
-                .query("SELECT Id, Name FROM PermissionSet WHERE IsOwnedByProfile = false")
-                .await?,
-        );
-        let ps_names: HashMap<&str, &str> = permission_sets
-            .iter()
-            .map(|(n, i)| (i.as_str(), n.as_str()))
-            .collect();
-        let managed = self.store.managed_assignments().await?;
-        let owned: HashSet<&str> = self
-            .pack
-            .access
-            .owns_permission_sets
-            .iter()
-            .map(String::as_str)
-            .collect();
+        let managed = self.store.managed_grants().await?;
+        let kinds =
+            access::kinds_in_use(&self.pack.access, desired.iter().map(|(_, d)| d), &managed);
+        let mut catalog = access::Catalog::read(&self.salesforce, &kinds).await?;
         let mut select: Vec<String> = vec![
             "Id".into(),
             "IsActive".into(),
@@ -674,10 +705,43 @@ impl Engine {
             .collect();
         let mut by_fed: Index = HashMap::new();
         let mut by_username: Index = HashMap::new();
+        // An initial load matches many users at once: one read of the whole
+        // User table (2,000 rows a page) then costs fewer calls than IN-list
+        // lookups of 100 values per key.
+        if unmatched.len() > SCAN_THRESHOLD {
+            // Only rows a wanted key value points at are kept.
+            let wanted: HashSet<(&str, String)> = unmatched
+                .iter()
+                .flat_map(|d| {
+                    ["FederationIdentifier", "Username"]
+                        .into_iter()
+                        .filter_map(|k| Some((k, text_field(d, k)?.to_lowercase())))
+                })
+                .collect();
+            for r in self
+                .salesforce
+                .query(&format!("SELECT {select} FROM User"))
+                .await?
+            {
+                for (key, index) in [
+                    ("FederationIdentifier", &mut by_fed),
+                    ("Username", &mut by_username),
+                ] {
+                    if let Some(v) = r.get(key).and_then(Value::as_str).map(str::to_lowercase)
+                        && wanted.contains(&(key, v.clone()))
+                    {
+                        index.entry(v).or_default().push(r.clone());
+                    }
+                }
+            }
+        }
         for (key, index) in [
             ("FederationIdentifier", &mut by_fed),
             ("Username", &mut by_username),
         ] {
+            if unmatched.len() > SCAN_THRESHOLD {
+                break;
+            }
             let mut values: Vec<String> = unmatched
                 .iter()
                 .filter_map(|d| text_field(d, key))
@@ -727,14 +791,8 @@ impl Engine {
             }
         }
 
-        // Current permission set assignments (not the profile-owned ones).
-        let mut assigned: HashMap<String, Vec<(String, String)>> = HashMap::new();
-        for r in self.query_in(&known, |list| format!("SELECT Id, AssigneeId, PermissionSetId FROM PermissionSetAssignment WHERE AssigneeId IN ({list}) AND PermissionSet.IsOwnedByProfile = false")).await? {
-            let (Some(id), Some(user), Some(ps)) = (r.get("Id").and_then(Value::as_str), r.get("AssigneeId").and_then(Value::as_str), r.get("PermissionSetId").and_then(Value::as_str)) else { continue };
-            if let Some(name) = ps_names.get(ps) {
-                assigned.entry(user.to_string()).or_default().push((id.to_string(), name.to_string()));
-            }
-        }
+        // Current grants (permission sets, groups, licences, queues).
+        let assigned = catalog.current(&known, self).await?;
 
         // Plan per user.
         let mut claimed: HashMap<String, String> = HashMap::new();
@@ -777,16 +835,13 @@ impl Engine {
                 Some(why) => format!("out of scope: {why}"),
                 None => cause_text(d),
             };
-            if let Some(bad) = want
-                .permission_sets
-                .iter()
-                .find(|p| !permission_sets.contains_key(*p))
-            {
-                outcomes.entry(id.clone()).or_default().failed = Some(format!(
-                    "permission set {bad:?} does not exist in Salesforce (or is owned by a profile)"
-                ));
-                continue;
-            }
+            let wanted = match catalog.wanted(want) {
+                Ok(w) => w,
+                Err(why) => {
+                    outcomes.entry(id.clone()).or_default().failed = Some(why);
+                    continue;
+                }
+            };
             if let Some(r) = want.role.as_ref().filter(|r| !roles.contains_key(*r)) {
                 outcomes.entry(id.clone()).or_default().failed =
                     Some(format!("role {r:?} does not exist in Salesforce"));
@@ -836,15 +891,18 @@ impl Engine {
                         },
                         reason: format!("joiner: {cause}, no Salesforce user matches"),
                     });
-                    for ps in &want.permission_sets {
+                    let grants: Vec<(Access, String)> = wanted.into_iter().collect();
+                    let (grants, waiting) = with_seats(&mut catalog, grants);
+                    if let Some(why) = waiting {
+                        outcomes.entry(id.clone()).or_default().waiting = Some(why);
+                    }
+                    for (access, name) in grants {
                         plan.actions.push(Action {
                             entra_id: id.clone(),
                             upn: upn.clone(),
                             sf_id: None,
-                            kind: ActionKind::AssignPermissionSet {
-                                permission_set: ps.clone(),
-                            },
-                            reason: format!("joiner: the pack grants {ps}"),
+                            reason: format!("joiner: the pack grants {} {name}", access.label()),
+                            kind: ActionKind::Grant { access, name },
                         });
                     }
                 }
@@ -1000,39 +1058,41 @@ impl Engine {
                             }
                         }
                     }
-                    // Permission sets: add what is missing; remove only what
-                    // provisor assigned or the pack owns, never hand-made ones.
+                    // Access: add what is missing; revoke only what
+                    // provisor granted or the pack owns, never hand-made ones.
                     if want.active {
-                        let have: Vec<(String, String)> = sf_id
+                        let held = sf_id
                             .as_ref()
                             .and_then(|s| assigned.get(s))
-                            .cloned()
-                            .unwrap_or_default();
-                        let mine = managed.get(id.as_str());
-                        for ps in &want.permission_sets {
-                            if !have.iter().any(|(_, n)| n == ps) {
-                                push(
-                                    &mut plan,
-                                    ActionKind::AssignPermissionSet {
-                                        permission_set: ps.clone(),
-                                    },
-                                    format!("the pack grants {ps}"),
-                                );
-                            }
+                            .map_or(&[][..], Vec::as_slice);
+                        let (grants, revokes) = access::diff(
+                            &wanted,
+                            held,
+                            managed.get(id.as_str()),
+                            &self.pack.access,
+                        );
+                        let (grants, waiting) = with_seats(&mut catalog, grants);
+                        if let Some(why) = waiting {
+                            outcomes.entry(id.clone()).or_default().waiting = Some(why);
                         }
-                        for (assignment_id, name) in &have {
-                            let ours = mine.is_some_and(|m| m.contains_key(name))
-                                || owned.contains(name.as_str());
-                            if ours && !want.permission_sets.contains(name) {
-                                push(
-                                    &mut plan,
-                                    ActionKind::RemovePermissionSet {
-                                        permission_set: name.clone(),
-                                        assignment_id: assignment_id.clone(),
-                                    },
-                                    format!("the pack no longer grants {name}"),
-                                );
-                            }
+                        for (access, name) in grants {
+                            let reason = format!("the pack grants {} {name}", access.label());
+                            push(&mut plan, ActionKind::Grant { access, name }, reason);
+                        }
+                        for h in revokes {
+                            push(
+                                &mut plan,
+                                ActionKind::Revoke {
+                                    access: h.access,
+                                    name: h.name.clone(),
+                                    assignment_id: h.assignment_id,
+                                },
+                                format!(
+                                    "the pack no longer grants {} {}",
+                                    h.access.label(),
+                                    h.name
+                                ),
+                            );
                         }
                     }
                 }
@@ -1045,7 +1105,7 @@ impl Engine {
             refs: Refs {
                 profiles,
                 roles,
-                permission_sets,
+                catalog,
             },
         })
     }

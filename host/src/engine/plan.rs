@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::FieldValue;
+use crate::model::{Access, FieldValue};
 
 /// One field's change.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,11 +37,14 @@ pub enum ActionKind {
     Freeze { login_id: String },
     /// Set `UserLogin.IsFrozen = false`.
     Unfreeze { login_id: String },
-    /// Assign a permission set (by API name).
-    AssignPermissionSet { permission_set: String },
-    /// Remove an assignment provisor made, or of a permission set the pack owns.
-    RemovePermissionSet {
-        permission_set: String,
+    /// Grant access (a permission set, group, licence or queue, by API
+    /// name) by creating its assignment record.
+    Grant { access: Access, name: String },
+    /// Delete an assignment record provisor made, or one of access the
+    /// pack owns. Hand-made assignments are never revoked otherwise.
+    Revoke {
+        access: Access,
+        name: String,
         assignment_id: String,
     },
     /// Set IsActive = true, with any other changes that are due.
@@ -59,8 +62,8 @@ impl ActionKind {
             Self::Reactivate { .. } => "reactivate",
             Self::Freeze { .. } => "freeze",
             Self::Unfreeze { .. } => "unfreeze",
-            Self::AssignPermissionSet { .. } => "assign_permission_set",
-            Self::RemovePermissionSet { .. } => "remove_permission_set",
+            Self::Grant { .. } => "grant",
+            Self::Revoke { .. } => "revoke",
         }
     }
 
@@ -109,8 +112,10 @@ pub struct PlanCounts {
     pub link: usize,
     pub freeze: usize,
     pub unfreeze: usize,
-    pub assign: usize,
-    pub remove: usize,
+    /// Access granted (permission sets, groups, licences, queues).
+    pub grant: usize,
+    /// Access revoked.
+    pub revoke: usize,
 }
 
 impl Plan {
@@ -126,8 +131,8 @@ impl Plan {
                 ActionKind::Reactivate { .. } => c.reactivate += 1,
                 ActionKind::Freeze { .. } => c.freeze += 1,
                 ActionKind::Unfreeze { .. } => c.unfreeze += 1,
-                ActionKind::AssignPermissionSet { .. } => c.assign += 1,
-                ActionKind::RemovePermissionSet { .. } => c.remove += 1,
+                ActionKind::Grant { .. } => c.grant += 1,
+                ActionKind::Revoke { .. } => c.revoke += 1,
             }
         }
         c
@@ -173,19 +178,19 @@ impl Plan {
                     let _ = writeln!(out, "  - deactivate User {sf}  ({who})");
                     let _ = writeln!(out, "      {:<22} = true -> false", "IsActive");
                 }
-                ActionKind::AssignPermissionSet { permission_set } => {
-                    let _ = writeln!(
-                        out,
-                        "  + assign     PermissionSet {permission_set}  -> {who}"
-                    );
+                ActionKind::Grant { access, name } => {
+                    let _ = writeln!(out, "  + grant      {} {name}  -> {who}", access.object());
                 }
-                ActionKind::RemovePermissionSet {
-                    permission_set,
+                ActionKind::Revoke {
+                    access,
+                    name,
                     assignment_id,
                 } => {
                     let _ = writeln!(
                         out,
-                        "  - remove     PermissionSet {permission_set}  from {who}  (assignment {assignment_id})"
+                        "  - revoke     {} {name}  from {who}  ({} {assignment_id})",
+                        access.object(),
+                        access.assignment_object()
                     );
                 }
                 ActionKind::Freeze { login_id } => {
@@ -215,15 +220,15 @@ impl Plan {
         let c = self.counts();
         let _ = writeln!(
             out,
-            "\nPlan: {} to create, {} to update, {} to freeze, {} to deactivate, {} to reactivate, {} to unfreeze, {} permission sets to assign, {} to remove, {} to link.",
+            "\nPlan: {} to create, {} to update, {} to freeze, {} to deactivate, {} to reactivate, {} to unfreeze, {} grants of access, {} revocations, {} to link.",
             c.create,
             c.update,
             c.freeze,
             c.deactivate,
             c.reactivate,
             c.unfreeze,
-            c.assign,
-            c.remove,
+            c.grant,
+            c.revoke,
             c.link
         );
         out

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::model::{DesiredUser, EntraUser, FieldValue, is_api_name};
+use crate::model::{Access, DesiredUser, EntraUser, FieldValue, is_api_name};
 
 /// Contract versions (`provisor:rules@0.1.x`) this host accepts.
 pub const ACCEPTED_CONTRACTS: &[&str] = &["0.1"];
@@ -99,6 +99,52 @@ pub struct AccessClaims {
     /// Permission sets the pack may grant.
     #[serde(default)]
     pub permission_sets: Vec<String>,
+    /// Permission set groups the pack may grant.
+    #[serde(default)]
+    pub permission_set_groups: Vec<String>,
+    /// Permission set licences the pack may grant.
+    #[serde(default)]
+    pub permission_set_licenses: Vec<String>,
+    /// Queues the pack may add users to.
+    #[serde(default)]
+    pub queues: Vec<String>,
+    /// Permission set groups the pack owns (see `owns_permission_sets`).
+    #[serde(default)]
+    pub owns_permission_set_groups: Vec<String>,
+    /// Permission set licences the pack owns.
+    #[serde(default)]
+    pub owns_permission_set_licenses: Vec<String>,
+    /// Queues whose membership the pack owns.
+    #[serde(default)]
+    pub owns_queues: Vec<String>,
+}
+
+impl AccessClaims {
+    /// Names of one kind the pack owns: their assignments are revoked when
+    /// the pack no longer wants them, whoever made them.
+    pub fn owned(&self, access: Access) -> &[String] {
+        match access {
+            Access::PermissionSet => &self.owns_permission_sets,
+            Access::PermissionSetGroup => &self.owns_permission_set_groups,
+            Access::PermissionSetLicense => &self.owns_permission_set_licenses,
+            Access::Queue => &self.owns_queues,
+        }
+    }
+
+    /// Every name of one kind the pack references (granted or owned),
+    /// sorted and without repeats.
+    pub fn referenced(&self, access: Access) -> Vec<String> {
+        let granted = match access {
+            Access::PermissionSet => &self.permission_sets,
+            Access::PermissionSetGroup => &self.permission_set_groups,
+            Access::PermissionSetLicense => &self.permission_set_licenses,
+            Access::Queue => &self.queues,
+        };
+        let mut out: Vec<String> = granted.iter().chain(self.owned(access)).cloned().collect();
+        out.sort();
+        out.dedup();
+        out
+    }
 }
 
 /// A named settings table, entries in file order (order is precedence).

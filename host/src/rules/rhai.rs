@@ -135,10 +135,17 @@ fn desired(v: Dynamic) -> Result<DesiredUser, String> {
     for k in m.keys() {
         if !matches!(
             k.as_str(),
-            "fields" | "profile" | "active" | "role" | "permission_sets"
+            "fields"
+                | "profile"
+                | "active"
+                | "role"
+                | "permission_sets"
+                | "permission_set_groups"
+                | "permission_set_licenses"
+                | "queues"
         ) {
             return Err(format!(
-                "unknown key `{k}` (expected fields, profile, role, permission_sets, active)"
+                "unknown key `{k}` (expected fields, profile, role, permission_sets, permission_set_groups, permission_set_licenses, queues, active)"
             ));
         }
     }
@@ -175,31 +182,36 @@ fn desired(v: Dynamic) -> Result<DesiredUser, String> {
                 .to_string(),
         ),
     };
-    let permission_sets = match m.get("permission_sets") {
-        None => Vec::new(),
-        Some(p) => {
-            let arr = p
-                .clone()
-                .try_cast::<Array>()
-                .ok_or("`permission_sets` must be an array of strings")?;
-            let mut out = Vec::with_capacity(arr.len());
-            for v in arr {
-                out.push(
-                    v.try_cast::<ImmutableString>()
-                        .ok_or("`permission_sets` must be an array of strings")?
-                        .to_string(),
-                );
-            }
-            out
-        }
-    };
+    let permission_sets = names(&m, "permission_sets")?;
+    let permission_set_groups = names(&m, "permission_set_groups")?;
+    let permission_set_licenses = names(&m, "permission_set_licenses")?;
+    let queues = names(&m, "queues")?;
     Ok(DesiredUser {
         fields: fields_from_pairs(pairs)?,
         profile,
         role,
         permission_sets,
+        permission_set_groups,
+        permission_set_licenses,
+        queues,
         active,
     })
+}
+
+/// An optional array of strings in the returned map.
+fn names(m: &Map, key: &str) -> Result<Vec<String>, String> {
+    let Some(v) = m.get(key) else {
+        return Ok(Vec::new());
+    };
+    let bad = || format!("`{key}` must be an array of strings");
+    let arr = v.clone().try_cast::<Array>().ok_or_else(bad)?;
+    arr.into_iter()
+        .map(|v| {
+            v.try_cast::<ImmutableString>()
+                .map(|s| s.to_string())
+                .ok_or_else(bad)
+        })
+        .collect()
 }
 
 impl RhaiPack {

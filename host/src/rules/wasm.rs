@@ -180,6 +180,9 @@ impl WasmPack {
             profile: out.profile,
             role: out.role,
             permission_sets: out.permission_sets,
+            permission_set_groups: out.permission_set_groups,
+            permission_set_licenses: out.permission_set_licenses,
+            queues: out.queues,
             active: out.active,
         })
     }

@@ -38,6 +38,10 @@ pub(super) fn routes() -> Router<Sim> {
         .route("/_sim/salesforce/users", get(sf_users))
         .route("/_sim/salesforce/licences/{name}", put(set_licence))
         .route(
+            "/_sim/salesforce/permission-set-licences/{name}",
+            put(set_psl),
+        )
+        .route(
             "/_sim/salesforce/users/{id}/deactivation-blocker",
             put(set_blocker).delete(clear_blocker),
         )
@@ -254,6 +258,31 @@ async fn set_licence(
         super::json(
             StatusCode::NOT_FOUND,
             json!({"error": format!("no user licence named {name:?}")}),
+        )
+    }
+}
+
+/// Sets a permission set licence's seats: `{"total": N}`.
+async fn set_psl(
+    State(sim): State<Sim>,
+    Path(name): Path<String>,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
+    let Some(total) = body.get("total").and_then(Value::as_i64) else {
+        return super::json(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "body must be {\"total\": N}"}),
+        );
+    };
+    if sim
+        .salesforce()
+        .set_permission_set_licence_total(&name, total)
+    {
+        done::<String>(Ok(json!({"permission_set_licence": name, "total": total})))
+    } else {
+        super::json(
+            StatusCode::NOT_FOUND,
+            json!({"error": format!("no permission set licence named {name:?}")}),
         )
     }
 }

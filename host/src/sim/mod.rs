@@ -80,6 +80,9 @@ pub struct Faults {
     /// After this many more delta pages, the next delta request that
     /// carries a token answers 410 Gone once (a reset in mid-round).
     pub graph_gone_after_pages: Option<u64>,
+    /// The next this-many records written through sObject Collections fail
+    /// with `UNABLE_TO_LOCK_ROW` (row contention), each on its own.
+    pub sf_lock_rows: u32,
 }
 
 /// Counters the tests and the demo read back (`GET /_sim/stats`).

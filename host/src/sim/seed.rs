@@ -241,6 +241,23 @@ pub fn org(tenant: &GraphTenant, _seed: u64) -> SfOrg {
             json_map(json!({"Name": name, "Label": label, "IsOwnedByProfile": false})),
         );
     }
+    // A permission set licence with few seats and a permission set that
+    // needs it; a permission set group; queues.
+    let psl = org.insert_raw("PermissionSetLicense", json_map(json!({"DeveloperName": "EinsteinAnalyticsPlusPsl", "MasterLabel": "CRM Analytics Plus", "TotalLicenses": 3, "UsedLicenses": 0, "Status": "Active"})));
+    org.insert_raw(
+        "PermissionSet",
+        json_map(json!({"Name": "CRM_Analytics_Plus_User", "Label": "CRM Analytics Plus User", "IsOwnedByProfile": false, "LicenseId": psl})),
+    );
+    org.add_permission_set_group("Sales_Bundle", "Sales Bundle");
+    for (name, dev) in [
+        ("Support Queue", "Support_Queue"),
+        ("Sales Queue", "Sales_Queue"),
+    ] {
+        org.insert_raw(
+            "Group",
+            json_map(json!({"Name": name, "DeveloperName": dev, "Type": "Queue"})),
+        );
+    }
     for (name, dev) in [
         ("CEO", "CEO"),
         ("Sales Rep", "Sales_Rep"),

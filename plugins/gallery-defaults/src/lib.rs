@@ -70,6 +70,9 @@ impl Guest for GalleryDefaults {
             // The gallery app manages neither roles nor permission sets.
             role: None,
             permission_sets: Vec::new(),
+            permission_set_groups: Vec::new(),
+            permission_set_licenses: Vec::new(),
+            queues: Vec::new(),
             active: !user.deleted && user.account_enabled.unwrap_or(true),
         }
     }

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real host against the emulators over loopback.
 //! One binary (it links wasmtime once), a module per topic.
 
+mod access;
 mod bad_input;
 mod entra;
 mod faults;

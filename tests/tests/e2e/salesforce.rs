@@ -712,7 +712,7 @@ async fn record_errors_end_in_the_dead_letter_list_with_their_code() {
                 ))
             })
             .filter(|(_, upn)| org.users_where("Username", upn).is_empty())
-            .take(3)
+            .take(4)
             .collect()
     };
     // 1. The Username is taken in another org of the environment.
@@ -727,6 +727,10 @@ async fn record_errors_end_in_the_dead_letter_list_with_their_code() {
     let mut m = Map::new();
     m.insert("mail".into(), Value::Null);
     sim.graph().update_user(&joiners[2].0, m).expect("update");
+    // 4. A language Salesforce's restricted LocaleSidKey picklist lacks.
+    let mut m = Map::new();
+    m.insert("preferredLanguage".into(), json!("xx-YY"));
+    sim.graph().update_user(&joiners[3].0, m).expect("update");
 
     let dir = tempfile::tempdir().expect("temp dir");
     let engine = engine_with(&running, &rhai_pack(), &dir.path().join("a.db"), |c| {
@@ -735,10 +739,10 @@ async fn record_errors_end_in_the_dead_letter_list_with_their_code() {
     })
     .await;
     let r1 = engine.sync_once(&Quiet).await.expect("sync");
-    assert_eq!(r1.failed, 3, "{:?}", r1.failures);
+    assert_eq!(r1.failed, 4, "{:?}", r1.failures);
     assert!(r1.created > 15, "the rest of the batch is created");
     let r2 = engine.sync_once(&Quiet).await.expect("retry");
-    assert_eq!((r2.failed, r2.parked), (3, 3));
+    assert_eq!((r2.failed, r2.parked), (4, 4));
     let dead = engine.store.dead_letters().await.expect("dead letters");
     let reason = |id: &str| {
         dead.iter()
@@ -763,7 +767,51 @@ async fn record_errors_end_in_the_dead_letter_list_with_their_code() {
         "{}",
         reason(&joiners[2].0)
     );
+    assert!(
+        reason(&joiners[3].0).contains("INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST")
+            && reason(&joiners[3].0).contains("[LocaleSidKey]"),
+        "{}",
+        reason(&joiners[3].0)
+    );
     // Parked users cost nothing on later cycles.
     let r3 = engine.sync_once(&Quiet).await.expect("quiet");
     assert_eq!((r3.users_considered, r3.failed), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_locks_and_late_seat_shortages_are_retried_without_spending_attempts() {
+    use provisor::sim::Faults;
+    let running = start_sim(30, 52).await;
+    let sim = running.sim.clone();
+    // Three records meet row contention (UNABLE_TO_LOCK_ROW).
+    sim.set_faults(Faults {
+        sf_lock_rows: 3,
+        ..Faults::default()
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = engine_with(&running, &rhai_pack(), &dir.path().join("a.db"), |c| {
+        fast(c);
+        c.sync.max_attempts = 1;
+    })
+    .await;
+    let r1 = engine.sync_once(&Quiet).await.expect("sync");
+    assert_eq!((r1.failed, r1.parked), (0, 0), "{:?}", r1.failures);
+    let audit = engine.store.audit_rows(None).await.expect("audit");
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|a| a.event == "user.create_deferred")
+            .count(),
+        3
+    );
+    // With max_attempts = 1 a counted failure would have parked them; the
+    // next cycle creates them instead.
+    let r2 = engine.sync_once(&Quiet).await.expect("retry");
+    assert_eq!(
+        (r2.created, r2.failed, r2.parked),
+        (3, 0, 0),
+        "{:?}",
+        r2.failures
+    );
+    assert!(engine.store.dead_letters().await.expect("dead").is_empty());
 }

@@ -1,0 +1,239 @@
+//! Access beyond the profile: permission sets, permission set groups,
+//! permission set licences (with seats) and queue membership.
+
+use std::collections::BTreeSet;
+
+use provisor::config::Config;
+use provisor::engine::Quiet;
+use provisor::sim::Sim;
+use provisor_e2e::{engine_with, repo_root, start_sim};
+use serde_json::{Map, Value, json};
+
+fn fast(c: &mut Config) {
+    c.sync.retries = 2;
+    c.sync.retry_base_ms = 2;
+}
+
+/// Enabled members of an Entra group: (entra id, upn).
+fn members(sim: &Sim, group: &str) -> Vec<(String, String)> {
+    let t = sim.graph();
+    let Some(g) = t.group_by_name(group) else {
+        return Vec::new();
+    };
+    g.members
+        .iter()
+        .filter_map(|m| t.user(m))
+        .filter(|u| u.removed.is_none() && u.props.get("accountEnabled") == Some(&json!(true)))
+        .map(|u| {
+            (
+                u.id.clone(),
+                u.props["userPrincipalName"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+fn sf_id(sim: &Sim, upn: &str) -> String {
+    sim.salesforce()
+        .users_where("Username", upn)
+        .first()
+        .and_then(|u| u["Id"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn id_by(sim: &Sim, object: &str, field: &str, value: &str) -> String {
+    sim.salesforce()
+        .rows(object)
+        .find(|r| r[field] == value)
+        .and_then(|r| r["Id"].as_str().map(str::to_string))
+        .unwrap_or_else(|| panic!("{object} {value}"))
+}
+
+/// Everything a user holds, as "Kind:Name".
+fn held(sim: &Sim, user: &str) -> BTreeSet<String> {
+    let org = sim.salesforce();
+    let name = |object: &str, id: &str, field: &str| {
+        org.get(object, id)
+            .and_then(|r| r[field].as_str().map(str::to_string))
+            .unwrap_or_default()
+    };
+    let mut out = BTreeSet::new();
+    for a in org
+        .rows("PermissionSetAssignment")
+        .filter(|a| a["AssigneeId"] == user)
+    {
+        match a.get("PermissionSetGroupId").and_then(Value::as_str) {
+            Some(g) => out.insert(format!(
+                "Group:{}",
+                name("PermissionSetGroup", g, "DeveloperName")
+            )),
+            None => {
+                let ps = a["PermissionSetId"].as_str().unwrap_or_default();
+                if org.get("PermissionSet", ps).map(|p| &p["IsOwnedByProfile"])
+                    == Some(&json!(true))
+                {
+                    continue;
+                }
+                out.insert(format!("PS:{}", name("PermissionSet", ps, "Name")))
+            }
+        };
+    }
+    for a in org
+        .rows("PermissionSetLicenseAssign")
+        .filter(|a| a["AssigneeId"] == user)
+    {
+        let l = a["PermissionSetLicenseId"].as_str().unwrap_or_default();
+        out.insert(format!(
+            "PSL:{}",
+            name("PermissionSetLicense", l, "DeveloperName")
+        ));
+    }
+    for m in org
+        .rows("GroupMember")
+        .filter(|m| m["UserOrGroupId"] == user)
+    {
+        let g = m["GroupId"].as_str().unwrap_or_default();
+        out.insert(format!("Queue:{}", name("Group", g, "DeveloperName")));
+    }
+    out
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+fn psl_used(sim: &Sim) -> i64 {
+    sim.salesforce()
+        .rows("PermissionSetLicense")
+        .find(|l| l["DeveloperName"] == "EinsteinAnalyticsPlusPsl")
+        .and_then(|l| l["UsedLicenses"].as_i64())
+        .unwrap_or(-1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_licences_and_queues_are_granted_in_order_and_diffed() {
+    let running = start_sim(80, 57).await;
+    let sim = running.sim.clone();
+    let sales = members(&sim, "SF-Sales");
+    let support: Vec<_> = members(&sim, "SF-Support")
+        .into_iter()
+        .filter(|m| !sales.contains(m))
+        .collect();
+    assert!(!sales.is_empty());
+    assert!(
+        support.len() > 3,
+        "the test needs more support users than the 3 licence seats"
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pack = repo_root().join("tests/fixtures/packs/access-full");
+    let engine = engine_with(&running, &pack, &dir.path().join("a.db"), fast).await;
+
+    // Initial sync: everyone is created; only 3 support users get the
+    // licensed permission set (3 seats), the others wait for a seat.
+    let r = engine.sync_once(&Quiet).await.expect("initial sync");
+    assert_eq!(r.failed, 0, "{:?}", r.failures);
+    assert_eq!(r.waiting, support.len() - 3, "{:?}", r.waiting_for);
+    assert!(
+        r.waiting_for
+            .iter()
+            .all(|w| w.contains("EinsteinAnalyticsPlusPsl") && w.contains("all 3 seats")),
+        "{:?}",
+        r.waiting_for
+    );
+    assert_eq!(psl_used(&sim), 3);
+    let (_, sales_upn) = &sales[0];
+    let sales_user = sf_id(&sim, sales_upn);
+    assert_eq!(
+        held(&sim, &sales_user),
+        set(&[
+            "Group:Sales_Bundle",
+            "PS:Sales_Cloud_User",
+            "Queue:Sales_Queue"
+        ])
+    );
+    let full = set(&[
+        "PS:CRM_Analytics_Plus_User",
+        "PSL:EinsteinAnalyticsPlusPsl",
+        "Queue:Support_Queue",
+    ]);
+    let mut with_licence = 0;
+    for (_, upn) in &support {
+        let h = held(&sim, &sf_id(&sim, upn));
+        if h == full {
+            with_licence += 1;
+        } else {
+            assert_eq!(h, set(&["Queue:Support_Queue"]), "{upn}");
+        }
+    }
+    assert_eq!(with_licence, 3);
+
+    // Nothing changes while no seat frees: the waiting users stay waiting,
+    // with no failing writes.
+    let r = engine.sync_once(&Quiet).await.expect("sync");
+    assert_eq!(r.failed, 0, "{:?}", r.failures);
+    assert_eq!(r.waiting, support.len() - 3);
+    assert_eq!(r.granted, 0, "{}", r.plan.render());
+
+    // Seats appear: the waiting users get licence, then permission set.
+    sim.salesforce()
+        .set_permission_set_licence_total("EinsteinAnalyticsPlusPsl", 100);
+    let r = engine.sync_once(&Quiet).await.expect("sync");
+    assert_eq!(r.failed, 0, "{:?}", r.failures);
+    assert_eq!(r.waiting, 0);
+    for (_, upn) in &support {
+        assert_eq!(held(&sim, &sf_id(&sim, upn)), full, "{upn}");
+    }
+
+    // An admin adds the sales user to the support queue by hand.
+    let mut m = Map::new();
+    m.insert(
+        "GroupId".into(),
+        json!(id_by(&sim, "Group", "DeveloperName", "Support_Queue")),
+    );
+    m.insert("UserOrGroupId".into(), json!(sales_user));
+    sim.salesforce()
+        .create("GroupMember", m)
+        .expect("hand-made membership");
+    // The sales user leaves Sales; a support user leaves Support.
+    let sales_group = sim.graph().group_by_name("SF-Sales").map(|g| g.id.clone());
+    let support_group = sim
+        .graph()
+        .group_by_name("SF-Support")
+        .map(|g| g.id.clone());
+    let (sales_entra, _) = &sales[0];
+    let (support_entra, support_upn) = &support[0];
+    sim.graph()
+        .set_membership(&sales_group.expect("group"), sales_entra, false)
+        .expect("leave");
+    sim.graph()
+        .set_membership(&support_group.expect("group"), support_entra, false)
+        .expect("leave");
+    let used_before = psl_used(&sim);
+    let r = engine.sync_once(&Quiet).await.expect("sync");
+    assert_eq!(r.failed, 0, "{:?}", r.failures);
+    assert_eq!(
+        held(&sim, &sales_user),
+        set(&["Queue:Support_Queue"]),
+        "provisor's grants revoked, the hand-made membership kept"
+    );
+    // The permission set went before its licence (the emulator refuses
+    // the other order), and the seat is free again.
+    assert_eq!(held(&sim, &sf_id(&sim, support_upn)), BTreeSet::new());
+    assert_eq!(psl_used(&sim), used_before - 1);
+    let audit = engine.store.audit_rows(None).await.expect("audit");
+    for event in [
+        "user.permission_set_group_removed",
+        "user.permission_set_license_removed",
+        "user.queue_removed",
+        "user.permission_set_license_assigned",
+    ] {
+        assert!(audit.iter().any(|a| a.event == event), "{event}");
+    }
+
+    // Converged: the next cycle has nothing to do.
+    let r = engine.sync_once(&Quiet).await.expect("no-op sync");
+    assert_eq!(r.plan.actions.len(), 0, "{}", r.plan.render());
+}
