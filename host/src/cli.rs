@@ -137,6 +137,13 @@ struct SimArgs {
     /// 403 REQUEST_LIMIT_EXCEEDED.
     #[arg(long, default_value_t = 1_000_000)]
     sf_daily_limit: u64,
+    /// Serve HTTPS with a certificate generated at start-up (for client
+    /// libraries that insist on TLS).
+    #[arg(long)]
+    tls: bool,
+    /// With --tls: where to write the certificate (PEM) for clients to trust.
+    #[arg(long, default_value = "provisor-sim-cert.pem")]
+    tls_cert_out: PathBuf,
     /// Print a provisor config pointing at the emulators and exit.
     #[arg(long)]
     print_config: bool,
@@ -294,13 +301,31 @@ async fn run_sim(a: SimArgs) -> anyhow::Result<ExitCode> {
     sim.salesforce().password_flow_allowed = a.sf_allow_password_flow;
     sim.salesforce().soap_login_allowed = a.sf_allow_soap_login;
     sim.salesforce().daily_api_limit = a.sf_daily_limit;
-    let running = sim
-        .serve(a.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", a.listen))?;
+    let running = if a.tls {
+        let cert = sim::SimCertificate::generate().context("cannot generate a certificate")?;
+        std::fs::write(&a.tls_cert_out, &cert.cert_pem).with_context(|| {
+            format!(
+                "cannot write the certificate to {}",
+                a.tls_cert_out.display()
+            )
+        })?;
+        sim.serve_tls(a.listen, &cert).await
+    } else {
+        sim.serve(a.listen).await
+    }
+    .with_context(|| format!("cannot listen on {}", a.listen))?;
     let base = running.base_url();
+    let tls_note = if a.tls {
+        format!(
+            "  TLS: self-signed certificate for localhost and 127.0.0.1 written to {}; trust it with `[tls] ca_files = [\"{}\"]`.\n",
+            a.tls_cert_out.display(),
+            a.tls_cert_out.display()
+        )
+    } else {
+        String::new()
+    };
     let banner = format!(
-        "provisor sim listening on {base}\n  Entra token:  POST {base}/{tenant}/oauth2/v2.0/token\n    client_id={eid} client_secret={esec}\n  Graph:        GET  {base}/v1.0/users/delta, /v1.0/groups/delta\n  Salesforce:   POST {base}/services/oauth2/token (client_credentials)\n    client_id={sid} client_secret={ssec}\n  Admin:        {base}/_sim/stats, /_sim/faults, /_sim/graph/users ...\n  Tenant: {users} users. `provisor sim --print-config --listen {listen}` prints a ready config.\n",
+        "provisor sim listening on {base}\n  Entra token:  POST {base}/{tenant}/oauth2/v2.0/token\n    client_id={eid} client_secret={esec}\n  Graph:        GET  {base}/v1.0/users/delta, /v1.0/groups/delta\n  Salesforce:   POST {base}/services/oauth2/token (client_credentials)\n    client_id={sid} client_secret={ssec}\n  Admin:        {base}/_sim/stats, /_sim/faults, /_sim/graph/users ...\n  Tenant: {users} users. `provisor sim --print-config --listen {listen}` prints a ready config.\n{tls_note}",
         tenant = sim::creds::TENANT,
         eid = sim::creds::ENTRA_CLIENT_ID,
         esec = sim::creds::ENTRA_CLIENT_SECRET,
@@ -321,7 +346,7 @@ async fn run_sim(a: SimArgs) -> anyhow::Result<ExitCode> {
 /// Builds the engine a config describes.
 pub async fn engine_from_config(cfg: &Config) -> anyhow::Result<Engine> {
     cfg.validate()?;
-    let client = http::client().context("cannot build the HTTP client")?;
+    let client = http::client_trusting(&cfg.tls.ca_files)?;
     let entra_credential = match (&cfg.entra.client_secret, &cfg.entra.client_certificate) {
         (Some(s), _) => crate::entra::Credential::Secret(s.resolve("entra.client_secret")?),
         (None, Some(c)) => crate::entra::Credential::from_pem(

@@ -40,6 +40,19 @@ pub struct Config {
     pub rules: RulesConfig,
     #[serde(default)]
     pub sync: SyncConfig,
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+/// `[tls]`: extra trust for the HTTPS connections to Entra and Salesforce.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM files whose certificates are trusted besides the platform's
+    /// (a TLS-inspecting proxy's CA, or `provisor sim --tls`'s certificate).
+    /// Relative paths are taken relative to the config file.
+    #[serde(default)]
+    pub ca_files: Vec<PathBuf>,
 }
 
 /// Where and how to read Entra ID.
@@ -449,6 +462,11 @@ impl Config {
                     Some(q) => format!("sqlite://{}?{q}", joined.display()),
                     None => format!("sqlite://{}", joined.display()),
                 };
+            }
+        }
+        for ca in &mut cfg.tls.ca_files {
+            if ca.is_relative() {
+                *ca = base.join(&*ca);
             }
         }
         let mut secrets: Vec<&mut Secret> = Vec::new();

@@ -38,13 +38,58 @@ impl Default for RetryPolicy {
     }
 }
 
+/// Why the shared HTTP client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot read the CA file {path}")]
+    ReadCa {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the CA file {path} holds no usable PEM certificate")]
+    BadCa {
+        path: std::path::PathBuf,
+        #[source]
+        source: Option<reqwest::Error>,
+    },
+    #[error("cannot build the HTTP client")]
+    Build(#[source] reqwest::Error),
+}
+
 /// Builds the shared client (rustls, timeouts, a user agent naming us).
-pub fn client() -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
+pub fn client() -> Result<reqwest::Client, ClientError> {
+    client_trusting(&[])
+}
+
+/// The shared client, also trusting the certificates in `ca_files` (PEM):
+/// a TLS-inspecting proxy's CA, or the emulator's generated certificate.
+pub fn client_trusting(ca_files: &[std::path::PathBuf]) -> Result<reqwest::Client, ClientError> {
+    let mut b = reqwest::Client::builder()
         .user_agent(concat!("provisor/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(120))
-        .build()
+        .timeout(Duration::from_secs(120));
+    for path in ca_files {
+        let pem = std::fs::read(path).map_err(|source| ClientError::ReadCa {
+            path: path.clone(),
+            source,
+        })?;
+        let certs =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ClientError::BadCa {
+                path: path.clone(),
+                source: Some(e),
+            })?;
+        if certs.is_empty() {
+            return Err(ClientError::BadCa {
+                path: path.clone(),
+                source: None,
+            });
+        }
+        for c in certs {
+            b = b.add_root_certificate(c);
+        }
+    }
+    b.build().map_err(ClientError::Build)
 }
 
 /// Parses `Retry-After` (seconds, possibly fractional).

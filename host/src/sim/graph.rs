@@ -845,7 +845,7 @@ async fn token(
                 "Invalid client_assertion_type: expected urn:ietf:params:oauth:client-assertion-type:jwt-bearer.",
             );
         }
-        let expected_aud = format!("{}/{tenant}/oauth2/v2.0/token", base_url(&headers));
+        let expected_aud = format!("{}/{tenant}/oauth2/v2.0/token", super::base_url(&headers));
         return match check_assertion(assertion, &expected_aud) {
             Ok(()) => issue(&sim),
             Err((code, msg)) => {
@@ -1034,7 +1034,10 @@ fn gate(
         set_header(
             &mut resp,
             "location",
-            &format!("{}/v1.0/{kind}/delta?$select={sel}", base_url(headers)),
+            &format!(
+                "{}/v1.0/{kind}/delta?$select={sel}",
+                super::base_url(headers)
+            ),
         );
         return Err(resp);
     }
@@ -1063,14 +1066,6 @@ fn page_size(headers: &HeaderMap) -> usize {
         .next()
         .map(|n| n.clamp(1, 999))
         .unwrap_or(DEFAULT_PAGE)
-}
-
-fn base_url(headers: &HeaderMap) -> String {
-    let host = headers
-        .get("host")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("localhost");
-    format!("http://{host}")
 }
 
 enum Round {
@@ -1175,7 +1170,7 @@ fn finish_raw(
     items: &[u8],
     next: Result<Cursor, Cursor>,
 ) -> Response {
-    let base = base_url(headers);
+    let base = super::base_url(headers);
     let (link_name, link) = match next {
         Ok(c) => (
             "@odata.nextLink",

@@ -197,6 +197,45 @@ impl Sim {
             .with_state(self.clone())
     }
 
+    /// Serves HTTPS on `addr` with `cert` (see [`SimCertificate`]), so
+    /// that Salesforce and Graph client libraries that insist on TLS can be
+    /// pointed at the emulators.
+    pub async fn serve_tls(
+        &self,
+        addr: SocketAddr,
+        cert: &SimCertificate,
+    ) -> std::io::Result<RunningSim> {
+        let listener = std::net::TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let config = axum_server::tls_rustls::RustlsConfig::from_pem(
+            cert.cert_pem.clone().into_bytes(),
+            cert.key_pem.clone().into_bytes(),
+        )
+        .await?;
+        // Links the emulators hand out (nextLink, instance_url...) must say
+        // https: the same header a TLS-terminating proxy would set.
+        let router = self.router().layer(middleware::from_fn(
+            |mut req: Request, next: Next| async move {
+                req.headers_mut()
+                    .insert("x-forwarded-proto", HeaderValue::from_static("https"));
+                next.run(req).await
+            },
+        ));
+        let server = axum_server::from_tcp_rustls(listener, config)?;
+        let task = tokio::spawn(async move {
+            let _ = server.serve(router.into_make_service()).await;
+        });
+        let notifier = tokio::spawn(graph::dispatch_notifications(self.clone()));
+        Ok(RunningSim {
+            sim: self.clone(),
+            addr,
+            scheme: "https",
+            task,
+            notifier,
+        })
+    }
+
     /// Serves on `addr` (port 0 picks a free one) until the task is dropped.
     pub async fn serve(&self, addr: SocketAddr) -> std::io::Result<RunningSim> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -211,24 +250,60 @@ impl Sim {
         Ok(RunningSim {
             sim: self.clone(),
             addr,
+            scheme: "http",
             task,
             notifier,
         })
     }
 }
 
+/// A self-signed certificate for `localhost` and `127.0.0.1`, made at
+/// start-up for `provisor sim --tls`. Clients trust it through its PEM
+/// (`[tls] ca_files` for provisor itself).
+pub struct SimCertificate {
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    key_pem: String,
+}
+
+impl SimCertificate {
+    /// Generates a fresh key pair and certificate.
+    pub fn generate() -> Result<Self, rcgen::Error> {
+        let ck = rcgen::generate_simple_self_signed(vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+        ])?;
+        Ok(Self {
+            cert_pem: ck.cert.pem(),
+            key_pem: ck.signing_key.serialize_pem(),
+        })
+    }
+}
+
+/// The scheme and host the client used, for links handed back to it.
+pub(crate) fn base_url(headers: &axum::http::HeaderMap) -> String {
+    let get = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
+    let scheme = match get("x-forwarded-proto") {
+        Some("https") => "https",
+        _ => "http",
+    };
+    format!("{scheme}://{}", get("host").unwrap_or("localhost"))
+}
+
 /// A sim listening on a socket.
 pub struct RunningSim {
     pub sim: Sim,
     pub addr: SocketAddr,
+    /// `http`, or `https` when serving TLS.
+    pub scheme: &'static str,
     task: tokio::task::JoinHandle<()>,
     notifier: tokio::task::JoinHandle<()>,
 }
 
 impl RunningSim {
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` when serving TLS).
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// A provisor config (TOML) pointing at this sim.

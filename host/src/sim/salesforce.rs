@@ -1595,13 +1595,7 @@ async fn token(
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     sim.stats_mut().sf_token_calls += 1;
-    let base = format!(
-        "http://{}",
-        headers
-            .get("host")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("localhost")
-    );
+    let base = super::base_url(&headers);
     let grant = form.get("grant_type").map(String::as_str).unwrap_or("");
     let f = |k: &str| form.get(k).map(String::as_str);
     let checked = match grant {
@@ -1774,13 +1768,7 @@ async fn soap_login(
             "Invalid username, password, security token; or user locked out.",
         );
     }
-    let base = format!(
-        "http://{}",
-        headers
-            .get("host")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("localhost")
-    );
+    let base = super::base_url(&headers);
     let mut org = sim.salesforce();
     let session = org.issue_token();
     let xml = format!(

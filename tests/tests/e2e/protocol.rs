@@ -361,3 +361,56 @@ async fn large_groups_arrive_in_slices_and_are_merged() {
         "slices merged per group id"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_emulators_serve_https_with_a_generated_certificate() {
+    use provisor::sim::{Sim, SimCertificate, SimOptions};
+    let sim = Sim::new(SimOptions {
+        users: 20,
+        seed: 61,
+        ..Default::default()
+    });
+    let cert = SimCertificate::generate().expect("certificate");
+    let running = sim
+        .serve_tls(std::net::SocketAddr::from(([127, 0, 0, 1], 0)), &cert)
+        .await
+        .expect("serve https");
+    assert!(running.base_url().starts_with("https://127.0.0.1:"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = dir.path().join("sim-cert.pem");
+    std::fs::write(&ca, &cert.cert_pem).expect("write cert");
+
+    // Without trusting the certificate, the failure names the endpoint.
+    let cfg = provisor_e2e::config_for(
+        &running,
+        &provisor_e2e::rhai_pack(),
+        &dir.path().join("a.db"),
+        |_| {},
+    );
+    let untrusted = provisor::cli::engine_from_config(&cfg)
+        .await
+        .expect("engine");
+    let err = untrusted
+        .sync_once(&provisor::engine::Quiet)
+        .await
+        .expect_err("an untrusted certificate is refused");
+    assert!(err.to_string().contains(&running.base_url()), "{err}");
+
+    // Trusted through [tls] ca_files: a whole cycle over HTTPS, with links
+    // (nextLink, instance_url, nextRecordsUrl) in https.
+    let engine = provisor_e2e::engine_with(
+        &running,
+        &provisor_e2e::rhai_pack(),
+        &dir.path().join("b.db"),
+        |c| c.tls.ca_files = vec![ca.clone()],
+    )
+    .await;
+    let r = engine
+        .sync_once(&provisor::engine::Quiet)
+        .await
+        .expect("sync over https");
+    assert_eq!(r.failed, 0, "{:?}", r.failures);
+    assert!(r.created > 5);
+    let stats = sim.stats();
+    assert!(stats.graph_delta_pages > 0 && stats.sf_write_calls > 0);
+}
