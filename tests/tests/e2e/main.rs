@@ -2,6 +2,7 @@
 //! One binary (it links wasmtime once), a module per topic.
 
 mod bad_input;
+mod bulk;
 mod entra;
 mod faults;
 mod flow;
