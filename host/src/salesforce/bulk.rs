@@ -195,8 +195,11 @@ fn to_csv(columns: &[String], rows: &[Map<String, Value>]) -> Result<String, Str
     String::from_utf8(bytes).map_err(|e| e.to_string())
 }
 
-/// Result rows keyed by their input values: `(prefix cells, input key)`.
-fn read_results(text: &str, prefix: usize) -> Result<Vec<(Vec<String>, Vec<String>)>, String> {
+/// A result row: the `sf__` cells, then the input cells.
+type ResultRow = (Vec<String>, Vec<String>);
+
+/// Reads result rows, split after `prefix` cells (the input cells key them).
+fn read_results(text: &str, prefix: usize) -> Result<Vec<ResultRow>, String> {
     let mut r = csv::ReaderBuilder::new()
         .has_headers(true)
         .from_reader(text.as_bytes());

@@ -59,6 +59,9 @@ fn seed(running: &RunningSim, object: &str, fields: Value) -> String {
 /// What each row should end as: `Ok(owner)` or `Err(status code)`.
 type Expect = Result<String, &'static str>;
 
+/// One ingest: the object, its rows and what each should end as.
+type Case = (&'static str, Vec<Map<String, Value>>, Vec<Expect>);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_owner_updates_map_every_row_to_its_outcome() {
     let running = start_sim(5, 91).await;
@@ -103,7 +106,7 @@ async fn bulk_owner_updates_map_every_row_to_its_outcome() {
         .expect("json");
     assert!(seeded["id"].as_str().expect("id").starts_with("00Q"));
 
-    let mut jobs: Vec<(&str, Vec<Map<String, Value>>, Vec<Expect>)> = Vec::new();
+    let mut jobs: Vec<Case> = Vec::new();
     let (mut rows, mut want) = (Vec::new(), Vec::new());
     for i in 0..1000 {
         let converted = i % 20 == 0;
