@@ -98,6 +98,18 @@ pub struct LimitInfo {
     pub max: u64,
 }
 
+/// A request body for [`SalesforceClient::send`].
+#[derive(Clone, Copy)]
+pub(super) enum Body<'a> {
+    None,
+    Json(&'a Value),
+    /// Raw text such as a Bulk API CSV upload.
+    Text {
+        content_type: &'a str,
+        text: &'a str,
+    },
+}
+
 struct Session {
     token: SecretString,
     instance_url: String,
@@ -312,7 +324,7 @@ impl SalesforceClient {
         }
     }
 
-    fn data_path(&self) -> String {
+    pub(super) fn data_path(&self) -> String {
         format!("/services/data/v{}", self.cfg.api_version)
     }
 
@@ -480,6 +492,26 @@ impl SalesforceClient {
         body: Option<&Value>,
         extra: &[(&str, &str)],
     ) -> Result<Value, SfError> {
+        let body = body.map_or(Body::None, Body::Json);
+        let (url, status, text) = self.send(method, path, body, extra).await?;
+        if text.trim().is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_str(&text).map_err(|e| SfError::Malformed {
+            url,
+            detail: format!("HTTP {status}, body is not JSON ({e})"),
+        })
+    }
+
+    /// The one request path: limit pacing, session, retries, re-login and
+    /// error bodies. Returns the URL, status and body text of a success.
+    pub(super) async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Body<'_>,
+        extra: &[(&str, &str)],
+    ) -> Result<(String, u16, String), SfError> {
         let idempotent = method != Method::POST;
         let mut relogged = false;
         let mut concurrency_retries = 0u32;
@@ -526,15 +558,20 @@ impl SalesforceClient {
                     let mut rb = self
                         .http
                         .request(method.clone(), &url)
-                        .bearer_auth(token.expose())
-                        .header("Accept", "application/json");
+                        .bearer_auth(token.expose());
+                    if !extra.iter().any(|(k, _)| k.eq_ignore_ascii_case("accept")) {
+                        rb = rb.header("Accept", "application/json");
+                    }
                     for (k, v) in extra {
                         rb = rb.header(*k, *v);
                     }
-                    if let Some(b) = body {
-                        rb = rb.json(b);
+                    match body {
+                        Body::None => rb,
+                        Body::Json(b) => rb.json(b),
+                        Body::Text { content_type, text } => rb
+                            .header("Content-Type", content_type)
+                            .body(text.to_string()),
                     }
-                    rb
                 })
                 .await
                 .map_err(|source| SfError::Transport {
@@ -558,13 +595,7 @@ impl SalesforceClient {
                 source: source.without_url(),
             })?;
             if status.is_success() {
-                if text.trim().is_empty() {
-                    return Ok(Value::Null);
-                }
-                return serde_json::from_str(&text).map_err(|e| SfError::Malformed {
-                    url,
-                    detail: format!("HTTP {status}, body is not JSON ({e})"),
-                });
+                return Ok((url, status.as_u16(), text));
             }
             let parsed: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
             let mut errors = parse_errors(&parsed, "errorCode");

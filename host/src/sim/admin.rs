@@ -45,6 +45,68 @@ pub(super) fn routes() -> Router<Sim> {
             "/_sim/salesforce/users/{id}/deactivation-blocker",
             put(set_blocker).delete(clear_blocker),
         )
+        .route(
+            "/_sim/salesforce/records/{object}",
+            get(sf_records).post(seed_record),
+        )
+        .route("/_sim/salesforce/queues", post(seed_queue))
+        .route("/_sim/salesforce/bulk", put(set_bulk))
+        .route("/_sim/salesforce/bulk/jobs", get(bulk_jobs))
+}
+
+/// Rows of a record or queue object (`Lead`, `Case`, `Group`...).
+async fn sf_records(State(sim): State<Sim>, Path(object): Path<String>) -> Response {
+    let org = sim.salesforce();
+    let rows: Vec<Value> = org
+        .rows(&object)
+        .map(|r| Value::Object(r.clone()))
+        .collect();
+    done::<String>(Ok(Value::Array(rows)))
+}
+
+/// Seeds a record without the API's rules (`{"LastName": .., "IsConverted": true}`).
+async fn seed_record(
+    State(sim): State<Sim>,
+    Path(object): Path<String>,
+    axum::Json(fields): axum::Json<Map<String, Value>>,
+) -> Response {
+    done(
+        sim.salesforce()
+            .seed_record(&object, fields)
+            .map(|id| json!({"id": id})),
+    )
+}
+
+/// Seeds a queue: `{"name": "Support Queue", "sobjectTypes": ["Case"]}`.
+async fn seed_queue(State(sim): State<Sim>, axum::Json(body): axum::Json<Value>) -> Response {
+    let Some(name) = body.get("name").and_then(Value::as_str) else {
+        return super::json(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "body must be {\"name\": \"...\", \"sobjectTypes\": [...]}"}),
+        );
+    };
+    let types: Vec<&str> = body
+        .get("sobjectTypes")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let id = sim.salesforce().seed_queue(name, &types);
+    done::<String>(Ok(json!({"id": id})))
+}
+
+/// How Bulk API jobs progress (`BulkSettings` as JSON).
+async fn set_bulk(
+    State(sim): State<Sim>,
+    axum::Json(settings): axum::Json<super::salesforce::BulkSettings>,
+) -> Response {
+    sim.salesforce().set_bulk_settings(settings);
+    done::<String>(Ok(json!({"ok": true})))
+}
+
+/// Every Bulk API ingest job with its state and counters.
+async fn bulk_jobs(State(sim): State<Sim>) -> Response {
+    let jobs = sim.salesforce().bulk_jobs();
+    done::<String>(Ok(Value::Array(jobs)))
 }
 
 fn done<E: std::fmt::Display>(r: Result<Value, E>) -> Response {

@@ -21,6 +21,15 @@ use serde_json::{Map, Value, json};
 
 use super::{Sim, creds, set_header, soql};
 
+// Record objects and Bulk API 2.0 live beside this file but are child
+// modules, so they share its private field tables and helpers.
+#[path = "bulk.rs"]
+mod bulk;
+#[path = "records.rs"]
+mod records;
+
+pub use bulk::BulkSettings;
+
 const SESSION_LIFETIME: Duration = Duration::from_secs(2 * 3600);
 /// Daily API request allocation of the emulated org (rolling 24 h).
 const DAILY_API_LIMIT: u64 = 1_000_000;
@@ -53,7 +62,20 @@ enum Kind {
     Number,
     Picklist(&'static [&'static str]),
     Ref(&'static str),
+    /// A polymorphic owner: a User (`005`) or a queue (`00G`).
+    Owner,
     ReadOnly,
+}
+
+/// The object a lookup points at; for a polymorphic owner the id decides
+/// (without one, the User side is used to check field paths).
+fn ref_target(kind: Kind, id: Option<&str>) -> Option<&'static str> {
+    match kind {
+        Kind::Ref(t) => Some(t),
+        Kind::Owner if id.is_some_and(|i| i.starts_with("00G")) => Some("Group"),
+        Kind::Owner => Some("User"),
+        _ => None,
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -258,12 +280,6 @@ const PERMISSION_SET_LICENSE_ASSIGN: &[FieldDef] = &[
         true,
     ),
 ];
-const GROUP: &[FieldDef] = &[
-    f("Id", Kind::Id, 18, false, false),
-    f("Name", Kind::ReadOnly, 40, false, false),
-    f("DeveloperName", Kind::ReadOnly, 80, false, false),
-    f("Type", Kind::ReadOnly, 40, false, false),
-];
 const GROUP_MEMBER: &[FieldDef] = &[
     f("Id", Kind::Id, 18, false, false),
     f("GroupId", Kind::Ref("Group"), 18, true, true),
@@ -286,9 +302,8 @@ fn schema(object: &str) -> Option<(&'static str, &'static [FieldDef])> {
         "permissionsetlicenseassign" => {
             ("PermissionSetLicenseAssign", PERMISSION_SET_LICENSE_ASSIGN)
         }
-        "group" => ("Group", GROUP),
         "groupmember" => ("GroupMember", GROUP_MEMBER),
-        _ => return None,
+        _ => return records::schema(object),
     })
 }
 
@@ -305,9 +320,8 @@ fn prefix(object: &str) -> &'static str {
         "PermissionSetGroup" => "0PG",
         "PermissionSetLicense" => "0PL",
         "PermissionSetLicenseAssign" => "2LA",
-        "Group" => "00G",
         "GroupMember" => "011",
-        _ => "a00",
+        _ => records::prefix(object),
     }
 }
 
@@ -379,6 +393,8 @@ pub struct SfOrg {
     /// Usernames taken in other orgs of the environment (Usernames are
     /// unique across all of them): creating one fails DUPLICATE_USERNAME.
     pub foreign_usernames: std::collections::HashSet<String>,
+    /// Bulk API 2.0 ingest jobs.
+    bulk: bulk::BulkState,
     /// Lookups derived from the rows, so that an org of 100k users stays
     /// fast; rebuilt after a rollback.
     idx: Indexes,
@@ -445,6 +461,7 @@ impl SfOrg {
             daily_api_limit: DAILY_API_LIMIT,
             foreign_usernames: std::collections::HashSet::new(),
             idx: Indexes::default(),
+            bulk: bulk::BulkState::default(),
         };
         org.org_id = org.insert_raw(
             "Organization",
@@ -689,10 +706,10 @@ impl SfOrg {
                 else {
                     return Value::Null;
                 };
-                let Kind::Ref(target) = def.kind else {
+                let Some(id) = row.get(def.name).and_then(Value::as_str) else {
                     return Value::Null;
                 };
-                let Some(id) = row.get(def.name).and_then(Value::as_str) else {
+                let Some(target) = ref_target(def.kind, Some(id)) else {
                     return Value::Null;
                 };
                 match self.get(target, id) {
@@ -732,9 +749,9 @@ impl SfOrg {
                     .iter()
                     .find(|d| d.name.eq_ignore_ascii_case(&format!("{rel}Id")))
                     .ok_or_else(no_column)?;
-                match def.kind {
-                    Kind::Ref(target) => Self::check_path(target, rest),
-                    _ => Err(no_column()),
+                match ref_target(def.kind, None) {
+                    Some(target) => Self::check_path(target, rest),
+                    None => Err(no_column()),
                 }
             }
         }
@@ -801,9 +818,9 @@ impl SfOrg {
                             d.iter()
                                 .find(|d| d.name.eq_ignore_ascii_case(&format!("{rel}Id")))
                         })
-                        .and_then(|d| match d.kind {
-                            Kind::Ref(t) => Some((d.name, t)),
-                            _ => None,
+                        .and_then(|d| {
+                            let rid = row.get(d.name).and_then(Value::as_str);
+                            Some((d.name, ref_target(d.kind, rid)?))
                         });
                     let Some((ref_field, target)) = target else {
                         continue;
@@ -877,6 +894,10 @@ impl SfOrg {
                 return self.create_group_member(fields);
             }
             _ => {}
+        }
+        if records::is_record(name) {
+            fields.remove("attributes");
+            return self.create_record(name, defs, fields);
         }
         if name != "User" {
             return Err(vec![err(
@@ -1202,6 +1223,9 @@ impl SfOrg {
             self.count_licence(&licence, -1);
             return Ok(());
         }
+        if self.delete_record(id) {
+            return Ok(());
+        }
         if self.get("User", id).is_some() {
             return Err(err(
                 "INVALID_TYPE_FOR_OPERATION",
@@ -1229,7 +1253,7 @@ impl SfOrg {
         fields.remove("attributes");
         fields.remove("id");
         fields.remove("Id");
-        if !matches!(name, "User" | "UserLogin") {
+        if !matches!(name, "User" | "UserLogin") && !records::is_record(name) {
             return Err(vec![err(
                 "INVALID_TYPE_FOR_OPERATION",
                 format!("entity type cannot be updated: {name}"),
@@ -1316,6 +1340,8 @@ impl SfOrg {
             if let Some(rows) = self.objects.get_mut("User") {
                 rows.insert(id.to_string(), merged);
             }
+        } else if records::is_record(name) {
+            self.update_record(name, defs, id, fields)?;
         } else if let Some(row) = self.objects.get_mut(name).and_then(|r| r.get_mut(id)) {
             row.extend(fields);
         }
@@ -1572,6 +1598,7 @@ pub(super) fn routes() -> Router<Sim> {
             "/services/data/{v}/composite/sobjects",
             post(collection).patch(collection).delete(collection_delete),
         )
+        .merge(bulk::routes())
         .fallback(|| async {
             error_response(
                 StatusCode::NOT_FOUND,
@@ -1905,7 +1932,8 @@ async fn limits(State(sim): State<Sim>, Path(v): Path<String>, headers: HeaderMa
     }
     let used = sim.salesforce().api_usage;
     let limit = sim.salesforce().daily_api_limit;
-    let body = json!({"DailyApiRequests": {"Max": limit, "Remaining": limit.saturating_sub(used)}, "DailyBulkApiBatches": {"Max": 15000, "Remaining": 15000}});
+    let batches = sim.salesforce().bulk.batches_used;
+    let body = json!({"DailyApiRequests": {"Max": limit, "Remaining": limit.saturating_sub(used)}, "DailyBulkApiBatches": {"Max": bulk::DAILY_BATCHES, "Remaining": bulk::DAILY_BATCHES.saturating_sub(batches)}});
     with_limits(&sim, super::json(StatusCode::OK, body))
 }
 
@@ -1992,6 +2020,11 @@ async fn query(
             );
         }
     };
+    if parsed.count {
+        drop(org);
+        let body = json!({"totalSize": records.len(), "done": true, "records": []});
+        return with_limits(&sim, super::json(StatusCode::OK, body));
+    }
     let cursor = format!("01gSIM{:09}", org.next_cursor);
     org.next_cursor += 1;
     org.cursors.insert(cursor.clone(), records);

@@ -249,15 +249,8 @@ pub fn org(tenant: &GraphTenant, _seed: u64) -> SfOrg {
         json_map(json!({"Name": "CRM_Analytics_Plus_User", "Label": "CRM Analytics Plus User", "IsOwnedByProfile": false, "LicenseId": psl})),
     );
     org.add_permission_set_group("Sales_Bundle", "Sales Bundle");
-    for (name, dev) in [
-        ("Support Queue", "Support_Queue"),
-        ("Sales Queue", "Sales_Queue"),
-    ] {
-        org.insert_raw(
-            "Group",
-            json_map(json!({"Name": name, "DeveloperName": dev, "Type": "Queue"})),
-        );
-    }
+    org.seed_queue("Support Queue", &["Case", "Lead"]);
+    org.seed_queue("Sales Queue", &["Lead"]);
     for (name, dev) in [
         ("CEO", "CEO"),
         ("Sales Rep", "Sales_Rep"),

@@ -1,5 +1,6 @@
 //! The subset of SOQL the emulator understands:
 //! `SELECT f, g.h FROM Obj [WHERE cond] [ORDER BY f [ASC|DESC]] [LIMIT n]`
+//! and `SELECT COUNT() FROM Obj [WHERE cond]`,
 //! with `=`, `!=`, `<`, `>`, `<=`, `>=`, `LIKE`, `IN (...)`, `NOT IN (...)`,
 //! `AND`, `OR`, `NOT` and parentheses. Text comparisons are case-insensitive
 //! as in Salesforce; string literals take `\'` and `\\` escapes.
@@ -9,7 +10,10 @@ use serde_json::Value;
 /// A parsed query.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Query {
+    /// Empty for `SELECT COUNT()`.
     pub fields: Vec<String>,
+    /// `SELECT COUNT()`: the answer is `totalSize` with no records.
+    pub count: bool,
     pub object: String,
     pub filter: Option<Cond>,
     pub order_by: Option<(String, bool)>,
@@ -64,9 +68,22 @@ pub fn parse(q: &str) -> Result<Query, String> {
     let toks = lex(q)?;
     let mut p = Parser { toks, pos: 0 };
     p.keyword("SELECT")?;
-    let mut fields = vec![p.ident()?];
-    while p.eat(&Tok::Comma) {
+    let count = matches!(p.peek(), Some(Tok::Ident(s)) if s.eq_ignore_ascii_case("COUNT"))
+        && p.toks.get(p.pos + 1) == Some(&Tok::LParen);
+    let mut fields = Vec::new();
+    if count {
+        p.pos += 2;
+        if !p.eat(&Tok::RParen) {
+            return Err(format!(
+                "unexpected token: {} (expected ')')",
+                show(p.peek())
+            ));
+        }
+    } else {
         fields.push(p.ident()?);
+        while p.eat(&Tok::Comma) {
+            fields.push(p.ident()?);
+        }
     }
     p.keyword("FROM")?;
     let object = p.ident()?;
@@ -99,8 +116,12 @@ pub fn parse(q: &str) -> Result<Query, String> {
     if let Some(t) = p.next() {
         return Err(format!("unexpected token: {}", show(Some(&t))));
     }
+    if count && order_by.is_some() {
+        return Err("ORDER BY is not allowed with COUNT()".into());
+    }
     Ok(Query {
         fields,
+        count,
         object,
         filter,
         order_by,
@@ -419,6 +440,16 @@ mod tests {
         assert!(parse("SELECT FROM User").is_err());
         assert!(parse("SELECT Id FROM User WHERE Name = 'x").is_err());
         assert!(parse("SELECT Id FROM User LIMIT 3 extra").is_err());
+    }
+
+    #[test]
+    fn count_has_no_fields() {
+        let q = parse("SELECT COUNT() FROM Lead WHERE IsConverted = false").expect("parses");
+        assert!(q.count);
+        assert!(q.fields.is_empty());
+        assert!(q.filter.is_some());
+        assert!(!parse("SELECT Id FROM Lead").expect("parses").count);
+        assert!(parse("SELECT COUNT( FROM Lead").is_err());
     }
 
     #[test]

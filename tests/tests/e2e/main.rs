@@ -3,6 +3,7 @@
 
 mod access;
 mod bad_input;
+mod bulk;
 mod entra;
 mod faults;
 mod flow;
