@@ -195,12 +195,29 @@ fn same(field: &str, desired: &FieldValue, current: Option<&Value>) -> bool {
         FieldValue::Text(s) if s.is_empty() => sf_text(current).is_none(),
         FieldValue::Text(s) => match sf_text(current) {
             Some(c) if matches!(field, "Username" | "Email") => c.eq_ignore_ascii_case(s),
+            // A numbered variant given to avoid a clash stays.
+            Some(c) if field == "Alias" => alias_candidates(s).take(1000).any(|a| a == c),
             Some(c) => &c == s,
             None => false,
         },
         FieldValue::Bool(b) => current.and_then(Value::as_bool) == Some(*b),
         FieldValue::Number(n) => current.and_then(Value::as_f64) == Some(*n),
     }
+}
+
+/// Alias candidates checked against the org before a create: the wanted
+/// one and its first numbered variants.
+const ALIAS_LOOKAHEAD: usize = 10;
+
+/// A wanted Alias, then variants with a number in its last characters
+/// (`jsmith`, `jsmith2`, ... `jsmit10`): at most 8 characters, the same
+/// sequence every time, so a user's alias depends only on what is taken.
+fn alias_candidates(alias: &str) -> impl Iterator<Item = String> + '_ {
+    std::iter::once(alias.chars().take(8).collect()).chain((2..1000u32).map(move |n| {
+        let n = n.to_string();
+        let keep = 8usize.saturating_sub(n.len());
+        format!("{}{n}", alias.chars().take(keep).collect::<String>())
+    }))
 }
 
 /// Keeps the grants whose permission set licence has a seat (taking it);
@@ -705,6 +722,9 @@ impl Engine {
             .collect();
         let mut by_fed: Index = HashMap::new();
         let mut by_username: Index = HashMap::new();
+        // Aliases in use (lower-case): Salesforce does not keep them unique,
+        // but people tell users apart by them in list views and reports.
+        let mut aliases: HashSet<String> = HashSet::new();
         // An initial load matches many users at once: one read of the whole
         // User table (2,000 rows a page) then costs fewer calls than IN-list
         // lookups of 100 values per key.
@@ -723,6 +743,9 @@ impl Engine {
                 .query(&format!("SELECT {select} FROM User"))
                 .await?
             {
+                if let Some(a) = r.get("Alias").and_then(Value::as_str) {
+                    aliases.insert(a.to_lowercase());
+                }
                 for (key, index) in [
                     ("FederationIdentifier", &mut by_fed),
                     ("Username", &mut by_username),
@@ -756,6 +779,29 @@ impl Engine {
             {
                 if let Some(v) = r.get(key).and_then(Value::as_str) {
                     index.entry(v.to_lowercase()).or_default().push(r);
+                }
+            }
+        }
+        if unmatched.len() <= SCAN_THRESHOLD {
+            let mut candidates: Vec<String> = unmatched
+                .iter()
+                .filter_map(|d| text_field(d, "Alias"))
+                .flat_map(|a| {
+                    alias_candidates(&a)
+                        .take(ALIAS_LOOKAHEAD)
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            candidates.sort();
+            candidates.dedup();
+            for r in self
+                .query_in(&candidates, |list| {
+                    format!("SELECT Alias FROM User WHERE Alias IN ({list})")
+                })
+                .await?
+            {
+                if let Some(a) = r.get("Alias").and_then(Value::as_str) {
+                    aliases.insert(a.to_lowercase());
                 }
             }
         }
@@ -872,6 +918,13 @@ impl Engine {
                         .filter(|(_, v)| !matches!(v, FieldValue::Null) && v.as_text() != Some(""))
                         .map(|(k, v)| (k.clone(), v.clone()))
                         .collect();
+                    if let Some(a) = fields.get("Alias").and_then(FieldValue::as_text) {
+                        let free = alias_candidates(a)
+                            .find(|c| !aliases.contains(&c.to_lowercase()))
+                            .unwrap_or_else(|| a.to_string());
+                        aliases.insert(free.to_lowercase());
+                        fields.insert("Alias".into(), FieldValue::Text(free));
+                    }
                     // A deterministic nickname rather than Salesforce's
                     // own pick, so a retry after a clash is predictable.
                     if !fields.contains_key("CommunityNickname")
@@ -1278,5 +1331,31 @@ fn cause_text(d: &DirtyUser) -> String {
             "Entra user created or changed; groups: {}",
             d.groups.join(", ")
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alias_variants_stay_within_eight_characters() {
+        let v: Vec<String> = alias_candidates("alexandra").take(11).collect();
+        assert_eq!(v[0], "alexandr");
+        assert_eq!(v[1], "alexand2");
+        assert_eq!(v[9], "alexan10");
+        assert!(v.iter().all(|a| a.chars().count() <= 8));
+        let short: Vec<String> = alias_candidates("jo").take(2).collect();
+        assert_eq!(short, vec!["jo", "jo2"]);
+        assert!(same(
+            "Alias",
+            &FieldValue::Text("alexandr".into()),
+            Some(&Value::String("alexand2".into()))
+        ));
+        assert!(!same(
+            "Alias",
+            &FieldValue::Text("alexandr".into()),
+            Some(&Value::String("bob".into()))
+        ));
     }
 }

@@ -237,3 +237,47 @@ async fn groups_licences_and_queues_are_granted_in_order_and_diffed() {
     let r = engine.sync_once(&Quiet).await.expect("no-op sync");
     assert_eq!(r.plan.actions.len(), 0, "{}", r.plan.render());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_connection_checks_every_kind_of_access_the_pack_names() {
+    let running = start_sim(5, 58).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fixture = repo_root().join("tests/fixtures/packs/access-full");
+    let engine = engine_with(&running, &fixture, &dir.path().join("a.db"), fast).await;
+    let checks = provisor::connection::test_connection(&engine).await;
+    assert!(checks.iter().all(|c| c.ok), "{checks:#?}");
+    let names: Vec<&str> = checks.iter().map(|c| c.name.as_str()).collect();
+    for want in [
+        "Salesforce: PermissionSetGroups the pack references (1)",
+        "Salesforce: PermissionSetLicenses the pack references (1)",
+        "Salesforce: Queues the pack references (2)",
+    ] {
+        assert!(names.contains(&want), "{names:?}");
+    }
+
+    // Names the org lacks are each reported on their own line.
+    let pack = dir.path().join("pack");
+    std::fs::create_dir_all(&pack).expect("pack dir");
+    std::fs::copy(fixture.join("main.rhai"), pack.join("main.rhai")).expect("copy");
+    let manifest = std::fs::read_to_string(fixture.join("pack.toml"))
+        .expect("manifest")
+        .replace("[\"Sales_Bundle\"]", "[\"Sales_Bundle\", \"No_Group\"]")
+        .replace(
+            "queues = [\"Sales_Queue\", \"Support_Queue\"]",
+            "queues = [\"Sales_Queue\", \"Support_Queue\", \"No_Queue\"]",
+        );
+    std::fs::write(pack.join("pack.toml"), manifest).expect("write");
+    let engine = engine_with(&running, &pack, &dir.path().join("b.db"), fast).await;
+    let checks = provisor::connection::test_connection(&engine).await;
+    for (prefix, detail) in [
+        ("Salesforce: PermissionSetGroups", "missing: No_Group"),
+        ("Salesforce: Queues", "missing: No_Queue"),
+    ] {
+        assert!(
+            checks
+                .iter()
+                .any(|c| !c.ok && c.name.starts_with(prefix) && c.detail == detail),
+            "{checks:#?}"
+        );
+    }
+}

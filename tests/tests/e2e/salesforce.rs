@@ -815,3 +815,68 @@ async fn row_locks_and_late_seat_shortages_are_retried_without_spending_attempts
     );
     assert!(engine.store.dead_letters().await.expect("dead").is_empty());
 }
+
+/// Alias is not unique in Salesforce, but people tell users apart by it: a
+/// joiner whose alias is taken (by an existing user or another joiner) gets
+/// the first free numbered variant, the same one on every run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aliases_are_deterministic_and_collision_free() {
+    use serde_json::{Map, json};
+    let running = start_sim(10, 53).await;
+    let sim = running.sim.clone();
+    for (n, upn) in [
+        "alexandra.one@contoso-sim.com",
+        "alexandra.two@contoso-sim.com",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut m = Map::new();
+        m.insert("userPrincipalName".into(), json!(upn));
+        m.insert("mail".into(), json!(upn));
+        m.insert("surname".into(), json!("Alexandra"));
+        m.insert("accountEnabled".into(), json!(true));
+        sim.graph()
+            .create_user(&format!("50000000-0000-4000-8000-00000000000{n}"), m)
+            .expect("create");
+    }
+    // An existing Salesforce user already has the alias both would get.
+    {
+        let mut org = sim.salesforce();
+        let profile = org.profile_id("Standard User").expect("profile");
+        let mut m = Map::new();
+        for (k, v) in [
+            ("Username", "alex.admin@elsewhere.example"),
+            ("LastName", "Admin"),
+            ("Email", "alex.admin@elsewhere.example"),
+            ("Alias", "alexandr"),
+            ("TimeZoneSidKey", "GMT"),
+            ("LocaleSidKey", "en_US"),
+            ("EmailEncodingKey", "UTF-8"),
+            ("LanguageLocaleKey", "en_US"),
+        ] {
+            m.insert(k.into(), json!(v));
+        }
+        m.insert("ProfileId".into(), json!(profile));
+        org.insert_raw("User", m);
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = engine_with(&running, &rhai_pack(), &dir.path().join("a.db"), fast).await;
+    let r = engine.sync_once(&Quiet).await.expect("sync");
+    assert_eq!(r.failed, 0, "{:?}", r.failures);
+    let alias = |upn: &str| {
+        sim.salesforce().users_where("Username", upn)[0]["Alias"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let mut got = vec![
+        alias("alexandra.one@contoso-sim.com"),
+        alias("alexandra.two@contoso-sim.com"),
+    ];
+    got.sort();
+    assert_eq!(got, vec!["alexand2", "alexand3"]);
+    // No churn: the next cycle leaves the numbered aliases alone.
+    let r = engine.sync_once(&Quiet).await.expect("sync");
+    assert_eq!(r.updated, 0, "{}", r.plan.render());
+}
