@@ -196,7 +196,7 @@ fn same(field: &str, desired: &FieldValue, current: Option<&Value>) -> bool {
         FieldValue::Text(s) => match sf_text(current) {
             Some(c) if matches!(field, "Username" | "Email") => c.eq_ignore_ascii_case(s),
             // A numbered variant given to avoid a clash stays.
-            Some(c) if field == "Alias" => alias_candidates(s).take(1000).any(|a| a == c),
+            Some(c) if field == "Alias" => alias_candidates(s).any(|a| a == c),
             Some(c) => &c == s,
             None => false,
         },
@@ -213,11 +213,21 @@ const ALIAS_LOOKAHEAD: usize = 10;
 /// (`jsmith`, `jsmith2`, ... `jsmit10`): at most 8 characters, the same
 /// sequence every time, so a user's alias depends only on what is taken.
 fn alias_candidates(alias: &str) -> impl Iterator<Item = String> + '_ {
-    std::iter::once(alias.chars().take(8).collect()).chain((2..1000u32).map(move |n| {
-        let n = n.to_string();
-        let keep = 8usize.saturating_sub(n.len());
-        format!("{}{n}", alias.chars().take(keep).collect::<String>())
-    }))
+    (0..ALIAS_VARIANTS).map(move |i| alias_variant(alias, i))
+}
+
+/// How many aliases one wanted alias can become (`x`, `x2` ... `x999`).
+const ALIAS_VARIANTS: usize = 999;
+
+/// The `i`-th alias candidate: the wanted alias, then `i + 1` in its last
+/// characters.
+fn alias_variant(alias: &str, i: usize) -> String {
+    if i == 0 {
+        return alias.chars().take(8).collect();
+    }
+    let n = (i + 1).to_string();
+    let keep = 8usize.saturating_sub(n.len());
+    format!("{}{n}", alias.chars().take(keep).collect::<String>())
 }
 
 /// Keeps the grants whose permission set licence has a seat (taking it);
@@ -725,6 +735,8 @@ impl Engine {
         // Aliases in use (lower-case): Salesforce does not keep them unique,
         // but people tell users apart by them in list views and reports.
         let mut aliases: HashSet<String> = HashSet::new();
+        // Per wanted alias, the first candidate not yet known to be taken.
+        let mut alias_next: HashMap<String, usize> = HashMap::new();
         // An initial load matches many users at once: one read of the whole
         // User table (2,000 rows a page) then costs fewer calls than IN-list
         // lookups of 100 values per key.
@@ -919,11 +931,19 @@ impl Engine {
                         .map(|(k, v)| (k.clone(), v.clone()))
                         .collect();
                     if let Some(a) = fields.get("Alias").and_then(FieldValue::as_text) {
-                        let free = alias_candidates(a)
-                            .find(|c| !aliases.contains(&c.to_lowercase()))
-                            .unwrap_or_else(|| a.to_string());
-                        aliases.insert(free.to_lowercase());
-                        fields.insert("Alias".into(), FieldValue::Text(free));
+                        // Candidates before `start` are known to be taken.
+                        let start = alias_next.get(a).copied().unwrap_or(0);
+                        let free = (start..ALIAS_VARIANTS)
+                            .find(|&i| !aliases.contains(&alias_variant(a, i).to_lowercase()));
+                        let chosen = match free {
+                            Some(i) => {
+                                alias_next.insert(a.to_string(), i + 1);
+                                alias_variant(a, i)
+                            }
+                            None => a.to_string(),
+                        };
+                        aliases.insert(chosen.to_lowercase());
+                        fields.insert("Alias".into(), FieldValue::Text(chosen));
                     }
                     // A deterministic nickname rather than Salesforce's
                     // own pick, so a retry after a clash is predictable.

@@ -672,6 +672,7 @@ impl SalesforceClient {
 
     /// Runs a SOQL query and follows `nextRecordsUrl` to the end.
     pub async fn query(&self, soql: &str) -> Result<Vec<Map<String, Value>>, SfError> {
+        tracing::debug!(soql, "Salesforce query");
         let mut path = format!(
             "{}/query?q={}",
             self.data_path(),

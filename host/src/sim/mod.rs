@@ -83,6 +83,10 @@ pub struct Faults {
     /// The next this-many records written through sObject Collections fail
     /// with `UNABLE_TO_LOCK_ROW` (row contention), each on its own.
     pub sf_lock_rows: u32,
+    /// The next this-many authenticated Salesforce REST calls answer 403
+    /// `REQUEST_LIMIT_EXCEEDED` "ConcurrentRequests" (the org's limit on
+    /// long-running requests in flight), without being carried out.
+    pub sf_concurrent_limit_next: u32,
 }
 
 /// Counters the tests and the demo read back (`GET /_sim/stats`).
@@ -176,6 +180,11 @@ impl Sim {
 
     pub(crate) fn stats_mut(&self) -> MutexGuard<'_, Stats> {
         lock(&self.0.stats)
+    }
+
+    /// The faults now in force (count-down ones show what is left).
+    pub fn current_faults(&self) -> Faults {
+        self.faults().clone()
     }
 
     pub(crate) fn faults(&self) -> MutexGuard<'_, Faults> {

@@ -1879,6 +1879,21 @@ fn gate(sim: &Sim, v: &str, headers: &HeaderMap) -> Result<String, Response> {
     }
     org.api_usage += 1;
     drop(org);
+    // Too many long-running requests at once (the org's concurrent limit).
+    let concurrent = {
+        let mut f = sim.faults();
+        let hit = f.sf_concurrent_limit_next > 0;
+        f.sf_concurrent_limit_next = f.sf_concurrent_limit_next.saturating_sub(1);
+        hit
+    };
+    if concurrent {
+        return Err(error_response(
+            StatusCode::FORBIDDEN,
+            "REQUEST_LIMIT_EXCEEDED",
+            "ConcurrentRequests (Concurrent API Requests) Limit exceeded.",
+            &[],
+        ));
+    }
     sim.stats_mut().sf_api_calls += 1;
     Ok(version.to_string())
 }

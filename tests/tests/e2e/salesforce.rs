@@ -880,3 +880,29 @@ async fn aliases_are_deterministic_and_collision_free() {
     let r = engine.sync_once(&Quiet).await.expect("sync");
     assert_eq!(r.updated, 0, "{}", r.plan.render());
 }
+
+/// The org's concurrent-request limit is a pause, not a daily stop: the
+/// client backs off and retries, and the cycle completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_request_limit_backs_off_and_completes() {
+    use provisor::sim::Faults;
+    let running = start_sim(20, 54).await;
+    let sim = running.sim.clone();
+    sim.set_faults(Faults {
+        // Two refusals in a row: within `sync.retries = 2` of `fast`.
+        sf_concurrent_limit_next: 2,
+        ..Faults::default()
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = engine_with(&running, &rhai_pack(), &dir.path().join("a.db"), fast).await;
+    let r = engine.sync_once(&Quiet).await.expect("sync");
+    assert_eq!((r.failed, r.parked), (0, 0), "{:?}", r.failures);
+    assert!(r.created > 5);
+    assert_eq!(
+        sim.current_faults().sf_concurrent_limit_next,
+        0,
+        "the fault was hit"
+    );
+    let audit = engine.store.audit_rows(None).await.expect("audit");
+    assert!(!audit.iter().any(|a| a.event == "salesforce.limit_reached"));
+}
