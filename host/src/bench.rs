@@ -22,6 +22,17 @@ pub enum BenchCommand {
     /// created with one permission set, counting Salesforce API calls at
     /// the emulator against the Collections bound.
     SalesforceCreate(SalesforceCreateArgs),
+    /// Rule evaluation throughput on one core: the gallery-defaults mapping
+    /// as a Rhai script and as a WASM component, over generated users.
+    Rules(RulesArgs),
+}
+
+/// Options of `provisor bench rules`.
+#[derive(Debug, Args)]
+pub struct RulesArgs {
+    /// Users mapped per engine.
+    #[arg(long, default_value_t = 100_000)]
+    users: usize,
 }
 
 /// Options of `provisor bench salesforce-create`.
@@ -80,6 +91,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCommand::EntraRead(a) => entra_read(a).await,
         BenchCommand::SalesforceCreate(a) => salesforce_create(a).await,
+        BenchCommand::Rules(a) => rules(a),
     }
 }
 
@@ -336,4 +348,71 @@ async fn salesforce_create(a: SalesforceCreateArgs) -> anyhow::Result<ExitCode> 
         bail!("{calls} calls exceed 1.05 x {bound} + 10");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn rules(a: RulesArgs) -> anyhow::Result<ExitCode> {
+    let tenant = crate::sim::seed::tenant(a.users, 1);
+    // Group names per member, as the engine hands them to the rules.
+    let mut groups: std::collections::HashMap<&str, Vec<String>> = Default::default();
+    for g in tenant.groups().filter(|g| !g.removed) {
+        for m in &g.members {
+            groups
+                .entry(m.as_str())
+                .or_default()
+                .push(g.display_name.clone());
+        }
+    }
+    let users: Vec<(crate::model::EntraUser, Vec<String>)> = tenant
+        .users()
+        .filter_map(|u| {
+            let mut user: crate::model::EntraUser =
+                serde_json::from_value(serde_json::Value::Object(u.props.clone())).ok()?;
+            user.id = u.id.clone();
+            let g = groups.get(u.id.as_str()).cloned().unwrap_or_default();
+            Some((user, g))
+        })
+        .collect();
+    if users.len() != a.users {
+        bail!(
+            "{} of {} generated users could not be read as Entra users",
+            a.users - users.len(),
+            a.users
+        );
+    }
+    println!(
+        "provisor bench rules: gallery-defaults mapping, {} users, one thread",
+        users.len()
+    );
+    let mut ok = true;
+    for (dir, target) in [
+        ("rules/gallery-defaults", 100_000.0),
+        ("rules/gallery-defaults-wasm", 200_000.0),
+    ] {
+        let path = find_rules_dir(std::path::Path::new(dir))
+            .with_context(|| format!("cannot find {dir}"))?;
+        let pack = crate::rules::Pack::load(&path)?;
+        // Warm-up: first calls pay for lazy initialisation.
+        for (u, g) in users.iter().take(1000) {
+            pack.map(u, g)?;
+        }
+        let started = Instant::now();
+        for (u, g) in &users {
+            pack.map(u, g)?;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let rate = users.len() as f64 / secs;
+        ok &= rate >= target;
+        println!(
+            "  {:<28} {:>10.0} users/s  ({:.2} s, {:.1} us per user; target >= {target:.0}/s)",
+            pack.id(),
+            rate,
+            secs,
+            secs * 1e6 / users.len() as f64
+        );
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

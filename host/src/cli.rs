@@ -58,11 +58,43 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Rule pack tools: check, run its test cases, evaluate one user.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
     /// Users parked after failing `sync.max_attempts` times. A later change
     /// in Entra re-arms them.
     Deadletter {
         #[command(subcommand)]
         command: DeadletterCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RulesCommand {
+    /// Load a pack as the engine would: manifest, contract version,
+    /// settings, compilation and the exports the contract requires.
+    Check {
+        /// The pack directory (holding pack.toml).
+        path: PathBuf,
+    },
+    /// Run the pack's test cases (JSON files under PATH/tests/).
+    Test {
+        path: PathBuf,
+        /// Record what the pack returns as the expectations (golden files).
+        #[arg(long)]
+        bless: bool,
+    },
+    /// Map one Entra user and print the desired Salesforce user as JSON.
+    Eval {
+        path: PathBuf,
+        /// The user as Graph returns it (camelCase JSON), or @FILE.
+        #[arg(long)]
+        user: String,
+        /// A group (display name) the user is a member of; repeatable.
+        #[arg(long = "group")]
+        groups: Vec<String>,
     },
 }
 
@@ -233,6 +265,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}: ok", file.display());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Rules { command } => run_rules(command),
         Command::Deadletter {
             command: DeadletterCommand::List { config },
         } => {
@@ -265,6 +298,73 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!("{}", r.render());
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn run_rules(command: RulesCommand) -> anyhow::Result<ExitCode> {
+    use crate::rules::cases::{self, Outcome};
+    match command {
+        RulesCommand::Check { path } => {
+            let pack = Pack::load(&path)?;
+            println!(
+                "{}: ok ({} pack {}, contract {})",
+                path.display(),
+                match pack.info.engine {
+                    crate::rules::EngineKind::Rhai => "Rhai",
+                    crate::rules::EngineKind::Wasm => "WASM",
+                },
+                pack.id(),
+                pack.info.contract
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        RulesCommand::Test { path, bless } => {
+            let pack = Pack::load(&path)?;
+            let results = cases::run(&pack, bless)?;
+            let mut failed = 0;
+            for r in &results {
+                match &r.outcome {
+                    Outcome::Pass => println!("ok      {}", r.name),
+                    Outcome::Blessed => println!("blessed {}", r.name),
+                    Outcome::Fail(diffs) => {
+                        failed += 1;
+                        println!("FAIL    {}", r.name);
+                        for d in diffs {
+                            println!("          {d}");
+                        }
+                    }
+                    Outcome::Error(e) => {
+                        failed += 1;
+                        println!("ERROR   {}: {e}", r.name);
+                    }
+                }
+            }
+            println!(
+                "{}: {} cases, {} passed, {failed} failed",
+                pack.id(),
+                results.len(),
+                results.len() - failed
+            );
+            Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        RulesCommand::Eval { path, user, groups } => {
+            let pack = Pack::load(&path)?;
+            let text = match user.strip_prefix('@') {
+                Some(file) => std::fs::read_to_string(file)
+                    .with_context(|| format!("cannot read the user file {file}"))?,
+                None => user,
+            };
+            let user: crate::model::EntraUser = serde_json::from_str(&text).context(
+                "--user is not an Entra user as Graph returns it (camelCase JSON with an `id`)",
+            )?;
+            let desired = pack.map(&user, &groups)?;
+            println!("{}", serde_json::to_string_pretty(&desired)?);
             Ok(ExitCode::SUCCESS)
         }
     }

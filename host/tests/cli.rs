@@ -153,3 +153,93 @@ fn sim_and_sync_once_as_separate_processes() {
         "{err}"
     );
 }
+
+fn copy_pack(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to.join("tests")).expect("mkdir");
+    for f in ["pack.toml", "main.rhai", "tests/cases.json"] {
+        std::fs::copy(from.join(f), to.join(f)).expect("copy");
+    }
+}
+
+#[test]
+fn rules_check_test_and_eval() {
+    let pack = repo().join("rules/gallery-defaults");
+    let out = provisor()
+        .args(["rules", "check"])
+        .arg(&pack)
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("ok (Rhai pack gallery-defaults@0.1.0, contract 0.1)")
+    );
+
+    let out = provisor()
+        .args(["rules", "test"])
+        .arg(&pack)
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("5 cases, 5 passed, 0 failed"), "{stdout}");
+
+    // A wrong expectation fails, naming the case and the field.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let copy = dir.path().join("pack");
+    copy_pack(&pack, &copy);
+    let cases = std::fs::read_to_string(copy.join("tests/cases.json")).expect("read");
+    let cases = cases.replacen("\"Vance\"", "\"Vanse\"", 1);
+    std::fs::write(copy.join("tests/cases.json"), cases).expect("write");
+    let out = provisor()
+        .args(["rules", "test"])
+        .arg(&copy)
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("FAIL    member of SF-Sales gets Standard User")
+            && stdout.contains("fields.LastName: expected \"Vanse\", got \"Vance\""),
+        "{stdout}"
+    );
+
+    // A script that does not compile is refused at check, named.
+    std::fs::write(copy.join("main.rhai"), "fn map(user, settings) { let = ; }").expect("write");
+    let out = provisor()
+        .args(["rules", "check"])
+        .arg(&copy)
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("rule pack gallery-defaults@0.1.0: does not load"),
+        "{stderr}"
+    );
+
+    let out = provisor()
+        .args(["rules", "eval"])
+        .arg(&pack)
+        .args([
+            "--user",
+            r#"{"id":"u1","userPrincipalName":"pat@contoso.com","mail":"pat@contoso.com","surname":"Pat","accountEnabled":true}"#,
+            "--group",
+            "SF-Sales",
+        ])
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["profile"], "Standard User");
+    assert_eq!(v["fields"]["Username"], "pat@contoso.com");
+    assert_eq!(v["active"], true);
+}

@@ -2,6 +2,7 @@
 //! WebAssembly component behind one interface, so the engine never knows
 //! which ran. A pack is a directory with a `pack.toml` manifest.
 
+pub mod cases;
 mod rhai;
 mod wasm;
 

@@ -417,3 +417,76 @@ async fn collections_refuse_mixed_dml_and_count_answers_without_records() {
     assert_eq!(body[0]["errorCode"], "CANNOT_UPDATE_CONVERTED_LEAD");
     assert_eq!(body[0]["message"], "cannot reference converted lead");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_or_none_rolls_back_and_the_last_admin_stays_active() {
+    let running = start_sim(3, 94).await;
+    let base = running.base_url();
+    let http = provisor::http::client().expect("client");
+    let token: Value = http
+        .post(format!("{base}/services/oauth2/token"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", creds::SF_CLIENT_ID),
+            ("client_secret", creds::SF_CLIENT_SECRET),
+        ])
+        .send()
+        .await
+        .expect("token")
+        .json()
+        .await
+        .expect("json");
+    let token = token["access_token"].as_str().expect("token").to_string();
+    let leads = || running.sim.salesforce().rows("Lead").count();
+    let before = leads();
+    let results: Value = http
+        .post(format!("{base}/services/data/v62.0/composite/sobjects"))
+        .bearer_auth(&token)
+        .json(&json!({"allOrNone": true, "records": [
+            {"attributes": {"type": "Lead"}, "LastName": "Kept?", "Company": "C"},
+            {"attributes": {"type": "Lead"}, "LastName": "No company"}
+        ]}))
+        .send()
+        .await
+        .expect("collection")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        results[0]["errors"][0]["statusCode"],
+        "ALL_OR_NONE_OPERATION_ROLLED_BACK"
+    );
+    assert_eq!(
+        results[1]["errors"][0]["statusCode"],
+        "REQUIRED_FIELD_MISSING"
+    );
+    assert_eq!(leads(), before, "nothing of the request stays");
+
+    // The seeded org has two active admins: the integration user and an IT
+    // admin. The first deactivation goes through, the second is refused.
+    let admins: Vec<String> = {
+        let org = running.sim.salesforce();
+        let admin = org.profile_id("System Administrator").expect("profile");
+        org.rows("User")
+            .filter(|u| u["ProfileId"] == json!(admin) && u["IsActive"] == json!(true))
+            .filter_map(|u| u["Id"].as_str().map(str::to_string))
+            .collect()
+    };
+    assert_eq!(admins.len(), 2);
+    let deactivate = |id: String| {
+        let (http, token, base) = (http.clone(), token.clone(), base.clone());
+        async move {
+            http.patch(format!("{base}/services/data/v62.0/sobjects/User/{id}"))
+                .bearer_auth(&token)
+                .json(&json!({"IsActive": false}))
+                .send()
+                .await
+                .expect("patch")
+        }
+    };
+    assert_eq!(deactivate(admins[1].clone()).await.status().as_u16(), 204);
+    let resp = deactivate(admins[0].clone()).await;
+    assert_eq!(resp.status().as_u16(), 400);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body[0]["errorCode"], "CANNOT_DISABLE_LAST_ADMIN");
+}
