@@ -68,12 +68,11 @@ fn parse_date_opt(s: &str) -> Option<DateTime<Utc>> {
         }
     }
     // A trailing `Z` on the forms above.
-    if let Some(base) = s.strip_suffix('Z').or_else(|| s.strip_suffix('z')) {
-        if base.len() > 10 {
-            if let Some(dt) = parse_naive(base) {
-                return Some(dt.and_utc());
-            }
-        }
+    if let Some(base) = s.strip_suffix('Z').or_else(|| s.strip_suffix('z'))
+        && base.len() > 10
+        && let Some(dt) = parse_naive(base)
+    {
+        return Some(dt.and_utc());
     }
     if let Some(dt) = parse_naive(s) {
         return Some(dt.and_utc());
@@ -173,7 +172,11 @@ impl Interval {
 /// `1/16/2013 7:00:00 AM`. Years and months take the whole part of `value`
 /// and clamp to the month's last day (.NET `AddMonths`: Jan 31 + 1 m is
 /// Feb 28/29); the other intervals add fractions too (.NET `AddDays(1.5)`).
-pub fn date_add(interval: &str, value: f64, date_time: DateTime<Utc>) -> Result<DateTime<Utc>, FnError> {
+pub fn date_add(
+    interval: &str,
+    value: f64,
+    date_time: DateTime<Utc>,
+) -> Result<DateTime<Utc>, FnError> {
     const F: &str = "DateAdd";
     if !value.is_finite() {
         return Err(crate::error::bad_arg(F, "value", "not a finite number"));
@@ -215,7 +218,11 @@ pub fn date_add(interval: &str, value: f64, date_time: DateTime<Utc>) -> Result<
 /// start each date's week), `d`, `h`, `n`, `s` are the elapsed time
 /// truncated toward zero. Entra: `DateDiff("d", "8/25/2021 5:41:18 PM",
 /// "2012-03-16-07:00")` is -3449, in `ww` -493, in `m` -113, in `yyyy` -9.
-pub fn date_diff(interval: &str, date1: DateTime<Utc>, date2: DateTime<Utc>) -> Result<i64, FnError> {
+pub fn date_diff(
+    interval: &str,
+    date1: DateTime<Utc>,
+    date2: DateTime<Utc>,
+) -> Result<i64, FnError> {
     let elapsed = date2 - date1;
     Ok(match Interval::parse("DateDiff", interval)? {
         Interval::Year => (date2.year() - date1.year()) as i64,
@@ -253,9 +260,8 @@ pub fn date_from_num(value: i64) -> Result<DateTime<Utc>, FnError> {
     let unix_ticks = value - FILETIME_UNIX_EPOCH;
     let secs = unix_ticks.div_euclid(10_000_000);
     let nanos = (unix_ticks.rem_euclid(10_000_000) * 100) as u32;
-    DateTime::from_timestamp(secs, nanos).ok_or_else(|| {
-        crate::error::bad_arg("DateFromNum", "value", "out of range")
-    })
+    DateTime::from_timestamp(secs, nanos)
+        .ok_or_else(|| crate::error::bad_arg("DateFromNum", "value", "out of range"))
 }
 
 /// `NumFromDate(value)`: a date/time string (ISO 8601, e.g.
@@ -293,7 +299,13 @@ pub fn format_date_time(
     input_format: &str,
     output_format: &str,
 ) -> Result<String, FnError> {
-    format_date_time_at(Utc::now(), source, date_time_styles, input_format, output_format)
+    format_date_time_at(
+        Utc::now(),
+        source,
+        date_time_styles,
+        input_format,
+        output_format,
+    )
 }
 
 /// [`format_date_time`] with an explicit "now".
@@ -305,9 +317,8 @@ pub fn format_date_time_at(
     output_format: &str,
 ) -> Result<String, FnError> {
     const F: &str = "FormatDateTime";
-    let styles = Styles::parse(date_time_styles.unwrap_or("")).map_err(|message| {
-        crate::error::bad_arg(F, "dateTimeStyles", message)
-    })?;
+    let styles = Styles::parse(date_time_styles.unwrap_or(""))
+        .map_err(|message| crate::error::bad_arg(F, "dateTimeStyles", message))?;
     let bad_format = |argument: &'static str, format: &str, message: String| FnError::BadFormat {
         function: F,
         argument,
@@ -335,7 +346,12 @@ pub fn format_date_time_at(
         {
             bad_format("inputFormat", input_format, m)
         } else {
-            bad_date(F, "source", source, format!("does not match `{input_format}`: {m}"))
+            bad_date(
+                F,
+                "source",
+                source,
+                format!("does not match `{input_format}`: {m}"),
+            )
         }
     })?;
     netfmt::format(parsed, output_format).map_err(|m| bad_format("outputFormat", output_format, m))
@@ -352,8 +368,14 @@ mod tests {
     #[test]
     fn cdate_doc_examples() {
         // learn.microsoft.com/entra/identity/app-provisioning/functions-for-customizing-application-data#cdate
-        assert_eq!(to_entra_string(cdate("2020-03-16-07:00").unwrap()), "3/16/2020 7:00:00 AM");
-        assert_eq!(to_entra_string(cdate("2021-06-30+08:00").unwrap()), "6/29/2021 4:00:00 PM");
+        assert_eq!(
+            to_entra_string(cdate("2020-03-16-07:00").unwrap()),
+            "3/16/2020 7:00:00 AM"
+        );
+        assert_eq!(
+            to_entra_string(cdate("2021-06-30+08:00").unwrap()),
+            "6/29/2021 4:00:00 PM"
+        );
         assert_eq!(
             to_entra_string(cdate("2009-06-15T01:45:30-07:00").unwrap()),
             "6/15/2009 8:45:30 AM"
@@ -364,12 +386,27 @@ mod tests {
     fn parse_date_forms() {
         assert_eq!(d("2021-08-24").to_rfc3339(), "2021-08-24T00:00:00+00:00");
         assert_eq!(d("2021-08-24Z").to_rfc3339(), "2021-08-24T00:00:00+00:00");
-        assert_eq!(d("8/25/2021 5:41:18 PM").to_rfc3339(), "2021-08-25T17:41:18+00:00");
-        assert_eq!(d("12/25/2021 17:41:18").to_rfc3339(), "2021-12-25T17:41:18+00:00");
+        assert_eq!(
+            d("8/25/2021 5:41:18 PM").to_rfc3339(),
+            "2021-08-25T17:41:18+00:00"
+        );
+        assert_eq!(
+            d("12/25/2021 17:41:18").to_rfc3339(),
+            "2021-12-25T17:41:18+00:00"
+        );
         assert_eq!(d("8/25/2021").to_rfc3339(), "2021-08-25T00:00:00+00:00");
-        assert_eq!(d("2021-08-24T10:00:00Z").to_rfc3339(), "2021-08-24T10:00:00+00:00");
-        assert_eq!(d("2021-08-24T10:00:00.5").to_rfc3339(), "2021-08-24T10:00:00.500+00:00");
-        assert_eq!(d("2021-08-24 10:00").to_rfc3339(), "2021-08-24T10:00:00+00:00");
+        assert_eq!(
+            d("2021-08-24T10:00:00Z").to_rfc3339(),
+            "2021-08-24T10:00:00+00:00"
+        );
+        assert_eq!(
+            d("2021-08-24T10:00:00.5").to_rfc3339(),
+            "2021-08-24T10:00:00.500+00:00"
+        );
+        assert_eq!(
+            d("2021-08-24 10:00").to_rfc3339(),
+            "2021-08-24T10:00:00+00:00"
+        );
         assert_eq!(
             d(" 2020-12-31 23:59:59-08:00 ").to_rfc3339(),
             "2021-01-01T07:59:59+00:00"
@@ -377,11 +414,24 @@ mod tests {
         // Round trip through Entra's own output format.
         let t = d("2009-06-15T13:45:30Z");
         assert_eq!(d(&to_entra_string(t)), t);
-        for bad in ["", "tomorrow", "2021-02-30", "13/1/2021", "2021-08-24+25:00"] {
+        for bad in [
+            "",
+            "tomorrow",
+            "2021-02-30",
+            "13/1/2021",
+            "2021-08-24+25:00",
+        ] {
             assert!(parse_date_opt(bad).is_none(), "{bad}");
         }
         let e = cdate("nope").unwrap_err();
-        assert!(matches!(e, FnError::BadDate { function: "CDate", argument: "expression", .. }));
+        assert!(matches!(
+            e,
+            FnError::BadDate {
+                function: "CDate",
+                argument: "expression",
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -399,14 +449,33 @@ mod tests {
     #[test]
     fn date_add_edges() {
         let jan31 = d("2024-01-31T12:00:00Z");
-        assert_eq!(to_entra_string(date_add("m", 1.0, jan31).unwrap()), "2/29/2024 12:00:00 PM");
-        assert_eq!(to_entra_string(date_add("yyyy", -1.0, d("2024-02-29")).unwrap()), "2/28/2023 12:00:00 AM");
-        assert_eq!(to_entra_string(date_add("h", 1.5, jan31).unwrap()), "1/31/2024 1:30:00 PM");
-        assert_eq!(to_entra_string(date_add("n", -30.0, jan31).unwrap()), "1/31/2024 11:30:00 AM");
-        assert_eq!(to_entra_string(date_add("S", 61.0, jan31).unwrap()), "1/31/2024 12:01:01 PM");
+        assert_eq!(
+            to_entra_string(date_add("m", 1.0, jan31).unwrap()),
+            "2/29/2024 12:00:00 PM"
+        );
+        assert_eq!(
+            to_entra_string(date_add("yyyy", -1.0, d("2024-02-29")).unwrap()),
+            "2/28/2023 12:00:00 AM"
+        );
+        assert_eq!(
+            to_entra_string(date_add("h", 1.5, jan31).unwrap()),
+            "1/31/2024 1:30:00 PM"
+        );
+        assert_eq!(
+            to_entra_string(date_add("n", -30.0, jan31).unwrap()),
+            "1/31/2024 11:30:00 AM"
+        );
+        assert_eq!(
+            to_entra_string(date_add("S", 61.0, jan31).unwrap()),
+            "1/31/2024 12:01:01 PM"
+        );
         assert!(matches!(
             date_add("q", 1.0, jan31),
-            Err(FnError::BadInterval { function: "DateAdd", argument: "interval", .. })
+            Err(FnError::BadInterval {
+                function: "DateAdd",
+                argument: "interval",
+                ..
+            })
         ));
         assert!(date_add("yyyy", 1e12, jan31).is_err());
         assert!(date_add("d", f64::NAN, jan31).is_err());
@@ -431,7 +500,10 @@ mod tests {
     fn date_diff_truncates_and_counts_boundaries() {
         let diff = |i: &str, a: &str, b: &str| date_diff(i, d(a), d(b)).unwrap();
         assert_eq!(diff("d", "2021-08-24T23:00:00Z", "2021-08-25T22:00:00Z"), 0);
-        assert_eq!(diff("yyyy", "2021-12-31T23:59:59Z", "2022-01-01T00:00:00Z"), 1);
+        assert_eq!(
+            diff("yyyy", "2021-12-31T23:59:59Z", "2022-01-01T00:00:00Z"),
+            1
+        );
         assert_eq!(diff("m", "2021-01-31", "2021-02-01"), 1);
         // Saturday to Sunday crosses a week boundary.
         assert_eq!(diff("ww", "2024-05-04", "2024-05-05"), 1);
@@ -444,7 +516,10 @@ mod tests {
         // DateFromNum(129699324000000000): January 1, 2012 at 11:00 PM.
         let t = date_from_num(129_699_324_000_000_000).unwrap();
         assert_eq!(to_entra_string(t), "1/1/2012 11:00:00 PM");
-        assert_eq!(date_from_num(0).unwrap().to_rfc3339(), "1601-01-01T00:00:00+00:00");
+        assert_eq!(
+            date_from_num(0).unwrap().to_rfc3339(),
+            "1601-01-01T00:00:00+00:00"
+        );
         assert!(date_from_num(i64::MAX).is_err());
         assert!(date_from_num(-1).is_err());
     }
@@ -453,10 +528,19 @@ mod tests {
     fn num_from_date_doc_example_and_round_trip() {
         // The Workday example's input after FormatDateTime/Join:
         // "2020-12-31 23:59:59-08:00" = 2021-01-01T07:59:59Z.
-        assert_eq!(num_from_date("2020-12-31 23:59:59-08:00").unwrap(), 132_539_615_990_000_000);
-        assert_eq!(num_from_date("2012-01-01T23:00:00Z").unwrap(), 129_699_324_000_000_000);
+        assert_eq!(
+            num_from_date("2020-12-31 23:59:59-08:00").unwrap(),
+            132_539_615_990_000_000
+        );
+        assert_eq!(
+            num_from_date("2012-01-01T23:00:00Z").unwrap(),
+            129_699_324_000_000_000
+        );
         let ft = 132_539_615_991_234_567;
-        assert_eq!(num_from_date(&date_from_num(ft).unwrap().to_rfc3339()).unwrap(), ft);
+        assert_eq!(
+            num_from_date(&date_from_num(ft).unwrap().to_rfc3339()).unwrap(),
+            ft
+        );
         assert!(num_from_date("1600-12-31T00:00:00Z").is_err());
         assert!(num_from_date("").is_err());
     }
@@ -464,20 +548,42 @@ mod tests {
     #[test]
     fn format_date_time_doc_examples() {
         let now = d("2024-05-06T07:08:09Z");
-        let fdt = |s: &str, st: Option<&str>, i: &str, o: &str| format_date_time_at(now, s, st, i, o);
+        let fdt =
+            |s: &str, st: Option<&str>, i: &str, o: &str| format_date_time_at(now, s, st, i, o);
         // FormatDateTime([extensionAttribute1], , "yyyyMMddHHmmss.fZ", "yyyy-MM-dd")
-        assert_eq!(fdt("20150123105347.1Z", None, "yyyyMMddHHmmss.fZ", "yyyy-MM-dd").unwrap(), "2015-01-23");
-        // NumFromDate examples: Workday and SuccessFactors inner FormatDateTime.
-        assert_eq!(fdt("2020-12-31-08:00", None, "yyyy-MM-ddzzz", "yyyy-MM-dd").unwrap(), "2020-12-31");
         assert_eq!(
-            fdt("12/31/2020 11:59:59 PM", None, "M/d/yyyy hh:mm:ss tt", "yyyy-MM-dd").unwrap(),
+            fdt("20150123105347.1Z", None, "yyyyMMddHHmmss.fZ", "yyyy-MM-dd").unwrap(),
+            "2015-01-23"
+        );
+        // NumFromDate examples: Workday and SuccessFactors inner FormatDateTime.
+        assert_eq!(
+            fdt("2020-12-31-08:00", None, "yyyy-MM-ddzzz", "yyyy-MM-dd").unwrap(),
             "2020-12-31"
         );
         assert_eq!(
-            fdt("2021-06-30T10:00:00", Some("AssumeUniversal"), "yyyy-MM-ddTHH:mm:ss", "o").unwrap(),
+            fdt(
+                "12/31/2020 11:59:59 PM",
+                None,
+                "M/d/yyyy hh:mm:ss tt",
+                "yyyy-MM-dd"
+            )
+            .unwrap(),
+            "2020-12-31"
+        );
+        assert_eq!(
+            fdt(
+                "2021-06-30T10:00:00",
+                Some("AssumeUniversal"),
+                "yyyy-MM-ddTHH:mm:ss",
+                "o"
+            )
+            .unwrap(),
             "2021-06-30T10:00:00.0000000Z"
         );
-        assert_eq!(fdt("10:30", None, "HH:mm", "yyyy-MM-dd HH:mm").unwrap(), "2024-05-06 10:30");
+        assert_eq!(
+            fdt("10:30", None, "HH:mm", "yyyy-MM-dd HH:mm").unwrap(),
+            "2024-05-06 10:30"
+        );
     }
 
     #[test]
@@ -488,10 +594,49 @@ mod tests {
             FnError::BadArgument { argument, .. } => argument,
             other => panic!("{other:?}"),
         };
-        assert_eq!(arg(format_date_time_at(now, "2020-01-01", None, "yyyy-MM-dd", "'")), "outputFormat");
-        assert_eq!(arg(format_date_time_at(now, "2020-01-01", None, "fffffffff", "yyyy")), "inputFormat");
-        assert_eq!(arg(format_date_time_at(now, "2020-01-32", None, "yyyy-MM-dd", "yyyy")), "source");
-        assert_eq!(arg(format_date_time_at(now, "", None, "yyyy-MM-dd", "yyyy")), "source");
-        assert_eq!(arg(format_date_time_at(now, "2020-01-01", Some("Nope"), "yyyy-MM-dd", "yyyy")), "dateTimeStyles");
+        assert_eq!(
+            arg(format_date_time_at(
+                now,
+                "2020-01-01",
+                None,
+                "yyyy-MM-dd",
+                "'"
+            )),
+            "outputFormat"
+        );
+        assert_eq!(
+            arg(format_date_time_at(
+                now,
+                "2020-01-01",
+                None,
+                "fffffffff",
+                "yyyy"
+            )),
+            "inputFormat"
+        );
+        assert_eq!(
+            arg(format_date_time_at(
+                now,
+                "2020-01-32",
+                None,
+                "yyyy-MM-dd",
+                "yyyy"
+            )),
+            "source"
+        );
+        assert_eq!(
+            arg(format_date_time_at(now, "", None, "yyyy-MM-dd", "yyyy")),
+            "source"
+        );
+        assert_eq!(
+            arg(format_date_time_at(
+                now,
+                "2020-01-01",
+                Some("Nope"),
+                "yyyy-MM-dd",
+                "yyyy"
+            )),
+            "dateTimeStyles"
+        );
     }
 }

@@ -72,7 +72,10 @@ pub struct Env<'a> {
 /// The Entra spelling of `name`, matched case-insensitively
 /// (`isnullorempty`, `IsNullorEmpty` → `IsNullOrEmpty`).
 pub fn canonical_name(name: &str) -> Option<&'static str> {
-    FUNCTIONS.iter().copied().find(|f| f.eq_ignore_ascii_case(name.trim()))
+    FUNCTIONS
+        .iter()
+        .copied()
+        .find(|f| f.eq_ignore_ascii_case(name.trim()))
 }
 
 /// (minimum, maximum, description) of each function's argument count.
@@ -95,7 +98,7 @@ fn arity(f: &str) -> (usize, Option<usize>, &'static str) {
 
 fn check_arity(f: &'static str, got: usize) -> Result<(), FnError> {
     let (min, max, expected) = arity(f);
-    let even_ok = f != "Switch" || got % 2 == 0;
+    let even_ok = f != "Switch" || got.is_multiple_of(2);
     if got < min || max.is_some_and(|m| got > m) || !even_ok {
         return Err(FnError::Arity {
             function: f,
@@ -140,10 +143,10 @@ impl Args<'_> {
 
     fn int(&self, i: usize, argument: &'static str) -> Result<Option<i64>, FnError> {
         let bad = |m: String| bad_arg(self.f, argument, m);
-        if let Value::Text(s) = self.get(i) {
-            if let Ok(n) = s.trim().parse::<i64>() {
-                return Ok(Some(n));
-            }
+        if let Value::Text(s) = self.get(i)
+            && let Ok(n) = s.trim().parse::<i64>()
+        {
+            return Ok(Some(n));
         }
         match self.num(i, argument)? {
             None => Ok(None),
@@ -246,7 +249,9 @@ pub fn call_with(env: &mut Env<'_>, name: &str, args: &[Value]) -> Result<Value,
         "CStr" => text_value(logic::cstr(a.get(0))?),
         "DateAdd" => {
             let interval = a.required_text(0, "interval")?;
-            let value = a.num(1, "value")?.ok_or_else(|| bad_arg(f, "value", "is null"))?;
+            let value = a
+                .num(1, "value")?
+                .ok_or_else(|| bad_arg(f, "value", "is null"))?;
             match a.text(2, "dateTime")? {
                 None => Value::Null,
                 Some(d) => {
@@ -289,7 +294,11 @@ pub fn call_with(env: &mut Env<'_>, name: &str, args: &[Value]) -> Result<Value,
                 Some(v) => {
                     let s = v.to_text().unwrap_or_default();
                     CompareType::parse(&s).ok_or_else(|| {
-                        bad_arg(f, "compareType", format!("`{s}` is not vbBinaryCompare or vbTextCompare"))
+                        bad_arg(
+                            f,
+                            "compareType",
+                            format!("`{s}` is not vbBinaryCompare or vbTextCompare"),
+                        )
                     })?
                 }
             };

@@ -28,13 +28,21 @@ pub fn cbool(expression: &Value) -> Result<bool, FnError> {
             } else if let Ok(n) = t.parse::<f64>() {
                 Ok(n != 0.0)
             } else {
-                Err(bad_arg("CBool", "expression", format!("`{s}` is not a boolean or number")))
+                Err(bad_arg(
+                    "CBool",
+                    "expression",
+                    format!("`{s}` is not a boolean or number"),
+                ))
             }
         }
         Value::List(items) => match items.as_slice() {
             [] => Ok(false),
             [one] => cbool(one),
-            _ => Err(bad_arg("CBool", "expression", "a multi-valued attribute is not a boolean")),
+            _ => Err(bad_arg(
+                "CBool",
+                "expression",
+                "a multi-valued attribute is not a boolean",
+            )),
         },
         Value::IgnoreFlow => Err(bad_arg("CBool", "expression", "nothing to convert")),
     }
@@ -45,7 +53,11 @@ pub fn cbool(expression: &Value) -> Result<bool, FnError> {
 /// else null. An empty string is not null, so it is returned. Entra
 /// example: `Coalesce(NULL, "John.Doe@contoso.com")` is the UPN.
 pub fn coalesce(sources: &[Value]) -> Value {
-    sources.iter().find(|v| !v.is_null()).cloned().unwrap_or(Value::Null)
+    sources
+        .iter()
+        .find(|v| !v.is_null())
+        .cloned()
+        .unwrap_or(Value::Null)
 }
 
 /// `Count(attribute)`: the number of values of a multi-valued attribute;
@@ -64,9 +76,11 @@ pub fn count(attribute: &Value) -> usize {
 /// more than one value is an error.
 pub fn cstr(value: &Value) -> Result<Option<String>, FnError> {
     match value {
-        Value::List(items) if items.len() > 1 => {
-            Err(bad_arg("CStr", "value", "a multi-valued attribute is not a single string"))
-        }
+        Value::List(items) if items.len() > 1 => Err(bad_arg(
+            "CStr",
+            "value",
+            "a multi-valued attribute is not a single string",
+        )),
         Value::List(items) => items.first().map_or(Ok(None), cstr),
         other => Ok(other.to_text()),
     }
@@ -77,12 +91,24 @@ pub fn cstr(value: &Value) -> Result<Option<String>, FnError> {
 /// with [`cbool`], except that a null condition is an error: Entra
 /// documents that "If the source attribute used within the IIF function is
 /// empty or null, the condition check fails" (use Switch instead).
-pub fn iif(condition: &Value, value_if_true: Value, value_if_false: Value) -> Result<Value, FnError> {
+pub fn iif(
+    condition: &Value,
+    value_if_true: Value,
+    value_if_false: Value,
+) -> Result<Value, FnError> {
     if condition.is_null() {
-        return Err(bad_arg("IIF", "condition", "is null (Entra: the condition check fails)"));
+        return Err(bad_arg(
+            "IIF",
+            "condition",
+            "is null (Entra: the condition check fails)",
+        ));
     }
     let c = cbool(condition).map_err(|_| {
-        bad_arg("IIF", "condition", format!("`{condition}` is not true or false"))
+        bad_arg(
+            "IIF",
+            "condition",
+            format!("`{condition}` is not true or false"),
+        )
     })?;
     Ok(if c { value_if_true } else { value_if_false })
 }
@@ -132,7 +158,11 @@ pub fn is_string(expression: &Value) -> bool {
 /// gives null; a single value is a one-item list.
 pub fn item(attribute: &Value, index: i64) -> Result<Value, FnError> {
     if index < 1 {
-        return Err(bad_arg("Item", "index", format!("{index}: indexes start at 1")));
+        return Err(bad_arg(
+            "Item",
+            "index",
+            format!("{index}: indexes start at 1"),
+        ));
     }
     let i = (index - 1) as usize;
     Ok(match attribute {
@@ -223,14 +253,17 @@ pub fn single_app_role_assignment(app_role_assignments: &Value) -> Value {
 /// values"). Entra example: `Switch("QLD", "Australia/Sydney", "NSW",
 /// "Australia/Sydney", "QLD", "Australia/Brisbane", "SA",
 /// "Australia/Adelaide")` is `Australia/Brisbane`.
-pub fn switch<'a>(source: Option<&str>, default_value: Value, pairs: impl IntoIterator<Item = (Option<&'a str>, Value)>) -> Value {
+pub fn switch<'a>(
+    source: Option<&str>,
+    default_value: Value,
+    pairs: impl IntoIterator<Item = (Option<&'a str>, Value)>,
+) -> Value {
     let source = source.unwrap_or("");
     pairs
         .into_iter()
         .find(|(key, _)| key.unwrap_or("") == source)
         .map_or(default_value, |(_, v)| v)
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -258,7 +291,13 @@ mod tests {
         assert!(!cbool(&t("0")).unwrap());
         assert!(!cbool(&Value::Null).unwrap());
         assert!(cbool(&Value::from(vec![true])).unwrap());
-        assert!(matches!(cbool(&t("yes")), Err(FnError::BadArgument { function: "CBool", .. })));
+        assert!(matches!(
+            cbool(&t("yes")),
+            Err(FnError::BadArgument {
+                function: "CBool",
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -282,7 +321,10 @@ mod tests {
 
     #[test]
     fn cstr_doc_example() {
-        assert_eq!(cstr(&t("cn=Joe,dc=contoso,dc=com")).unwrap().as_deref(), Some("cn=Joe,dc=contoso,dc=com"));
+        assert_eq!(
+            cstr(&t("cn=Joe,dc=contoso,dc=com")).unwrap().as_deref(),
+            Some("cn=Joe,dc=contoso,dc=com")
+        );
         assert_eq!(cstr(&Value::Number(42.0)).unwrap().as_deref(), Some("42"));
         assert_eq!(cstr(&Value::Number(0.5)).unwrap().as_deref(), Some("0.5"));
         assert_eq!(cstr(&Value::Bool(false)).unwrap().as_deref(), Some("False"));
@@ -295,8 +337,14 @@ mod tests {
     fn iif_doc_examples() {
         // IIF([country]="USA",[country],[department]); the comparison is the caller's.
         let (usa, dept) = (t("USA"), t("Sales"));
-        assert_eq!(iif(&Value::Bool(true), usa.clone(), dept.clone()).unwrap(), usa);
-        assert_eq!(iif(&Value::Bool(false), usa.clone(), dept.clone()).unwrap(), dept);
+        assert_eq!(
+            iif(&Value::Bool(true), usa.clone(), dept.clone()).unwrap(),
+            usa
+        );
+        assert_eq!(
+            iif(&Value::Bool(false), usa.clone(), dept.clone()).unwrap(),
+            dept
+        );
         // Nested IIF for AND: IIF(c1, IIF(c2, "True", "False"), "False").
         let and = |a: bool, b: bool| {
             let inner = iif(&Value::Bool(b), t("True"), t("False")).unwrap();
@@ -305,7 +353,14 @@ mod tests {
         assert_eq!(and(true, true), t("True"));
         assert_eq!(and(true, false), t("False"));
         assert_eq!(iif(&t("True"), t("a"), t("b")).unwrap(), t("a"));
-        assert!(matches!(iif(&Value::Null, t("a"), t("b")), Err(FnError::BadArgument { function: "IIF", argument: "condition", .. })));
+        assert!(matches!(
+            iif(&Value::Null, t("a"), t("b")),
+            Err(FnError::BadArgument {
+                function: "IIF",
+                argument: "condition",
+                ..
+            })
+        ));
         assert!(iif(&t("maybe"), t("a"), t("b")).is_err());
     }
 
@@ -313,10 +368,16 @@ mod tests {
     fn ignore_flow_doc_examples() {
         assert_eq!(ignore_flow_if_null_or_empty(Value::Null), Value::IgnoreFlow);
         assert_eq!(ignore_flow_if_null_or_empty(t("")), Value::IgnoreFlow);
-        assert_eq!(ignore_flow_if_null_or_empty(Value::List(vec![])), Value::IgnoreFlow);
+        assert_eq!(
+            ignore_flow_if_null_or_empty(Value::List(vec![])),
+            Value::IgnoreFlow
+        );
         assert_eq!(ignore_flow_if_null_or_empty(t("Sales")), t("Sales"));
         assert_eq!(ignore_flow_if_null_or_empty(t(" ")), t(" "));
-        assert_eq!(ignore_flow_if_null_or_empty(Value::Bool(false)), Value::Bool(false));
+        assert_eq!(
+            ignore_flow_if_null_or_empty(Value::Bool(false)),
+            Value::Bool(false)
+        );
     }
 
     #[test]
@@ -342,7 +403,14 @@ mod tests {
         assert_eq!(item(&proxies, 1).unwrap(), t("SMTP:a@x.com"));
         assert_eq!(item(&proxies, 2).unwrap(), t("smtp:b@x.com"));
         assert_eq!(item(&proxies, 3).unwrap(), Value::Null);
-        assert!(matches!(item(&proxies, 0), Err(FnError::BadArgument { function: "Item", argument: "index", .. })));
+        assert!(matches!(
+            item(&proxies, 0),
+            Err(FnError::BadArgument {
+                function: "Item",
+                argument: "index",
+                ..
+            })
+        ));
         assert_eq!(item(&Value::Null, 1).unwrap(), Value::Null);
         assert_eq!(item(&t("x"), 1).unwrap(), t("x"));
         assert_eq!(item(&t("x"), 2).unwrap(), Value::Null);
@@ -367,7 +435,10 @@ mod tests {
     #[test]
     fn remove_duplicates_doc_example() {
         let v = Value::from(vec!["SMTP:a@x", "smtp:a@x", "SMTP:a@x", "b"]);
-        assert_eq!(remove_duplicates(v), Value::from(vec!["SMTP:a@x", "smtp:a@x", "b"]));
+        assert_eq!(
+            remove_duplicates(v),
+            Value::from(vec!["SMTP:a@x", "smtp:a@x", "b"])
+        );
         assert_eq!(remove_duplicates(Value::Null), Value::Null);
         assert_eq!(remove_duplicates(t("a")), t("a"));
     }
@@ -375,22 +446,54 @@ mod tests {
     #[test]
     fn select_unique_value_doc_example() {
         // SelectUniqueValue(John.Smith@, J.Smith@, Jo.Smith@contoso.com)
-        let c = [Some("John.Smith@contoso.com"), Some("J.Smith@contoso.com"), Some("Jo.Smith@contoso.com")];
-        assert_eq!(select_unique_value(&c, |_| false).unwrap(), "John.Smith@contoso.com");
-        assert_eq!(select_unique_value(&c, |v| v == "John.Smith@contoso.com").unwrap(), "J.Smith@contoso.com");
-        assert_eq!(select_unique_value(&c, |v| v != "Jo.Smith@contoso.com").unwrap(), "Jo.Smith@contoso.com");
-        assert_eq!(select_unique_value(&c, |_| true), Err(FnError::NoUniqueValue { candidates: 3 }));
+        let c = [
+            Some("John.Smith@contoso.com"),
+            Some("J.Smith@contoso.com"),
+            Some("Jo.Smith@contoso.com"),
+        ];
+        assert_eq!(
+            select_unique_value(&c, |_| false).unwrap(),
+            "John.Smith@contoso.com"
+        );
+        assert_eq!(
+            select_unique_value(&c, |v| v == "John.Smith@contoso.com").unwrap(),
+            "J.Smith@contoso.com"
+        );
+        assert_eq!(
+            select_unique_value(&c, |v| v != "Jo.Smith@contoso.com").unwrap(),
+            "Jo.Smith@contoso.com"
+        );
+        assert_eq!(
+            select_unique_value(&c, |_| true),
+            Err(FnError::NoUniqueValue { candidates: 3 })
+        );
         let mut asked = vec![];
         let sparse = [None, Some(""), Some("x")];
-        assert_eq!(select_unique_value(&sparse, |v| { asked.push(v.to_string()); false }).unwrap(), "x");
+        assert_eq!(
+            select_unique_value(&sparse, |v| {
+                asked.push(v.to_string());
+                false
+            })
+            .unwrap(),
+            "x"
+        );
         assert_eq!(asked, vec!["x"]);
     }
 
     #[test]
     fn single_app_role_assignment_rules() {
-        assert_eq!(single_app_role_assignment(&Value::from(vec!["Admin"])), t("Admin"));
-        assert_eq!(single_app_role_assignment(&Value::from(vec!["A", "B"])), t("A"));
-        assert_eq!(single_app_role_assignment(&Value::List(vec![])), Value::Null);
+        assert_eq!(
+            single_app_role_assignment(&Value::from(vec!["Admin"])),
+            t("Admin")
+        );
+        assert_eq!(
+            single_app_role_assignment(&Value::from(vec!["A", "B"])),
+            t("A")
+        );
+        assert_eq!(
+            single_app_role_assignment(&Value::List(vec![])),
+            Value::Null
+        );
         assert_eq!(single_app_role_assignment(&Value::Null), Value::Null);
     }
 
@@ -403,8 +506,14 @@ mod tests {
                 (Some("SA"), t("Australia/Adelaide")),
             ]
         };
-        assert_eq!(switch(Some("QLD"), t("Australia/Sydney"), states()), t("Australia/Brisbane"));
-        assert_eq!(switch(Some("WA"), t("Australia/Sydney"), states()), t("Australia/Sydney"));
+        assert_eq!(
+            switch(Some("QLD"), t("Australia/Sydney"), states()),
+            t("Australia/Brisbane")
+        );
+        assert_eq!(
+            switch(Some("WA"), t("Australia/Sydney"), states()),
+            t("Australia/Sydney")
+        );
         assert_eq!(switch(Some("qld"), t("default"), states()), t("default"));
         // Switch([statusFlag], "Default Value", "true", "1", "", "0"), statusFlag empty/absent.
         let flags = || vec![(Some("true"), t("1")), (Some(""), t("0"))];
@@ -412,6 +521,9 @@ mod tests {
         assert_eq!(switch(None, t("Default Value"), flags()), t("0"));
         assert_eq!(switch(Some("true"), t("Default Value"), flags()), t("1"));
         // Default omitted: Switch([Active], , "1", ..., "0", "False").
-        assert_eq!(switch(Some("2"), Value::Null, vec![(Some("1"), t("True"))]), Value::Null);
+        assert_eq!(
+            switch(Some("2"), Value::Null, vec![(Some("1"), t("True"))]),
+            Value::Null
+        );
     }
 }

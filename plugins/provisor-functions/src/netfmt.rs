@@ -68,7 +68,7 @@ enum Tok {
     Fraction(usize, bool),
     AmPm(usize),
     Offset(usize),
-    KindTok,
+    KindSpec,
     Era,
     /// A literal `Z` outside quotes: written as `Z`; when parsing it marks
     /// the value as UTC, as .NET's `ParseExact` does.
@@ -131,7 +131,7 @@ fn tokenize(format: &str) -> Result<Vec<Tok>, String> {
             'z' => Tok::Offset(run),
             'g' => Tok::Era,
             'K' => {
-                toks.push(Tok::KindTok);
+                toks.push(Tok::KindSpec);
                 i += 1;
                 continue;
             }
@@ -201,7 +201,7 @@ pub fn format(value: NetDateTime, format: &str) -> Result<String, String> {
     for tok in toks {
         match tok {
             Tok::Year(1) => out.push_str(&(d.year() % 100).to_string()),
-            Tok::Year(n) if n == 2 => out.push_str(&format!("{:02}", d.year() % 100)),
+            Tok::Year(2) => out.push_str(&format!("{:02}", d.year() % 100)),
             Tok::Year(n) => out.push_str(&format!("{:0n$}", d.year(), n = n)),
             Tok::Month(1) => out.push_str(&d.month().to_string()),
             Tok::Month(2) => out.push_str(&format!("{:02}", d.month())),
@@ -243,7 +243,7 @@ pub fn format(value: NetDateTime, format: &str) -> Result<String, String> {
             Tok::Offset(1) => out.push_str("+0"),
             Tok::Offset(2) => out.push_str("+00"),
             Tok::Offset(_) => out.push_str("+00:00"),
-            Tok::KindTok => match value.kind {
+            Tok::KindSpec => match value.kind {
                 Kind::Utc => out.push('Z'),
                 Kind::Local => out.push_str("+00:00"),
                 Kind::Unspecified => {}
@@ -476,7 +476,7 @@ pub fn parse_exact(
                 });
             }
             Tok::Offset(n) => offset = Some(c.offset(*n)?),
-            Tok::KindTok => {
+            Tok::KindSpec => {
                 if c.eat_ci("Z") {
                     utc_marked = true;
                 } else if matches!(c.rest().chars().next(), Some('+' | '-')) {
@@ -540,11 +540,7 @@ pub fn parse_exact(
     let (utc, kind) = match offset {
         Some(secs) => (
             utc_of(time - Duration::seconds(secs as i64)),
-            if utc_marked {
-                Kind::Utc
-            } else {
-                Kind::Local
-            },
+            if utc_marked { Kind::Utc } else { Kind::Local },
         ),
         None if utc_marked => (utc_of(time), Kind::Utc),
         None if styles.assume_universal => (utc_of(time), Kind::Utc),
@@ -591,7 +587,10 @@ mod tests {
             ("M/d/yyyy h:mm:ss tt", "6/15/2009 1:45:30 PM"),
             ("HH H hh h", "13 13 01 1"),
             ("m mm s ss", "45 45 30 30"),
-            ("f ff fff ffff fffff ffffff fffffff", "6 61 617 6175 61754 617542 6175425"),
+            (
+                "f ff fff ffff fffff ffffff fffffff",
+                "6 61 617 6175 61754 617542 6175425",
+            ),
             ("F FFFFFFF", "6 6175425"),
             ("t tt", "P PM"),
             ("zzz zz z", "+00:00 +00 +0"),
@@ -620,8 +619,14 @@ mod tests {
 
     #[test]
     fn midnight_and_noon_in_twelve_hour_clock() {
-        assert_eq!(format(at("2020-01-01T00:05:00Z"), "h:mm tt").unwrap(), "12:05 AM");
-        assert_eq!(format(at("2020-01-01T12:05:00Z"), "h:mm tt").unwrap(), "12:05 PM");
+        assert_eq!(
+            format(at("2020-01-01T00:05:00Z"), "h:mm tt").unwrap(),
+            "12:05 AM"
+        );
+        assert_eq!(
+            format(at("2020-01-01T12:05:00Z"), "h:mm tt").unwrap(),
+            "12:05 PM"
+        );
     }
 
     #[test]

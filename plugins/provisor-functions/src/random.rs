@@ -76,11 +76,19 @@ pub fn random_string_with<R: Rng + ?Sized>(
 ) -> Result<String, FnError> {
     const F: &str = "RandomString";
     if !(0..=RANDOM_STRING_MAX).contains(&length) {
-        return Err(bad_arg(F, "Length", format!("{length} is not between 0 and 256")));
+        return Err(bad_arg(
+            F,
+            "Length",
+            format!("{length} is not between 0 and 256"),
+        ));
     }
     let classes = [
         ("MinimumNumbers", minimum_numbers, DIGITS),
-        ("MinimumSpecialCharacters", minimum_special_characters, SPECIAL),
+        (
+            "MinimumSpecialCharacters",
+            minimum_special_characters,
+            SPECIAL,
+        ),
         ("MinimumCapital", minimum_capital, CAPITALS),
         ("MinimumLowerCase", minimum_lower_case, LOWER_CASE),
     ];
@@ -91,14 +99,25 @@ pub fn random_string_with<R: Rng + ?Sized>(
             return Err(bad_arg(F, argument, format!("{min} is negative")));
         }
         total += min;
-        let pool: Vec<char> = set.chars().filter(|c| !characters_to_avoid.contains(*c)).collect();
+        let pool: Vec<char> = set
+            .chars()
+            .filter(|c| !characters_to_avoid.contains(*c))
+            .collect();
         if pool.is_empty() && min > 0 {
-            return Err(bad_arg(F, "CharactersToAvoid", format!("excludes every character {argument} needs")));
+            return Err(bad_arg(
+                F,
+                "CharactersToAvoid",
+                format!("excludes every character {argument} needs"),
+            ));
         }
         pools.push((min, pool));
     }
     if total > length {
-        return Err(bad_arg(F, "Length", format!("{length} is less than the sum of the minimums ({total})")));
+        return Err(bad_arg(
+            F,
+            "Length",
+            format!("{length} is less than the sum of the minimums ({total})"),
+        ));
     }
     let all: Vec<char> = pools.iter().flat_map(|(_, p)| p.iter().copied()).collect();
     if all.is_empty() && length > 0 {
@@ -128,7 +147,10 @@ mod tests {
         let g = guid();
         assert_eq!(g.len(), 36);
         assert_eq!(g.as_bytes()[14], b'4');
-        assert!(g.chars().all(|c| c == '-' || c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert!(
+            g.chars()
+                .all(|c| c == '-' || c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
         let a = guid_with(&mut StdRng::seed_from_u64(7));
         let b = guid_with(&mut StdRng::seed_from_u64(7));
         assert_eq!(a, b);
@@ -137,7 +159,8 @@ mod tests {
     }
 
     fn counts(s: &str) -> [usize; 4] {
-        [DIGITS, SPECIAL, CAPITALS, LOWER_CASE].map(|set| s.chars().filter(|c| set.contains(*c)).count())
+        [DIGITS, SPECIAL, CAPITALS, LOWER_CASE]
+            .map(|set| s.chars().filter(|c| set.contains(*c)).count())
     }
 
     #[test]
@@ -164,15 +187,32 @@ mod tests {
     fn random_string_limits() {
         let mut rng = StdRng::seed_from_u64(1);
         assert_eq!(random_string_with(&mut rng, 0, 0, 0, 0, 0, "").unwrap(), "");
-        assert_eq!(random_string_with(&mut rng, 256, 0, 0, 0, 0, "").unwrap().len(), 256);
+        assert_eq!(
+            random_string_with(&mut rng, 256, 0, 0, 0, 0, "")
+                .unwrap()
+                .len(),
+            256
+        );
         let arg = |r: Result<String, FnError>| match r.unwrap_err() {
             FnError::BadArgument { argument, .. } => argument,
             other => panic!("{other:?}"),
         };
-        assert_eq!(arg(random_string_with(&mut rng, 257, 0, 0, 0, 0, "")), "Length");
-        assert_eq!(arg(random_string_with(&mut rng, 3, 2, 2, 0, 0, "")), "Length");
-        assert_eq!(arg(random_string_with(&mut rng, 3, -1, 0, 0, 0, "")), "MinimumNumbers");
-        assert_eq!(arg(random_string_with(&mut rng, 3, 1, 0, 0, 0, DIGITS)), "CharactersToAvoid");
+        assert_eq!(
+            arg(random_string_with(&mut rng, 257, 0, 0, 0, 0, "")),
+            "Length"
+        );
+        assert_eq!(
+            arg(random_string_with(&mut rng, 3, 2, 2, 0, 0, "")),
+            "Length"
+        );
+        assert_eq!(
+            arg(random_string_with(&mut rng, 3, -1, 0, 0, 0, "")),
+            "MinimumNumbers"
+        );
+        assert_eq!(
+            arg(random_string_with(&mut rng, 3, 1, 0, 0, 0, DIGITS)),
+            "CharactersToAvoid"
+        );
         let only_digits = format!("{SPECIAL}{CAPITALS}{LOWER_CASE}");
         let s = random_string_with(&mut rng, 20, 0, 0, 0, 0, &only_digits).unwrap();
         assert!(s.chars().all(|c| c.is_ascii_digit()), "{s}");

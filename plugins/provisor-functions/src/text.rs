@@ -31,10 +31,12 @@ pub fn convert_to_base64(source: &str) -> String {
 /// example: `"Hello world!"` is `48656C6C6F20776F726C6421`.
 pub fn convert_to_utf8_hex(source: &str) -> String {
     use std::fmt::Write as _;
-    source.bytes().fold(String::with_capacity(source.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02X}");
-        s
-    })
+    source
+        .bytes()
+        .fold(String::with_capacity(source.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02X}");
+            s
+        })
 }
 
 /// `InStr` compare type: VBA's `vbBinaryCompare` (0, the default) or
@@ -63,7 +65,12 @@ impl CompareType {
 /// `InStr("repEated", "e", 3, vbBinaryCompare)` is 7. As VBA: an empty
 /// `value2` gives `start`; a `start` past the end gives 0; `start` < 1 is an
 /// error. Via [`crate::call`], a null `value1` gives null.
-pub fn in_str(value1: &str, value2: &str, start: Option<i64>, compare: CompareType) -> Result<i64, FnError> {
+pub fn in_str(
+    value1: &str,
+    value2: &str,
+    start: Option<i64>,
+    compare: CompareType,
+) -> Result<i64, FnError> {
     let start = start.unwrap_or(1);
     if start < 1 {
         return Err(bad_arg("InStr", "start", format!("{start} is less than 1")));
@@ -235,7 +242,11 @@ pub fn strip_spaces(source: &str) -> String {
 
 fn turkic(culture: Option<&str>) -> bool {
     culture.is_some_and(|c| {
-        let lang = c.split(['-', '_']).next().unwrap_or("").to_ascii_lowercase();
+        let lang = c
+            .split(['-', '_'])
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase();
         lang == "tr" || lang == "az"
     })
 }
@@ -314,7 +325,11 @@ pub fn word(string: &str, word_number: i64, delimiters: &str) -> String {
 /// Engineer", , )` is `Software Engineer`; `Replace("john.doe@contoso.com",
 /// "@contoso.com", , , "", , )` is `john.doe`. An empty `old_value` is an
 /// error (.NET throws).
-pub fn replace_text(source: &str, old_value: &str, replacement_value: &str) -> Result<String, FnError> {
+pub fn replace_text(
+    source: &str,
+    old_value: &str,
+    replacement_value: &str,
+) -> Result<String, FnError> {
     if old_value.is_empty() {
         return Err(bad_arg("Replace", "oldValue", "must not be empty"));
     }
@@ -347,7 +362,11 @@ fn compile(pattern: &str) -> Result<Regex, FnError> {
 /// `Replace("+91 9998887777", , "\+(?<isdCode>\d* )(?<phoneNumber>\d{10})",
 /// , "${phoneNumber}", , )` is `9998887777`; `Replace("john_doe72", ,
 /// "[a-zA-Z_]*", , "", , )` is `72`.
-pub fn replace_regex(source: &str, regex_pattern: &str, replacement_value: &str) -> Result<String, FnError> {
+pub fn replace_regex(
+    source: &str,
+    regex_pattern: &str,
+    replacement_value: &str,
+) -> Result<String, FnError> {
     Ok(compile(regex_pattern)?
         .replace_all(source, replacement_value)
         .into_owned())
@@ -356,8 +375,19 @@ pub fn replace_regex(source: &str, regex_pattern: &str, replacement_value: &str)
 fn group_index(re: &Regex, group: &str) -> Result<usize, FnError> {
     re.capture_names()
         .position(|n| n == Some(group))
-        .or_else(|| group.parse::<usize>().ok().filter(|i| *i < re.captures_len()))
-        .ok_or_else(|| bad_arg("Replace", "regexGroupName", format!("`{group}` is not a group of regexPattern")))
+        .or_else(|| {
+            group
+                .parse::<usize>()
+                .ok()
+                .filter(|i| *i < re.captures_len())
+        })
+        .ok_or_else(|| {
+            bad_arg(
+                "Replace",
+                "regexGroupName",
+                format!("`{group}` is not a group of regexPattern"),
+            )
+        })
 }
 
 /// `Replace(source, , regexPattern, regexGroupName, replacementValue, , )`:
@@ -445,7 +475,9 @@ pub fn replace(source: Option<&str>, a: &ReplaceArgs<'_>) -> Result<Option<Strin
             (Some(group), Some(value)) => source
                 .map(|s| replace_regex_group(s, pattern, group, value))
                 .transpose(),
-            (Some(group), None) => replace_from_attribute(source, pattern, group, a.replacement_attribute_name),
+            (Some(group), None) => {
+                replace_from_attribute(source, pattern, group, a.replacement_attribute_name)
+            }
             (None, Some(value)) => source.map(|s| replace_regex(s, pattern, value)).transpose(),
             (None, None) => Err(bad_arg(
                 "Replace",
@@ -455,11 +487,17 @@ pub fn replace(source: Option<&str>, a: &ReplaceArgs<'_>) -> Result<Option<Strin
         };
     }
     let Some(old) = a.old_value else {
-        return Err(bad_arg("Replace", "oldValue", "give oldValue or regexPattern"));
+        return Err(bad_arg(
+            "Replace",
+            "oldValue",
+            "give oldValue or regexPattern",
+        ));
     };
     match (a.replacement_value, a.template) {
         (Some(value), _) => source.map(|s| replace_text(s, old, value)).transpose(),
-        (None, Some(template)) => source.map(|s| replace_template(s, old, template)).transpose(),
+        (None, Some(template)) => source
+            .map(|s| replace_template(s, old, template))
+            .transpose(),
         (None, None) => Err(bad_arg(
             "Replace",
             "replacementValue",
@@ -474,7 +512,10 @@ mod tests {
 
     #[test]
     fn append_doc_example() {
-        assert_eq!(append("John.Doe@contoso.com", ".test"), "John.Doe@contoso.com.test");
+        assert_eq!(
+            append("John.Doe@contoso.com", ".test"),
+            "John.Doe@contoso.com.test"
+        );
         assert_eq!(append("", ""), "");
         // Entra "generate user alias" example.
         assert_eq!(append(&mid("John", 1, 3), &mid("Doe", 1, 5)), "JohDoe");
@@ -482,20 +523,35 @@ mod tests {
 
     #[test]
     fn base64_and_hex_doc_examples() {
-        assert_eq!(convert_to_base64("Hello world!"), "SABlAGwAbABvACAAdwBvAHIAbABkACEA");
+        assert_eq!(
+            convert_to_base64("Hello world!"),
+            "SABlAGwAbABvACAAdwBvAHIAbABkACEA"
+        );
         assert_eq!(convert_to_base64(""), "");
         assert_eq!(convert_to_base64("é"), "6QA=");
         assert_eq!(convert_to_base64("😀"), "PdgA3g==");
-        assert_eq!(convert_to_utf8_hex("Hello world!"), "48656C6C6F20776F726C6421");
+        assert_eq!(
+            convert_to_utf8_hex("Hello world!"),
+            "48656C6C6F20776F726C6421"
+        );
         assert_eq!(convert_to_utf8_hex(""), "");
         assert_eq!(convert_to_utf8_hex("é"), "C3A9");
     }
 
     #[test]
     fn in_str_doc_examples() {
-        assert_eq!(in_str("The quick brown fox", "quick", None, CompareType::Binary).unwrap(), 5);
-        assert_eq!(in_str("repEated", "e", Some(3), CompareType::Binary).unwrap(), 7);
-        assert_eq!(in_str("repEated", "e", Some(3), CompareType::Text).unwrap(), 4);
+        assert_eq!(
+            in_str("The quick brown fox", "quick", None, CompareType::Binary).unwrap(),
+            5
+        );
+        assert_eq!(
+            in_str("repEated", "e", Some(3), CompareType::Binary).unwrap(),
+            7
+        );
+        assert_eq!(
+            in_str("repEated", "e", Some(3), CompareType::Text).unwrap(),
+            4
+        );
         assert_eq!(in_str("abc", "z", None, CompareType::Binary).unwrap(), 0);
         assert_eq!(in_str("abc", "", Some(2), CompareType::Binary).unwrap(), 2);
         assert_eq!(in_str("abc", "c", Some(9), CompareType::Binary).unwrap(), 0);
@@ -511,7 +567,10 @@ mod tests {
     fn join_doc_example() {
         // "Add a comma between last name and first name": Join(", ", "", [surname], [givenName])
         assert_eq!(join(", ", &["", "Doe", "John"]), "Doe, John");
-        assert_eq!(join("@", &["john.smith", "contoso.com"]), "john.smith@contoso.com");
+        assert_eq!(
+            join("@", &["john.smith", "contoso.com"]),
+            "john.smith@contoso.com"
+        );
         assert_eq!(join::<&str>(",", &[]), "");
         assert_eq!(join("", &["a", "b"]), "ab");
     }
@@ -564,7 +623,10 @@ mod tests {
             ("ÿýȳŸÝȲ", "yyyYYY"),
             ("źžżẕŹŽŻẔ", "zzzzZZZZ"),
             // Combining-mark rows: a̱ c̄ ē̂ Ā́.
-            ("a\u{331} c\u{304} e\u{304}\u{302} A\u{304}\u{301}", "a c e A"),
+            (
+                "a\u{331} c\u{304} e\u{304}\u{302} A\u{304}\u{301}",
+                "a c e A",
+            ),
         ];
         for (input, want) in rows {
             assert_eq!(normalize_diacritics(input), want, "{input}");
@@ -576,7 +638,10 @@ mod tests {
 
     #[test]
     fn pcase_doc_examples() {
-        assert_eq!(pcase("PABLO GONSALVES (SECOND)", None), "Pablo Gonsalves (Second)");
+        assert_eq!(
+            pcase("PABLO GONSALVES (SECOND)", None),
+            "Pablo Gonsalves (Second)"
+        );
         assert_eq!(pcase("PINTO-DE'SILVA", Some(" '-")), "Pinto-De'Silva");
         assert_eq!(pcase("GREGORY JAMES", None), "Gregory James");
         // Default separators: punctuation and symbols split, apostrophe does not.
@@ -610,7 +675,10 @@ mod tests {
     #[test]
     fn case_functions() {
         // Entra ToLower example (after Join/NormalizeDiacritics/StripSpaces).
-        assert_eq!(to_lower("John.Smith@contoso.com", None), "john.smith@contoso.com");
+        assert_eq!(
+            to_lower("John.Smith@contoso.com", None),
+            "john.smith@contoso.com"
+        );
         assert_eq!(to_upper("john", None), "JOHN");
         assert_eq!(to_upper("straße", None), "STRAßE");
         assert_eq!(to_lower("ΟΔΟΣ", None), "οδοσ");
@@ -625,7 +693,10 @@ mod tests {
     fn word_doc_examples() {
         assert_eq!(word("The quick brown fox", 3, " "), "brown");
         assert_eq!(word("This,string!has&many separators", 3, ",!&#"), "has");
-        assert_eq!(word("This,string!has&many separators", 4, ",!&#"), "many separators");
+        assert_eq!(
+            word("This,string!has&many separators", 4, ",!&#"),
+            "many separators"
+        );
         assert_eq!(word("a  b", 2, " "), "b");
         assert_eq!(word("a b", 0, " "), "");
         assert_eq!(word("a b", 3, " "), "");
@@ -637,25 +708,56 @@ mod tests {
     fn replace_doc_examples() {
         let r = |source: Option<&str>, a: ReplaceArgs| replace(source, &a).unwrap();
         // Example 1: oldValue + replacementValue.
-        let ex1 = ReplaceArgs { old_value: Some("Product Developer"), replacement_value: Some("Software Engineer"), ..Default::default() };
-        assert_eq!(r(Some("Product Developer"), ex1).as_deref(), Some("Software Engineer"));
+        let ex1 = ReplaceArgs {
+            old_value: Some("Product Developer"),
+            replacement_value: Some("Software Engineer"),
+            ..Default::default()
+        };
+        assert_eq!(
+            r(Some("Product Developer"), ex1).as_deref(),
+            Some("Software Engineer")
+        );
         // Strip known domain name.
-        let strip = ReplaceArgs { old_value: Some("@contoso.com"), replacement_value: Some(""), ..Default::default() };
-        assert_eq!(r(Some("john.doe@contoso.com"), strip).as_deref(), Some("john.doe"));
+        let strip = ReplaceArgs {
+            old_value: Some("@contoso.com"),
+            replacement_value: Some(""),
+            ..Default::default()
+        };
+        assert_eq!(
+            r(Some("john.doe@contoso.com"), strip).as_deref(),
+            Some("john.doe")
+        );
         // Example 2: oldValue + template.
-        let ex2 = ReplaceArgs { old_value: Some("<username>"), template: Some("<username>@contoso.com"), ..Default::default() };
-        assert_eq!(r(Some("jsmith"), ex2).as_deref(), Some("jsmith@contoso.com"));
+        let ex2 = ReplaceArgs {
+            old_value: Some("<username>"),
+            template: Some("<username>@contoso.com"),
+            ..Default::default()
+        };
+        assert_eq!(
+            r(Some("jsmith"), ex2).as_deref(),
+            Some("jsmith@contoso.com")
+        );
         // Example 3: regexPattern + replacementValue with a group reference.
         let ex3 = ReplaceArgs {
             regex_pattern: Some(r"\+(?<isdCode>\d* )(?<phoneNumber>\d{10})"),
             replacement_value: Some("${phoneNumber}"),
             ..Default::default()
         };
-        assert_eq!(r(Some("+91 9998887777"), ex3).as_deref(), Some("9998887777"));
+        assert_eq!(
+            r(Some("+91 9998887777"), ex3).as_deref(),
+            Some("9998887777")
+        );
         // Example 3b. Microsoft's page says "19998887777", but `+` is not in
         // the class, so .NET (and this) keep it.
-        let ex3b = ReplaceArgs { regex_pattern: Some(r"[()\s-]+"), replacement_value: Some(""), ..Default::default() };
-        assert_eq!(r(Some("+1 (999) 888-7777"), ex3b).as_deref(), Some("+19998887777"));
+        let ex3b = ReplaceArgs {
+            regex_pattern: Some(r"[()\s-]+"),
+            replacement_value: Some(""),
+            ..Default::default()
+        };
+        assert_eq!(
+            r(Some("+1 (999) 888-7777"), ex3b).as_deref(),
+            Some("+19998887777")
+        );
         // Example 4: regexPattern + regexGroupName + replacementValue.
         let ex4 = ReplaceArgs {
             regex_pattern: Some(r"(?<streetNumber>^\d*)"),
@@ -663,14 +765,20 @@ mod tests {
             replacement_value: Some("888"),
             ..Default::default()
         };
-        assert_eq!(r(Some("545 Tremont Street"), ex4).as_deref(), Some("888 Tremont Street"));
+        assert_eq!(
+            r(Some("545 Tremont Street"), ex4).as_deref(),
+            Some("888 Tremont Street")
+        );
         let ex4b = ReplaceArgs {
             regex_pattern: Some(r"(?<Suffix>@(.)*)"),
             regex_group_name: Some("Suffix"),
             replacement_value: Some(""),
             ..Default::default()
         };
-        assert_eq!(r(Some("jsmith@contoso.com"), ex4b).as_deref(), Some("jsmith"));
+        assert_eq!(
+            r(Some("jsmith@contoso.com"), ex4b).as_deref(),
+            Some("jsmith")
+        );
         // Example 5: regexPattern + regexGroupName + replacementAttributeName.
         let ex5 = ReplaceArgs {
             regex_pattern: Some(r"\+(?<isdCode>\d* )(?<phoneNumber>\d{10})"),
@@ -680,11 +788,21 @@ mod tests {
         };
         assert_eq!(r(Some(""), ex5).as_deref(), Some("8887779999"));
         assert_eq!(r(None, ex5).as_deref(), Some("8887779999"));
-        assert_eq!(r(Some("+1 5551234567"), ex5).as_deref(), Some("+1 5551234567"));
-        let no_mobile = ReplaceArgs { replacement_attribute_name: None, ..ex5 };
+        assert_eq!(
+            r(Some("+1 5551234567"), ex5).as_deref(),
+            Some("+1 5551234567")
+        );
+        let no_mobile = ReplaceArgs {
+            replacement_attribute_name: None,
+            ..ex5
+        };
         assert_eq!(r(Some(""), no_mobile), None);
         // Example 6: remove matches of a class.
-        let ex6 = ReplaceArgs { regex_pattern: Some("[a-zA-Z_]*"), replacement_value: Some(""), ..Default::default() };
+        let ex6 = ReplaceArgs {
+            regex_pattern: Some("[a-zA-Z_]*"),
+            replacement_value: Some(""),
+            ..Default::default()
+        };
         assert_eq!(r(Some("john_doe72"), ex6).as_deref(), Some("72"));
         // Null source stays null.
         assert_eq!(r(None, ex1), None);
@@ -697,12 +815,43 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert_eq!(arg(ReplaceArgs::default()), "oldValue");
-        assert_eq!(arg(ReplaceArgs { old_value: Some("x"), ..Default::default() }), "replacementValue");
-        assert_eq!(arg(ReplaceArgs { old_value: Some(""), replacement_value: Some("y"), ..Default::default() }), "oldValue");
-        assert_eq!(arg(ReplaceArgs { regex_pattern: Some("("), replacement_value: Some(""), ..Default::default() }), "regexPattern");
-        assert_eq!(arg(ReplaceArgs { regex_pattern: Some("x"), ..Default::default() }), "replacementValue");
         assert_eq!(
-            arg(ReplaceArgs { regex_pattern: Some("(?<a>x)"), regex_group_name: Some("b"), replacement_value: Some(""), ..Default::default() }),
+            arg(ReplaceArgs {
+                old_value: Some("x"),
+                ..Default::default()
+            }),
+            "replacementValue"
+        );
+        assert_eq!(
+            arg(ReplaceArgs {
+                old_value: Some(""),
+                replacement_value: Some("y"),
+                ..Default::default()
+            }),
+            "oldValue"
+        );
+        assert_eq!(
+            arg(ReplaceArgs {
+                regex_pattern: Some("("),
+                replacement_value: Some(""),
+                ..Default::default()
+            }),
+            "regexPattern"
+        );
+        assert_eq!(
+            arg(ReplaceArgs {
+                regex_pattern: Some("x"),
+                ..Default::default()
+            }),
+            "replacementValue"
+        );
+        assert_eq!(
+            arg(ReplaceArgs {
+                regex_pattern: Some("(?<a>x)"),
+                regex_group_name: Some("b"),
+                replacement_value: Some(""),
+                ..Default::default()
+            }),
             "regexGroupName"
         );
     }
