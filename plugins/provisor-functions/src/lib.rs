@@ -20,6 +20,29 @@
 //! ([`guid_with`], [`random_string_with`], [`Env::rng`]); `Now` an
 //! injectable clock ([`Env::now`]); `SelectUniqueValue` the host's
 //! target-system lookup ([`Env::exists`]).
+//!
+//! # Where the reference is ambiguous
+//!
+//! * **Split** does not trim: `Split("PermissionSetOne, PermissionSetTwo",
+//!   ",")` gives `" PermissionSetTwo"` with its space (.NET `String.Split`),
+//!   although Microsoft's sample output shows it trimmed.
+//! * **Replace**, form `[()\s-]+` on `+1 (999) 888-7777`: the page says
+//!   `19998887777`; the `+` is not in the class, so the result is
+//!   `+19998887777`.
+//! * **Null sources**: documented only for Left and Word (`""`); other
+//!   string transformations return null for a null source (see [`call_with`]).
+//! * **IIF** with a null condition is an error ("the condition check
+//!   fails"); **Item** with an index below 1 is an error ("Index 0
+//!   shouldn't be used"); **Mid** clamps instead of failing.
+//! * **DateDiff** follows VB.NET `DateDiff` (calendar years/months, Sundays
+//!   crossed for `ww`, truncated elapsed time otherwise): the only reading
+//!   that reproduces every row of Microsoft's table.
+//! * **Dates without an offset** are UTC, and parsed offsets convert to UTC
+//!   (the provisioning service's local time).
+//! * **SingleAppRoleAssignment** with several roles takes the first.
+//! * **Redact** is the identity; masking the logs is the host's job.
+//! * Microsoft's list also has `AppRoleAssignmentsComplex` (SCIM role
+//!   objects, not a value), which is not implemented.
 
 mod dispatch;
 mod error;
