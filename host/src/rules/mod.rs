@@ -352,6 +352,51 @@ mod tests {
     }
 
     #[test]
+    fn rhai_scripts_have_entra_expression_functions() {
+        let p = rhai(
+            r#"fn map(user, settings) {
+                #{
+                    fields: #{
+                        Alias: Left(user.userPrincipalName, 8),
+                        FirstName: NormalizeDiacritics(user.givenName),
+                        Department: IgnoreFlowIfNullOrEmpty(user.department),
+                        Title: Switch(user.jobTitle, "Staff", "CEO", "Chief", "CTO", "Tech"),
+                        CommunityNickname: Join(".", ToLower(user.givenName), "x"),
+                        EmployeeNumber: CStr(Count(Split("a,b,c", ","))),
+                        MobilePhone: IIF(IsNullOrEmpty(user.mobilePhone), "none", user.mobilePhone),
+                    },
+                    profile: "Standard User",
+                    active: true,
+                }
+            }"#,
+        )
+        .expect("compiles");
+        let d = p.map(&user(), &[]).expect("maps");
+        let text = |k: &str| {
+            d.fields
+                .get(k)
+                .and_then(FieldValue::as_text)
+                .map(str::to_string)
+        };
+        assert_eq!(text("Alias").as_deref(), Some("zoë.ødeg"));
+        assert_eq!(text("FirstName").as_deref(), Some("Zoe"));
+        assert!(
+            !d.fields.contains_key("Department"),
+            "IgnoreFlowIfNullOrEmpty leaves the field out"
+        );
+        assert_eq!(text("Title").as_deref(), Some("Staff"));
+        assert_eq!(text("CommunityNickname").as_deref(), Some("zoë.x"));
+        assert_eq!(text("EmployeeNumber").as_deref(), Some("3"));
+        assert_eq!(text("MobilePhone").as_deref(), Some("none"));
+
+        // A wrong call names the function and is the user's error, not a crash.
+        let p = rhai(r#"fn map(user, settings) { #{ fields: #{ Alias: Mid("abc") }, profile: (), active: true } }"#)
+            .expect("compiles");
+        let e = p.map(&user(), &[]).expect_err("arity").to_string();
+        assert!(e.contains("Mid") && e.contains("t@1.0.0"), "{e}");
+    }
+
+    #[test]
     fn runaway_scripts_hit_the_operations_limit() {
         let p = rhai("fn map(user, settings) { let x = 0; loop { x += 1; } }").expect("compiles");
         let e = p.map(&user(), &[]).expect_err("must stop").to_string();

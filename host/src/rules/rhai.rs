@@ -4,8 +4,11 @@
 
 use std::sync::Arc;
 
+use provisor_functions::Value as FnValue;
 use rhai::packages::{Package, StandardPackage};
-use rhai::{AST, Array, CallFnOptions, Dynamic, Engine, ImmutableString, Map, Scope};
+use rhai::{
+    AST, Array, CallFnOptions, Dynamic, Engine, EvalAltResult, ImmutableString, Map, Scope,
+};
 
 use super::{RuleError, SettingTables, fields_from_pairs};
 use crate::model::{DesiredUser, EntraUser, FieldValue};
@@ -34,7 +37,82 @@ fn sandboxed_engine(pack: &str) -> Engine {
     e.on_print(move |s| tracing::info!(pack = %p, "{s}"));
     let p = pack.to_string();
     e.on_debug(move |s, _, pos| tracing::debug!(pack = %p, ?pos, "{s}"));
+    register_entra_functions(&mut e);
     e
+}
+
+/// What `IgnoreFlowIfNullOrEmpty` returns: a field holding it is left out
+/// of the desired user (not set, not cleared), as in Entra.
+#[derive(Debug, Clone, Copy)]
+struct IgnoreFlow;
+
+fn to_fn_value(d: Dynamic) -> FnValue {
+    if d.is_unit() {
+        FnValue::Null
+    } else if d.is::<IgnoreFlow>() {
+        FnValue::IgnoreFlow
+    } else if let Some(b) = d.clone().try_cast::<bool>() {
+        FnValue::Bool(b)
+    } else if let Some(i) = d.clone().try_cast::<i64>() {
+        FnValue::Number(i as f64)
+    } else if let Some(f) = d.clone().try_cast::<f64>() {
+        FnValue::Number(f)
+    } else if let Some(a) = d.clone().try_cast::<Array>() {
+        FnValue::List(a.into_iter().map(to_fn_value).collect())
+    } else {
+        FnValue::Text(d.to_string())
+    }
+}
+
+fn from_fn_value(v: FnValue) -> Dynamic {
+    match v {
+        FnValue::Null => Dynamic::UNIT,
+        FnValue::Text(s) => Dynamic::from(s),
+        FnValue::Bool(b) => Dynamic::from(b),
+        // Whole numbers come back as integers, as scripts compare them.
+        FnValue::Number(n) if n.fract() == 0.0 && n.abs() < 9.0e15 => Dynamic::from(n as i64),
+        FnValue::Number(n) => Dynamic::from(n),
+        FnValue::List(items) => {
+            Dynamic::from(items.into_iter().map(from_fn_value).collect::<Array>())
+        }
+        FnValue::IgnoreFlow => Dynamic::from(IgnoreFlow),
+    }
+}
+
+fn call_entra(name: &'static str, args: Vec<Dynamic>) -> Result<Dynamic, Box<EvalAltResult>> {
+    let args: Vec<FnValue> = args.into_iter().map(to_fn_value).collect();
+    provisor_functions::call(name, &args)
+        .map(from_fn_value)
+        .map_err(|e| e.to_string().into())
+}
+
+/// Registers Entra's expression functions (`Left`, `Join`, `Replace`,
+/// `FormatDateTime`, ...) under their Entra names, for every arity up to
+/// 12 (Switch and Coalesce are variadic in Entra: 12 covers five Switch
+/// pairs); the shared implementation checks the arity.
+fn register_entra_functions(e: &mut Engine) {
+    macro_rules! reg {
+        ($name:expr $(, $a:ident)*) => {{
+            let n: &'static str = $name;
+            e.register_fn(n, move |$($a: Dynamic),*| call_entra(n, vec![$($a),*]));
+        }};
+    }
+    e.register_type_with_name::<IgnoreFlow>("IgnoreFlow");
+    for &name in provisor_functions::FUNCTIONS {
+        reg!(name);
+        reg!(name, a);
+        reg!(name, a, b);
+        reg!(name, a, b, c);
+        reg!(name, a, b, c, d);
+        reg!(name, a, b, c, d, f);
+        reg!(name, a, b, c, d, f, g);
+        reg!(name, a, b, c, d, f, g, h);
+        reg!(name, a, b, c, d, f, g, h, i);
+        reg!(name, a, b, c, d, f, g, h, i, j);
+        reg!(name, a, b, c, d, f, g, h, i, j, k);
+        reg!(name, a, b, c, d, f, g, h, i, j, k, l);
+        reg!(name, a, b, c, d, f, g, h, i, j, k, l, m);
+    }
 }
 
 fn opt(v: &Option<String>) -> Dynamic {
@@ -156,6 +234,10 @@ fn desired(v: Dynamic) -> Result<DesiredUser, String> {
         .ok_or("`fields` must be an object map")?;
     let mut pairs = Vec::new();
     for (k, v) in fields {
+        // IgnoreFlowIfNullOrEmpty: not managed for this user.
+        if v.is::<IgnoreFlow>() {
+            continue;
+        }
         pairs.push((k.to_string(), field_value(&k, &v)?));
     }
     let profile = match m.get("profile") {

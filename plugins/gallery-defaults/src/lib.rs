@@ -27,7 +27,8 @@ fn non_empty(v: &Option<String>) -> Option<&str> {
 impl Guest for GalleryDefaults {
     fn map(user: EntraUser, settings: Vec<SettingTable>) -> DesiredUser {
         let upn = user.user_principal_name.clone().unwrap_or_default();
-        let alias: String = upn.chars().take(8).collect();
+        // Entra's Left(), the same implementation Rhai packs call.
+        let alias = provisor_functions::left(&upn, 8);
         let locale = non_empty(&user.preferred_language)
             .map(|l| l.replace('-', "_"))
             .unwrap_or_else(|| "en_US".to_string());
