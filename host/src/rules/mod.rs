@@ -397,6 +397,39 @@ mod tests {
     }
 
     #[test]
+    fn slow_scripts_hit_the_wall_clock_deadline() {
+        // Few operations, each slow: the operations limit would not stop it.
+        let p = rhai(
+            r#"fn map(user, settings) {
+                let big = "é";
+                big.pad(30000, "é");
+                for i in 0..40000 { let x = NormalizeDiacritics(big); }
+                #{ fields: #{}, profile: (), active: true }
+            }"#,
+        )
+        .expect("compiles");
+        let started = std::time::Instant::now();
+        let e = p.map(&user(), &[]).expect_err("must stop").to_string();
+        assert!(e.contains("t@1.0.0") && e.contains("deadline"), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    #[test]
+    fn deep_recursion_and_memory_bombs_are_stopped() {
+        let p = rhai("fn f(n) { f(n + 1) } fn map(user, settings) { f(0) }").expect("compiles");
+        let e = p.map(&user(), &[]).expect_err("recursion").to_string();
+        assert!(e.contains("t@1.0.0") && e.contains("u1"), "{e}");
+        let p =
+            rhai(r#"fn map(user, settings) { let s = "x"; loop { s += s; } }"#).expect("compiles");
+        let e = p.map(&user(), &[]).expect_err("string bomb").to_string();
+        assert!(e.to_lowercase().contains("length of string"), "{e}");
+        let p =
+            rhai("fn map(user, settings) { let a = []; loop { a.push(1); } }").expect("compiles");
+        let e = p.map(&user(), &[]).expect_err("array bomb").to_string();
+        assert!(e.contains("t@1.0.0"), "{e}");
+    }
+
+    #[test]
     fn runaway_scripts_hit_the_operations_limit() {
         let p = rhai("fn map(user, settings) { let x = 0; loop { x += 1; } }").expect("compiles");
         let e = p.map(&user(), &[]).expect_err("must stop").to_string();

@@ -16,6 +16,16 @@ use crate::model::{DesiredUser, EntraUser, FieldValue};
 /// Operations allowed per call: generous for mapping, fatal for loops.
 const MAX_OPERATIONS: u64 = 200_000;
 
+/// Wall-clock time allowed per call: operations bound the work, this bounds
+/// the slow ones (a huge string built in few operations, a host function).
+const DEADLINE: std::time::Duration = std::time::Duration::from_millis(250);
+
+thread_local! {
+    /// When the call running on this thread must stop.
+    static CALL_DEADLINE: std::cell::Cell<Option<std::time::Instant>> =
+        const { std::cell::Cell::new(None) };
+}
+
 pub(super) struct RhaiPack {
     engine: Engine,
     ast: Arc<AST>,
@@ -26,6 +36,17 @@ fn sandboxed_engine(pack: &str) -> Engine {
     let mut e = Engine::new_raw();
     e.register_global_module(StandardPackage::new().as_shared_module());
     e.set_max_operations(MAX_OPERATIONS);
+    e.on_progress(|ops| {
+        // Reading the clock every operation would cost more than the
+        // operation; every 256th is precise enough for a 250 ms deadline.
+        if ops % 256 != 0 {
+            return None;
+        }
+        let late = CALL_DEADLINE
+            .with(std::cell::Cell::get)
+            .is_some_and(|d| std::time::Instant::now() > d);
+        late.then(|| Dynamic::from(format!("wall-clock deadline of {DEADLINE:?} exceeded")))
+    });
     e.set_max_call_levels(32);
     e.set_max_expr_depths(64, 32);
     e.set_max_string_size(64 * 1024);
@@ -332,6 +353,7 @@ impl RhaiPack {
         let mut scope = Scope::new();
         // Packs hold only functions and constants; don't re-run top level.
         let opts = CallFnOptions::new().eval_ast(false).rewind_scope(true);
+        CALL_DEADLINE.with(|d| d.set(Some(std::time::Instant::now() + DEADLINE)));
         let out: Dynamic = self
             .engine
             .call_fn_with_options(
@@ -344,7 +366,11 @@ impl RhaiPack {
             .map_err(|e| RuleError::Call {
                 pack: pack.into(),
                 user: user.id.clone(),
-                message: e.to_string(),
+                message: match *e {
+                    // Say why: Rhai's own text is only "Script terminated".
+                    EvalAltResult::ErrorTerminated(ref why, _) => format!("stopped: {why}"),
+                    ref other => other.to_string(),
+                },
             })?;
         desired(out).map_err(|message| RuleError::Output {
             pack: pack.into(),
