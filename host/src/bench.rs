@@ -365,9 +365,10 @@ fn rules(a: RulesArgs) -> anyhow::Result<ExitCode> {
     let users: Vec<(crate::model::EntraUser, Vec<String>)> = tenant
         .users()
         .filter_map(|u| {
-            let mut user: crate::model::EntraUser =
-                serde_json::from_value(serde_json::Value::Object(u.props.clone())).ok()?;
-            user.id = u.id.clone();
+            let mut props = u.props.clone();
+            props.insert("id".into(), serde_json::Value::String(u.id.clone()));
+            let user: crate::model::EntraUser =
+                serde_json::from_value(serde_json::Value::Object(props)).ok()?;
             let g = groups.get(u.id.as_str()).cloned().unwrap_or_default();
             Some((user, g))
         })

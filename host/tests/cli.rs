@@ -243,3 +243,36 @@ fn rules_check_test_and_eval() {
     assert_eq!(v["fields"]["Username"], "pat@contoso.com");
     assert_eq!(v["active"], true);
 }
+
+#[test]
+fn compiled_components_are_cached_on_disk_by_content() {
+    let pack = repo().join("rules/gallery-defaults-wasm");
+    let cache = tempfile::tempdir().expect("temp dir");
+    let files = |dir: &std::path::Path| -> usize {
+        fn walk(d: &std::path::Path) -> usize {
+            std::fs::read_dir(d)
+                .map(|r| {
+                    r.filter_map(Result::ok)
+                        .map(|e| {
+                            let p = e.path();
+                            if p.is_dir() { walk(&p) } else { 1 }
+                        })
+                        .sum()
+                })
+                .unwrap_or(0)
+        }
+        walk(dir)
+    };
+    let out = provisor()
+        .env("PROVISOR_CACHE_DIR", cache.path())
+        .args(["rules", "check"])
+        .arg(&pack)
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(files(cache.path()) > 0, "the compiled component is on disk");
+}

@@ -430,6 +430,27 @@ mod tests {
     }
 
     #[test]
+    fn one_call_cannot_change_what_the_next_sees() {
+        let dir = pack_dir(
+            "[settings.t]\n\"k\" = \"v\"\n",
+            "rhai",
+            "main.rhai",
+            br#"fn map(user, settings) {
+                let seen = settings.t.len();
+                settings.t.push(["x", "y"]);
+                #{ fields: #{ Title: `${seen}` }, profile: (), active: true }
+            }"#,
+        );
+        let p = Pack::load(dir.path()).expect("loads");
+        for _ in 0..3 {
+            match p.map(&user(), &[]) {
+                Ok(d) => assert_eq!(d.fields["Title"], FieldValue::Text("1".into())),
+                Err(e) => assert!(e.to_string().contains("t@1.0.0"), "{e}"),
+            }
+        }
+    }
+
+    #[test]
     fn runaway_scripts_hit_the_operations_limit() {
         let p = rhai("fn map(user, settings) { let x = 0; loop { x += 1; } }").expect("compiles");
         let e = p.map(&user(), &[]).expect_err("must stop").to_string();

@@ -29,6 +29,8 @@ thread_local! {
 pub(super) struct RhaiPack {
     engine: Engine,
     ast: Arc<AST>,
+    /// Copied into every call, so no call can change what the next sees
+    /// (a shared read-only value still let scripts push into its arrays).
     settings: Map,
 }
 

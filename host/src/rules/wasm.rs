@@ -1,7 +1,8 @@
 //! WebAssembly component packs (world `provisor:rules/rule-pack`): one
-//! engine, the component compiled once and pre-instantiated, a fresh store
-//! per call with a fuel budget and a memory cap, and WASI with nothing in
-//! it (no files, env, network or inherited stdio).
+//! engine, the component compiled once (and cached on disk by content
+//! hash) and pre-instantiated, a fresh instance per call (pooled, so it is
+//! cheap) with a fuel budget and a memory cap, and WASI with nothing in it
+//! (no files, env, network or inherited stdio).
 
 use std::sync::OnceLock;
 
@@ -48,15 +49,56 @@ fn engine() -> Result<&'static Engine, String> {
         .get_or_init(|| {
             let mut cfg = Config::new();
             cfg.consume_fuel(true);
+            // A fresh instance per call keeps every user's mapping pure (no
+            // state carried from one user to the next); the pooling
+            // allocator with copy-on-write memory images makes that cheap.
+            // Calls are sequential per pack; the slots cover several packs and
+            // engines in one process (tests run many at once).
+            let mut pool = wasmtime::PoolingAllocationConfig::new();
+            pool.total_component_instances(64)
+                .total_core_instances(256)
+                .total_memories(128)
+                .total_tables(256)
+                .max_memory_size(MEMORY);
+            cfg.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+            // Compiled components are kept on disk by content hash (with
+            // the compiler's settings), so a restart or a reload of an
+            // unchanged pack does not compile again.
+            if let Some(dir) = cache_dir() {
+                let mut cc = wasmtime::CacheConfig::new();
+                cc.with_directory(&dir);
+                match wasmtime::Cache::new(cc) {
+                    Ok(cache) => {
+                        cfg.cache(Some(cache));
+                    }
+                    Err(e) => {
+                        tracing::warn!(dir = %dir.display(), error = %e, "no compilation cache")
+                    }
+                }
+            }
             Engine::new(&cfg).map_err(|e| e.to_string())
         })
         .as_ref()
         .map_err(Clone::clone)
 }
 
+/// Where compiled components are cached: `PROVISOR_CACHE_DIR`, else the
+/// user's cache directory (`$XDG_CACHE_HOME` or `~/.cache`) + `provisor/wasm`.
+fn cache_dir() -> Option<std::path::PathBuf> {
+    if let Some(d) = std::env::var_os("PROVISOR_CACHE_DIR") {
+        return Some(d.into());
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache")))?;
+    Some(base.join("provisor").join("wasm"))
+}
+
 pub(super) struct WasmPack {
     engine: &'static Engine,
     pre: RulePackPre<State>,
+    /// The pack's settings in the contract's shape, converted once.
+    tables: std::sync::OnceLock<Vec<types::SettingTable>>,
 }
 
 fn to_wit(u: &EntraUser, groups: &[String]) -> types::EntraUser {
@@ -113,7 +155,11 @@ impl WasmPack {
             .map_err(|e| load(format!("imports not satisfied: {e}")))?;
         let pre = RulePackPre::new(pre)
             .map_err(|e| load(format!("does not implement world rule-pack: {e}")))?;
-        Ok(Self { engine, pre })
+        Ok(Self {
+            engine,
+            pre,
+            tables: std::sync::OnceLock::new(),
+        })
     }
 
     pub(super) fn map(
@@ -143,15 +189,17 @@ impl WasmPack {
             .pre
             .instantiate(&mut store)
             .map_err(|e| call(format!("instantiation failed: {e}")))?;
-        let tables: Vec<types::SettingTable> = settings
-            .iter()
-            .map(|(name, entries)| types::SettingTable {
-                name: name.clone(),
-                entries: entries.clone(),
-            })
-            .collect();
+        let tables = self.tables.get_or_init(|| {
+            settings
+                .iter()
+                .map(|(name, entries)| types::SettingTable {
+                    name: name.clone(),
+                    entries: entries.clone(),
+                })
+                .collect()
+        });
         let out = instance
-            .call_map(&mut store, &to_wit(user, groups), &tables)
+            .call_map(&mut store, &to_wit(user, groups), tables)
             .map_err(|e| {
                 let out_of_fuel =
                     e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::OutOfFuel);
