@@ -478,7 +478,7 @@ pub async fn engine_from_config(cfg: &Config) -> anyhow::Result<Engine> {
         ),
         salesforce: SalesforceClient::new(client, cfg.salesforce.clone(), sf_credentials, retry),
         store,
-        pack,
+        pack: crate::rules::PackSlot::new(pack),
         cfg: cfg.sync.clone(),
         scope: crate::engine::scope::Scope::new(&cfg.entra.scope).context("entra.scope")?,
     })

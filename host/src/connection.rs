@@ -114,7 +114,8 @@ pub async fn test_connection(engine: &Engine) -> Vec<Check> {
     }
 
     // Everything the rule pack says it references.
-    let access = &engine.pack.access;
+    let pack = engine.pack.get();
+    let access = &pack.access;
     let refs: Vec<(&str, Vec<String>, &str, &str)> = vec![
         ("Profile", access.profiles.clone(), "Name", ""),
         ("UserRole", access.roles.clone(), "Name", ""),

@@ -156,8 +156,8 @@ async fn one_run(
     let engine = demo_engine(&running, pack, store).await?;
     println!(
         "\n=== {label}: pack {} ({:?} engine) ===",
-        engine.pack.id(),
-        engine.pack.info.engine
+        engine.pack.get().id(),
+        engine.pack.get().info.engine
     );
     if verbose {
         let t = sim.graph();

@@ -18,7 +18,7 @@ use crate::audit::AuditEvent;
 use crate::config::SyncConfig;
 use crate::entra::{EntraClient, EntraError};
 use crate::model::{Access, DesiredUser, FieldValue};
-use crate::rules::{Pack, RuleError};
+use crate::rules::{PackSlot, Reload, RuleError};
 use crate::salesforce::{SalesforceClient, SfError, soql_quote};
 use crate::store::{DirtyUser, Store, StoreError};
 
@@ -162,7 +162,8 @@ pub struct Engine {
     pub entra: EntraClient,
     pub salesforce: SalesforceClient,
     pub store: Store,
-    pub pack: Pack,
+    /// The rule pack in use, replaced in place by [`Engine::reload_rules`].
+    pub pack: PackSlot,
     pub cfg: SyncConfig,
     /// Which Entra users are managed.
     pub scope: scope::Scope,
@@ -364,23 +365,79 @@ impl Engine {
         mut trigger: Option<&mut crate::entra::notify::FastTrigger>,
         mut each: impl FnMut(Result<CycleReport, SyncError>),
     ) {
+        #[cfg(unix)]
+        let mut hangup =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut force = false;
         loop {
+            // A changed pack (or SIGHUP) is tried before the cycle.
+            self.reload_rules(force).await;
+            force = false;
             each(self.sync_once(&Quiet).await);
             if let Some(t) = trigger.as_deref_mut()
                 && let Err(e) = t.renew_if_due(&self.entra).await
             {
                 tracing::error!(error = %e, "cannot renew change-notification subscriptions; polling continues");
             }
-            match trigger.as_deref() {
-                Some(t) => {
-                    tokio::select! {
-                        _ = tokio::time::sleep(interval) => {}
-                        _ = t.notified() => tracing::info!("change notification: polling delta now"),
-                    }
+            let notified = async {
+                match trigger.as_deref() {
+                    Some(t) => t.notified().await,
+                    None => std::future::pending().await,
                 }
-                None => tokio::time::sleep(interval).await,
+            };
+            #[cfg(unix)]
+            let hup = async {
+                match hangup.as_mut() {
+                    Some(h) => {
+                        h.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let hup = std::future::pending::<()>();
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = notified => tracing::info!("change notification: polling delta now"),
+                _ = hup => {
+                    tracing::info!("SIGHUP: reloading the rule pack");
+                    force = true;
+                }
             }
         }
+    }
+
+    /// Replaces the rule pack when its files changed (or always, with
+    /// `force`): the new version must load, compile and pass its own test
+    /// cases first; otherwise the last good pack keeps running. Both
+    /// outcomes are audited (`rules.reloaded`, `rules.reload_failed`).
+    pub async fn reload_rules(&self, force: bool) -> Reload {
+        let outcome = self.pack.reload(force);
+        let event = match &outcome {
+            Reload::Unchanged => return outcome,
+            Reload::Replaced { from, to, cases } => {
+                tracing::info!(%from, %to, cases, "rule pack reloaded");
+                AuditEvent {
+                    event: "rules.reloaded".into(),
+                    entra_id: None,
+                    sf_id: None,
+                    detail: json!({"from": from, "to": to, "cases_passed": cases}),
+                }
+            }
+            Reload::Refused { running, error } => {
+                tracing::error!(%running, %error, "rule pack refused; the last good one keeps running");
+                AuditEvent {
+                    event: "rules.reload_failed".into(),
+                    entra_id: None,
+                    sf_id: None,
+                    detail: json!({"running": running, "error": error.to_string()}),
+                }
+            }
+        };
+        if let Err(e) = self.store.append_audit("reload", &[event]).await {
+            tracing::error!(error = %e, "cannot audit the rule pack reload");
+        }
+        outcome
     }
 
     /// The configured Salesforce API version, e.g. "62.0".
@@ -571,6 +628,8 @@ impl Engine {
     /// Runs the rules for every dirty user, matches and diffs against
     /// Salesforce. Reads only: nothing is written anywhere.
     pub(crate) async fn plan(&self, cycle: &str, obs: &dyn Observer) -> Result<Planned, SyncError> {
+        // One pack for the whole plan, even if a reload lands meanwhile.
+        let pack = self.pack.get();
         let dirty = self.store.dirty_users().await?;
         let basis = Basis {
             users_delta_link: self.store.sync_state("users").await?.delta_link,
@@ -596,7 +655,7 @@ impl Engine {
         let mut desired: Vec<(&DirtyUser, DesiredUser)> = Vec::new();
         let mut out_of_scope: HashMap<&str, String> = HashMap::new();
         for d in &dirty {
-            match self.pack.map(&d.user, &d.groups) {
+            match pack.map(&d.user, &d.groups) {
                 Ok(mut x) => {
                     // Scope overrides the rules: out of scope is a leaver.
                     if d.user.removed.is_none()
@@ -679,8 +738,7 @@ impl Engine {
                 .await?,
         );
         let managed = self.store.managed_grants().await?;
-        let kinds =
-            access::kinds_in_use(&self.pack.access, desired.iter().map(|(_, d)| d), &managed);
+        let kinds = access::kinds_in_use(&pack.access, desired.iter().map(|(_, d)| d), &managed);
         let mut catalog = access::Catalog::read(&self.salesforce, &kinds).await?;
         let mut select: Vec<String> = vec![
             "Id".into(),
@@ -911,7 +969,7 @@ impl Engine {
                     let Some(profile) = want.profile.clone() else {
                         outcomes.entry(id.clone()).or_default().failed = Some(format!(
                             "rule pack {} gave no profile for a new user",
-                            self.pack.id()
+                            pack.id()
                         ));
                         continue;
                     };
@@ -1138,12 +1196,8 @@ impl Engine {
                             .as_ref()
                             .and_then(|s| assigned.get(s))
                             .map_or(&[][..], Vec::as_slice);
-                        let (grants, revokes) = access::diff(
-                            &wanted,
-                            held,
-                            managed.get(id.as_str()),
-                            &self.pack.access,
-                        );
+                        let (grants, revokes) =
+                            access::diff(&wanted, held, managed.get(id.as_str()), &pack.access);
                         let (grants, waiting) = with_seats(&mut catalog, grants);
                         if let Some(why) = waiting {
                             outcomes.entry(id.clone()).or_default().waiting = Some(why);

@@ -4,7 +4,10 @@
 
 pub mod cases;
 mod rhai;
+mod slot;
 mod wasm;
+
+pub use slot::{PackSlot, Reload};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

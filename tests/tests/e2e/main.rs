@@ -9,4 +9,5 @@ mod faults;
 mod flow;
 mod parity;
 mod protocol;
+mod rules;
 mod salesforce;

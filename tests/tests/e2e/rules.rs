@@ -1,0 +1,97 @@
+//! Rule packs at run time: hot reload, gated by the pack's own test cases.
+
+use provisor::engine::Quiet;
+use provisor::rules::Reload;
+use provisor_e2e::{engine, repo_root, start_sim};
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read dir") {
+        let p = e.expect("entry").path();
+        let dest = to.join(p.file_name().expect("name"));
+        if p.is_dir() {
+            copy_dir(&p, &dest);
+        } else {
+            std::fs::copy(&p, &dest).expect("copy");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_pack_is_reloaded_only_when_it_loads_and_passes_its_tests() {
+    let running = start_sim(10, 71).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pack = dir.path().join("pack");
+    copy_dir(&repo_root().join("rules/gallery-defaults"), &pack);
+    let engine = engine(&running, &pack, &dir.path().join("a.db")).await;
+    let r = engine.sync_once(&Quiet).await.expect("sync");
+    assert_eq!(r.failed, 0, "{:?}", r.failures);
+    assert!(matches!(
+        engine.reload_rules(false).await,
+        Reload::Unchanged
+    ));
+
+    // A new version: replaces the running one.
+    let manifest = std::fs::read_to_string(pack.join("pack.toml")).expect("manifest");
+    std::fs::write(
+        pack.join("pack.toml"),
+        manifest.replace("version = \"0.1.0\"", "version = \"0.1.1\""),
+    )
+    .expect("write");
+    match engine.reload_rules(false).await {
+        Reload::Replaced { from, to, cases } => {
+            assert_eq!(
+                (from.as_str(), to.as_str(), cases),
+                ("gallery-defaults@0.1.0", "gallery-defaults@0.1.1", 5)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(engine.pack.get().id(), "gallery-defaults@0.1.1");
+
+    // A version whose script does not compile: refused, 0.1.1 keeps running,
+    // and it is not tried again until its files change.
+    let script = std::fs::read_to_string(pack.join("main.rhai")).expect("script");
+    std::fs::write(pack.join("main.rhai"), format!("{script}\nfn broken( {{")).expect("write");
+    let refused = engine.reload_rules(false).await;
+    assert!(
+        matches!(&refused, Reload::Refused { running, error } if running == "gallery-defaults@0.1.1" && error.to_string().contains("does not load")),
+        "{refused:?}"
+    );
+    assert!(matches!(
+        engine.reload_rules(false).await,
+        Reload::Unchanged
+    ));
+    assert_eq!(engine.pack.get().id(), "gallery-defaults@0.1.1");
+    let r = engine
+        .sync_once(&Quiet)
+        .await
+        .expect("the last good pack still syncs");
+    assert_eq!(r.failed, 0);
+
+    // A version that compiles but fails its own test cases: refused too.
+    std::fs::write(
+        pack.join("main.rhai"),
+        script.replace("\"ISO-8859-1\"", "\"UTF-8\""),
+    )
+    .expect("write");
+    let refused = engine.reload_rules(false).await;
+    assert!(
+        matches!(&refused, Reload::Refused { error, .. } if error.to_string().contains("fields.EmailEncodingKey")),
+        "{refused:?}"
+    );
+    assert_eq!(engine.pack.get().id(), "gallery-defaults@0.1.1");
+
+    let audit = engine.store.audit_rows(None).await.expect("audit");
+    assert_eq!(
+        audit.iter().filter(|a| a.event == "rules.reloaded").count(),
+        1
+    );
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|a| a.event == "rules.reload_failed")
+            .count(),
+        2
+    );
+}
