@@ -95,3 +95,21 @@ async fn a_changed_pack_is_reloaded_only_when_it_loads_and_passes_its_tests() {
         2
     );
 }
+
+#[test]
+fn a_truncated_component_is_refused_at_load_naming_the_pack() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pack = dir.path().join("pack");
+    copy_dir(&provisor_e2e::wasm_pack(), &pack);
+    let wasm = pack.join("gallery_defaults.wasm");
+    let bytes = std::fs::read(&wasm).expect("component");
+    std::fs::write(&wasm, &bytes[..bytes.len() / 2]).expect("truncate");
+    let e = provisor::rules::Pack::load(&pack)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        e.contains("gallery-defaults-wasm@") && e.contains("not a valid component"),
+        "{e}"
+    );
+}
