@@ -276,3 +276,19 @@ fn compiled_components_are_cached_on_disk_by_content() {
     );
     assert!(files(cache.path()) > 0, "the compiled component is on disk");
 }
+
+#[test]
+fn every_rhai_pack_shipped_in_rules_passes_its_own_cases() {
+    for pack in ["rules/gallery-defaults", "rules/group-mapping"] {
+        let out = provisor()
+            .args(["rules", "test"])
+            .arg(repo().join(pack))
+            .output()
+            .expect("runs");
+        assert!(
+            out.status.success(),
+            "{pack}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
