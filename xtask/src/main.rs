@@ -9,11 +9,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 /// Plugin crate -> (wasm file name, pack directory it belongs in).
-const PLUGINS: &[(&str, &str, &str)] = &[(
-    "gallery-defaults",
-    "gallery_defaults.wasm",
-    "rules/gallery-defaults-wasm",
-)];
+const PLUGINS: &[(&str, &str, &str)] = &[
+    (
+        "gallery-defaults",
+        "gallery_defaults.wasm",
+        "rules/gallery-defaults-wasm",
+    ),
+    // Misbehaves on purpose, for the sandbox tests.
+    (
+        "misbehaving",
+        "misbehaving.wasm",
+        "tests/fixtures/packs/misbehaving",
+    ),
+];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -99,8 +107,15 @@ fn main() -> ExitCode {
         }),
         "test" => plugins().and_then(|()| {
             let mut c = cargo();
-            c.args(["test", "--workspace", "--exclude", "gallery-defaults"])
-                .args(&rest);
+            c.args([
+                "test",
+                "--workspace",
+                "--exclude",
+                "gallery-defaults",
+                "--exclude",
+                "misbehaving",
+            ])
+            .args(&rest);
             run(c)
         }),
         _ => {

@@ -267,6 +267,30 @@ fn validate(pack: &str, user: &str, d: DesiredUser) -> Result<DesiredUser, RuleE
         user: user.into(),
         message,
     };
+    if d.fields.len() > MAX_FIELDS {
+        return Err(out(format!(
+            "{} fields; a Salesforce User has at most {MAX_FIELDS}",
+            d.fields.len()
+        )));
+    }
+    let grants = Access::ALL
+        .iter()
+        .map(|&k| d.grants(k).len())
+        .sum::<usize>();
+    if grants > MAX_GRANTS {
+        return Err(out(format!(
+            "{grants} permission sets, groups, licences and queues; at most {MAX_GRANTS}"
+        )));
+    }
+    let too_long = d.fields.iter().find_map(|(k, v)| match v {
+        FieldValue::Text(t) if t.len() > MAX_TEXT => Some(k),
+        _ => None,
+    });
+    if let Some(k) = too_long {
+        return Err(out(format!(
+            "field {k} is longer than {MAX_TEXT} bytes (Salesforce's longest text field)"
+        )));
+    }
     for (k, v) in &d.fields {
         if !is_api_name(k) {
             return Err(out(format!(
@@ -286,6 +310,14 @@ fn validate(pack: &str, user: &str, d: DesiredUser) -> Result<DesiredUser, RuleE
     }
     Ok(d)
 }
+
+/// Fields a desired user may carry (standard plus custom User fields stay
+/// well below this); more is a runaway pack, not a mapping.
+const MAX_FIELDS: usize = 1_000;
+/// Grants of all kinds per user.
+const MAX_GRANTS: usize = 1_000;
+/// Longest text value (Salesforce's long text area limit is 131,072).
+const MAX_TEXT: usize = 131_072;
 
 /// Builds the fields map from (name, value) pairs, refusing duplicates.
 pub(crate) fn fields_from_pairs(

@@ -113,3 +113,53 @@ fn a_truncated_component_is_refused_at_load_naming_the_pack() {
         "{e}"
     );
 }
+
+/// The misbehaving component under one `mode`, as a pack in a temp dir.
+fn misbehaving(mode: &str) -> (tempfile::TempDir, provisor::rules::Pack) {
+    let fixture = repo_root().join("tests/fixtures/packs/misbehaving");
+    assert!(
+        fixture.join("misbehaving.wasm").is_file(),
+        "run `cargo xtask plugins` (or `cargo xtask test`) first"
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    copy_dir(&fixture, dir.path());
+    let manifest = std::fs::read_to_string(dir.path().join("pack.toml")).expect("manifest");
+    std::fs::write(
+        dir.path().join("pack.toml"),
+        manifest.replace("\"mode\" = \"none\"", &format!("\"mode\" = \"{mode}\"")),
+    )
+    .expect("write");
+    let pack = provisor::rules::Pack::load(dir.path()).expect("the component loads");
+    (dir, pack)
+}
+
+#[test]
+fn misbehaving_components_are_stopped_inside_their_limits() {
+    let user = provisor::model::EntraUser {
+        id: "u-1".into(),
+        ..Default::default()
+    };
+    for (mode, expect) in [
+        ("loop", "fuel"),
+        ("recursion", "trapped"),
+        ("memory", "trapped"),
+        ("panic", "trapped"),
+        ("huge-output", "invalid desired user"),
+    ] {
+        let (_dir, pack) = misbehaving(mode);
+        let started = std::time::Instant::now();
+        let e = pack.map(&user, &[]).expect_err(mode).to_string();
+        assert!(
+            e.contains("misbehaving@0.1.0") && e.contains("u-1") && e.contains(expect),
+            "{mode}: {e}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{mode} took {:?}",
+            started.elapsed()
+        );
+        // The host keeps serving: the same pack maps the next user.
+        let (_dir, fine) = misbehaving("none");
+        assert!(fine.map(&user, &[]).is_ok());
+    }
+}

@@ -1,0 +1,68 @@
+//! A rule component that misbehaves on purpose, for the host's sandbox
+//! tests. `[settings.test] "mode"` picks the misbehaviour; any other value
+//! maps normally.
+
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "rule-pack",
+});
+
+use provisor::rules::types::Value;
+
+struct Misbehaving;
+
+#[allow(unconditional_recursion)]
+fn recurse(n: u64) -> u64 {
+    // black_box keeps the optimiser from turning this into a loop.
+    std::hint::black_box(recurse(std::hint::black_box(n + 1))) + 1
+}
+
+impl Guest for Misbehaving {
+    fn map(user: EntraUser, settings: Vec<SettingTable>) -> DesiredUser {
+        let mode = settings
+            .iter()
+            .find(|t| t.name == "test")
+            .and_then(|t| t.entries.iter().find(|(k, _)| k == "mode"))
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("")
+            .to_string();
+        let mut fields = vec![("LastName".to_string(), Value::Text("x".into()))];
+        match mode.as_str() {
+            "loop" => loop {
+                std::hint::black_box(&user);
+            },
+            "recursion" => {
+                recurse(0);
+            }
+            "memory" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    // Reserve without touching: grows linear memory fast
+                    // and cheaply in fuel, so the memory cap is what stops it.
+                    hoard.push(Vec::with_capacity(16 << 20));
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "huge-output" => {
+                // 5,000 fields: more than any Salesforce object has.
+                for i in 0..5_000 {
+                    fields.push((format!("F{i}__c"), Value::Text("y".repeat(16))));
+                }
+            }
+            "panic" => panic!("misbehaving on purpose"),
+            _ => {}
+        }
+        DesiredUser {
+            fields,
+            profile: None,
+            role: None,
+            permission_sets: Vec::new(),
+            permission_set_groups: Vec::new(),
+            permission_set_licenses: Vec::new(),
+            queues: Vec::new(),
+            active: true,
+        }
+    }
+}
+
+export!(Misbehaving);
