@@ -18,7 +18,7 @@ use crate::audit::AuditEvent;
 use crate::config::SyncConfig;
 use crate::entra::{EntraClient, EntraError};
 use crate::model::{Access, DesiredUser, FieldValue};
-use crate::rules::{PackSlot, Reload, RuleError};
+use crate::rules::{MatchKey, PackSlot, Reload, RuleError};
 use crate::salesforce::{SalesforceClient, SfError, soql_quote};
 use crate::store::{DirtyUser, Store, StoreError};
 
@@ -276,6 +276,17 @@ fn by_name(rows: Vec<SfRecord>) -> HashMap<String, String> {
             ))
         })
         .collect()
+}
+
+/// A Salesforce value as a match-key index holds it: text lower-cased
+/// (SOQL compares case-insensitively), numbers as written.
+fn sf_key_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.to_lowercase()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
 }
 
 fn current_value(v: Option<&Value>) -> FieldValue {
@@ -654,16 +665,37 @@ impl Engine {
         // Decide: the rules' desired state for every dirty user.
         let mut desired: Vec<(&DirtyUser, DesiredUser)> = Vec::new();
         let mut out_of_scope: HashMap<&str, String> = HashMap::new();
+        // The pack's match keys per user, in order of precedence.
+        let mut keys_of: HashMap<&str, Vec<MatchKey>> = HashMap::new();
         for d in &dirty {
-            match pack.map(&d.user, &d.groups) {
-                Ok(mut x) => {
-                    // Scope overrides the rules: out of scope is a leaver.
-                    if d.user.removed.is_none()
-                        && let Err(why) = self.scope.check(&d.user, &d.group_refs)
-                    {
+            let decided = pack.map(&d.user, &d.groups).and_then(|x| {
+                // Scope overrides the rules: out of scope is a leaver. The
+                // configuration's scope and the pack's must both agree.
+                let why = if d.user.removed.is_some() {
+                    None
+                } else if let Err(why) = self.scope.check(&d.user, &d.group_refs) {
+                    Some(why)
+                } else {
+                    let decision = pack.scope(&d.user, &d.groups)?;
+                    (!decision.in_scope).then(|| {
+                        let reason = if decision.reason.is_empty() {
+                            "out of scope".to_string()
+                        } else {
+                            decision.reason
+                        };
+                        format!("rule pack {}: {reason}", pack.id())
+                    })
+                };
+                let keys = pack.match_keys(&d.user, &d.groups, &x)?;
+                Ok((x, why, keys))
+            });
+            match decided {
+                Ok((mut x, why, keys)) => {
+                    if let Some(why) = why {
                         x.active = false;
                         out_of_scope.insert(d.user.id.as_str(), why);
                     }
+                    keys_of.insert(d.user.id.as_str(), keys);
                     desired.push((d, x));
                 }
                 Err(e) => {
@@ -751,6 +783,7 @@ impl Engine {
         let mut extra: Vec<String> = desired
             .iter()
             .flat_map(|(_, d)| d.fields.keys().cloned())
+            .chain(keys_of.values().flatten().map(|k| k.field.clone()))
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
@@ -780,16 +813,22 @@ impl Engine {
                 by_id.insert(id.to_string(), r);
             }
         }
-        let unmatched: Vec<&DesiredUser> = desired
+        let unmatched: Vec<(&str, &DesiredUser)> = desired
             .iter()
             .filter(|(d, _)| links.get(&d.user.id).is_none_or(|s| !by_id.contains_key(s)))
             .filter(|(d, _)| {
                 !out_of_scope.contains_key(d.user.id.as_str()) || links.contains_key(&d.user.id)
             })
-            .map(|(_, x)| x)
+            .map(|(d, x)| (d.user.id.as_str(), x))
             .collect();
-        let mut by_fed: Index = HashMap::new();
-        let mut by_username: Index = HashMap::new();
+        // The match keys of the unmatched users: (field, lower-case value).
+        let wanted: HashSet<(&str, String)> = unmatched
+            .iter()
+            .flat_map(|(id, _)| keys_of.get(id).into_iter().flatten())
+            .map(|k| (k.field.as_str(), k.value.to_lowercase()))
+            .collect();
+        // Per key field: lower-case value -> the Salesforce users holding it.
+        let mut indexes: HashMap<String, Index> = HashMap::new();
         // Aliases in use (lower-case): Salesforce does not keep them unique,
         // but people tell users apart by them in list views and reports.
         let mut aliases: HashSet<String> = HashSet::new();
@@ -799,15 +838,7 @@ impl Engine {
         // User table (2,000 rows a page) then costs fewer calls than IN-list
         // lookups of 100 values per key.
         if unmatched.len() > SCAN_THRESHOLD {
-            // Only rows a wanted key value points at are kept.
-            let wanted: HashSet<(&str, String)> = unmatched
-                .iter()
-                .flat_map(|d| {
-                    ["FederationIdentifier", "Username"]
-                        .into_iter()
-                        .filter_map(|k| Some((k, text_field(d, k)?.to_lowercase())))
-                })
-                .collect();
+            let fields: HashSet<&str> = wanted.iter().map(|(f, _)| *f).collect();
             for r in self
                 .salesforce
                 .query(&format!("SELECT {select} FROM User"))
@@ -816,46 +847,56 @@ impl Engine {
                 if let Some(a) = r.get("Alias").and_then(Value::as_str) {
                     aliases.insert(a.to_lowercase());
                 }
-                for (key, index) in [
-                    ("FederationIdentifier", &mut by_fed),
-                    ("Username", &mut by_username),
-                ] {
-                    if let Some(v) = r.get(key).and_then(Value::as_str).map(str::to_lowercase)
-                        && wanted.contains(&(key, v.clone()))
+                // Only rows a wanted key value points at are kept.
+                for &field in &fields {
+                    if let Some(v) = r.get(field).and_then(sf_key_text)
+                        && wanted.contains(&(field, v.clone()))
                     {
-                        index.entry(v).or_default().push(r.clone());
+                        indexes
+                            .entry(field.to_string())
+                            .or_default()
+                            .entry(v)
+                            .or_default()
+                            .push(r.clone());
                     }
                 }
             }
-        }
-        for (key, index) in [
-            ("FederationIdentifier", &mut by_fed),
-            ("Username", &mut by_username),
-        ] {
-            if unmatched.len() > SCAN_THRESHOLD {
-                break;
+        } else {
+            let mut by_field: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+            for (field, _) in &wanted {
+                by_field.entry(field).or_default();
             }
-            let mut values: Vec<String> = unmatched
-                .iter()
-                .filter_map(|d| text_field(d, key))
-                .collect();
-            values.sort();
-            values.dedup();
-            for r in self
-                .query_in(&values, |list| {
-                    format!("SELECT {select} FROM User WHERE {key} IN ({list})")
-                })
-                .await?
-            {
-                if let Some(v) = r.get(key).and_then(Value::as_str) {
-                    index.entry(v.to_lowercase()).or_default().push(r);
+            for (id, _) in &unmatched {
+                for k in keys_of.get(id).into_iter().flatten() {
+                    if let Some(values) = by_field.get_mut(k.field.as_str()) {
+                        values.push(k.value.clone());
+                    }
+                }
+            }
+            for (field, mut values) in by_field {
+                values.sort();
+                values.dedup();
+                for r in self
+                    .query_in(&values, |list| {
+                        format!("SELECT {select} FROM User WHERE {field} IN ({list})")
+                    })
+                    .await?
+                {
+                    if let Some(v) = r.get(field).and_then(sf_key_text) {
+                        indexes
+                            .entry(field.to_string())
+                            .or_default()
+                            .entry(v)
+                            .or_default()
+                            .push(r);
+                    }
                 }
             }
         }
         if unmatched.len() <= SCAN_THRESHOLD {
             let mut candidates: Vec<String> = unmatched
                 .iter()
-                .filter_map(|d| text_field(d, "Alias"))
+                .filter_map(|(_, d)| text_field(d, "Alias"))
                 .flat_map(|a| {
                     alias_candidates(&a)
                         .take(ALIAS_LOOKAHEAD)
@@ -878,7 +919,7 @@ impl Engine {
 
         // Login state (frozen?) of every Salesforce user already known.
         let mut known: Vec<String> = by_id.keys().cloned().collect();
-        for recs in by_fed.values().chain(by_username.values()) {
+        for recs in indexes.values().flat_map(HashMap::values) {
             known.extend(
                 recs.iter()
                     .filter_map(|r| r.get("Id").and_then(Value::as_str).map(str::to_string)),
@@ -921,7 +962,8 @@ impl Engine {
             }
             let mut current: Option<&Map<String, Value>> = links.get(id).and_then(|s| by_id.get(s));
             if current.is_none() {
-                match self.match_user(id, want, &by_fed, &by_username, &linked_to, &claimed) {
+                let keys = keys_of.get(id.as_str()).map_or(&[][..], Vec::as_slice);
+                match self.match_user(id, keys, &indexes, &linked_to, &claimed) {
                     Ok(Some((rec, key))) => {
                         let sf_id = rec
                             .get("Id")
@@ -934,7 +976,7 @@ impl Engine {
                             upn: upn.clone(),
                             sf_id: Some(sf_id),
                             kind: ActionKind::Link {
-                                matched_by: key.into(),
+                                matched_by: key.clone(),
                             },
                             reason: format!("existing Salesforce user has the same {key}"),
                         });
@@ -1262,44 +1304,51 @@ impl Engine {
     fn match_user<'a>(
         &self,
         id: &str,
-        want: &DesiredUser,
-        by_fed: &'a Index,
-        by_username: &'a Index,
+        keys: &[MatchKey],
+        indexes: &'a HashMap<String, Index>,
         linked_to: &HashMap<String, String>,
         claimed: &HashMap<String, String>,
-    ) -> Result<Option<(&'a SfRecord, &'static str)>, String> {
-        let look = |index: &'a Index, key: &str| -> Result<Option<&'a SfRecord>, String> {
-            let Some(v) = text_field(want, key) else {
-                return Ok(None);
-            };
-            match index.get(&v.to_lowercase()).map(Vec::as_slice) {
-                None | Some([]) => Ok(None),
-                Some([one]) => Ok(Some(one)),
-                Some(many) => Err(format!(
-                    "needs review: {} Salesforce users have {key} {v:?}",
-                    many.len()
-                )),
-            }
-        };
-        let fed = look(by_fed, "FederationIdentifier")?;
-        let user = look(by_username, "Username")?;
+    ) -> Result<Option<(&'a SfRecord, String)>, String> {
         let sid = |r: &Map<String, Value>| {
             r.get("Id")
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_string()
         };
-        let (rec, key) = match (fed, user) {
-            (Some(f), Some(u)) if sid(f) != sid(u) => {
-                return Err(format!(
-                    "needs review: FederationIdentifier matches {} but Username matches {}",
-                    sid(f),
-                    sid(u)
-                ));
+        // Every key is looked at, so keys that disagree are caught; the
+        // first key (in the pack's order) that finds someone names the match.
+        let mut found: Option<(&'a SfRecord, &str)> = None;
+        for k in keys {
+            let hits = indexes
+                .get(&k.field)
+                .and_then(|ix| ix.get(&k.value.to_lowercase()))
+                .map_or(&[][..], Vec::as_slice);
+            match hits {
+                [] => {}
+                [one] => match found {
+                    None => found = Some((one, k.field.as_str())),
+                    Some((first, first_key)) if sid(first) != sid(one) => {
+                        return Err(format!(
+                            "needs review: {first_key} matches {} but {} matches {}",
+                            sid(first),
+                            k.field,
+                            sid(one)
+                        ));
+                    }
+                    Some(_) => {}
+                },
+                many => {
+                    return Err(format!(
+                        "needs review: {} Salesforce users have {} {:?}",
+                        many.len(),
+                        k.field,
+                        k.value
+                    ));
+                }
             }
-            (Some(f), _) => (f, "FederationIdentifier"),
-            (None, Some(u)) => (u, "Username"),
-            (None, None) => return Ok(None),
+        }
+        let Some((rec, key)) = found else {
+            return Ok(None);
         };
         let s = sid(rec);
         if let Some(other) = linked_to.get(&s).filter(|o| o.as_str() != id) {
@@ -1312,7 +1361,7 @@ impl Engine {
                 "needs review: Salesforce user {s} matches both this user and Entra user {other}"
             ));
         }
-        Ok(Some((rec, key)))
+        Ok(Some((rec, key.to_string())))
     }
 
     /// Marks users clean, failed or parked from their outcomes.

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use crate::model::{Access, DesiredUser, EntraUser, FieldValue, is_api_name};
 
 /// Contract versions (`provisor:rules@0.1.x`) this host accepts.
-pub const ACCEPTED_CONTRACTS: &[&str] = &["0.1"];
+pub const ACCEPTED_CONTRACTS: &[&str] = &["0.2"];
 
 /// Errors loading or running a pack; each names the pack.
 #[derive(Debug, thiserror::Error)]
@@ -39,15 +39,17 @@ pub enum RuleError {
     },
     #[error("rule pack {pack}: does not load: {message}")]
     Load { pack: String, message: String },
-    #[error("rule pack {pack}: `map` failed for user {user}: {message}")]
+    #[error("rule pack {pack}: `{export}` failed for user {user}: {message}")]
     Call {
         pack: String,
+        export: &'static str,
         user: String,
         message: String,
     },
-    #[error("rule pack {pack}: `map` returned an invalid desired user for {user}: {message}")]
+    #[error("rule pack {pack}: `{export}` returned an invalid result for {user}: {message}")]
     Output {
         pack: String,
+        export: &'static str,
         user: String,
         message: String,
     },
@@ -248,6 +250,66 @@ impl Pack {
         format!("{}@{}", self.info.name, self.info.version)
     }
 
+    /// Whether the pack manages this user (a pack without a scope rule
+    /// manages everyone the configuration's scope lets through).
+    pub fn scope(&self, user: &EntraUser, groups: &[String]) -> Result<Decision, RuleError> {
+        match &self.runner {
+            Runner::Rhai(r) => r.scope(&self.id(), user, groups),
+            Runner::Wasm(w) => w.scope(&self.id(), user, groups, &self.settings),
+        }
+    }
+
+    /// The keys to find the user's existing Salesforce account, in order.
+    /// A pack without a match-keys rule matches by the FederationIdentifier
+    /// and then the Username that `map` returned.
+    pub fn match_keys(
+        &self,
+        user: &EntraUser,
+        groups: &[String],
+        desired: &DesiredUser,
+    ) -> Result<Vec<MatchKey>, RuleError> {
+        let keys = match &self.runner {
+            Runner::Rhai(r) => r.match_keys(&self.id(), user, groups)?,
+            Runner::Wasm(w) => Some(w.match_keys(&self.id(), user, groups, &self.settings)?),
+        };
+        let keys = keys.unwrap_or_else(|| {
+            ["FederationIdentifier", "Username"]
+                .iter()
+                .filter_map(|f| {
+                    let v = desired.fields.get(*f)?.as_text()?;
+                    (!v.is_empty()).then(|| MatchKey {
+                        field: (*f).to_string(),
+                        value: v.to_string(),
+                    })
+                })
+                .collect()
+        });
+        let out = |message: String| RuleError::Output {
+            pack: self.id(),
+            export: "match-keys",
+            user: user.id.clone(),
+            message,
+        };
+        if keys.len() > MAX_MATCH_KEYS {
+            return Err(out(format!(
+                "{} keys; at most {MAX_MATCH_KEYS}",
+                keys.len()
+            )));
+        }
+        for k in &keys {
+            if !is_api_name(&k.field) {
+                return Err(out(format!("{:?} is not a Salesforce API name", k.field)));
+            }
+            if k.value.is_empty() || k.value.len() > 512 {
+                return Err(out(format!(
+                    "the value for {} is empty or too long",
+                    k.field
+                )));
+            }
+        }
+        Ok(keys)
+    }
+
     /// Maps one user (with the display names of its groups) to the
     /// Salesforce user it should have.
     pub fn map(&self, user: &EntraUser, groups: &[String]) -> Result<DesiredUser, RuleError> {
@@ -264,6 +326,7 @@ impl Pack {
 fn validate(pack: &str, user: &str, d: DesiredUser) -> Result<DesiredUser, RuleError> {
     let out = |message: String| RuleError::Output {
         pack: pack.into(),
+        export: "map",
         user: user.into(),
         message,
     };
@@ -311,6 +374,33 @@ fn validate(pack: &str, user: &str, d: DesiredUser) -> Result<DesiredUser, RuleE
     Ok(d)
 }
 
+/// A pack's decision on whether it manages a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub in_scope: bool,
+    pub reason: String,
+}
+
+impl Decision {
+    /// In scope, no reason given (packs without a scope rule).
+    pub fn in_scope() -> Self {
+        Self {
+            in_scope: true,
+            reason: String::new(),
+        }
+    }
+}
+
+/// One way to find a user's Salesforce account: a User field and its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MatchKey {
+    pub field: String,
+    pub value: String,
+}
+
+/// Match keys a pack may return per user.
+const MAX_MATCH_KEYS: usize = 8;
+
 /// Fields a desired user may carry (standard plus custom User fields stay
 /// well below this); more is a runaway pack, not a mapping.
 const MAX_FIELDS: usize = 1_000;
@@ -339,7 +429,7 @@ mod tests {
     fn pack_dir(manifest_extra: &str, engine: &str, entry: &str, body: &[u8]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().expect("temp dir");
         let toml = format!(
-            "[pack]\nname = \"t\"\nversion = \"1.0.0\"\nengine = \"{engine}\"\nentry = \"{entry}\"\ncontract = \"0.1\"\n{manifest_extra}"
+            "[pack]\nname = \"t\"\nversion = \"1.0.0\"\nengine = \"{engine}\"\nentry = \"{entry}\"\ncontract = \"0.2\"\n{manifest_extra}"
         );
         std::fs::write(dir.path().join("pack.toml"), toml).expect("write manifest");
         std::fs::write(dir.path().join(entry), body).expect("write entry");
@@ -547,7 +637,7 @@ mod tests {
             .unwrap_or_default();
         assert!(e.contains("colour"), "{e}");
         let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::write(dir.path().join("pack.toml"), "[pack]\nname = \"t\"\nversion = \"1\"\nengine = \"rhai\"\nentry = \"m.rhai\"\ncontract = \"0.2\"\n").expect("write");
+        std::fs::write(dir.path().join("pack.toml"), "[pack]\nname = \"t\"\nversion = \"1\"\nengine = \"rhai\"\nentry = \"m.rhai\"\ncontract = \"0.1\"\n").expect("write");
         assert!(matches!(
             Pack::load(dir.path()),
             Err(RuleError::Contract { .. })

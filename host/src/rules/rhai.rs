@@ -10,7 +10,7 @@ use rhai::{
     AST, Array, CallFnOptions, Dynamic, Engine, EvalAltResult, ImmutableString, Map, Scope,
 };
 
-use super::{RuleError, SettingTables, fields_from_pairs};
+use super::{Decision, MatchKey, RuleError, SettingTables, fields_from_pairs};
 use crate::model::{DesiredUser, EntraUser, FieldValue};
 
 /// Operations allowed per call: generous for mapping, fatal for loops.
@@ -346,36 +346,141 @@ impl RhaiPack {
         })
     }
 
-    pub(super) fn map(
+    fn has(&self, name: &str) -> bool {
+        self.ast
+            .iter_functions()
+            .any(|f| f.name == name && f.params.len() == 2)
+    }
+
+    /// Calls `name(user, settings)` within the limits and the deadline.
+    fn call(
         &self,
         pack: &str,
+        export: &'static str,
+        name: &str,
         user: &EntraUser,
         groups: &[String],
-    ) -> Result<DesiredUser, RuleError> {
+    ) -> Result<Dynamic, RuleError> {
         let mut scope = Scope::new();
         // Packs hold only functions and constants; don't re-run top level.
         let opts = CallFnOptions::new().eval_ast(false).rewind_scope(true);
         CALL_DEADLINE.with(|d| d.set(Some(std::time::Instant::now() + DEADLINE)));
-        let out: Dynamic = self
-            .engine
+        self.engine
             .call_fn_with_options(
                 opts,
                 &mut scope,
                 &self.ast,
-                "map",
+                name,
                 (user_map(user, groups), self.settings.clone()),
             )
             .map_err(|e| RuleError::Call {
                 pack: pack.into(),
+                export,
                 user: user.id.clone(),
                 message: match *e {
                     // Say why: Rhai's own text is only "Script terminated".
                     EvalAltResult::ErrorTerminated(ref why, _) => format!("stopped: {why}"),
                     ref other => other.to_string(),
                 },
-            })?;
+            })
+    }
+
+    /// `fn scope(user, settings)`, returning `true`/`false` or
+    /// `#{ in_scope, reason }`; without one, everyone is in scope.
+    pub(super) fn scope(
+        &self,
+        pack: &str,
+        user: &EntraUser,
+        groups: &[String],
+    ) -> Result<Decision, RuleError> {
+        if !self.has("scope") {
+            return Ok(Decision::in_scope());
+        }
+        let out = self.call(pack, "scope", "scope", user, groups)?;
+        let bad = |message: &str| RuleError::Output {
+            pack: pack.into(),
+            export: "scope",
+            user: user.id.clone(),
+            message: message.into(),
+        };
+        if let Some(b) = out.clone().try_cast::<bool>() {
+            return Ok(Decision {
+                in_scope: b,
+                reason: String::new(),
+            });
+        }
+        let m = out
+            .try_cast::<Map>()
+            .ok_or_else(|| bad("`scope` must return a bool or #{ in_scope, reason }"))?;
+        let in_scope = m
+            .get("in_scope")
+            .and_then(|v| v.clone().try_cast::<bool>())
+            .ok_or_else(|| bad("`in_scope` must be a bool"))?;
+        let reason = m
+            .get("reason")
+            .filter(|v| !v.is_unit())
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        Ok(Decision { in_scope, reason })
+    }
+
+    /// `fn match_keys(user, settings)`, returning an array of
+    /// `#{ field, value }` (or `[field, value]`) in order of precedence;
+    /// `None` without one. Keys whose value is `()` or empty are skipped.
+    pub(super) fn match_keys(
+        &self,
+        pack: &str,
+        user: &EntraUser,
+        groups: &[String],
+    ) -> Result<Option<Vec<MatchKey>>, RuleError> {
+        if !self.has("match_keys") {
+            return Ok(None);
+        }
+        let out = self.call(pack, "match-keys", "match_keys", user, groups)?;
+        let bad = || RuleError::Output {
+            pack: pack.into(),
+            export: "match-keys",
+            user: user.id.clone(),
+            message: "`match_keys` must return an array of #{ field, value }".into(),
+        };
+        let arr = out.try_cast::<Array>().ok_or_else(bad)?;
+        let mut keys = Vec::new();
+        for item in arr {
+            let (field, value) = if let Some(m) = item.clone().try_cast::<Map>() {
+                (m.get("field").cloned(), m.get("value").cloned())
+            } else if let Some(a) = item.try_cast::<Array>() {
+                (a.first().cloned(), a.get(1).cloned())
+            } else {
+                return Err(bad());
+            };
+            let field = field
+                .and_then(|f| f.try_cast::<ImmutableString>())
+                .ok_or_else(bad)?
+                .to_string();
+            match value {
+                None => {}
+                Some(v) if v.is_unit() => {}
+                Some(v) => {
+                    let v = v.to_string();
+                    if !v.is_empty() {
+                        keys.push(MatchKey { field, value: v });
+                    }
+                }
+            }
+        }
+        Ok(Some(keys))
+    }
+
+    pub(super) fn map(
+        &self,
+        pack: &str,
+        user: &EntraUser,
+        groups: &[String],
+    ) -> Result<DesiredUser, RuleError> {
+        let out = self.call(pack, "map", "map", user, groups)?;
         desired(out).map_err(|message| RuleError::Output {
             pack: pack.into(),
+            export: "map",
             user: user.id.clone(),
             message,
         })

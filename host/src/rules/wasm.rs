@@ -10,7 +10,7 @@ use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::{RuleError, SettingTables, fields_from_pairs};
+use super::{Decision, MatchKey, RuleError, SettingTables, fields_from_pairs};
 use crate::model::{DesiredUser, EntraUser, FieldValue};
 
 mod bindings {
@@ -162,15 +162,23 @@ impl WasmPack {
         })
     }
 
-    pub(super) fn map(
+    /// Runs one export in a fresh instance with its fuel budget; traps and
+    /// fuel exhaustion become errors naming the pack, export and user.
+    fn call<T>(
         &self,
         pack: &str,
+        export: &'static str,
         user: &EntraUser,
-        groups: &[String],
         settings: &SettingTables,
-    ) -> Result<DesiredUser, RuleError> {
+        f: impl FnOnce(
+            &bindings::RulePack,
+            &mut Store<State>,
+            &[types::SettingTable],
+        ) -> wasmtime::Result<T>,
+    ) -> Result<T, RuleError> {
         let call = |message: String| RuleError::Call {
             pack: pack.into(),
+            export,
             user: user.id.clone(),
             message,
         };
@@ -198,17 +206,65 @@ impl WasmPack {
                 })
                 .collect()
         });
-        let out = instance
-            .call_map(&mut store, &to_wit(user, groups), tables)
-            .map_err(|e| {
-                let out_of_fuel =
-                    e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::OutOfFuel);
-                call(if out_of_fuel {
-                    format!("ran out of its budget of {FUEL} fuel")
-                } else {
-                    format!("trapped: {e:?}")
-                })
-            })?;
+        f(&instance, &mut store, tables).map_err(|e| {
+            let out_of_fuel =
+                e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::OutOfFuel);
+            call(if out_of_fuel {
+                format!("ran out of its budget of {FUEL} fuel")
+            } else {
+                format!("trapped: {e:?}")
+            })
+        })
+    }
+
+    pub(super) fn scope(
+        &self,
+        pack: &str,
+        user: &EntraUser,
+        groups: &[String],
+        settings: &SettingTables,
+    ) -> Result<Decision, RuleError> {
+        let u = to_wit(user, groups);
+        let d = self.call(pack, "scope", user, settings, |i, store, t| {
+            i.call_scope(store, &u, t)
+        })?;
+        Ok(Decision {
+            in_scope: d.in_scope,
+            reason: d.reason,
+        })
+    }
+
+    pub(super) fn match_keys(
+        &self,
+        pack: &str,
+        user: &EntraUser,
+        groups: &[String],
+        settings: &SettingTables,
+    ) -> Result<Vec<MatchKey>, RuleError> {
+        let u = to_wit(user, groups);
+        let keys = self.call(pack, "match-keys", user, settings, |i, store, t| {
+            i.call_match_keys(store, &u, t)
+        })?;
+        Ok(keys
+            .into_iter()
+            .map(|k| MatchKey {
+                field: k.field,
+                value: k.value,
+            })
+            .collect())
+    }
+
+    pub(super) fn map(
+        &self,
+        pack: &str,
+        user: &EntraUser,
+        groups: &[String],
+        settings: &SettingTables,
+    ) -> Result<DesiredUser, RuleError> {
+        let u = to_wit(user, groups);
+        let out = self.call(pack, "map", user, settings, |i, store, t| {
+            i.call_map(store, &u, t)
+        })?;
         let pairs = out.fields.into_iter().map(|(k, v)| {
             let v = match v {
                 types::Value::Null => FieldValue::Null,
@@ -220,6 +276,7 @@ impl WasmPack {
         });
         let fields = fields_from_pairs(pairs).map_err(|message| RuleError::Output {
             pack: pack.into(),
+            export: "map",
             user: user.id.clone(),
             message,
         })?;

@@ -25,6 +25,30 @@ fn non_empty(v: &Option<String>) -> Option<&str> {
 }
 
 impl Guest for GalleryDefaults {
+    // The gallery app manages every user its assignment lets through.
+    fn scope(_user: EntraUser, _settings: Vec<SettingTable>) -> Decision {
+        Decision {
+            in_scope: true,
+            reason: String::new(),
+        }
+    }
+
+    // The gallery app matches on the UPN (FederationIdentifier, then
+    // Username, as it writes both from the UPN).
+    fn match_keys(user: EntraUser, _settings: Vec<SettingTable>) -> Vec<MatchKey> {
+        let upn = user.user_principal_name.unwrap_or_default();
+        if upn.is_empty() {
+            return Vec::new();
+        }
+        ["FederationIdentifier", "Username"]
+            .iter()
+            .map(|f| MatchKey {
+                field: (*f).to_string(),
+                value: upn.clone(),
+            })
+            .collect()
+    }
+
     fn map(user: EntraUser, settings: Vec<SettingTable>) -> DesiredUser {
         let upn = user.user_principal_name.clone().unwrap_or_default();
         // Entra's Left(), the same implementation Rhai packs call.

@@ -18,6 +18,17 @@ fn recurse(n: u64) -> u64 {
 }
 
 impl Guest for Misbehaving {
+    fn scope(_user: EntraUser, _settings: Vec<SettingTable>) -> Decision {
+        Decision {
+            in_scope: true,
+            reason: String::new(),
+        }
+    }
+
+    fn match_keys(_user: EntraUser, _settings: Vec<SettingTable>) -> Vec<MatchKey> {
+        Vec::new()
+    }
+
     fn map(user: EntraUser, settings: Vec<SettingTable>) -> DesiredUser {
         let mode = settings
             .iter()

@@ -144,7 +144,7 @@ fn misbehaving_components_are_stopped_inside_their_limits() {
         ("recursion", "trapped"),
         ("memory", "trapped"),
         ("panic", "trapped"),
-        ("huge-output", "invalid desired user"),
+        ("huge-output", "5001 fields"),
     ] {
         let (_dir, pack) = misbehaving(mode);
         let started = std::time::Instant::now();
@@ -162,4 +162,141 @@ fn misbehaving_components_are_stopped_inside_their_limits() {
         let (_dir, fine) = misbehaving("none");
         assert!(fine.map(&user, &[]).is_ok());
     }
+}
+
+fn sf_user(sim: &provisor::sim::Sim, fields: &[(&str, &str)]) -> String {
+    let mut org = sim.salesforce();
+    let profile = org.profile_id("Standard User").expect("profile");
+    let mut m = serde_json::Map::new();
+    for (k, v) in [
+        ("LastName", "Existing"),
+        ("Alias", "exist"),
+        ("TimeZoneSidKey", "GMT"),
+        ("LocaleSidKey", "en_US"),
+        ("EmailEncodingKey", "UTF-8"),
+        ("LanguageLocaleKey", "en_US"),
+    ]
+    .into_iter()
+    .chain(fields.iter().copied())
+    {
+        m.insert(k.into(), serde_json::json!(v));
+    }
+    m.insert("ProfileId".into(), serde_json::json!(profile));
+    org.insert_raw("User", m)
+}
+
+/// The pack decides scope and how to match: an employee number finds an
+/// account whose Username differs; guests are not managed; keys that point
+/// at different accounts stop the user for review, with nothing written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pack_decides_scope_and_match_keys() {
+    use serde_json::{Map, Value, json};
+    let running = start_sim(30, 72).await;
+    let sim = running.sim.clone();
+    let members: Vec<(String, String)> = sim
+        .graph()
+        .users()
+        .filter(|u| {
+            u.removed.is_none()
+                && u.props.get("accountEnabled") == Some(&json!(true))
+                && u.props.get("userType") == Some(&json!("Member"))
+        })
+        .filter_map(|u| {
+            Some((
+                u.id.clone(),
+                u.props.get("userPrincipalName")?.as_str()?.to_string(),
+            ))
+        })
+        .filter(|(_, upn)| sim.salesforce().users_where("Username", upn).is_empty())
+        .take(2)
+        .collect();
+    let guests = sim
+        .graph()
+        .users()
+        .filter(|u| u.props.get("userType") == Some(&json!("Guest")) && u.removed.is_none())
+        .count();
+    assert!(guests > 0 && members.len() == 2);
+    // Member 0: an account with their employee number but another Username.
+    let mut m = Map::new();
+    m.insert("employeeId".into(), json!("E-777"));
+    sim.graph().update_user(&members[0].0, m).expect("update");
+    let by_number = sf_user(
+        &sim,
+        &[
+            ("Username", "old.account@contoso-sim.com"),
+            ("Email", "old.account@contoso-sim.com"),
+            ("EmployeeNumber", "E-777"),
+        ],
+    );
+    // Member 1: the employee number points at one account, the Username at
+    // another.
+    let mut m = Map::new();
+    m.insert("employeeId".into(), json!("E-888"));
+    sim.graph().update_user(&members[1].0, m).expect("update");
+    let a = sf_user(
+        &sim,
+        &[
+            ("Username", "someone.else@contoso-sim.com"),
+            ("Email", "someone.else@contoso-sim.com"),
+            ("EmployeeNumber", "E-888"),
+        ],
+    );
+    let b = sf_user(
+        &sim,
+        &[("Username", &members[1].1), ("Email", "b@contoso-sim.com")],
+    );
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = engine(
+        &running,
+        &repo_root().join("tests/fixtures/packs/keys-and-scope"),
+        &dir.path().join("a.db"),
+    )
+    .await;
+    let r = engine.sync_once(&Quiet).await.expect("sync");
+
+    let link = r.plan.actions.iter().find(|x| x.entra_id == members[0].0);
+    assert!(
+        matches!(link.map(|x| &x.kind), Some(provisor::engine::plan::ActionKind::Link { matched_by }) if matched_by == "EmployeeNumber"),
+        "{}",
+        r.plan.render()
+    );
+    assert_eq!(link.and_then(|x| x.sf_id.clone()), Some(by_number.clone()));
+    // Matched, not created again: the old account now carries the UPN.
+    let rows: Vec<String> = sim
+        .salesforce()
+        .users_where("Username", &members[0].1)
+        .iter()
+        .filter_map(|u| u["Id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(rows, vec![by_number]);
+    let review = r
+        .failures
+        .iter()
+        .find(|f| f.contains(&members[1].1))
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        review.contains(&format!(
+            "EmployeeNumber matches {a} but Username matches {b}"
+        )),
+        "{:?}",
+        r.failures
+    );
+    assert!(
+        !r.plan.actions.iter().any(|x| x.entra_id == members[1].0),
+        "nothing planned for a user under review"
+    );
+    // No guest was created.
+    let created_guests = sim
+        .salesforce()
+        .rows("User")
+        .filter(|u| {
+            u.get("Username")
+                .and_then(Value::as_str)
+                .is_some_and(|n| n.contains("#EXT#"))
+        })
+        .count();
+    assert_eq!(created_guests, 0);
+    assert!(r.created > 5);
 }
