@@ -10,7 +10,7 @@ use axum::response::Response;
 use axum::routing::{get, post, put};
 use serde_json::{Map, Value, json};
 
-use super::{Faults, Sim};
+use super::{Faults, SfOrg, Sim};
 
 pub(super) fn routes() -> Router<Sim> {
     Router::new()
@@ -308,20 +308,14 @@ async fn set_licence(
     Path(name): Path<String>,
     axum::Json(body): axum::Json<Value>,
 ) -> Response {
-    let Some(total) = body.get("total").and_then(Value::as_i64) else {
-        return super::json(
-            StatusCode::BAD_REQUEST,
-            json!({"error": "body must be {\"total\": N}"}),
-        );
-    };
-    if sim.salesforce().set_licence_total(&name, total) {
-        done::<String>(Ok(json!({"licence": name, "total": total})))
-    } else {
-        super::json(
-            StatusCode::NOT_FOUND,
-            json!({"error": format!("no user licence named {name:?}")}),
-        )
-    }
+    set_seats(
+        &sim,
+        &name,
+        &body,
+        "licence",
+        "user licence",
+        SfOrg::set_licence_total,
+    )
 }
 
 /// Sets a permission set licence's seats: `{"total": N}`.
@@ -330,21 +324,37 @@ async fn set_psl(
     Path(name): Path<String>,
     axum::Json(body): axum::Json<Value>,
 ) -> Response {
+    set_seats(
+        &sim,
+        &name,
+        &body,
+        "permission_set_licence",
+        "permission set licence",
+        SfOrg::set_permission_set_licence_total,
+    )
+}
+
+/// The body `{"total": N}` applied by `set` to the licence `name`.
+fn set_seats(
+    sim: &Sim,
+    name: &str,
+    body: &Value,
+    key: &str,
+    what: &str,
+    set: fn(&mut SfOrg, &str, i64) -> bool,
+) -> Response {
     let Some(total) = body.get("total").and_then(Value::as_i64) else {
         return super::json(
             StatusCode::BAD_REQUEST,
             json!({"error": "body must be {\"total\": N}"}),
         );
     };
-    if sim
-        .salesforce()
-        .set_permission_set_licence_total(&name, total)
-    {
-        done::<String>(Ok(json!({"permission_set_licence": name, "total": total})))
+    if set(&mut sim.salesforce(), name, total) {
+        done::<String>(Ok(json!({key: name, "total": total})))
     } else {
         super::json(
             StatusCode::NOT_FOUND,
-            json!({"error": format!("no permission set licence named {name:?}")}),
+            json!({"error": format!("no {what} named {name:?}")}),
         )
     }
 }

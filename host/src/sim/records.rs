@@ -212,23 +212,7 @@ impl SfOrg {
         mut fields: Map<String, Value>,
     ) -> Result<String, Vec<SfErr>> {
         let mut errors = check_fields(name, defs, &fields);
-        let missing: Vec<&str> = defs
-            .iter()
-            .filter(|d| {
-                d.required
-                    && fields
-                        .get(d.name)
-                        .is_none_or(|v| v.is_null() || v.as_str() == Some(""))
-            })
-            .map(|d| d.name)
-            .collect();
-        if !missing.is_empty() {
-            errors.push(err(
-                "REQUIRED_FIELD_MISSING",
-                format!("Required fields are missing: [{}]", missing.join(", ")),
-                &missing,
-            ));
-        }
+        errors.extend(super::missing_required(defs, &fields));
         if !errors.is_empty() {
             return Err(errors);
         }

@@ -600,12 +600,17 @@ impl SfOrg {
 
     /// Sets the seats of a user licence by name (e.g. "Salesforce").
     pub fn set_licence_total(&mut self, name: &str, total: i64) -> bool {
-        let Some(rows) = self.objects.get_mut("UserLicense") else {
+        self.set_total("UserLicense", "Name", name, total)
+    }
+
+    /// Sets `TotalLicenses` on the rows of `object` whose `key` is `name`.
+    fn set_total(&mut self, object: &str, key: &str, name: &str, total: i64) -> bool {
+        let Some(rows) = self.objects.get_mut(object) else {
             return false;
         };
         let mut found = false;
         for row in rows.values_mut() {
-            if row.get("Name").and_then(Value::as_str) == Some(name) {
+            if row.get(key).and_then(Value::as_str) == Some(name) {
                 row.insert("TotalLicenses".into(), json!(total));
                 found = true;
             }
@@ -632,17 +637,7 @@ impl SfOrg {
 
     /// Sets the seats of a permission set licence by DeveloperName.
     pub fn set_permission_set_licence_total(&mut self, name: &str, total: i64) -> bool {
-        let Some(rows) = self.objects.get_mut("PermissionSetLicense") else {
-            return false;
-        };
-        let mut found = false;
-        for row in rows.values_mut() {
-            if row.get("DeveloperName").and_then(Value::as_str) == Some(name) {
-                row.insert("TotalLicenses".into(), json!(total));
-                found = true;
-            }
-        }
-        found
+        self.set_total("PermissionSetLicense", "DeveloperName", name, total)
     }
 
     /// Profile id by name (seeding and tests).
@@ -861,24 +856,10 @@ impl SfOrg {
                 &[],
             )]
         })?;
-        if name != "User" {
-            let missing: Vec<&str> = defs
-                .iter()
-                .filter(|d| {
-                    d.required
-                        && fields
-                            .get(d.name)
-                            .is_none_or(|v| v.is_null() || v.as_str() == Some(""))
-                })
-                .map(|d| d.name)
-                .collect();
-            if !missing.is_empty() {
-                return Err(vec![err(
-                    "REQUIRED_FIELD_MISSING",
-                    format!("Required fields are missing: [{}]", missing.join(", ")),
-                    &missing,
-                )]);
-            }
+        if name != "User"
+            && let Some(e) = missing_required(defs, &fields)
+        {
+            return Err(vec![e]);
         }
         match name {
             "PermissionSetAssignment" => {
@@ -908,23 +889,7 @@ impl SfOrg {
         }
         fields.remove("attributes");
         let mut errors = check_fields(name, defs, &fields);
-        let missing: Vec<&str> = defs
-            .iter()
-            .filter(|d| {
-                d.required
-                    && fields
-                        .get(d.name)
-                        .is_none_or(|v| v.is_null() || v.as_str() == Some(""))
-            })
-            .map(|d| d.name)
-            .collect();
-        if !missing.is_empty() {
-            errors.push(err(
-                "REQUIRED_FIELD_MISSING",
-                format!("Required fields are missing: [{}]", missing.join(", ")),
-                &missing,
-            ));
-        }
+        errors.extend(missing_required(defs, &fields));
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -1452,6 +1417,28 @@ impl Default for SfOrg {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// `REQUIRED_FIELD_MISSING` naming every required field `fields` lacks
+/// (absent, null or empty), as Salesforce reports them all at once.
+fn missing_required(defs: &[FieldDef], fields: &Map<String, Value>) -> Option<SfErr> {
+    let missing: Vec<&str> = defs
+        .iter()
+        .filter(|d| {
+            d.required
+                && fields
+                    .get(d.name)
+                    .is_none_or(|v| v.is_null() || v.as_str() == Some(""))
+        })
+        .map(|d| d.name)
+        .collect();
+    (!missing.is_empty()).then(|| {
+        err(
+            "REQUIRED_FIELD_MISSING",
+            format!("Required fields are missing: [{}]", missing.join(", ")),
+            &missing,
+        )
+    })
 }
 
 fn check_fields(object: &str, defs: &[FieldDef], fields: &Map<String, Value>) -> Vec<SfErr> {

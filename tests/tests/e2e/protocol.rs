@@ -414,3 +414,62 @@ async fn the_emulators_serve_https_with_a_generated_certificate() {
     let stats = sim.stats();
     assert!(stats.graph_delta_pages > 0 && stats.sf_write_calls > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_sets_licence_seats() {
+    let running = provisor_e2e::start_sim(3, 62).await;
+    let base = running.base_url();
+    let http = provisor::http::client().expect("client");
+    let put = |path: String, body: serde_json::Value| {
+        let http = http.clone();
+        async move { http.put(path).json(&body).send().await.expect("admin call") }
+    };
+    let total = |object: &str, key: &str, name: &str| {
+        running
+            .sim
+            .salesforce()
+            .rows(object)
+            .find(|r| r[key] == name)
+            .and_then(|r| r["TotalLicenses"].as_i64())
+    };
+    let r = put(
+        format!("{base}/_sim/salesforce/licences/Salesforce"),
+        serde_json::json!({"total": 5}),
+    )
+    .await;
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(total("UserLicense", "Name", "Salesforce"), Some(5));
+    let r = put(
+        format!("{base}/_sim/salesforce/permission-set-licences/EinsteinAnalyticsPlusPsl"),
+        serde_json::json!({"total": 7}),
+    )
+    .await;
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(
+        total(
+            "PermissionSetLicense",
+            "DeveloperName",
+            "EinsteinAnalyticsPlusPsl"
+        ),
+        Some(7)
+    );
+    let r = put(
+        format!("{base}/_sim/salesforce/permission-set-licences/Nope"),
+        serde_json::json!({"total": 7}),
+    )
+    .await;
+    assert_eq!(r.status().as_u16(), 404);
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("\"Nope\"")
+    );
+    let r = put(
+        format!("{base}/_sim/salesforce/licences/Salesforce"),
+        serde_json::json!({"seats": 5}),
+    )
+    .await;
+    assert_eq!(r.status().as_u16(), 400);
+}
