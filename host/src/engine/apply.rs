@@ -279,12 +279,7 @@ impl Engine {
                                 detail: json!({kind.key(): name, "assignment": r.id, "reason": a.reason}),
                             });
                         } else if !duplicate {
-                            let msg = r
-                                .errors
-                                .iter()
-                                .map(ToString::to_string)
-                                .collect::<Vec<_>>()
-                                .join("; ");
+                            let msg = r.error_text();
                             outcomes.entry(a.entra_id.clone()).or_default().failed = Some(format!(
                                 "granting {} {name} refused by Salesforce: {msg}",
                                 kind.label()
@@ -353,12 +348,7 @@ impl Engine {
                             detail: json!({kind.key(): name, "assignment": assignment_id, "reason": a.reason}),
                         });
                     } else {
-                        let msg = r
-                            .errors
-                            .iter()
-                            .map(ToString::to_string)
-                            .collect::<Vec<_>>()
-                            .join("; ");
+                        let msg = r.error_text();
                         outcomes.entry(a.entra_id.clone()).or_default().failed = Some(format!(
                             "revoking {} {name} refused by Salesforce: {msg}",
                             kind.label()
@@ -506,12 +496,7 @@ impl Engine {
                 };
                 events.push(event);
             } else {
-                let msg = r
-                    .errors
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; ");
+                let msg = r.error_text();
                 let msg = if msg.is_empty() {
                     "Salesforce reported failure without an error".to_string()
                 } else {

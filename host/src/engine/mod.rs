@@ -668,26 +668,27 @@ impl Engine {
         // The pack's match keys per user, in order of precedence.
         let mut keys_of: HashMap<&str, Vec<MatchKey>> = HashMap::new();
         for d in &dirty {
-            let decided = pack.map(&d.user, &d.groups).and_then(|x| {
-                // Scope overrides the rules: out of scope is a leaver. The
-                // configuration's scope and the pack's must both agree.
-                let why = if d.user.removed.is_some() {
-                    None
-                } else if let Err(why) = self.scope.check(&d.user, &d.group_refs) {
-                    Some(why)
-                } else {
-                    let decision = pack.scope(&d.user, &d.groups)?;
-                    (!decision.in_scope).then(|| {
-                        let reason = if decision.reason.is_empty() {
+            // Scope overrides the rules: out of scope is a leaver. The
+            // configuration's scope and the pack's must both agree; the
+            // pack is asked only when the configuration lets the user in.
+            let config_out = if d.user.removed.is_some() {
+                None
+            } else {
+                self.scope.check(&d.user, &d.group_refs).err()
+            };
+            let ask_pack = d.user.removed.is_none() && config_out.is_none();
+            let decided = pack.evaluate(&d.user, &d.groups, ask_pack).map(|e| {
+                let why = config_out.or_else(|| {
+                    e.scope.filter(|s| !s.in_scope).map(|s| {
+                        let reason = if s.reason.is_empty() {
                             "out of scope".to_string()
                         } else {
-                            decision.reason
+                            s.reason
                         };
                         format!("rule pack {}: {reason}", pack.id())
                     })
-                };
-                let keys = pack.match_keys(&d.user, &d.groups, &x)?;
-                Ok((x, why, keys))
+                });
+                (e.desired, why, e.keys)
             });
             match decided {
                 Ok((mut x, why, keys)) => {

@@ -250,28 +250,35 @@ impl Pack {
         format!("{}@{}", self.info.name, self.info.version)
     }
 
-    /// Whether the pack manages this user (a pack without a scope rule
-    /// manages everyone the configuration's scope lets through).
-    pub fn scope(&self, user: &EntraUser, groups: &[String]) -> Result<Decision, RuleError> {
-        match &self.runner {
-            Runner::Rhai(r) => r.scope(&self.id(), user, groups),
-            Runner::Wasm(w) => w.scope(&self.id(), user, groups, &self.settings),
-        }
-    }
-
-    /// The keys to find the user's existing Salesforce account, in order.
-    /// A pack without a match-keys rule matches by the FederationIdentifier
-    /// and then the Username that `map` returned.
-    pub fn match_keys(
+    /// Runs the pack for one user: `map`, then (with `ask_scope`) `scope`,
+    /// then `match-keys`. A pack without a scope rule manages everyone the
+    /// configuration's scope lets through; one without match keys matches by
+    /// the FederationIdentifier and then the Username that `map` returned.
+    /// A WASM pack runs all three in one instance.
+    pub fn evaluate(
         &self,
         user: &EntraUser,
         groups: &[String],
-        desired: &DesiredUser,
-    ) -> Result<Vec<MatchKey>, RuleError> {
-        let keys = match &self.runner {
-            Runner::Rhai(r) => r.match_keys(&self.id(), user, groups)?,
-            Runner::Wasm(w) => Some(w.match_keys(&self.id(), user, groups, &self.settings)?),
+        ask_scope: bool,
+    ) -> Result<Evaluation, RuleError> {
+        let id = self.id();
+        let (desired, scope, keys) = match &self.runner {
+            Runner::Rhai(r) => {
+                let desired = r.map(&id, user, groups)?;
+                let scope = if ask_scope {
+                    Some(r.scope(&id, user, groups)?)
+                } else {
+                    None
+                };
+                (desired, scope, r.match_keys(&id, user, groups)?)
+            }
+            Runner::Wasm(w) => {
+                let (desired, scope, keys) =
+                    w.evaluate(&id, user, groups, &self.settings, ask_scope)?;
+                (desired, scope, Some(keys))
+            }
         };
+        let desired = validate(&id, &user.id, desired)?;
         let keys = keys.unwrap_or_else(|| {
             ["FederationIdentifier", "Username"]
                 .iter()
@@ -285,7 +292,7 @@ impl Pack {
                 .collect()
         });
         let out = |message: String| RuleError::Output {
-            pack: self.id(),
+            pack: id.clone(),
             export: "match-keys",
             user: user.id.clone(),
             message,
@@ -307,7 +314,11 @@ impl Pack {
                 )));
             }
         }
-        Ok(keys)
+        Ok(Evaluation {
+            desired,
+            scope,
+            keys,
+        })
     }
 
     /// Maps one user (with the display names of its groups) to the
@@ -389,6 +400,16 @@ impl Decision {
             reason: String::new(),
         }
     }
+}
+
+/// What a pack says about one user.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    pub desired: DesiredUser,
+    /// The pack's scope decision, when it was asked.
+    pub scope: Option<Decision>,
+    /// Match keys, in order of precedence (checked: API names, values).
+    pub keys: Vec<MatchKey>,
 }
 
 /// One way to find a user's Salesforce account: a User field and its value.

@@ -162,26 +162,16 @@ impl WasmPack {
         })
     }
 
-    /// Runs one export in a fresh instance with its fuel budget; traps and
-    /// fuel exhaustion become errors naming the pack, export and user.
-    fn call<T>(
-        &self,
-        pack: &str,
-        export: &'static str,
-        user: &EntraUser,
+    /// A fresh instance for one user: every export called for that user
+    /// runs in it, so a user costs one instantiation, and no state passes
+    /// from one user to the next.
+    fn session<'a>(
+        &'a self,
+        pack: &'a str,
+        user: &'a EntraUser,
+        groups: &[String],
         settings: &SettingTables,
-        f: impl FnOnce(
-            &bindings::RulePack,
-            &mut Store<State>,
-            &[types::SettingTable],
-        ) -> wasmtime::Result<T>,
-    ) -> Result<T, RuleError> {
-        let call = |message: String| RuleError::Call {
-            pack: pack.into(),
-            export,
-            user: user.id.clone(),
-            message,
-        };
+    ) -> Result<Session<'a>, RuleError> {
         let state = State {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
@@ -192,11 +182,18 @@ impl WasmPack {
         };
         let mut store = Store::new(self.engine, state);
         store.limiter(|s| &mut s.limits);
-        store.set_fuel(FUEL).map_err(|e| call(e.to_string()))?;
+        let fail = |message: String| RuleError::Call {
+            pack: pack.into(),
+            export: "instantiate",
+            user: user.id.clone(),
+            message,
+        };
+        // Instantiation runs the component's start code: it pays fuel too.
+        store.set_fuel(FUEL).map_err(|e| fail(e.to_string()))?;
         let instance = self
             .pre
             .instantiate(&mut store)
-            .map_err(|e| call(format!("instantiation failed: {e}")))?;
+            .map_err(|e| fail(format!("instantiation failed: {e}")))?;
         let tables = self.tables.get_or_init(|| {
             settings
                 .iter()
@@ -206,7 +203,75 @@ impl WasmPack {
                 })
                 .collect()
         });
-        f(&instance, &mut store, tables).map_err(|e| {
+        Ok(Session {
+            pack,
+            user,
+            wit_user: to_wit(user, groups),
+            tables,
+            store,
+            instance,
+        })
+    }
+
+    /// `map`, and with `ask_scope` `scope`, then `match-keys`, all in one
+    /// instance: (desired user, scope decision, match keys).
+    pub(super) fn evaluate(
+        &self,
+        pack: &str,
+        user: &EntraUser,
+        groups: &[String],
+        settings: &SettingTables,
+        ask_scope: bool,
+    ) -> Result<(DesiredUser, Option<Decision>, Vec<MatchKey>), RuleError> {
+        let mut s = self.session(pack, user, groups, settings)?;
+        let desired = s.map()?;
+        let decision = if ask_scope { Some(s.scope()?) } else { None };
+        let keys = s.match_keys()?;
+        Ok((desired, decision, keys))
+    }
+
+    pub(super) fn map(
+        &self,
+        pack: &str,
+        user: &EntraUser,
+        groups: &[String],
+        settings: &SettingTables,
+    ) -> Result<DesiredUser, RuleError> {
+        self.session(pack, user, groups, settings)?.map()
+    }
+}
+
+/// One user's instance and inputs.
+struct Session<'a> {
+    pack: &'a str,
+    user: &'a EntraUser,
+    wit_user: types::EntraUser,
+    tables: &'a [types::SettingTable],
+    store: Store<State>,
+    instance: bindings::RulePack,
+}
+
+impl Session<'_> {
+    /// Runs one export with a full fuel budget of its own; traps and fuel
+    /// exhaustion become errors naming the pack, export and user.
+    fn run<T>(
+        &mut self,
+        export: &'static str,
+        f: impl FnOnce(
+            &bindings::RulePack,
+            &mut Store<State>,
+            &types::EntraUser,
+            &[types::SettingTable],
+        ) -> wasmtime::Result<T>,
+    ) -> Result<T, RuleError> {
+        let call = |message: String| RuleError::Call {
+            pack: self.pack.into(),
+            export,
+            user: self.user.id.clone(),
+            message,
+        };
+        self.store.set_fuel(FUEL).map_err(|e| call(e.to_string()))?;
+        f(&self.instance, &mut self.store, &self.wit_user, self.tables).map_err(|e| {
             let out_of_fuel =
                 e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::OutOfFuel);
             call(if out_of_fuel {
@@ -217,33 +282,17 @@ impl WasmPack {
         })
     }
 
-    pub(super) fn scope(
-        &self,
-        pack: &str,
-        user: &EntraUser,
-        groups: &[String],
-        settings: &SettingTables,
-    ) -> Result<Decision, RuleError> {
-        let u = to_wit(user, groups);
-        let d = self.call(pack, "scope", user, settings, |i, store, t| {
-            i.call_scope(store, &u, t)
-        })?;
+    fn scope(&mut self) -> Result<Decision, RuleError> {
+        let d = self.run("scope", |i, store, u, t| i.call_scope(store, u, t))?;
         Ok(Decision {
             in_scope: d.in_scope,
             reason: d.reason,
         })
     }
 
-    pub(super) fn match_keys(
-        &self,
-        pack: &str,
-        user: &EntraUser,
-        groups: &[String],
-        settings: &SettingTables,
-    ) -> Result<Vec<MatchKey>, RuleError> {
-        let u = to_wit(user, groups);
-        let keys = self.call(pack, "match-keys", user, settings, |i, store, t| {
-            i.call_match_keys(store, &u, t)
+    fn match_keys(&mut self) -> Result<Vec<MatchKey>, RuleError> {
+        let keys = self.run("match-keys", |i, store, u, t| {
+            i.call_match_keys(store, u, t)
         })?;
         Ok(keys
             .into_iter()
@@ -254,17 +303,8 @@ impl WasmPack {
             .collect())
     }
 
-    pub(super) fn map(
-        &self,
-        pack: &str,
-        user: &EntraUser,
-        groups: &[String],
-        settings: &SettingTables,
-    ) -> Result<DesiredUser, RuleError> {
-        let u = to_wit(user, groups);
-        let out = self.call(pack, "map", user, settings, |i, store, t| {
-            i.call_map(store, &u, t)
-        })?;
+    fn map(&mut self) -> Result<DesiredUser, RuleError> {
+        let out = self.run("map", |i, store, u, t| i.call_map(store, u, t))?;
         let pairs = out.fields.into_iter().map(|(k, v)| {
             let v = match v {
                 types::Value::Null => FieldValue::Null,
@@ -275,9 +315,9 @@ impl WasmPack {
             (k, v)
         });
         let fields = fields_from_pairs(pairs).map_err(|message| RuleError::Output {
-            pack: pack.into(),
+            pack: self.pack.into(),
             export: "map",
-            user: user.id.clone(),
+            user: self.user.id.clone(),
             message,
         })?;
         Ok(DesiredUser {

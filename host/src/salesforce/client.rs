@@ -91,6 +91,17 @@ pub struct RecordResult {
     pub errors: Vec<ApiError>,
 }
 
+impl RecordResult {
+    /// The record's errors as one line, `CODE: message [fields]; ...`.
+    pub fn error_text(&self) -> String {
+        self.errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
 /// API usage as reported by `Sforce-Limit-Info: api-usage=used/max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LimitInfo {

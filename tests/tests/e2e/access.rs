@@ -3,16 +3,11 @@
 
 use std::collections::BTreeSet;
 
-use provisor::config::Config;
+use crate::salesforce::fast;
 use provisor::engine::Quiet;
 use provisor::sim::Sim;
 use provisor_e2e::{engine_with, repo_root, start_sim};
 use serde_json::{Map, Value, json};
-
-fn fast(c: &mut Config) {
-    c.sync.retries = 2;
-    c.sync.retry_base_ms = 2;
-}
 
 /// Enabled members of an Entra group: (entra id, upn).
 fn members(sim: &Sim, group: &str) -> Vec<(String, String)> {

@@ -5,7 +5,8 @@ use provisor::engine::Quiet;
 use provisor::sim::{creds, graph::TEST_PRIVATE_KEY_PEM};
 use provisor_e2e::{config_for, engine_with, repo_root, rhai_pack, start_sim};
 
-fn fast(c: &mut Config) {
+/// Short retries, so refusals settle within a test.
+pub(crate) fn fast(c: &mut Config) {
     c.sync.retries = 2;
     c.sync.retry_base_ms = 2;
 }
