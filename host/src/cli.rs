@@ -76,8 +76,10 @@ enum RulesCommand {
     /// Load a pack as the engine would: manifest, contract version,
     /// settings, compilation and the exports the contract requires.
     Check {
-        /// The pack directory (holding pack.toml).
-        path: PathBuf,
+        /// The pack directory (holding pack.toml); several are checked
+        /// stacked in order (base first, then overrides).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
     },
     /// Run the pack's test cases (JSON files under PATH/tests/).
     Test {
@@ -86,15 +88,25 @@ enum RulesCommand {
         #[arg(long)]
         bless: bool,
     },
-    /// Map one Entra user and print the desired Salesforce user as JSON.
+    /// Map one Entra user and print the desired Salesforce user as JSON
+    /// (or, with --records, where the leaver's records would go).
     Eval {
-        path: PathBuf,
+        /// Pack directories, stacked in order (base first).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
         /// The user as Graph returns it (camelCase JSON), or @FILE.
         #[arg(long)]
         user: String,
         /// A group (display name) the user is a member of; repeatable.
         #[arg(long = "group")]
         groups: Vec<String>,
+        /// What the host API answers (JSON as a test case's `host`), or @FILE.
+        #[arg(long)]
+        host: Option<String>,
+        /// The leaver's open records (JSON array of {object, count,
+        /// accounts}), or @FILE: runs `on-leave` instead of `map`.
+        #[arg(long)]
+        records: Option<String>,
     },
 }
 
@@ -261,7 +273,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let cfg = Config::load(&file)?;
             cfg.validate()
                 .with_context(|| format!("{} is not usable", file.display()))?;
-            Pack::load(&cfg.rules.pack)?;
+            Pack::load_stack(&cfg.rules.dirs())?;
             println!("{}: ok", file.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -306,11 +318,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn run_rules(command: RulesCommand) -> anyhow::Result<ExitCode> {
     use crate::rules::cases::{self, Outcome};
     match command {
-        RulesCommand::Check { path } => {
-            let pack = Pack::load(&path)?;
+        RulesCommand::Check { paths } => {
+            let pack = Pack::load_stack(&paths)?;
+            let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
             println!(
                 "{}: ok ({} pack {}, contract {})",
-                path.display(),
+                shown.join(" + "),
                 match pack.info.engine {
                     crate::rules::EngineKind::Rhai => "Rhai",
                     crate::rules::EngineKind::Wasm => "WASM",
@@ -353,18 +366,48 @@ fn run_rules(command: RulesCommand) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        RulesCommand::Eval { path, user, groups } => {
-            let pack = Pack::load(&path)?;
-            let text = match user.strip_prefix('@') {
-                Some(file) => std::fs::read_to_string(file)
-                    .with_context(|| format!("cannot read the user file {file}"))?,
-                None => user,
+        RulesCommand::Eval {
+            paths,
+            user,
+            groups,
+            host,
+            records,
+        } => {
+            let pack = Pack::load_stack(&paths)?;
+            let arg = |flag: &str, v: String| -> anyhow::Result<String> {
+                match v.strip_prefix('@') {
+                    Some(file) => std::fs::read_to_string(file)
+                        .with_context(|| format!("cannot read the {flag} file {file}")),
+                    None => Ok(v),
+                }
             };
-            let user: crate::model::EntraUser = serde_json::from_str(&text).context(
-                "--user is not an Entra user as Graph returns it (camelCase JSON with an `id`)",
-            )?;
-            let desired = pack.map(&user, &groups)?;
-            println!("{}", serde_json::to_string_pretty(&desired)?);
+            let user: crate::model::EntraUser = serde_json::from_str(&arg("--user", user)?)
+                .context(
+                    "--user is not an Entra user as Graph returns it (camelCase JSON with an `id`)",
+                )?;
+            let fixture: crate::rules::Fixture = match host {
+                Some(h) => serde_json::from_str(&arg("--host", h)?)
+                    .context("--host is not a host fixture (a test case's `host` object)")?,
+                None => crate::rules::Fixture::default(),
+            };
+            let env = crate::rules::HostEnv::new(std::sync::Arc::new(fixture));
+            let out = match records {
+                Some(r) => {
+                    let records: Vec<crate::rules::OwnedRecords> =
+                        serde_json::from_str(&arg("--records", r)?).context(
+                            "--records is not a list of {\"object\", \"count\", \"accounts\"}",
+                        )?;
+                    serde_json::to_string_pretty(&pack.on_leave(&user, &groups, &records, &env)?)?
+                }
+                None => serde_json::to_string_pretty(&pack.map_with(&user, &groups, &env)?)?,
+            };
+            for r in env.take_refusals() {
+                eprintln!(
+                    "refused: {} `{}` asked for {} {:?}",
+                    r.pack, r.rule, r.capability, r.target
+                );
+            }
+            println!("{out}");
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -462,7 +505,7 @@ pub async fn engine_from_config(cfg: &Config) -> anyhow::Result<Engine> {
         }
     };
     let sf_credentials = crate::salesforce::Credentials::from_config(&cfg.salesforce)?;
-    let pack = Pack::load(&cfg.rules.pack)?;
+    let pack = Pack::load_stack(&cfg.rules.dirs())?;
     let store = Store::open(&cfg.store.url).await?;
     let retry = RetryPolicy {
         attempts: cfg.sync.retries,
@@ -476,9 +519,15 @@ pub async fn engine_from_config(cfg: &Config) -> anyhow::Result<Engine> {
             entra_credential,
             retry.clone(),
         ),
-        salesforce: SalesforceClient::new(client, cfg.salesforce.clone(), sf_credentials, retry),
+        salesforce: std::sync::Arc::new(SalesforceClient::new(
+            client,
+            cfg.salesforce.clone(),
+            sf_credentials,
+            retry,
+        )),
         store,
-        pack: crate::rules::PackSlot::new(pack),
+        pack: crate::rules::PackSlot::stacked(cfg.rules.dirs(), pack),
+        org_tables: std::sync::Arc::new(cfg.rules.tables.clone()),
         cfg: cfg.sync.clone(),
         scope: crate::engine::scope::Scope::new(&cfg.entra.scope).context("entra.scope")?,
     })

@@ -297,11 +297,28 @@ impl Default for StoreConfig {
 }
 
 /// Which rule pack maps users.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RulesConfig {
     /// Directory holding the pack's `pack.toml`, relative to the config file.
-    pub pack: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pack: Option<PathBuf>,
+    /// Packs stacked in order instead of one `pack`: a vendor's base pack
+    /// first, then the organisation's overrides.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packs: Vec<PathBuf>,
+    /// The organisation's mapping tables (`[rules.tables.<name>]`, key =
+    /// value), readable by packs granted `capabilities.tables`; a table
+    /// here wins over a pack's own of the same name.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub tables: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+}
+
+impl RulesConfig {
+    /// The pack directories, bottom of the stack first.
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        self.pack.iter().chain(&self.packs).cloned().collect()
+    }
 }
 
 /// Tuning of one sync cycle.
@@ -448,8 +465,10 @@ impl Config {
             message,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        if cfg.rules.pack.is_relative() {
-            cfg.rules.pack = base.join(&cfg.rules.pack);
+        for p in cfg.rules.pack.iter_mut().chain(cfg.rules.packs.iter_mut()) {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
         }
         // A relative SQLite file lives beside the config file, like the pack.
         if let Some(rest) = cfg.store.url.strip_prefix("sqlite://") {
@@ -640,11 +659,34 @@ impl Config {
                 problem: "must be between 1 and 999".into(),
             });
         }
-        if !self.rules.pack.join("pack.toml").is_file() {
-            return Err(ConfigError::Invalid {
-                key: "rules.pack".into(),
-                problem: format!("{} has no pack.toml", self.rules.pack.display()),
-            });
+        match (&self.rules.pack, self.rules.packs.is_empty()) {
+            (None, true) => {
+                return Err(ConfigError::Invalid {
+                    key: "rules.pack".into(),
+                    problem: "no rule pack: set rules.pack (or rules.packs to stack several)"
+                        .into(),
+                });
+            }
+            (Some(_), false) => {
+                return Err(ConfigError::Invalid {
+                    key: "rules.packs".into(),
+                    problem: "set rules.pack or rules.packs, not both".into(),
+                });
+            }
+            _ => {}
+        }
+        for (i, dir) in self.rules.dirs().iter().enumerate() {
+            if !dir.join("pack.toml").is_file() {
+                let key = if self.rules.pack.is_some() {
+                    "rules.pack".to_string()
+                } else {
+                    format!("rules.packs[{i}]")
+                };
+                return Err(ConfigError::Invalid {
+                    key,
+                    problem: format!("{} has no pack.toml", dir.display()),
+                });
+            }
         }
         match (&self.entra.client_secret, &self.entra.client_certificate) {
             (Some(s), None) => {

@@ -508,7 +508,9 @@ impl Store {
     }
 
     /// Group display names per user, nested membership flattened.
-    async fn groups_by_user(&self) -> Result<HashMap<String, Vec<(String, String)>>, StoreError> {
+    pub(crate) async fn groups_by_user(
+        &self,
+    ) -> Result<HashMap<String, Vec<(String, String)>>, StoreError> {
         let names: HashMap<String, String> = sqlx::query_as::<_, (String, String)>("SELECT id, display_name FROM entra_groups WHERE removed = 0 AND display_name IS NOT NULL").fetch_all(&self.pool).await.map_err(q("read groups"))?.into_iter().collect();
         let edges: Vec<(String, String, String)> =
             sqlx::query_as("SELECT group_id, member_id, member_type FROM memberships")

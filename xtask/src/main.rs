@@ -15,6 +15,8 @@ const PLUGINS: &[(&str, &str, &str)] = &[
         "gallery_defaults.wasm",
         "rules/gallery-defaults-wasm",
     ),
+    // Example override pack: round-robin reassignment of a leaver's records.
+    ("round-robin", "round_robin.wasm", "rules/round-robin"),
     // Misbehaves on purpose, for the sandbox tests.
     (
         "misbehaving",
@@ -114,6 +116,8 @@ fn main() -> ExitCode {
                 "gallery-defaults",
                 "--exclude",
                 "misbehaving",
+                "--exclude",
+                "round-robin",
             ])
             .args(&rest);
             run(c)

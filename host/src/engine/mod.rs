@@ -4,6 +4,7 @@
 
 mod access;
 mod apply;
+mod directory;
 pub mod plan;
 pub mod scope;
 
@@ -63,6 +64,8 @@ pub enum SyncError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Rules(#[from] RuleError),
+    #[error("rule evaluation: {0}")]
+    Evaluation(String),
 }
 
 /// Progress of a cycle, for bars and logs.
@@ -145,6 +148,8 @@ pub(crate) struct Planned {
     pub plan: Plan,
     outcomes: HashMap<String, Outcome>,
     dirty: Vec<DirtyUser>,
+    /// What the packs asked for beyond their manifests (to audit).
+    refusals: Vec<crate::rules::Refusal>,
     /// Names of profiles, roles and permission sets resolved to ids.
     refs: Refs,
 }
@@ -160,13 +165,16 @@ pub(crate) struct Refs {
 /// The engine for one tenant ↔ org connection.
 pub struct Engine {
     pub entra: EntraClient,
-    pub salesforce: SalesforceClient,
+    /// Shared with the rules' host API, which reads on a blocking thread.
+    pub salesforce: std::sync::Arc<SalesforceClient>,
     pub store: Store,
     /// The rule pack in use, replaced in place by [`Engine::reload_rules`].
     pub pack: PackSlot,
     pub cfg: SyncConfig,
     /// Which Entra users are managed.
     pub scope: scope::Scope,
+    /// The organisation's mapping tables (`[rules.tables]`) for packs.
+    pub org_tables: std::sync::Arc<BTreeMap<String, BTreeMap<String, String>>>,
 }
 
 fn new_cycle_id() -> String {
@@ -333,8 +341,21 @@ impl Engine {
             plan,
             mut outcomes,
             dirty,
+            refusals,
             refs,
         } = self.plan(&cycle, obs).await?;
+        if !refusals.is_empty() {
+            let events: Vec<AuditEvent> = refusals
+                .iter()
+                .map(|r| AuditEvent {
+                    event: "rules.refused".into(),
+                    entra_id: Some(r.user.clone()),
+                    sf_id: None,
+                    detail: json!({"pack": r.pack, "rule": r.rule, "capability": r.capability, "target": r.target}),
+                })
+                .collect();
+            self.store.append_audit(&cycle, &events).await?;
+        }
         report.users_considered = dirty.len();
         let stopped = self
             .apply(&cycle, &plan, &refs, &mut outcomes, obs, &mut report)
@@ -636,6 +657,47 @@ impl Engine {
         }
     }
 
+    /// Runs the pack for every dirty user (asking its scope only for users
+    /// the configuration lets in) on a blocking thread, where the host
+    /// API's lookups may wait on Salesforce and the store; returns each
+    /// user's evaluation and what the pack was refused.
+    async fn evaluate_all(
+        &self,
+        pack: &std::sync::Arc<crate::rules::Pack>,
+        dirty: &[DirtyUser],
+        config_outs: &[Option<String>],
+    ) -> Result<
+        (
+            Vec<Result<crate::rules::Evaluation, RuleError>>,
+            Vec<crate::rules::Refusal>,
+        ),
+        SyncError,
+    > {
+        let jobs: Vec<(crate::model::EntraUser, Vec<String>, bool)> = dirty
+            .iter()
+            .zip(config_outs)
+            .map(|(d, out)| {
+                let ask = d.user.removed.is_none() && out.is_none();
+                (d.user.clone(), d.groups.clone(), ask)
+            })
+            .collect();
+        let env = crate::rules::HostEnv::new(std::sync::Arc::new(directory::LiveDirectory::new(
+            self.salesforce.clone(),
+            self.store.clone(),
+            self.org_tables.clone(),
+        )));
+        let pack = pack.clone();
+        let worker_env = env.clone();
+        let evaluations = tokio::task::spawn_blocking(move || {
+            jobs.iter()
+                .map(|(user, groups, ask)| pack.evaluate(user, groups, *ask, &worker_env))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| SyncError::Evaluation(format!("the rule evaluation thread failed: {e}")))?;
+        Ok((evaluations, env.take_refusals()))
+    }
+
     /// Runs the rules for every dirty user, matches and diffs against
     /// Salesforce. Reads only: nothing is written anywhere.
     pub(crate) async fn plan(&self, cycle: &str, obs: &dyn Observer) -> Result<Planned, SyncError> {
@@ -657,6 +719,7 @@ impl Engine {
                 plan,
                 outcomes,
                 dirty,
+                refusals: Vec::new(),
                 refs: Refs::default(),
             });
         }
@@ -667,17 +730,22 @@ impl Engine {
         let mut out_of_scope: HashMap<&str, String> = HashMap::new();
         // The pack's match keys per user, in order of precedence.
         let mut keys_of: HashMap<&str, Vec<MatchKey>> = HashMap::new();
-        for d in &dirty {
-            // Scope overrides the rules: out of scope is a leaver. The
-            // configuration's scope and the pack's must both agree; the
-            // pack is asked only when the configuration lets the user in.
-            let config_out = if d.user.removed.is_some() {
-                None
-            } else {
-                self.scope.check(&d.user, &d.group_refs).err()
-            };
-            let ask_pack = d.user.removed.is_none() && config_out.is_none();
-            let decided = pack.evaluate(&d.user, &d.groups, ask_pack).map(|e| {
+        // Scope overrides the rules: out of scope is a leaver. The
+        // configuration's scope and the pack's must both agree; the pack is
+        // asked only when the configuration lets the user in.
+        let config_outs: Vec<Option<String>> = dirty
+            .iter()
+            .map(|d| {
+                if d.user.removed.is_some() {
+                    None
+                } else {
+                    self.scope.check(&d.user, &d.group_refs).err()
+                }
+            })
+            .collect();
+        let (evaluations, refusals) = self.evaluate_all(&pack, &dirty, &config_outs).await?;
+        for ((d, config_out), evaluated) in dirty.iter().zip(config_outs).zip(evaluations) {
+            let decided = evaluated.map(|e| {
                 let why = config_out.or_else(|| {
                     e.scope.filter(|s| !s.in_scope).map(|s| {
                         let reason = if s.reason.is_empty() {
@@ -1272,6 +1340,7 @@ impl Engine {
             plan,
             outcomes,
             dirty,
+            refusals,
             refs: Refs {
                 profiles,
                 roles,

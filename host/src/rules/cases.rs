@@ -1,15 +1,18 @@
 //! Pack-local test cases (`provisor rules test`): each JSON file under the
 //! pack's `tests/` holds one case or an array of cases, an Entra user (Graph
 //! camelCase, as `users/delta` returns it), the user's group names and the
-//! desired user the pack must return. `--bless` writes what the pack
-//! returns as the expectation (golden files).
+//! desired user the pack must return; optionally what the host knows
+//! (`host`: Salesforce users, queues, teams, managers, tables, a pinned
+//! clock) and a leaver's open records with the reassignment plan
+//! `on-leave` must return. `--bless` writes what the pack returns as the
+//! expectations (golden files).
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Pack, RuleError};
+use super::{Fixture, HostEnv, OwnedRecords, Pack, ReassignmentPlan, RuleError};
 use crate::model::{DesiredUser, EntraUser};
 
 /// One case.
@@ -22,9 +25,18 @@ pub struct Case {
     pub user: EntraUser,
     #[serde(default)]
     pub groups: Vec<String>,
+    /// What the host API answers for this case.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<Fixture>,
     /// What `map` must return; absent until blessed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect: Option<DesiredUser>,
+    /// A leaver's open records: the case then checks `on-leave`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records: Option<Vec<OwnedRecords>>,
+    /// What `on-leave` must return for `records`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_on_leave: Option<ReassignmentPlan>,
 }
 
 /// How one case went.
@@ -133,25 +145,30 @@ pub fn run(pack: &Pack, bless: bool) -> Result<Vec<CaseResult>, CaseError> {
                     stem.clone()
                 }
             });
-            let got = pack.map(&case.user, &case.groups);
-            let outcome = match (got, &case.expect, bless) {
-                (Err(e), _, _) => Outcome::Error(e.to_string()),
-                (Ok(got), _, true) => {
-                    if let Some(Value::Object(m)) = raw.get_mut(i) {
-                        m.insert(
-                            "expect".into(),
-                            serde_json::to_value(&got).unwrap_or(Value::Null),
-                        );
-                    }
-                    case.expect = Some(got);
-                    Outcome::Blessed
-                }
-                (Ok(_), None, false) => {
-                    Outcome::Error("no `expect` yet: run with --bless to record it".into())
-                }
-                (Ok(got), Some(want), false) if &got == want => Outcome::Pass,
-                (Ok(got), Some(want), false) => Outcome::Fail(differences(want, &got)),
-            };
+            let env = HostEnv::new(std::sync::Arc::new(case.host.clone().unwrap_or_default()));
+            let mut outcomes = Vec::new();
+            // A leaver-only case (records, no expect) need not pin `map`.
+            if case.expect.is_some() || case.records.is_none() {
+                let got = pack.map_with(&case.user, &case.groups, &env);
+                outcomes.push(check(
+                    got,
+                    &mut case.expect,
+                    raw.get_mut(i),
+                    "expect",
+                    bless,
+                ));
+            }
+            if let Some(records) = &case.records {
+                let got = pack.on_leave(&case.user, &case.groups, records, &env);
+                outcomes.push(check(
+                    got,
+                    &mut case.expect_on_leave,
+                    raw.get_mut(i),
+                    "expect_on_leave",
+                    bless,
+                ));
+            }
+            let outcome = merge(outcomes);
             out.push(CaseResult {
                 file: file.clone(),
                 name,
@@ -172,6 +189,56 @@ pub fn run(pack: &Pack, bless: bool) -> Result<Vec<CaseResult>, CaseError> {
         }
     }
     Ok(out)
+}
+
+/// Compares (or with `bless`, records) one result against its expectation
+/// `key` in the case's JSON.
+fn check<T: PartialEq + Serialize>(
+    got: Result<T, RuleError>,
+    want: &mut Option<T>,
+    raw: Option<&mut Value>,
+    key: &str,
+    bless: bool,
+) -> Outcome {
+    match (got, want.as_ref(), bless) {
+        (Err(e), _, _) => Outcome::Error(e.to_string()),
+        (Ok(got), _, true) => {
+            if let Some(Value::Object(m)) = raw {
+                m.insert(
+                    key.into(),
+                    serde_json::to_value(&got).unwrap_or(Value::Null),
+                );
+            }
+            *want = Some(got);
+            Outcome::Blessed
+        }
+        (Ok(_), None, false) => {
+            Outcome::Error(format!("no `{key}` yet: run with --bless to record it"))
+        }
+        (Ok(got), Some(w), false) if &got == w => Outcome::Pass,
+        (Ok(got), Some(w), false) => Outcome::Fail(differences(w, &got)),
+    }
+}
+
+/// One outcome for a case from its checks: an error wins, then failures.
+fn merge(outcomes: Vec<Outcome>) -> Outcome {
+    let mut fails = Vec::new();
+    let mut blessed = false;
+    for o in outcomes {
+        match o {
+            Outcome::Error(e) => return Outcome::Error(e),
+            Outcome::Fail(d) => fails.extend(d),
+            Outcome::Blessed => blessed = true,
+            Outcome::Pass => {}
+        }
+    }
+    if !fails.is_empty() {
+        Outcome::Fail(fails)
+    } else if blessed {
+        Outcome::Blessed
+    } else {
+        Outcome::Pass
+    }
 }
 
 /// Runs the cases of a pack that has some, for a reload gate: the first
@@ -201,7 +268,7 @@ pub fn gate(pack: &Pack) -> Result<usize, RuleError> {
 }
 
 /// One line per differing value, by JSON path.
-fn differences(want: &DesiredUser, got: &DesiredUser) -> Vec<String> {
+fn differences<T: Serialize>(want: &T, got: &T) -> Vec<String> {
     let (w, g) = (
         serde_json::to_value(want).unwrap_or(Value::Null),
         serde_json::to_value(got).unwrap_or(Value::Null),

@@ -3,21 +3,23 @@
 //! which ran. A pack is a directory with a `pack.toml` manifest.
 
 pub mod cases;
+pub mod host;
 mod rhai;
 mod slot;
 mod wasm;
 
+pub use host::{Capabilities, Directory, Fixture, HostEnv, Person, Refusal, SalesforceUser};
 pub use slot::{PackSlot, Reload};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::model::{Access, DesiredUser, EntraUser, FieldValue, is_api_name};
 
-/// Contract versions (`provisor:rules@0.1.x`) this host accepts.
-pub const ACCEPTED_CONTRACTS: &[&str] = &["0.2"];
+/// Contract versions (`provisor:rules@major.minor`) this host accepts.
+pub const ACCEPTED_CONTRACTS: &[&str] = &["0.3"];
 
 /// Errors loading or running a pack; each names the pack.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +55,17 @@ pub enum RuleError {
         user: String,
         message: String,
     },
+    /// The pack asked for something its manifest does not declare; nothing
+    /// of that user's result is used.
+    #[error("rule pack {pack}: `{export}` for user {user} was refused: {message}")]
+    Refused {
+        pack: String,
+        export: &'static str,
+        user: String,
+        message: String,
+    },
+    #[error("rule packs cannot be stacked: {0}")]
+    Stack(String),
 }
 
 /// Which engine runs the pack.
@@ -85,6 +98,8 @@ struct Manifest {
     settings: toml::Table,
     #[serde(default)]
     access: AccessClaims,
+    #[serde(default)]
+    capabilities: Capabilities,
 }
 
 /// `[access]` of `pack.toml`: what the pack owns in Salesforce.
@@ -123,6 +138,14 @@ pub struct AccessClaims {
     /// Queues whose membership the pack owns.
     #[serde(default)]
     pub owns_queues: Vec<String>,
+    /// User fields (API names) the pack may set. A desired user with any
+    /// other field is refused.
+    #[serde(default)]
+    pub fields: Vec<String>,
+    /// Objects (API names) whose records `on-leave` may reassign, child
+    /// objects included.
+    #[serde(default)]
+    pub objects: Vec<String>,
 }
 
 impl AccessClaims {
@@ -151,17 +174,86 @@ impl AccessClaims {
         out.dedup();
         out
     }
+
+    /// Everything either claims (a stack's packs together).
+    fn union(&self, other: &AccessClaims) -> AccessClaims {
+        fn u(a: &[String], b: &[String]) -> Vec<String> {
+            let mut v: Vec<String> = a.iter().chain(b).cloned().collect();
+            v.sort();
+            v.dedup();
+            v
+        }
+        AccessClaims {
+            owns_permission_sets: u(&self.owns_permission_sets, &other.owns_permission_sets),
+            profiles: u(&self.profiles, &other.profiles),
+            roles: u(&self.roles, &other.roles),
+            permission_sets: u(&self.permission_sets, &other.permission_sets),
+            permission_set_groups: u(&self.permission_set_groups, &other.permission_set_groups),
+            permission_set_licenses: u(
+                &self.permission_set_licenses,
+                &other.permission_set_licenses,
+            ),
+            queues: u(&self.queues, &other.queues),
+            owns_permission_set_groups: u(
+                &self.owns_permission_set_groups,
+                &other.owns_permission_set_groups,
+            ),
+            owns_permission_set_licenses: u(
+                &self.owns_permission_set_licenses,
+                &other.owns_permission_set_licenses,
+            ),
+            owns_queues: u(&self.owns_queues, &other.owns_queues),
+            fields: u(&self.fields, &other.fields),
+            objects: u(&self.objects, &other.objects),
+        }
+    }
+
+    /// The first thing in a desired user these claims do not declare, as
+    /// (kind, name): a field, the profile, the role, or a grant.
+    fn undeclared(&self, d: &DesiredUser) -> Option<(&'static str, String)> {
+        let has = |list: &[String], x: &str| list.iter().any(|y| y == x);
+        if let Some(f) = d.fields.keys().find(|f| !has(&self.fields, f)) {
+            return Some(("field", f.clone()));
+        }
+        if let Some(p) = d.profile.as_ref().filter(|p| !has(&self.profiles, p)) {
+            return Some(("profile", p.clone()));
+        }
+        if let Some(r) = d.role.as_ref().filter(|r| !has(&self.roles, r)) {
+            return Some(("role", r.clone()));
+        }
+        for kind in Access::ALL {
+            let declared = self.referenced(kind);
+            if let Some(n) = d.grants(kind).iter().find(|n| !has(&declared, n)) {
+                return Some((kind.label(), n.clone()));
+            }
+        }
+        None
+    }
 }
 
 /// A named settings table, entries in file order (order is precedence).
 pub type SettingTables = Vec<(String, Vec<(String, String)>)>;
 
-/// A loaded pack, ready to map users.
+/// A loaded pack (or a stack of them), ready to map users.
 pub struct Pack {
+    /// The top pack's manifest (the organisation's, in a stack).
     pub info: PackInfo,
+    /// The top pack's directory.
     pub dir: PathBuf,
-    /// What the pack claims to own in Salesforce.
+    /// What the packs claim in Salesforce, together.
     pub access: AccessClaims,
+    /// Bottom (vendor base) first; each sees what the ones below decided.
+    layers: Vec<Layer>,
+}
+
+/// One pack of a stack.
+struct Layer {
+    info: PackInfo,
+    /// Its own claims: intents are checked against what it and the packs
+    /// below it declared.
+    access: AccessClaims,
+    caps: std::sync::Arc<Capabilities>,
+    tables: std::sync::Arc<host::PackTables>,
     settings: SettingTables,
     runner: Runner,
 }
@@ -173,20 +265,71 @@ enum Runner {
     Wasm(wasm::WasmPack),
 }
 
-impl Pack {
-    /// Loads and checks a pack: manifest, contract version, settings, and
-    /// that the entry compiles and exports `map`.
-    pub fn load(dir: &Path) -> Result<Self, RuleError> {
-        let file = dir.join("pack.toml");
-        let text = std::fs::read_to_string(&file).map_err(|source| RuleError::Read {
-            dir: dir.to_path_buf(),
-            file: file.clone(),
-            source,
-        })?;
-        let m: Manifest = toml::from_str(&text).map_err(|e| RuleError::Manifest {
-            dir: dir.to_path_buf(),
-            message: e.to_string(),
-        })?;
+/// A leaver's open records of one object type (input of `on-leave`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OwnedRecords {
+    pub object: String,
+    pub count: u32,
+    #[serde(default)]
+    pub accounts: Vec<String>,
+}
+
+/// Who receives a leaver's records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OwnerTarget {
+    /// The leaver's manager, if active in Salesforce.
+    Manager,
+    /// A Salesforce user by Username.
+    User(String),
+    /// Spread evenly over these usernames.
+    RoundRobin(Vec<String>),
+    /// A queue by DeveloperName.
+    Queue(String),
+    /// Leave the records where they are (the leaver stays frozen).
+    Keep,
+}
+
+/// Where one object's records go: the first valid target, then fallbacks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reassignment {
+    pub object: String,
+    pub targets: Vec<OwnerTarget>,
+    #[serde(default)]
+    pub children: Vec<String>,
+}
+
+/// What `on-leave` decided for a leaver.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReassignmentPlan {
+    pub reassignments: Vec<Reassignment>,
+    #[serde(default)]
+    pub deactivate_anyway: bool,
+}
+
+fn read_manifest(dir: &Path) -> Result<Manifest, RuleError> {
+    let file = dir.join("pack.toml");
+    let text = std::fs::read_to_string(&file).map_err(|source| RuleError::Read {
+        dir: dir.to_path_buf(),
+        file: file.clone(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| RuleError::Manifest {
+        dir: dir.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+impl Layer {
+    fn id(&self) -> String {
+        format!("{}@{}", self.info.name, self.info.version)
+    }
+
+    fn load(dir: &Path) -> Result<Self, RuleError> {
+        let m = read_manifest(dir)?;
         let pack = format!("{}@{}", m.pack.name, m.pack.version);
         let contract = m.pack.contract.trim();
         let major_minor: String = contract.split('.').take(2).collect::<Vec<_>>().join(".");
@@ -217,6 +360,15 @@ impl Pack {
             }
             settings.push((name.clone(), entries));
         }
+        for f in m.access.fields.iter().chain(&m.access.objects) {
+            if !is_api_name(f) {
+                return Err(RuleError::Manifest {
+                    dir: dir.to_path_buf(),
+                    message: format!("access: {f:?} is not a Salesforce API name"),
+                });
+            }
+        }
+        let tables = host::load_tables(dir)?;
         let entry = dir.join(&m.pack.entry);
         let runner = match m.pack.engine {
             EngineKind::Rhai => {
@@ -238,47 +390,192 @@ impl Pack {
         };
         Ok(Self {
             info: m.pack,
-            dir: dir.to_path_buf(),
             access: m.access,
+            caps: std::sync::Arc::new(m.capabilities),
+            tables: std::sync::Arc::new(tables),
             settings,
             runner,
         })
     }
 
-    /// `name@version`.
-    pub fn id(&self) -> String {
-        format!("{}@{}", self.info.name, self.info.version)
+    fn gate(&self, env: &HostEnv, rule: &'static str, user: &str) -> host::Gate {
+        host::Gate {
+            pack: self.id(),
+            caps: self.caps.clone(),
+            tables: self.tables.clone(),
+            env: env.clone(),
+            rule,
+            user: user.to_string(),
+        }
     }
 
-    /// Runs the pack for one user: `map`, then (with `ask_scope`) `scope`,
-    /// then `match-keys`. A pack without a scope rule manages everyone the
-    /// configuration's scope lets through; one without match keys matches by
-    /// the FederationIdentifier and then the Username that `map` returned.
-    /// A WASM pack runs all three in one instance.
+    /// Runs `map` (with the result so far), then `scope` if asked, then
+    /// `match-keys`; `None` keys = no opinion (a Rhai pack without the rule).
+    #[allow(clippy::type_complexity)]
+    fn evaluate(
+        &self,
+        user: &EntraUser,
+        groups: &[String],
+        ask_scope: bool,
+        base: Option<&DesiredUser>,
+        env: &HostEnv,
+    ) -> Result<(DesiredUser, Option<Decision>, Option<Vec<MatchKey>>), RuleError> {
+        let id = self.id();
+        match &self.runner {
+            Runner::Rhai(r) => {
+                let desired = r.map(&id, user, groups, base, &self.gate(env, "map", &user.id))?;
+                let scope = if ask_scope {
+                    Some(r.scope(&id, user, groups, &self.gate(env, "scope", &user.id))?)
+                } else {
+                    None
+                };
+                let keys =
+                    r.match_keys(&id, user, groups, &self.gate(env, "match-keys", &user.id))?;
+                Ok((desired, scope, keys))
+            }
+            Runner::Wasm(w) => {
+                let (desired, scope, keys) = w.evaluate(
+                    &id,
+                    user,
+                    groups,
+                    &self.settings,
+                    ask_scope,
+                    base,
+                    self.gate(env, "map", &user.id),
+                )?;
+                Ok((desired, scope, Some(keys)))
+            }
+        }
+    }
+}
+
+impl Pack {
+    /// Loads and checks one pack: manifest, contract version, settings,
+    /// tables, and that the entry compiles and has the contract's exports.
+    pub fn load(dir: &Path) -> Result<Self, RuleError> {
+        Self::load_stack(&[dir.to_path_buf()])
+    }
+
+    /// Loads packs stacked in order: the first is the base (a vendor's),
+    /// each next one sees what the ones below decided and may change it
+    /// (the organisation's overrides). Each pack keeps its own settings and
+    /// capabilities; intents are checked against what it and the packs
+    /// below declared.
+    pub fn load_stack(dirs: &[PathBuf]) -> Result<Self, RuleError> {
+        let Some(top_dir) = dirs.last() else {
+            return Err(RuleError::Stack("no pack given".into()));
+        };
+        let mut layers: Vec<Layer> = Vec::new();
+        for (i, dir) in dirs.iter().enumerate() {
+            let layer = Layer::load(dir)?;
+            if i > 0
+                && let Runner::Rhai(r) = &layer.runner
+                && !r.takes_base()
+            {
+                return Err(RuleError::Stack(format!(
+                    "{} is stacked on {} but its `map` takes no base: define `fn map(user, settings, base)` and start from `base`",
+                    layer.id(),
+                    layers[i - 1].id()
+                )));
+            }
+            if let Some(same) = layers.iter().find(|l| l.info.name == layer.info.name) {
+                return Err(RuleError::Stack(format!(
+                    "{} appears twice ({} and {})",
+                    layer.info.name,
+                    same.id(),
+                    layer.id()
+                )));
+            }
+            layers.push(layer);
+        }
+        let access = layers
+            .iter()
+            .fold(AccessClaims::default(), |acc, l| acc.union(&l.access));
+        let info = layers[layers.len() - 1].info.clone();
+        Ok(Self {
+            info,
+            dir: top_dir.clone(),
+            access,
+            layers,
+        })
+    }
+
+    /// `name@version`, or for a stack every pack's, bottom first, joined by ` + `.
+    pub fn id(&self) -> String {
+        self.layers
+            .iter()
+            .map(Layer::id)
+            .collect::<Vec<_>>()
+            .join(" + ")
+    }
+
+    /// How many packs are stacked.
+    pub fn depth(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Runs the packs for one user: `map`, then (with `ask_scope`) `scope`,
+    /// then `match-keys`, each pack on the result of the ones below. Every
+    /// pack's scope must agree; the top-most pack that gives match keys
+    /// decides them. Without any, users match by the FederationIdentifier
+    /// and then the Username that `map` returned. A WASM pack runs all
+    /// three in one instance. Host calls go to `env`, which also collects
+    /// refusals; an intent outside the manifests fails the user.
     pub fn evaluate(
         &self,
         user: &EntraUser,
         groups: &[String],
         ask_scope: bool,
+        env: &HostEnv,
     ) -> Result<Evaluation, RuleError> {
-        let id = self.id();
-        let (desired, scope, keys) = match &self.runner {
-            Runner::Rhai(r) => {
-                let desired = r.map(&id, user, groups)?;
-                let scope = if ask_scope {
-                    Some(r.scope(&id, user, groups)?)
-                } else {
-                    None
-                };
-                (desired, scope, r.match_keys(&id, user, groups)?)
+        let mut desired: Option<DesiredUser> = None;
+        let mut scope: Option<Decision> = None;
+        let mut keys: Option<Vec<MatchKey>> = None;
+        let mut declared = AccessClaims::default();
+        for layer in &self.layers {
+            let id = layer.id();
+            // Once a pack says out of scope, the ones above are not asked.
+            let ask = ask_scope && scope.as_ref().is_none_or(|s| s.in_scope);
+            let (d, s, k) = layer.evaluate(user, groups, ask, desired.as_ref(), env)?;
+            let d = validate(&id, &user.id, d)?;
+            declared = declared.union(&layer.access);
+            if let Some((kind, name)) = declared.undeclared(&d) {
+                env.refuse(Refusal {
+                    pack: id.clone(),
+                    rule: "map".into(),
+                    user: user.id.clone(),
+                    capability: kind.into(),
+                    target: name.clone(),
+                });
+                return Err(RuleError::Refused {
+                    pack: id,
+                    export: "map",
+                    user: user.id.clone(),
+                    message: format!(
+                        "{kind} {name:?} is not declared in the [access] of this pack or the packs below it"
+                    ),
+                });
             }
-            Runner::Wasm(w) => {
-                let (desired, scope, keys) =
-                    w.evaluate(&id, user, groups, &self.settings, ask_scope)?;
-                (desired, scope, Some(keys))
+            if let Some(mut s) = s
+                && scope.as_ref().is_none_or(|prev| prev.in_scope)
+            {
+                if !s.in_scope && self.layers.len() > 1 {
+                    s.reason = if s.reason.is_empty() {
+                        format!("{id}: out of scope")
+                    } else {
+                        format!("{id}: {}", s.reason)
+                    };
+                }
+                scope = Some(s);
             }
+            if let Some(k) = k.filter(|k| !k.is_empty() || self.layers.len() == 1) {
+                keys = Some(k);
+            }
+            desired = Some(d);
+        }
+        let Some(desired) = desired else {
+            return Err(RuleError::Stack("no pack given".into()));
         };
-        let desired = validate(&id, &user.id, desired)?;
         let keys = keys.unwrap_or_else(|| {
             ["FederationIdentifier", "Username"]
                 .iter()
@@ -292,7 +589,7 @@ impl Pack {
                 .collect()
         });
         let out = |message: String| RuleError::Output {
-            pack: id.clone(),
+            pack: self.id(),
             export: "match-keys",
             user: user.id.clone(),
             message,
@@ -322,13 +619,80 @@ impl Pack {
     }
 
     /// Maps one user (with the display names of its groups) to the
-    /// Salesforce user it should have.
+    /// Salesforce user it should have; host lookups find nothing.
     pub fn map(&self, user: &EntraUser, groups: &[String]) -> Result<DesiredUser, RuleError> {
-        let desired = match &self.runner {
-            Runner::Rhai(r) => r.map(&self.id(), user, groups),
-            Runner::Wasm(w) => w.map(&self.id(), user, groups, &self.settings),
-        }?;
-        validate(&self.id(), &user.id, desired)
+        self.map_with(user, groups, &HostEnv::empty())
+    }
+
+    /// [`Pack::map`] with a host.
+    pub fn map_with(
+        &self,
+        user: &EntraUser,
+        groups: &[String],
+        env: &HostEnv,
+    ) -> Result<DesiredUser, RuleError> {
+        Ok(self.evaluate(user, groups, false, env)?.desired)
+    }
+
+    /// Asks the packs where a leaver's open records go. The top-most pack
+    /// with a non-empty plan decides; objects, child objects and queues it
+    /// did not declare are refused (audited through `env`) and the whole
+    /// plan with them.
+    pub fn on_leave(
+        &self,
+        user: &EntraUser,
+        groups: &[String],
+        records: &[OwnedRecords],
+        env: &HostEnv,
+    ) -> Result<ReassignmentPlan, RuleError> {
+        let mut declared = AccessClaims::default();
+        let mut chosen = ReassignmentPlan::default();
+        for layer in &self.layers {
+            declared = declared.union(&layer.access);
+            let id = layer.id();
+            let gate = layer.gate(env, "on-leave", &user.id);
+            let plan = match &layer.runner {
+                Runner::Rhai(r) => r.on_leave(&id, user, groups, records, &gate)?,
+                Runner::Wasm(w) => w.on_leave(&id, user, groups, records, &layer.settings, gate)?,
+            };
+            let Some(plan) = plan.filter(|p| !p.reassignments.is_empty()) else {
+                continue;
+            };
+            let refuse = |capability: &'static str, target: &str| {
+                env.refuse(Refusal {
+                    pack: id.clone(),
+                    rule: "on-leave".into(),
+                    user: user.id.clone(),
+                    capability: capability.into(),
+                    target: target.into(),
+                });
+                RuleError::Refused {
+                    pack: id.clone(),
+                    export: "on-leave",
+                    user: user.id.clone(),
+                    message: format!(
+                        "{capability} {target:?} is not declared in the [access] of this pack or the packs below it"
+                    ),
+                }
+            };
+            let has = |list: &[String], x: &str| list.iter().any(|y| y == x);
+            for r in &plan.reassignments {
+                for o in std::iter::once(&r.object).chain(&r.children) {
+                    if !has(&declared.objects, o) {
+                        return Err(refuse("object", o));
+                    }
+                }
+                for t in &r.targets {
+                    if let OwnerTarget::Queue(q) = t
+                        && !has(&declared.queues, q)
+                    {
+                        return Err(refuse("queue", q));
+                    }
+                }
+            }
+            chosen = plan;
+        }
+        Ok(chosen)
     }
 }
 
@@ -450,7 +814,7 @@ mod tests {
     fn pack_dir(manifest_extra: &str, engine: &str, entry: &str, body: &[u8]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().expect("temp dir");
         let toml = format!(
-            "[pack]\nname = \"t\"\nversion = \"1.0.0\"\nengine = \"{engine}\"\nentry = \"{entry}\"\ncontract = \"0.2\"\n{manifest_extra}"
+            "[pack]\nname = \"t\"\nversion = \"1.0.0\"\nengine = \"{engine}\"\nentry = \"{entry}\"\ncontract = \"0.3\"\n{manifest_extra}\n[access]\nprofiles = [\"Standard User\"]\nfields = [\"Alias\", \"FirstName\", \"Department\", \"Title\", \"CommunityNickname\", \"EmployeeNumber\", \"MobilePhone\", \"Email\"]\n"
         );
         std::fs::write(dir.path().join("pack.toml"), toml).expect("write manifest");
         std::fs::write(dir.path().join(entry), body).expect("write entry");

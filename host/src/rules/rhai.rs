@@ -10,7 +10,11 @@ use rhai::{
     AST, Array, CallFnOptions, Dynamic, Engine, EvalAltResult, ImmutableString, Map, Scope,
 };
 
-use super::{Decision, MatchKey, RuleError, SettingTables, fields_from_pairs};
+use super::host::{Gate, HostError, LogLevel, Person};
+use super::{
+    Decision, MatchKey, OwnedRecords, OwnerTarget, Reassignment, ReassignmentPlan, RuleError,
+    SettingTables, fields_from_pairs,
+};
 use crate::model::{DesiredUser, EntraUser, FieldValue};
 
 /// Operations allowed per call: generous for mapping, fatal for loops.
@@ -24,6 +28,120 @@ thread_local! {
     /// When the call running on this thread must stop.
     static CALL_DEADLINE: std::cell::Cell<Option<std::time::Instant>> =
         const { std::cell::Cell::new(None) };
+    /// The host API of the call running on this thread.
+    static GATE: std::cell::RefCell<Option<Gate>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with the current call's gate; outside a call nothing is granted.
+fn with_gate<T>(f: impl FnOnce(&Gate) -> Result<T, HostError>) -> Result<T, Box<EvalAltResult>> {
+    GATE.with(|g| match g.borrow().as_ref() {
+        Some(gate) => f(gate).map_err(|e| e.to_string().into()),
+        None => Err("the host API is not available here".into()),
+    })
+}
+
+fn person_map(p: Person) -> Dynamic {
+    let mut m = Map::new();
+    m.insert("id".into(), Dynamic::from(p.id));
+    m.insert("userPrincipalName".into(), opt(&p.user_principal_name));
+    m.insert("displayName".into(), opt(&p.display_name));
+    m.insert(
+        "accountEnabled".into(),
+        p.account_enabled.map_or(Dynamic::UNIT, Dynamic::from),
+    );
+    m.insert("salesforceUsername".into(), opt(&p.salesforce_username));
+    m.insert(
+        "salesforceActive".into(),
+        p.salesforce_active.map_or(Dynamic::UNIT, Dynamic::from),
+    );
+    Dynamic::from(m)
+}
+
+/// The host API under the same names as the WIT `interface host`
+/// (snake_case), each checked against the pack's capabilities: a refused
+/// or failed call throws (scripts may `try { } catch { }`).
+fn register_host_api(e: &mut Engine) {
+    e.register_fn("find_user", |field: &str, value: &str| {
+        let u = with_gate(|g| g.find_user(field, value))?;
+        Ok::<_, Box<EvalAltResult>>(u.map_or(Dynamic::UNIT, |u| {
+            let mut m = Map::new();
+            m.insert("id".into(), Dynamic::from(u.id));
+            m.insert("username".into(), Dynamic::from(u.username));
+            m.insert("isActive".into(), Dynamic::from(u.is_active));
+            m.insert("email".into(), opt(&u.email));
+            m.insert("federationIdentifier".into(), opt(&u.federation_identifier));
+            m.insert("managerId".into(), opt(&u.manager_id));
+            Dynamic::from(m)
+        }))
+    });
+    e.register_fn("queue_members", |queue: &str| {
+        let v = with_gate(|g| g.queue_members(queue))?;
+        Ok::<_, Box<EvalAltResult>>(v.into_iter().map(Dynamic::from).collect::<Array>())
+    });
+    e.register_fn("team_members", |team: &str| {
+        let v = with_gate(|g| g.team_members(team))?;
+        Ok::<_, Box<EvalAltResult>>(v.into_iter().map(person_map).collect::<Array>())
+    });
+    e.register_fn("manager_chain", |user_id: &str, depth: i64| {
+        let depth = u32::try_from(depth.max(0)).unwrap_or(u32::MAX);
+        let v = with_gate(|g| g.manager_chain(user_id, depth))?;
+        Ok::<_, Box<EvalAltResult>>(v.into_iter().map(person_map).collect::<Array>())
+    });
+    e.register_fn("lookup", |table: &str, key: &str| {
+        let v = with_gate(|g| g.lookup(table, key))?;
+        Ok::<_, Box<EvalAltResult>>(v.map_or(Dynamic::UNIT, Dynamic::from))
+    });
+    e.register_fn("now", || with_gate(Gate::now));
+    e.register_fn("log", |level: &str, message: &str| {
+        let level = match level {
+            "debug" => LogLevel::Debug,
+            "info" => LogLevel::Info,
+            "warn" => LogLevel::Warn,
+            "error" => LogLevel::Error,
+            other => {
+                return Err(format!("log level {other:?}: use debug, info, warn or error").into());
+            }
+        };
+        with_gate(|g| g.log(level, message))
+    });
+    // Entra's SelectUniqueValue checks each candidate against the target
+    // app for the attribute being mapped; a Rhai expression does not know
+    // which field it is assigned to, so the field comes first here:
+    // `SelectUniqueValue("Username", a, b, c)`. Each candidate is looked up
+    // with `find_user` (so the field must be in `capabilities.find_user`);
+    // the first that no Salesforce user holds wins.
+    macro_rules! unique {
+        ($($a:ident),+) => {
+            e.register_fn(
+                "SelectUniqueValue",
+                |field: &str, $($a: Dynamic),+| -> Result<Dynamic, Box<EvalAltResult>> {
+                    select_unique(field, vec![$($a),+])
+                },
+            );
+        };
+    }
+    unique!(a);
+    unique!(a, b);
+    unique!(a, b, c);
+    unique!(a, b, c, d);
+    unique!(a, b, c, d, f);
+}
+
+fn select_unique(field: &str, candidates: Vec<Dynamic>) -> Result<Dynamic, Box<EvalAltResult>> {
+    for c in candidates {
+        if c.is_unit() {
+            continue;
+        }
+        let v = c.to_string();
+        if v.is_empty() {
+            continue;
+        }
+        let taken = with_gate(|g| g.value_taken(field, &v))?;
+        if !taken {
+            return Ok(Dynamic::from(v));
+        }
+    }
+    Err(format!("SelectUniqueValue: every candidate for {field} is taken in Salesforce").into())
 }
 
 pub(super) struct RhaiPack {
@@ -56,11 +174,17 @@ fn sandboxed_engine(pack: &str) -> Engine {
     e.set_max_map_size(10_000);
     e.set_strict_variables(true);
     e.disable_symbol("eval");
-    let p = pack.to_string();
-    e.on_print(move |s| tracing::info!(pack = %p, "{s}"));
-    let p = pack.to_string();
-    e.on_debug(move |s, _, pos| tracing::debug!(pack = %p, ?pos, "{s}"));
+    // print/debug are the host log: granted by `capabilities.log` like
+    // `log()`, otherwise dropped (and the refusal recorded).
+    let _ = pack;
+    e.on_print(|s| {
+        let _ = with_gate(|g| g.log(LogLevel::Info, s));
+    });
+    e.on_debug(|s, _, _| {
+        let _ = with_gate(|g| g.log(LogLevel::Debug, s));
+    });
     register_entra_functions(&mut e);
+    register_host_api(&mut e);
     e
 }
 
@@ -332,11 +456,11 @@ impl RhaiPack {
         })?;
         if !ast
             .iter_functions()
-            .any(|f| f.name == "map" && f.params.len() == 2)
+            .any(|f| f.name == "map" && matches!(f.params.len(), 2 | 3))
         {
             return Err(RuleError::Load {
                 pack: pack.into(),
-                message: "the script defines no `fn map(user, settings)`".into(),
+                message: "the script defines no `fn map(user, settings)` (or `fn map(user, settings, base)`)".into(),
             });
         }
         Ok(Self {
@@ -352,37 +476,49 @@ impl RhaiPack {
             .any(|f| f.name == name && f.params.len() == 2)
     }
 
-    /// Calls `name(user, settings)` within the limits and the deadline.
+    /// Whether `map` takes the result of the packs below (`fn map(user,
+    /// settings, base)`), as a pack stacked on another must.
+    pub(super) fn takes_base(&self) -> bool {
+        self.ast
+            .iter_functions()
+            .any(|f| f.name == "map" && f.params.len() == 3)
+    }
+
+    /// Calls `name(args...)` within the limits and the deadline, with the
+    /// host API behind `gate` (as the export `export` for user `user`).
     fn call(
         &self,
         pack: &str,
         export: &'static str,
         name: &str,
-        user: &EntraUser,
-        groups: &[String],
+        user: &str,
+        args: impl rhai::FuncArgs,
+        gate: &Gate,
     ) -> Result<Dynamic, RuleError> {
         let mut scope = Scope::new();
         // Packs hold only functions and constants; don't re-run top level.
         let opts = CallFnOptions::new().eval_ast(false).rewind_scope(true);
         CALL_DEADLINE.with(|d| d.set(Some(std::time::Instant::now() + DEADLINE)));
-        self.engine
-            .call_fn_with_options(
-                opts,
-                &mut scope,
-                &self.ast,
-                name,
-                (user_map(user, groups), self.settings.clone()),
-            )
-            .map_err(|e| RuleError::Call {
-                pack: pack.into(),
-                export,
-                user: user.id.clone(),
-                message: match *e {
-                    // Say why: Rhai's own text is only "Script terminated".
-                    EvalAltResult::ErrorTerminated(ref why, _) => format!("stopped: {why}"),
-                    ref other => other.to_string(),
-                },
+        GATE.with(|g| {
+            *g.borrow_mut() = Some(Gate {
+                rule: export,
+                ..gate.clone()
             })
+        });
+        let result = self
+            .engine
+            .call_fn_with_options(opts, &mut scope, &self.ast, name, args);
+        GATE.with(|g| g.borrow_mut().take());
+        result.map_err(|e| RuleError::Call {
+            pack: pack.into(),
+            export,
+            user: user.into(),
+            message: match *e {
+                // Say why: Rhai's own text is only "Script terminated".
+                EvalAltResult::ErrorTerminated(ref why, _) => format!("stopped: {why}"),
+                ref other => other.to_string(),
+            },
+        })
     }
 
     /// `fn scope(user, settings)`, returning `true`/`false` or
@@ -392,11 +528,13 @@ impl RhaiPack {
         pack: &str,
         user: &EntraUser,
         groups: &[String],
+        gate: &Gate,
     ) -> Result<Decision, RuleError> {
         if !self.has("scope") {
             return Ok(Decision::in_scope());
         }
-        let out = self.call(pack, "scope", "scope", user, groups)?;
+        let args = (user_map(user, groups), self.settings.clone());
+        let out = self.call(pack, "scope", "scope", &user.id, args, gate)?;
         let bad = |message: &str| RuleError::Output {
             pack: pack.into(),
             export: "scope",
@@ -432,11 +570,13 @@ impl RhaiPack {
         pack: &str,
         user: &EntraUser,
         groups: &[String],
+        gate: &Gate,
     ) -> Result<Option<Vec<MatchKey>>, RuleError> {
         if !self.has("match_keys") {
             return Ok(None);
         }
-        let out = self.call(pack, "match-keys", "match_keys", user, groups)?;
+        let args = (user_map(user, groups), self.settings.clone());
+        let out = self.call(pack, "match-keys", "match_keys", &user.id, args, gate)?;
         let bad = || RuleError::Output {
             pack: pack.into(),
             export: "match-keys",
@@ -471,13 +611,23 @@ impl RhaiPack {
         Ok(Some(keys))
     }
 
+    /// `fn map(user, settings)`, or `fn map(user, settings, base)` with
+    /// what the packs below decided (`()` for a pack at the bottom).
     pub(super) fn map(
         &self,
         pack: &str,
         user: &EntraUser,
         groups: &[String],
+        base: Option<&DesiredUser>,
+        gate: &Gate,
     ) -> Result<DesiredUser, RuleError> {
-        let out = self.call(pack, "map", "map", user, groups)?;
+        let (u, settings) = (user_map(user, groups), self.settings.clone());
+        let out = if self.takes_base() {
+            let base = base.map_or(Dynamic::UNIT, desired_map);
+            self.call(pack, "map", "map", &user.id, (u, settings, base), gate)?
+        } else {
+            self.call(pack, "map", "map", &user.id, (u, settings), gate)?
+        };
         desired(out).map_err(|message| RuleError::Output {
             pack: pack.into(),
             export: "map",
@@ -485,4 +635,166 @@ impl RhaiPack {
             message,
         })
     }
+
+    /// `fn on_leave(user, records, settings)`, returning an array of
+    /// `#{ object, targets: [...], children: [...] }` or a map
+    /// `#{ reassignments: [...], deactivate_anyway }`; a target is
+    /// `"manager"`, `"keep"`, `#{ user: "name" }`, `#{ queue: "Name" }` or
+    /// `#{ round_robin: ["a", "b"] }`. `None` without the function or for
+    /// an empty plan.
+    pub(super) fn on_leave(
+        &self,
+        pack: &str,
+        user: &EntraUser,
+        groups: &[String],
+        records: &[OwnedRecords],
+        gate: &Gate,
+    ) -> Result<Option<ReassignmentPlan>, RuleError> {
+        if !self
+            .ast
+            .iter_functions()
+            .any(|f| f.name == "on_leave" && f.params.len() == 3)
+        {
+            return Ok(None);
+        }
+        let recs: Array = records
+            .iter()
+            .map(|r| {
+                let mut m = Map::new();
+                m.insert("object".into(), Dynamic::from(r.object.clone()));
+                m.insert("count".into(), Dynamic::from(i64::from(r.count)));
+                m.insert(
+                    "accounts".into(),
+                    Dynamic::from(
+                        r.accounts
+                            .iter()
+                            .cloned()
+                            .map(Dynamic::from)
+                            .collect::<Array>(),
+                    ),
+                );
+                Dynamic::from(m)
+            })
+            .collect();
+        // Same argument order as the WIT export: user, records, settings.
+        let args = (user_map(user, groups), recs, self.settings.clone());
+        let out = self.call(pack, "on-leave", "on_leave", &user.id, args, gate)?;
+        let plan = reassignment_plan(out).map_err(|message| RuleError::Output {
+            pack: pack.into(),
+            export: "on-leave",
+            user: user.id.clone(),
+            message,
+        })?;
+        Ok((!plan.reassignments.is_empty()).then_some(plan))
+    }
+}
+
+/// A desired user as a Rhai map (the `base` of a stacked pack), in the
+/// shape `map` returns.
+fn desired_map(d: &DesiredUser) -> Dynamic {
+    let mut fields = Map::new();
+    for (k, v) in &d.fields {
+        let v = match v {
+            FieldValue::Null => Dynamic::UNIT,
+            FieldValue::Text(t) => Dynamic::from(t.clone()),
+            FieldValue::Bool(b) => Dynamic::from(*b),
+            FieldValue::Number(n) if n.fract() == 0.0 && n.abs() < 9.0e15 => {
+                Dynamic::from(*n as i64)
+            }
+            FieldValue::Number(n) => Dynamic::from(*n),
+        };
+        fields.insert(k.as_str().into(), v);
+    }
+    let list =
+        |v: &[String]| Dynamic::from(v.iter().cloned().map(Dynamic::from).collect::<Array>());
+    let mut m = Map::new();
+    m.insert("fields".into(), Dynamic::from(fields));
+    m.insert("profile".into(), opt(&d.profile));
+    m.insert("role".into(), opt(&d.role));
+    m.insert("permission_sets".into(), list(&d.permission_sets));
+    m.insert(
+        "permission_set_groups".into(),
+        list(&d.permission_set_groups),
+    );
+    m.insert(
+        "permission_set_licenses".into(),
+        list(&d.permission_set_licenses),
+    );
+    m.insert("queues".into(), list(&d.queues));
+    m.insert("active".into(), Dynamic::from(d.active));
+    Dynamic::from(m)
+}
+
+fn owner_target(v: Dynamic) -> Result<OwnerTarget, String> {
+    const SHAPE: &str = r#"a target is "manager", "keep", #{ user: "name" }, #{ queue: "Name" } or #{ round_robin: [...] }"#;
+    if let Some(s) = v.clone().try_cast::<ImmutableString>() {
+        return match s.as_str() {
+            "manager" => Ok(OwnerTarget::Manager),
+            "keep" => Ok(OwnerTarget::Keep),
+            other => Err(format!("unknown target {other:?}: {SHAPE}")),
+        };
+    }
+    let m = v.try_cast::<Map>().ok_or(SHAPE)?;
+    let text = |k: &str| {
+        m.get(k)
+            .and_then(|v| v.clone().try_cast::<ImmutableString>())
+            .map(|s| s.to_string())
+    };
+    if let Some(u) = text("user") {
+        Ok(OwnerTarget::User(u))
+    } else if let Some(q) = text("queue") {
+        Ok(OwnerTarget::Queue(q))
+    } else if m.contains_key("round_robin") {
+        Ok(OwnerTarget::RoundRobin(names(&m, "round_robin")?))
+    } else {
+        Err(SHAPE.into())
+    }
+}
+
+fn reassignment_plan(v: Dynamic) -> Result<ReassignmentPlan, String> {
+    let (items, deactivate_anyway) = if let Some(m) = v.clone().try_cast::<Map>() {
+        let items = m
+            .get("reassignments")
+            .and_then(|v| v.clone().try_cast::<Array>())
+            .ok_or("`reassignments` must be an array")?;
+        let anyway = match m.get("deactivate_anyway") {
+            None => false,
+            Some(b) => b
+                .clone()
+                .try_cast::<bool>()
+                .ok_or("`deactivate_anyway` must be a bool")?,
+        };
+        (items, anyway)
+    } else if let Some(a) = v.try_cast::<Array>() {
+        (a, false)
+    } else {
+        return Err("on_leave must return an array of #{ object, targets } or #{ reassignments, deactivate_anyway }".into());
+    };
+    let mut reassignments = Vec::new();
+    for item in items {
+        let m = item
+            .try_cast::<Map>()
+            .ok_or("each reassignment must be #{ object, targets, children }")?;
+        let object = m
+            .get("object")
+            .and_then(|v| v.clone().try_cast::<ImmutableString>())
+            .ok_or("`object` must be a string")?
+            .to_string();
+        let targets = m
+            .get("targets")
+            .and_then(|v| v.clone().try_cast::<Array>())
+            .ok_or("`targets` must be an array")?
+            .into_iter()
+            .map(owner_target)
+            .collect::<Result<Vec<_>, _>>()?;
+        reassignments.push(Reassignment {
+            object,
+            targets,
+            children: names(&m, "children")?,
+        });
+    }
+    Ok(ReassignmentPlan {
+        reassignments,
+        deactivate_anyway,
+    })
 }

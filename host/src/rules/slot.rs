@@ -1,7 +1,7 @@
-//! The running pack and its replacement (hot reload). A new version is
-//! loaded, compiled and its own test cases run before it takes over; a pack
-//! that fails any of that leaves the last good one running, and is not
-//! tried again until its files change.
+//! The running pack (or stack of packs) and its replacement (hot reload).
+//! A new version is loaded, compiled and the test cases of every pack in
+//! the stack run before it takes over; a pack that fails any of that leaves
+//! the last good one running, and is not tried again until its files change.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -28,7 +28,8 @@ pub enum Reload {
 
 /// Holds the pack in use; cheap to read from every cycle.
 pub struct PackSlot {
-    dir: PathBuf,
+    /// The stack's directories, bottom first.
+    dirs: Vec<PathBuf>,
     current: RwLock<Arc<Pack>>,
     /// Fingerprint of the files last tried (good or not).
     tried: Mutex<String>,
@@ -37,10 +38,14 @@ pub struct PackSlot {
 impl PackSlot {
     /// Wraps a loaded pack.
     pub fn new(pack: Pack) -> Self {
-        let dir = pack.dir.clone();
-        let tried = fingerprint(&dir).unwrap_or_default();
+        Self::stacked(vec![pack.dir.clone()], pack)
+    }
+
+    /// Wraps a stack loaded from `dirs` (bottom first).
+    pub fn stacked(dirs: Vec<PathBuf>, pack: Pack) -> Self {
+        let tried = fingerprint_all(&dirs).unwrap_or_default();
         Self {
-            dir,
+            dirs,
             current: RwLock::new(Arc::new(pack)),
             tried: Mutex::new(tried),
         }
@@ -58,7 +63,7 @@ impl PackSlot {
     /// (or always, with `force`, as on SIGHUP).
     pub fn reload(&self, force: bool) -> Reload {
         let running = self.get().id();
-        let now = match fingerprint(&self.dir) {
+        let now = match fingerprint_all(&self.dirs) {
             Ok(f) => f,
             Err(error) => return Reload::Refused { running, error },
         };
@@ -69,14 +74,23 @@ impl PackSlot {
             }
             *tried = now;
         }
-        let next = match Pack::load(&self.dir) {
+        let next = match Pack::load_stack(&self.dirs) {
             Ok(p) => p,
             Err(error) => return Reload::Refused { running, error },
         };
-        let passed = match cases::gate(&next) {
-            Ok(n) => n,
-            Err(error) => return Reload::Refused { running, error },
-        };
+        // Each pack's cases test that pack on its own.
+        let mut passed = 0;
+        for dir in &self.dirs {
+            let one = if self.dirs.len() == 1 {
+                cases::gate(&next)
+            } else {
+                Pack::load(dir).and_then(|p| cases::gate(&p))
+            };
+            match one {
+                Ok(n) => passed += n,
+                Err(error) => return Reload::Refused { running, error },
+            }
+        }
         let to = next.id();
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
         Reload::Replaced {
@@ -85,6 +99,15 @@ impl PackSlot {
             cases: passed,
         }
     }
+}
+
+/// A hash over the stack's directories, in order.
+fn fingerprint_all(dirs: &[PathBuf]) -> Result<String, RuleError> {
+    let mut h = Sha256::new();
+    for d in dirs {
+        h.update(fingerprint(d)?.as_bytes());
+    }
+    Ok(hex::encode(h.finalize()))
 }
 
 /// A hash of every file under the pack directory (names and contents).

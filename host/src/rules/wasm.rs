@@ -1,16 +1,23 @@
 //! WebAssembly component packs (world `provisor:rules/rule-pack`): one
 //! engine, the component compiled once (and cached on disk by content
-//! hash) and pre-instantiated, a fresh instance per call (pooled, so it is
+//! hash) and pre-instantiated, a fresh instance per user (pooled, so it is
 //! cheap) with a fuel budget and a memory cap, and WASI with nothing in it
-//! (no files, env, network or inherited stdio).
+//! (no files, env, network or inherited stdio). A component that imports
+//! WASI filesystem, sockets or HTTP is refused at load: a rule has no use
+//! for them. The host API (`interface host`) goes through the pack's
+//! capability [`Gate`].
 
 use std::sync::OnceLock;
 
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::{Decision, MatchKey, RuleError, SettingTables, fields_from_pairs};
+use super::host::{Gate, HostError, LogLevel};
+use super::{
+    Decision, MatchKey, OwnedRecords, OwnerTarget, Reassignment, ReassignmentPlan, RuleError,
+    SettingTables, fields_from_pairs,
+};
 use crate::model::{DesiredUser, EntraUser, FieldValue};
 
 mod bindings {
@@ -21,7 +28,11 @@ mod bindings {
 }
 
 use bindings::RulePackPre;
-use bindings::provisor::rules::types;
+use bindings::provisor::rules::{host as wit_host, types};
+
+/// WASI interfaces a rule component may not import: a component that
+/// needs files, sockets or HTTP is not a rule.
+const FORBIDDEN_IMPORTS: &[&str] = &["wasi:filesystem/", "wasi:sockets/", "wasi:http/"];
 
 /// Instructions' worth of fuel per call.
 const FUEL: u64 = 50_000_000;
@@ -32,6 +43,85 @@ struct State {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: StoreLimits,
+    /// The host API, checked against the pack's capabilities.
+    gate: Gate,
+}
+
+fn host_error(e: HostError) -> types::HostError {
+    match e {
+        HostError::Refused(m) => types::HostError::Refused(m),
+        HostError::Unavailable(m) => types::HostError::Unavailable(m),
+    }
+}
+
+fn wit_person(p: super::host::Person) -> types::Person {
+    types::Person {
+        id: p.id,
+        user_principal_name: p.user_principal_name,
+        display_name: p.display_name,
+        account_enabled: p.account_enabled,
+        salesforce_username: p.salesforce_username,
+        salesforce_active: p.salesforce_active,
+    }
+}
+
+impl types::Host for State {}
+
+impl wit_host::Host for State {
+    fn find_user(
+        &mut self,
+        field: String,
+        value: String,
+    ) -> Result<Option<types::SalesforceUser>, types::HostError> {
+        let u = self.gate.find_user(&field, &value).map_err(host_error)?;
+        Ok(u.map(|u| types::SalesforceUser {
+            id: u.id,
+            username: u.username,
+            is_active: u.is_active,
+            email: u.email,
+            federation_identifier: u.federation_identifier,
+            manager_id: u.manager_id,
+        }))
+    }
+
+    fn queue_members(&mut self, queue: String) -> Result<Vec<String>, types::HostError> {
+        self.gate.queue_members(&queue).map_err(host_error)
+    }
+
+    fn team_members(&mut self, team: String) -> Result<Vec<types::Person>, types::HostError> {
+        let v = self.gate.team_members(&team).map_err(host_error)?;
+        Ok(v.into_iter().map(wit_person).collect())
+    }
+
+    fn manager_chain(
+        &mut self,
+        user_id: String,
+        depth: u32,
+    ) -> Result<Vec<types::Person>, types::HostError> {
+        let v = self
+            .gate
+            .manager_chain(&user_id, depth)
+            .map_err(host_error)?;
+        Ok(v.into_iter().map(wit_person).collect())
+    }
+
+    fn lookup(&mut self, table: String, key: String) -> Result<Option<String>, types::HostError> {
+        self.gate.lookup(&table, &key).map_err(host_error)
+    }
+
+    fn now(&mut self) -> Result<String, types::HostError> {
+        self.gate.now().map_err(host_error)
+    }
+
+    fn log(&mut self, level: types::LogLevel, message: String) -> Result<(), types::HostError> {
+        let level = match level {
+            types::LogLevel::Debug => LogLevel::Debug,
+            types::LogLevel::Info => LogLevel::Info,
+            types::LogLevel::Warn => LogLevel::Warn,
+            types::LogLevel::Error => LogLevel::Error,
+        };
+        self.gate.log(level, &message).map_err(host_error)
+    }
 }
 
 impl WasiView for State {
@@ -146,8 +236,22 @@ impl WasmPack {
         let engine = engine().map_err(load)?;
         let component = Component::from_binary(engine, bytes)
             .map_err(|e| load(format!("not a valid component: {e}")))?;
+        let forbidden: Vec<String> = component
+            .component_type()
+            .imports(engine)
+            .map(|(name, _)| name.to_string())
+            .filter(|name| FORBIDDEN_IMPORTS.iter().any(|f| name.starts_with(f)))
+            .collect();
+        if !forbidden.is_empty() {
+            return Err(load(format!(
+                "imports {} (a rule component may not use files, sockets or HTTP)",
+                forbidden.join(", ")
+            )));
+        }
         let mut linker: Linker<State> = Linker::new(engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| load(e.to_string()))?;
+        bindings::RulePack::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
+            .map_err(|e| load(e.to_string()))?;
         // Pre-instantiating resolves imports now, so a component that needs
         // more than the contract offers fails at load, not mid-sync.
         let pre = linker
@@ -171,6 +275,7 @@ impl WasmPack {
         user: &'a EntraUser,
         groups: &[String],
         settings: &SettingTables,
+        gate: Gate,
     ) -> Result<Session<'a>, RuleError> {
         let state = State {
             wasi: WasiCtx::builder().build(),
@@ -179,6 +284,7 @@ impl WasmPack {
                 .memory_size(MEMORY)
                 .instances(4)
                 .build(),
+            gate,
         };
         let mut store = Store::new(self.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -215,6 +321,7 @@ impl WasmPack {
 
     /// `map`, and with `ask_scope` `scope`, then `match-keys`, all in one
     /// instance: (desired user, scope decision, match keys).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn evaluate(
         &self,
         pack: &str,
@@ -222,22 +329,86 @@ impl WasmPack {
         groups: &[String],
         settings: &SettingTables,
         ask_scope: bool,
+        base: Option<&DesiredUser>,
+        gate: Gate,
     ) -> Result<(DesiredUser, Option<Decision>, Vec<MatchKey>), RuleError> {
-        let mut s = self.session(pack, user, groups, settings)?;
-        let desired = s.map()?;
+        let mut s = self.session(pack, user, groups, settings, gate)?;
+        let desired = s.map(base)?;
         let decision = if ask_scope { Some(s.scope()?) } else { None };
         let keys = s.match_keys()?;
         Ok((desired, decision, keys))
     }
 
-    pub(super) fn map(
+    /// `on-leave` in an instance of its own; `None` for an empty plan.
+    pub(super) fn on_leave(
         &self,
         pack: &str,
         user: &EntraUser,
         groups: &[String],
+        records: &[OwnedRecords],
         settings: &SettingTables,
-    ) -> Result<DesiredUser, RuleError> {
-        self.session(pack, user, groups, settings)?.map()
+        gate: Gate,
+    ) -> Result<Option<ReassignmentPlan>, RuleError> {
+        let mut s = self.session(pack, user, groups, settings, gate)?;
+        let records: Vec<types::OwnedRecords> = records
+            .iter()
+            .map(|r| types::OwnedRecords {
+                object: r.object.clone(),
+                count: r.count,
+                accounts: r.accounts.clone(),
+            })
+            .collect();
+        let plan = s.run("on-leave", |i, store, u, t| {
+            i.call_on_leave(store, u, &records, t)
+        })?;
+        let reassignments: Vec<Reassignment> = plan
+            .reassignments
+            .into_iter()
+            .map(|r| Reassignment {
+                object: r.object,
+                targets: r
+                    .targets
+                    .into_iter()
+                    .map(|t| match t {
+                        types::OwnerTarget::Manager => OwnerTarget::Manager,
+                        types::OwnerTarget::User(u) => OwnerTarget::User(u),
+                        types::OwnerTarget::RoundRobin(v) => OwnerTarget::RoundRobin(v),
+                        types::OwnerTarget::Queue(q) => OwnerTarget::Queue(q),
+                        types::OwnerTarget::Keep => OwnerTarget::Keep,
+                    })
+                    .collect(),
+                children: r.children,
+            })
+            .collect();
+        Ok((!reassignments.is_empty()).then_some(ReassignmentPlan {
+            reassignments,
+            deactivate_anyway: plan.deactivate_anyway,
+        }))
+    }
+}
+
+fn to_wit_desired(d: &DesiredUser) -> types::DesiredUser {
+    types::DesiredUser {
+        fields: d
+            .fields
+            .iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    FieldValue::Null => types::Value::Null,
+                    FieldValue::Text(s) => types::Value::Text(s.clone()),
+                    FieldValue::Bool(b) => types::Value::Boolean(*b),
+                    FieldValue::Number(n) => types::Value::Number(*n),
+                };
+                (k.clone(), v)
+            })
+            .collect(),
+        profile: d.profile.clone(),
+        role: d.role.clone(),
+        permission_sets: d.permission_sets.clone(),
+        permission_set_groups: d.permission_set_groups.clone(),
+        permission_set_licenses: d.permission_set_licenses.clone(),
+        queues: d.queues.clone(),
+        active: d.active,
     }
 }
 
@@ -271,6 +442,7 @@ impl Session<'_> {
             message,
         };
         self.store.set_fuel(FUEL).map_err(|e| call(e.to_string()))?;
+        self.store.data_mut().gate.rule = export;
         f(&self.instance, &mut self.store, &self.wit_user, self.tables).map_err(|e| {
             let out_of_fuel =
                 e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::OutOfFuel);
@@ -303,8 +475,11 @@ impl Session<'_> {
             .collect())
     }
 
-    fn map(&mut self) -> Result<DesiredUser, RuleError> {
-        let out = self.run("map", |i, store, u, t| i.call_map(store, u, t))?;
+    fn map(&mut self, base: Option<&DesiredUser>) -> Result<DesiredUser, RuleError> {
+        let base = base.map(to_wit_desired);
+        let out = self.run("map", |i, store, u, t| {
+            i.call_map(store, u, t, base.as_ref())
+        })?;
         let pairs = out.fields.into_iter().map(|(k, v)| {
             let v = match v {
                 types::Value::Null => FieldValue::Null,

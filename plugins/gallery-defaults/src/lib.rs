@@ -7,7 +7,7 @@ wit_bindgen::generate!({
     world: "rule-pack",
 });
 
-use provisor::rules::types::Value;
+use provisor::rules::types::{OwnerTarget, Reassignment, Value};
 
 struct GalleryDefaults;
 
@@ -49,7 +49,12 @@ impl Guest for GalleryDefaults {
             .collect()
     }
 
-    fn map(user: EntraUser, settings: Vec<SettingTable>) -> DesiredUser {
+    // A bottom pack: there is nothing below it, so `base` is ignored.
+    fn map(
+        user: EntraUser,
+        settings: Vec<SettingTable>,
+        _base: Option<DesiredUser>,
+    ) -> DesiredUser {
         let upn = user.user_principal_name.clone().unwrap_or_default();
         // Entra's Left(), the same implementation Rhai packs call.
         let alias = provisor_functions::left(&upn, 8);
@@ -99,6 +104,26 @@ impl Guest for GalleryDefaults {
             permission_set_licenses: Vec::new(),
             queues: Vec::new(),
             active: !user.deleted && user.account_enabled.unwrap_or(true),
+        }
+    }
+
+    // The gallery app has no notion of records: a leaver's open records go
+    // to their manager, and the user is not deactivated while that fails.
+    fn on_leave(
+        _user: EntraUser,
+        records: Vec<OwnedRecords>,
+        _settings: Vec<SettingTable>,
+    ) -> ReassignmentPlan {
+        ReassignmentPlan {
+            reassignments: records
+                .into_iter()
+                .map(|r| Reassignment {
+                    object: r.object,
+                    targets: vec![OwnerTarget::Manager],
+                    children: Vec::new(),
+                })
+                .collect(),
+            deactivate_anyway: false,
         }
     }
 }

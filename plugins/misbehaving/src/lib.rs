@@ -29,7 +29,11 @@ impl Guest for Misbehaving {
         Vec::new()
     }
 
-    fn map(user: EntraUser, settings: Vec<SettingTable>) -> DesiredUser {
+    fn map(
+        user: EntraUser,
+        settings: Vec<SettingTable>,
+        _base: Option<DesiredUser>,
+    ) -> DesiredUser {
         let mode = settings
             .iter()
             .find(|t| t.name == "test")
@@ -72,6 +76,18 @@ impl Guest for Misbehaving {
             permission_set_licenses: Vec::new(),
             queues: Vec::new(),
             active: true,
+        }
+    }
+
+    // Behaves: an empty plan, which defers to the pack below.
+    fn on_leave(
+        _user: EntraUser,
+        _records: Vec<OwnedRecords>,
+        _settings: Vec<SettingTable>,
+    ) -> ReassignmentPlan {
+        ReassignmentPlan {
+            reassignments: Vec::new(),
+            deactivate_anyway: false,
         }
     }
 }
