@@ -528,6 +528,7 @@ pub async fn engine_from_config(cfg: &Config) -> anyhow::Result<Engine> {
         store,
         pack: crate::rules::PackSlot::stacked(cfg.rules.dirs(), pack),
         org_tables: std::sync::Arc::new(cfg.rules.tables.clone()),
+        metrics: std::sync::Arc::default(),
         cfg: cfg.sync.clone(),
         scope: crate::engine::scope::Scope::new(&cfg.entra.scope).context("entra.scope")?,
     })
@@ -550,6 +551,15 @@ async fn run_sync(a: SyncArgs) -> anyhow::Result<ExitCode> {
                 "sync cycle failed; the deltaLink was not advanced past unjournaled changes",
             )),
         };
+    }
+    if let Some(addr) = &cfg.metrics.listen {
+        let bound = engine
+            .metrics
+            .clone()
+            .serve(addr)
+            .await
+            .with_context(|| format!("metrics.listen: cannot listen on {addr}"))?;
+        eprintln!("metrics: http://{bound}/metrics");
     }
     let n = &cfg.entra.notifications;
     let mut trigger = if n.enabled {

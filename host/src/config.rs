@@ -42,6 +42,17 @@ pub struct Config {
     pub sync: SyncConfig,
     #[serde(default)]
     pub tls: TlsConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: a Prometheus endpoint while `provisor sync` runs as a service.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address for `GET /metrics` (e.g. "127.0.0.1:9464"); none serves nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
 }
 
 /// `[tls]`: extra trust for the HTTPS connections to Entra and Salesforce.

@@ -15,6 +15,7 @@ pub mod demo;
 pub mod engine;
 pub mod entra;
 pub mod http;
+pub mod metrics;
 pub mod model;
 pub mod rules;
 pub mod salesforce;

@@ -175,6 +175,8 @@ pub struct Engine {
     pub scope: scope::Scope,
     /// The organisation's mapping tables (`[rules.tables]`) for packs.
     pub org_tables: std::sync::Arc<BTreeMap<String, BTreeMap<String, String>>>,
+    /// Counters for `[metrics]`.
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 fn new_cycle_id() -> String {
@@ -345,6 +347,7 @@ impl Engine {
             refs,
         } = self.plan(&cycle, obs).await?;
         if !refusals.is_empty() {
+            self.metrics.rule_refusals.inc_by(refusals.len() as u64);
             let events: Vec<AuditEvent> = refusals
                 .iter()
                 .map(|r| AuditEvent {
@@ -360,6 +363,14 @@ impl Engine {
         let stopped = self
             .apply(&cycle, &plan, &refs, &mut outcomes, obs, &mut report)
             .await?;
+        crate::metrics::Metrics::count(
+            &self.metrics.cycles,
+            if stopped.is_some() {
+                "failed"
+            } else {
+                "completed"
+            },
+        );
         self.settle_users(&cycle, &dirty, &plan, &outcomes, &mut report)
             .await?;
         report.plan = plan;
@@ -448,6 +459,7 @@ impl Engine {
         let event = match &outcome {
             Reload::Unchanged => return outcome,
             Reload::Replaced { from, to, cases } => {
+                crate::metrics::Metrics::count(&self.metrics.rule_reloads, "replaced");
                 tracing::info!(%from, %to, cases, "rule pack reloaded");
                 AuditEvent {
                     event: "rules.reloaded".into(),
@@ -457,6 +469,7 @@ impl Engine {
                 }
             }
             Reload::Refused { running, error } => {
+                crate::metrics::Metrics::count(&self.metrics.rule_reloads, "refused");
                 tracing::error!(%running, %error, "rule pack refused; the last good one keeps running");
                 AuditEvent {
                     event: "rules.reload_failed".into(),

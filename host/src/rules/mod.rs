@@ -244,6 +244,9 @@ pub struct Pack {
     pub access: AccessClaims,
     /// Bottom (vendor base) first; each sees what the ones below decided.
     layers: Vec<Layer>,
+    /// Per layer, what it and the layers below declare (intents are
+    /// checked against this; computed once, not per user).
+    declared: Vec<AccessClaims>,
 }
 
 /// One pack of a stack.
@@ -488,15 +491,19 @@ impl Pack {
             }
             layers.push(layer);
         }
-        let access = layers
-            .iter()
-            .fold(AccessClaims::default(), |acc, l| acc.union(&l.access));
+        let mut declared: Vec<AccessClaims> = Vec::with_capacity(layers.len());
+        for l in &layers {
+            let below = declared.last().cloned().unwrap_or_default();
+            declared.push(below.union(&l.access));
+        }
+        let access = declared.last().cloned().unwrap_or_default();
         let info = layers[layers.len() - 1].info.clone();
         Ok(Self {
             info,
             dir: top_dir.clone(),
             access,
             layers,
+            declared,
         })
     }
 
@@ -531,14 +538,12 @@ impl Pack {
         let mut desired: Option<DesiredUser> = None;
         let mut scope: Option<Decision> = None;
         let mut keys: Option<Vec<MatchKey>> = None;
-        let mut declared = AccessClaims::default();
-        for layer in &self.layers {
+        for (layer, declared) in self.layers.iter().zip(&self.declared) {
             let id = layer.id();
             // Once a pack says out of scope, the ones above are not asked.
             let ask = ask_scope && scope.as_ref().is_none_or(|s| s.in_scope);
             let (d, s, k) = layer.evaluate(user, groups, ask, desired.as_ref(), env)?;
             let d = validate(&id, &user.id, d)?;
-            declared = declared.union(&layer.access);
             if let Some((kind, name)) = declared.undeclared(&d) {
                 env.refuse(Refusal {
                     pack: id.clone(),
@@ -634,10 +639,11 @@ impl Pack {
         Ok(self.evaluate(user, groups, false, env)?.desired)
     }
 
-    /// Asks the packs where a leaver's open records go. The top-most pack
-    /// with a non-empty plan decides; objects, child objects and queues it
-    /// did not declare are refused (audited through `env`) and the whole
-    /// plan with them.
+    /// Asks the packs where a leaver's open records go, top of the stack
+    /// first: the first pack with a non-empty plan decides (the packs
+    /// below are not asked). Objects, child objects and queues that neither
+    /// it nor the packs below declared are refused (recorded in `env`),
+    /// and the whole plan with them.
     pub fn on_leave(
         &self,
         user: &EntraUser,
@@ -645,10 +651,7 @@ impl Pack {
         records: &[OwnedRecords],
         env: &HostEnv,
     ) -> Result<ReassignmentPlan, RuleError> {
-        let mut declared = AccessClaims::default();
-        let mut chosen = ReassignmentPlan::default();
-        for layer in &self.layers {
-            declared = declared.union(&layer.access);
+        for (i, layer) in self.layers.iter().enumerate().rev() {
             let id = layer.id();
             let gate = layer.gate(env, "on-leave", &user.id);
             let plan = match &layer.runner {
@@ -658,6 +661,7 @@ impl Pack {
             let Some(plan) = plan.filter(|p| !p.reassignments.is_empty()) else {
                 continue;
             };
+            let declared = &self.declared[i];
             let refuse = |capability: &'static str, target: &str| {
                 env.refuse(Refusal {
                     pack: id.clone(),
@@ -690,9 +694,9 @@ impl Pack {
                     }
                 }
             }
-            chosen = plan;
+            return Ok(plan);
         }
-        Ok(chosen)
+        Ok(ReassignmentPlan::default())
     }
 }
 
@@ -1027,6 +1031,270 @@ mod tests {
             Pack::load(dir.path()),
             Err(RuleError::Contract { .. })
         ));
+    }
+
+    fn fixture_env() -> HostEnv {
+        HostEnv::new(std::sync::Arc::new(Fixture {
+            now: Some("2026-12-01T09:00:00Z".into()),
+            users: vec![
+                SalesforceUser {
+                    id: "005BOSS".into(),
+                    username: "boss@contoso.com".into(),
+                    is_active: true,
+                    ..Default::default()
+                },
+                SalesforceUser {
+                    id: "005TAKEN".into(),
+                    username: "zoe@contoso.com".into(),
+                    is_active: true,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        }))
+    }
+
+    #[test]
+    fn intents_the_manifest_does_not_declare_are_refused_and_recorded() {
+        let env = HostEnv::empty();
+        let p = rhai(r#"fn map(user, settings) { #{ fields: #{ Secret__c: "x" }, profile: (), active: true } }"#)
+            .expect("compiles");
+        let e = p
+            .map_with(&user(), &[], &env)
+            .expect_err("undeclared field");
+        assert!(
+            matches!(&e, RuleError::Refused { pack, export: "map", .. } if pack == "t@1.0.0"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("Secret__c"), "{e}");
+        let p = rhai(r#"fn map(user, settings) { #{ fields: #{}, profile: "System Administrator", active: true } }"#)
+            .expect("compiles");
+        assert!(p.map_with(&user(), &[], &env).is_err());
+        let p = rhai(r#"fn map(user, settings) { #{ fields: #{}, permission_sets: ["God_Mode"], active: true } }"#)
+            .expect("compiles");
+        assert!(p.map_with(&user(), &[], &env).is_err());
+        let refused: Vec<(String, String)> = env
+            .take_refusals()
+            .into_iter()
+            .map(|r| (r.capability, r.target))
+            .collect();
+        assert_eq!(
+            refused,
+            [
+                ("field".to_string(), "Secret__c".to_string()),
+                ("profile".into(), "System Administrator".into()),
+                ("permission set".into(), "God_Mode".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn rhai_packs_call_the_host_api_within_their_capabilities() {
+        let dir = pack_dir(
+            "[capabilities]\nfind_user = [\"Username\"]\ntables = [\"titles\"]\nclock = true\n",
+            "rhai",
+            "main.rhai",
+            br#"fn map(user, settings) {
+                let boss = find_user("Username", "boss@contoso.com");
+                let missing = find_user("Username", "nobody@contoso.com");
+                let refused = "no";
+                try { find_user("Email", "x@y"); } catch (e) { refused = `${e}`; }
+                #{
+                    fields: #{
+                        Title: lookup("titles", user.givenName),
+                        Department: `${boss.id} ${missing == ()}`,
+                        EmployeeNumber: now(),
+                        Email: refused,
+                        Alias: SelectUniqueValue("Username", "zoe@contoso.com", "zoe2@contoso.com"),
+                    },
+                    profile: (),
+                    active: true,
+                }
+            }"#,
+        );
+        std::fs::create_dir_all(dir.path().join("tables")).expect("mkdir");
+        std::fs::write(
+            dir.path().join("tables/titles.csv"),
+            "name,title\nZoë,Captain\n",
+        )
+        .expect("table");
+        let p = Pack::load(dir.path()).expect("loads");
+        let env = fixture_env();
+        let d = p.map_with(&user(), &[], &env).expect("maps");
+        let text = |k: &str| d.fields[k].as_text().unwrap_or_default().to_string();
+        assert_eq!(text("Title"), "Captain");
+        assert_eq!(text("Department"), "005BOSS true");
+        assert_eq!(text("EmployeeNumber"), "2026-12-01T09:00:00Z");
+        assert!(text("Email").contains("refused"), "{}", text("Email"));
+        assert_eq!(
+            text("Alias"),
+            "zoe2@contoso.com",
+            "the first free candidate"
+        );
+        let r = env.take_refusals();
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!(
+            (
+                r[0].pack.as_str(),
+                r[0].rule.as_str(),
+                r[0].user.as_str(),
+                r[0].capability.as_str(),
+                r[0].target.as_str()
+            ),
+            ("t@1.0.0", "map", "u1", "find-user", "Email")
+        );
+    }
+
+    #[test]
+    fn printing_needs_the_log_capability() {
+        let env = HostEnv::empty();
+        let p = rhai(r#"fn map(user, settings) { print("hello"); #{ fields: #{}, profile: (), active: true } }"#)
+            .expect("compiles");
+        p.map_with(&user(), &[], &env).expect("maps");
+        let r = env.take_refusals();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].capability, "log");
+    }
+
+    #[test]
+    fn stacked_packs_see_the_result_below_and_all_scopes_must_agree() {
+        let base = pack_dir(
+            "",
+            "rhai",
+            "main.rhai",
+            br#"fn map(user, settings) { #{ fields: #{ Title: "base", Alias: "b" }, profile: "Standard User", active: true } }
+                fn match_keys(user, settings) { [#{ field: "Alias", value: "b" }] }"#,
+        );
+        let top = tempfile::tempdir().expect("temp dir");
+        std::fs::write(
+            top.path().join("pack.toml"),
+            "[pack]\nname = \"org\"\nversion = \"2.0.0\"\nengine = \"rhai\"\nentry = \"main.rhai\"\ncontract = \"0.3\"\n[access]\nfields = [\"Department\"]\n",
+        )
+        .expect("manifest");
+        std::fs::write(
+            top.path().join("main.rhai"),
+            r#"fn map(user, settings, base) { base.fields.Title = base.fields.Title + "+org"; base.fields.Department = "D"; base }
+               fn scope(user, settings) { #{ in_scope: user.givenName != "Zoë", reason: "no Zoës" } }"#,
+        )
+        .expect("script");
+        let stack = Pack::load_stack(&[base.path().into(), top.path().into()]).expect("stacks");
+        assert_eq!(stack.id(), "t@1.0.0 + org@2.0.0");
+        let e = stack
+            .evaluate(&user(), &[], true, &HostEnv::empty())
+            .expect("evaluates");
+        assert_eq!(
+            e.desired.fields["Title"],
+            FieldValue::Text("base+org".into())
+        );
+        assert_eq!(e.desired.fields["Department"], FieldValue::Text("D".into()));
+        assert_eq!(e.desired.profile.as_deref(), Some("Standard User"));
+        let scope = e.scope.expect("asked");
+        assert!(!scope.in_scope);
+        assert_eq!(scope.reason, "org@2.0.0: no Zoës");
+        assert_eq!(
+            e.keys,
+            [MatchKey {
+                field: "Alias".into(),
+                value: "b".into()
+            }],
+            "the base's keys"
+        );
+
+        // An override whose `map` takes no base cannot be stacked.
+        std::fs::write(
+            top.path().join("main.rhai"),
+            r#"fn map(user, settings) { #{ fields: #{}, active: true } }"#,
+        )
+        .expect("script");
+        let e = Pack::load_stack(&[base.path().into(), top.path().into()])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("org@2.0.0") && e.contains("takes no base"),
+            "{e}"
+        );
+
+        // A field neither pack declares is refused, naming the pack that set it.
+        std::fs::write(
+            top.path().join("main.rhai"),
+            r#"fn map(user, settings, base) { base.fields.Secret__c = "x"; base }"#,
+        )
+        .expect("script");
+        let stack = Pack::load_stack(&[base.path().into(), top.path().into()]).expect("stacks");
+        let e = stack.map(&user(), &[]).expect_err("refused").to_string();
+        assert!(e.contains("org@2.0.0") && e.contains("Secret__c"), "{e}");
+    }
+
+    #[test]
+    fn on_leave_plans_are_checked_against_declared_objects_and_queues() {
+        let script = br#"
+            fn map(user, settings) { #{ fields: #{}, active: false } }
+            fn on_leave(user, records, settings) {
+                records.map(|r| #{
+                    object: r.object,
+                    targets: if r.object == "Lead" { [#{ queue: "Leads_Q" }, "manager"] } else { [#{ round_robin: ["a@x", "b@x"] }, #{ user: "ops@x" }, "keep"] },
+                })
+            }"#;
+        let declared = pack_dir("", "rhai", "main.rhai", script);
+        let manifest = std::fs::read_to_string(declared.path().join("pack.toml")).expect("read");
+        std::fs::write(
+            declared.path().join("pack.toml"),
+            manifest.replace(
+                "[access]\n",
+                "[access]\nobjects = [\"Opportunity\", \"Lead\"]\nqueues = [\"Leads_Q\"]\n",
+            ),
+        )
+        .expect("write");
+        let p = Pack::load(declared.path()).expect("loads");
+        let recs = [
+            OwnedRecords {
+                object: "Opportunity".into(),
+                count: 3,
+                accounts: vec![],
+            },
+            OwnedRecords {
+                object: "Lead".into(),
+                count: 1,
+                accounts: vec![],
+            },
+        ];
+        let env = HostEnv::empty();
+        let plan = p.on_leave(&user(), &[], &recs, &env).expect("plan");
+        assert_eq!(
+            plan.reassignments[0].targets,
+            [
+                OwnerTarget::RoundRobin(vec!["a@x".into(), "b@x".into()]),
+                OwnerTarget::User("ops@x".into()),
+                OwnerTarget::Keep
+            ]
+        );
+        assert_eq!(
+            plan.reassignments[1].targets[0],
+            OwnerTarget::Queue("Leads_Q".into())
+        );
+
+        // The same script without the declarations: refused and recorded.
+        let bare = pack_dir("", "rhai", "main.rhai", script);
+        let p = Pack::load(bare.path()).expect("loads");
+        let e = p
+            .on_leave(&user(), &[], &recs, &env)
+            .expect_err("undeclared");
+        assert!(
+            matches!(
+                e,
+                RuleError::Refused {
+                    export: "on-leave",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let r = env.take_refusals();
+        assert_eq!(
+            (r[0].capability.as_str(), r[0].target.as_str()),
+            ("object", "Opportunity")
+        );
     }
 
     #[test]

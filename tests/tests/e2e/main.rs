@@ -7,6 +7,7 @@ mod bulk;
 mod entra;
 mod faults;
 mod flow;
+mod host_api;
 mod parity;
 mod protocol;
 mod rules;

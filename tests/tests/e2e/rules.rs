@@ -94,6 +94,13 @@ async fn a_changed_pack_is_reloaded_only_when_it_loads_and_passes_its_tests() {
             .count(),
         2
     );
+    // And counted for monitoring.
+    let metrics = engine.metrics.render();
+    assert!(
+        metrics.contains("provisor_rule_reloads_total{outcome=\"refused\"} 2")
+            && metrics.contains("provisor_rule_reloads_total{outcome=\"replaced\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[test]
