@@ -304,7 +304,7 @@ const MAX_LIST: usize = 10_000;
 /// the pack's capabilities before the directory sees it.
 #[derive(Clone)]
 pub struct Gate {
-    pub(super) pack: String,
+    pub(super) pack: std::sync::Arc<str>,
     pub(super) caps: Arc<Capabilities>,
     pub(super) tables: Arc<PackTables>,
     pub(super) env: HostEnv,
@@ -315,7 +315,7 @@ pub struct Gate {
 impl Gate {
     fn refuse(&self, capability: &str, target: &str) -> HostError {
         self.env.refuse(Refusal {
-            pack: self.pack.clone(),
+            pack: self.pack.to_string(),
             rule: self.rule.to_string(),
             user: self.user.clone(),
             capability: capability.to_string(),

@@ -252,6 +252,8 @@ pub struct Pack {
 /// One pack of a stack.
 struct Layer {
     info: PackInfo,
+    /// `name@version`, made once.
+    id: std::sync::Arc<str>,
     /// Its own claims: intents are checked against what it and the packs
     /// below it declared.
     access: AccessClaims,
@@ -328,7 +330,7 @@ fn read_manifest(dir: &Path) -> Result<Manifest, RuleError> {
 
 impl Layer {
     fn id(&self) -> String {
-        format!("{}@{}", self.info.name, self.info.version)
+        self.id.to_string()
     }
 
     fn load(dir: &Path) -> Result<Self, RuleError> {
@@ -392,6 +394,7 @@ impl Layer {
             }
         };
         Ok(Self {
+            id: pack.as_str().into(),
             info: m.pack,
             access: m.access,
             caps: std::sync::Arc::new(m.capabilities),
@@ -403,7 +406,7 @@ impl Layer {
 
     fn gate(&self, env: &HostEnv, rule: &'static str, user: &str) -> host::Gate {
         host::Gate {
-            pack: self.id(),
+            pack: self.id.clone(),
             caps: self.caps.clone(),
             tables: self.tables.clone(),
             env: env.clone(),

@@ -1,7 +1,7 @@
 //! WebAssembly component packs (world `provisor:rules/rule-pack`): one
 //! engine, the component compiled once (and cached on disk by content
-//! hash) and pre-instantiated, a fresh instance per user (pooled, so it is
-//! cheap) with a fuel budget and a memory cap, and WASI with nothing in it
+//! hash) and pre-instantiated, instances from a pooling allocator with a
+//! fuel budget per export and a memory cap, and WASI with nothing in it
 //! (no files, env, network or inherited stdio). A component that imports
 //! WASI filesystem, sockets or HTTP is refused at load: a rule has no use
 //! for them. The host API (`interface host`) goes through the pack's
@@ -38,6 +38,8 @@ const FORBIDDEN_IMPORTS: &[&str] = &["wasi:filesystem/", "wasi:sockets/", "wasi:
 const FUEL: u64 = 50_000_000;
 /// Linear memory cap per instance.
 const MEMORY: usize = 64 << 20;
+/// Memory kept resident per pooled slot when dirty pages can be scanned.
+const KEEP_RESIDENT: usize = 2 << 20;
 
 struct State {
     wasi: WasiCtx,
@@ -150,6 +152,16 @@ fn engine() -> Result<&'static Engine, String> {
                 .total_memories(128)
                 .total_tables(256)
                 .max_memory_size(MEMORY);
+            // Where the kernel can say which pages an instance dirtied
+            // (PAGEMAP_SCAN, Linux 6.7+), reset only those with memset and
+            // keep them resident: no madvise, TLB shootdown and page faults
+            // per user. Without it, memsetting the whole keep-resident region
+            // would cost more than it saves, so the default stays.
+            if wasmtime::PoolingAllocationConfig::is_pagemap_scan_available() {
+                pool.pagemap_scan(wasmtime::Enabled::Yes)
+                    .linear_memory_keep_resident(KEEP_RESIDENT)
+                    .table_keep_resident(KEEP_RESIDENT);
+            }
             cfg.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
             // Compiled components are kept on disk by content hash (with
             // the compiler's settings), so a restart or a reload of an
@@ -189,7 +201,39 @@ pub(super) struct WasmPack {
     pre: RulePackPre<State>,
     /// The pack's settings in the contract's shape, converted once.
     tables: std::sync::OnceLock<Vec<types::SettingTable>>,
+    /// Instances kept warm for the next user (see [`Reuse`]).
+    warm: std::sync::Mutex<Vec<Warm>>,
+    reuse: Reuse,
 }
+
+/// An instantiated component that may serve another user.
+struct Warm {
+    store: Store<State>,
+    instance: bindings::RulePack,
+    /// Users it has served.
+    served: u32,
+}
+
+/// Instantiation costs several times what a mapping does, so instances are
+/// reused from user to user, but only while that cannot change a result:
+/// every [`VERIFY_EVERY`]th user served by a reused instance is evaluated
+/// again in a fresh one and the two results compared. A component whose
+/// results depend on what it saw before (a counter, a cache, the clock or
+/// randomness) differs sooner or later; from then on the pack gets a fresh
+/// instance per user, for good. Plans stay a pure function of their inputs.
+struct Reuse {
+    /// Set once a reused instance gave another answer than a fresh one.
+    stateful: std::sync::atomic::AtomicBool,
+    /// Users evaluated on reused instances (to pick whom to verify).
+    reused: std::sync::atomic::AtomicU64,
+}
+
+/// One reused evaluation in this many is checked against a fresh instance.
+const VERIFY_EVERY: u64 = 16;
+/// Users one instance serves before it is dropped (its heap only grows).
+const MAX_SERVED: u32 = 1_000;
+/// Warm instances kept per pack (one per thread evaluating it at once).
+const MAX_WARM: usize = 4;
 
 fn to_wit(u: &EntraUser, groups: &[String]) -> types::EntraUser {
     types::EntraUser {
@@ -263,12 +307,23 @@ impl WasmPack {
             engine,
             pre,
             tables: std::sync::OnceLock::new(),
+            warm: std::sync::Mutex::default(),
+            reuse: Reuse {
+                stateful: std::sync::atomic::AtomicBool::new(false),
+                reused: std::sync::atomic::AtomicU64::new(0),
+            },
         })
     }
 
-    /// A fresh instance for one user: every export called for that user
-    /// runs in it, so a user costs one instantiation, and no state passes
-    /// from one user to the next.
+    fn reusing(&self) -> bool {
+        !self
+            .reuse
+            .stateful
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// An instance for one user: every export called for that user runs in
+    /// it. A warm one when reuse is allowed, else a fresh one.
     fn session<'a>(
         &'a self,
         pack: &'a str,
@@ -277,6 +332,61 @@ impl WasmPack {
         settings: &SettingTables,
         gate: Gate,
     ) -> Result<Session<'a>, RuleError> {
+        let warm = if self.reusing() {
+            self.warm.lock().unwrap_or_else(|e| e.into_inner()).pop()
+        } else {
+            None
+        };
+        let warm = match warm {
+            Some(mut w) => {
+                w.store.data_mut().gate = gate;
+                w
+            }
+            None => self.fresh(pack, user, gate)?,
+        };
+        Ok(self.session_from(pack, user, groups, settings, warm))
+    }
+
+    fn session_from<'a>(
+        &'a self,
+        pack: &'a str,
+        user: &'a EntraUser,
+        groups: &[String],
+        settings: &SettingTables,
+        warm: Warm,
+    ) -> Session<'a> {
+        let tables = self.tables.get_or_init(|| {
+            settings
+                .iter()
+                .map(|(name, entries)| types::SettingTable {
+                    name: name.clone(),
+                    entries: entries.clone(),
+                })
+                .collect()
+        });
+        Session {
+            pack,
+            user,
+            wit_user: to_wit(user, groups),
+            tables,
+            warm,
+        }
+    }
+
+    /// Returns an instance that served a user without failing.
+    fn give_back(&self, mut w: Warm) {
+        w.served += 1;
+        if !self.reusing() || w.served >= MAX_SERVED {
+            return;
+        }
+        let mut pool = self.warm.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < MAX_WARM {
+            pool.push(w);
+        }
+    }
+
+    /// A freshly instantiated component.
+    fn fresh(&self, pack: &str, user: &EntraUser, gate: Gate) -> Result<Warm, RuleError> {
         let state = State {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
@@ -300,22 +410,10 @@ impl WasmPack {
             .pre
             .instantiate(&mut store)
             .map_err(|e| fail(format!("instantiation failed: {e}")))?;
-        let tables = self.tables.get_or_init(|| {
-            settings
-                .iter()
-                .map(|(name, entries)| types::SettingTable {
-                    name: name.clone(),
-                    entries: entries.clone(),
-                })
-                .collect()
-        });
-        Ok(Session {
-            pack,
-            user,
-            wit_user: to_wit(user, groups),
-            tables,
+        Ok(Warm {
             store,
             instance,
+            served: 0,
         })
     }
 
@@ -332,11 +430,49 @@ impl WasmPack {
         base: Option<&DesiredUser>,
         gate: Gate,
     ) -> Result<(DesiredUser, Option<Decision>, Vec<MatchKey>), RuleError> {
+        // The verification run's refusals are not recorded twice.
+        let quiet_gate = Gate {
+            env: super::HostEnv::new(gate.env.directory.clone()),
+            ..gate.clone()
+        };
         let mut s = self.session(pack, user, groups, settings, gate)?;
+        let reused = s.warm.served > 0;
         let desired = s.map(base)?;
         let decision = if ask_scope { Some(s.scope()?) } else { None };
         let keys = s.match_keys()?;
-        Ok((desired, decision, keys))
+        self.give_back(s.warm);
+        let got = (desired, decision, keys);
+        if reused {
+            let n = self
+                .reuse
+                .reused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if n % VERIFY_EVERY == 0 {
+                let warm = self.fresh(pack, user, quiet_gate)?;
+                let mut fresh = self.session_from(pack, user, groups, settings, warm);
+                let desired = fresh.map(base)?;
+                let decision = if ask_scope {
+                    Some(fresh.scope()?)
+                } else {
+                    None
+                };
+                let keys = fresh.match_keys()?;
+                let want = (desired, decision, keys);
+                if want != got {
+                    self.reuse
+                        .stateful
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    self.warm.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                    tracing::warn!(
+                        %pack,
+                        user = %user.id,
+                        "the component's result for a user depends on earlier users (state, clock or randomness): every user now gets a fresh instance"
+                    );
+                    return Ok(want);
+                }
+            }
+        }
+        Ok(got)
     }
 
     /// `on-leave` in an instance of its own; `None` for an empty plan.
@@ -349,7 +485,9 @@ impl WasmPack {
         settings: &SettingTables,
         gate: Gate,
     ) -> Result<Option<ReassignmentPlan>, RuleError> {
-        let mut s = self.session(pack, user, groups, settings, gate)?;
+        // Leavers are few: always a fresh instance, never a reused one.
+        let warm = self.fresh(pack, user, gate)?;
+        let mut s = self.session_from(pack, user, groups, settings, warm);
         let records: Vec<types::OwnedRecords> = records
             .iter()
             .map(|r| types::OwnedRecords {
@@ -418,8 +556,7 @@ struct Session<'a> {
     user: &'a EntraUser,
     wit_user: types::EntraUser,
     tables: &'a [types::SettingTable],
-    store: Store<State>,
-    instance: bindings::RulePack,
+    warm: Warm,
 }
 
 impl Session<'_> {
@@ -441,9 +578,10 @@ impl Session<'_> {
             user: self.user.id.clone(),
             message,
         };
-        self.store.set_fuel(FUEL).map_err(|e| call(e.to_string()))?;
-        self.store.data_mut().gate.rule = export;
-        f(&self.instance, &mut self.store, &self.wit_user, self.tables).map_err(|e| {
+        let w = &mut self.warm;
+        w.store.set_fuel(FUEL).map_err(|e| call(e.to_string()))?;
+        w.store.data_mut().gate.rule = export;
+        f(&w.instance, &mut w.store, &self.wit_user, self.tables).map_err(|e| {
             let out_of_fuel =
                 e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::OutOfFuel);
             call(if out_of_fuel {

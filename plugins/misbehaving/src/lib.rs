@@ -65,6 +65,13 @@ impl Guest for Misbehaving {
                 }
             }
             "panic" => panic!("misbehaving on purpose"),
+            "stateful" => {
+                // Remembers how many users it has mapped: a result that
+                // depends on earlier users.
+                static SEEN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let n = SEEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                fields[0].1 = Value::Text(format!("seen {n}"));
+            }
             _ => {}
         }
         DesiredUser {

@@ -140,6 +140,27 @@ fn misbehaving(mode: &str) -> (tempfile::TempDir, provisor::rules::Pack) {
     (dir, pack)
 }
 
+/// Instances are reused from user to user only while that cannot change a
+/// result: a component that remembers earlier users is caught the first
+/// time a reused instance answers differently from a fresh one, and from
+/// then on every user gets a fresh instance.
+#[test]
+fn a_component_that_remembers_earlier_users_gets_fresh_instances() {
+    let (_dir, pack) = misbehaving("stateful");
+    for i in 0..40 {
+        let user = provisor::model::EntraUser {
+            id: format!("u-{i}"),
+            ..Default::default()
+        };
+        let d = pack.map(&user, &[]).expect("maps");
+        assert_eq!(
+            d.fields["LastName"],
+            provisor::model::FieldValue::Text("seen 1".into()),
+            "user {i} must get what a fresh instance gives"
+        );
+    }
+}
+
 #[test]
 fn misbehaving_components_are_stopped_inside_their_limits() {
     let user = provisor::model::EntraUser {
