@@ -69,6 +69,26 @@ enum Command {
         #[command(subcommand)]
         command: DeadletterCommand,
     },
+    /// Deactivations held back by the accidental-deletion threshold.
+    Staged {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Let staged deactivations go ahead on the next cycle (audited).
+    Approve {
+        #[arg(long)]
+        config: PathBuf,
+        /// The batch (the cycle that staged it, see `provisor staged`); all
+        /// pending batches when absent.
+        batch: Option<String>,
+    },
+    /// Refuse staged deactivations: those users stay active (audited).
+    Reject {
+        #[arg(long)]
+        config: PathBuf,
+        /// The batch; all pending batches when absent.
+        batch: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -290,6 +310,60 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for d in dead {
                 println!("{}  attempts={}  {}", d.entra_id, d.attempts, d.reason);
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Staged { config } => {
+            let cfg = Config::load(&config)?;
+            let store = Store::open_existing(&cfg.store.url).await?;
+            let staged = store.staged_deactivations().await?;
+            if staged.is_empty() {
+                println!("no staged deactivations");
+            }
+            for s in staged {
+                println!(
+                    "{}  {}  {}  {}  {}",
+                    s.batch,
+                    s.status,
+                    s.entra_id,
+                    s.sf_id.as_deref().unwrap_or("-"),
+                    s.reason
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        command @ (Command::Approve { .. } | Command::Reject { .. }) => {
+            let (approve, config, batch) = match command {
+                Command::Approve { config, batch } => (true, config, batch),
+                Command::Reject { config, batch } => (false, config, batch),
+                _ => unreachable!("matched above"),
+            };
+            let cfg = Config::load(&config)?;
+            let store = Store::open_existing(&cfg.store.url).await?;
+            let n = store.decide_staged(batch.as_deref(), approve).await?;
+            let event = if approve {
+                "deactivations.approved"
+            } else {
+                "deactivations.rejected"
+            };
+            store
+                .append_audit(
+                    "operator",
+                    &[crate::audit::AuditEvent {
+                        event: event.into(),
+                        entra_id: None,
+                        sf_id: None,
+                        detail: serde_json::json!({"batch": batch, "users": n}),
+                    }],
+                )
+                .await?;
+            println!(
+                "{n} staged deactivations {}",
+                if approve {
+                    "approved: they run on the next cycle"
+                } else {
+                    "rejected: those users stay active"
+                }
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit { command } => {
@@ -529,6 +603,7 @@ pub async fn engine_from_config(cfg: &Config) -> anyhow::Result<Engine> {
         pack: crate::rules::PackSlot::stacked(cfg.rules.dirs(), pack),
         org_tables: std::sync::Arc::new(cfg.rules.tables.clone()),
         metrics: std::sync::Arc::default(),
+        safety: cfg.safety.clone(),
         cfg: cfg.sync.clone(),
         scope: crate::engine::scope::Scope::new(&cfg.entra.scope).context("entra.scope")?,
     })

@@ -44,6 +44,52 @@ pub struct Config {
     pub tls: TlsConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub safety: SafetyConfig,
+}
+
+/// `[safety]`: guards against mass removals and against locking out the
+/// people who run the org.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SafetyConfig {
+    /// A cycle that would deactivate more users than this stages those
+    /// deactivations (and their freezes) for `provisor approve` instead.
+    /// Entra's provisioning service defaults to 500 too.
+    #[serde(default = "default_max_deactivations")]
+    pub max_deactivations: usize,
+    /// The same as a share (0 to 1) of the users provisor manages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_deactivation_share: Option<f64>,
+    /// At most this many deactivations in any hour (applied ones plus this
+    /// cycle's), so frequent polls cannot slip a mass removal through in
+    /// small cycles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_deactivations_per_hour: Option<usize>,
+    /// The same per day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_deactivations_per_day: Option<usize>,
+    /// Salesforce usernames never frozen or deactivated (break-glass
+    /// accounts). The integration user and the last active System
+    /// Administrator are protected without being listed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub break_glass: Vec<String>,
+}
+
+fn default_max_deactivations() -> usize {
+    500
+}
+
+impl Default for SafetyConfig {
+    fn default() -> Self {
+        Self {
+            max_deactivations: default_max_deactivations(),
+            max_deactivation_share: None,
+            max_deactivations_per_hour: None,
+            max_deactivations_per_day: None,
+            break_glass: Vec::new(),
+        }
+    }
 }
 
 /// `[metrics]`: a Prometheus endpoint while `provisor sync` runs as a service.

@@ -38,6 +38,21 @@ pub enum StoreError {
         id: String,
         detail: String,
     },
+    #[error("no {what} {id:?}")]
+    Unknown { what: &'static str, id: String },
+}
+
+/// A deactivation held back by the deletion threshold.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StagedDeactivation {
+    pub entra_id: String,
+    pub sf_id: Option<String>,
+    /// The cycle that staged it; `provisor approve BATCH` names it.
+    pub batch: String,
+    pub reason: String,
+    /// `pending`, `approved` or `rejected`.
+    pub status: String,
+    pub staged_at: String,
 }
 
 fn q(what: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
@@ -843,6 +858,119 @@ impl Store {
     pub async fn recover_outbox(&self) -> Result<u64, StoreError> {
         let r = sqlx::query("UPDATE outbox SET status = 'unknown', result = 'interrupted before its result was recorded', updated_at = ? WHERE status = 'pending'").bind(now()).execute(&self.pool).await.map_err(q("recover outbox"))?;
         Ok(r.rows_affected())
+    }
+
+    /// Deactivations applied since `since` (RFC 3339), from the outbox: the
+    /// sliding windows of the deletion threshold count these.
+    pub async fn deactivations_since(&self, since: &str) -> Result<i64, StoreError> {
+        sqlx::query_scalar(
+            "SELECT COUNT(*) FROM outbox WHERE kind = 'deactivate' AND status = 'done' AND updated_at >= ?",
+        )
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(q("count deactivations"))
+    }
+
+    /// Stages deactivations in batch `batch`; users already staged keep
+    /// their batch and status. Returns how many were new.
+    pub async fn stage_deactivations(
+        &self,
+        batch: &str,
+        rows: &[(String, Option<String>)],
+        reason: &str,
+    ) -> Result<usize, StoreError> {
+        let at = now();
+        let mut new = 0;
+        for (entra_id, sf_id) in rows {
+            let r = sqlx::query("INSERT INTO staged_deactivations (entra_id, sf_id, batch, reason, status, staged_at) VALUES (?, ?, ?, ?, 'pending', ?) ON CONFLICT (entra_id) DO NOTHING")
+                .bind(entra_id)
+                .bind(sf_id)
+                .bind(batch)
+                .bind(reason)
+                .bind(&at)
+                .execute(&self.pool)
+                .await
+                .map_err(q("stage deactivation"))?;
+            new += r.rows_affected() as usize;
+        }
+        Ok(new)
+    }
+
+    /// Staged deactivations: (entra id, sf id, batch, reason, status, staged at).
+    pub async fn staged_deactivations(&self) -> Result<Vec<StagedDeactivation>, StoreError> {
+        let rows: Vec<(String, Option<String>, String, String, String, String)> = sqlx::query_as(
+            "SELECT entra_id, sf_id, batch, reason, status, staged_at FROM staged_deactivations ORDER BY batch, entra_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("read staged deactivations"))?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(entra_id, sf_id, batch, reason, status, staged_at)| StagedDeactivation {
+                    entra_id,
+                    sf_id,
+                    batch,
+                    reason,
+                    status,
+                    staged_at,
+                },
+            )
+            .collect())
+    }
+
+    /// Approves or rejects the pending deactivations of `batch` (all
+    /// batches when `None`); returns how many. An unknown batch is an error
+    /// naming it.
+    pub async fn decide_staged(
+        &self,
+        batch: Option<&str>,
+        approve: bool,
+    ) -> Result<usize, StoreError> {
+        let status = if approve { "approved" } else { "rejected" };
+        let r = match batch {
+            Some(b) => {
+                let known: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM staged_deactivations WHERE batch = ?")
+                    .bind(b)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(q("read staged batch"))?;
+                if known == 0 {
+                    return Err(StoreError::Unknown {
+                        what: "staged deactivation batch",
+                        id: b.to_string(),
+                    });
+                }
+                sqlx::query("UPDATE staged_deactivations SET status = ?, decided_at = ? WHERE batch = ? AND status = 'pending'")
+                    .bind(status)
+                    .bind(now())
+                    .bind(b)
+                    .execute(&self.pool)
+                    .await
+            }
+            None => {
+                sqlx::query("UPDATE staged_deactivations SET status = ?, decided_at = ? WHERE status = 'pending'")
+                    .bind(status)
+                    .bind(now())
+                    .execute(&self.pool)
+                    .await
+            }
+        }
+        .map_err(q("decide staged deactivations"))?;
+        Ok(r.rows_affected() as usize)
+    }
+
+    /// Forgets staged deactivations that were carried out or no longer apply.
+    pub async fn clear_staged(&self, entra_ids: &[String]) -> Result<(), StoreError> {
+        for id in entra_ids {
+            sqlx::query("DELETE FROM staged_deactivations WHERE entra_id = ?")
+                .bind(id)
+                .execute(&self.pool)
+                .await
+                .map_err(q("clear staged deactivation"))?;
+        }
+        Ok(())
     }
 
     /// Outbox rows by status (for reports and tests).

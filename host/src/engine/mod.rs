@@ -5,6 +5,7 @@
 mod access;
 mod apply;
 mod directory;
+mod guard;
 pub mod plan;
 pub mod scope;
 
@@ -141,6 +142,8 @@ pub(crate) struct Outcome {
     /// Held back by something outside provisor's control (no licence seat):
     /// stays dirty, spends no attempt, is retried every cycle.
     waiting: Option<String>,
+    /// The audit event for a newly held user (default: waiting for a licence).
+    hold_event: Option<&'static str>,
 }
 
 /// What planning produced.
@@ -177,6 +180,8 @@ pub struct Engine {
     pub org_tables: std::sync::Arc<BTreeMap<String, BTreeMap<String, String>>>,
     /// Counters for `[metrics]`.
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// Deletion threshold and protected users.
+    pub safety: crate::config::SafetyConfig,
 }
 
 fn new_cycle_id() -> String {
@@ -340,12 +345,16 @@ impl Engine {
         self.read("users", obs, &mut report).await?;
         self.read("groups", obs, &mut report).await?;
         let Planned {
-            plan,
+            mut plan,
             mut outcomes,
             dirty,
             refusals,
             refs,
         } = self.plan(&cycle, obs).await?;
+        let guarded = self.guard(&cycle, &mut plan, &mut outcomes).await?;
+        if !guarded.is_empty() {
+            self.store.append_audit(&cycle, &guarded).await?;
+        }
         if !refusals.is_empty() {
             self.metrics.rule_refusals.inc_by(refusals.len() as u64);
             let events: Vec<AuditEvent> = refusals
@@ -1475,9 +1484,13 @@ impl Engine {
                 ));
                 if self.store.mark_waiting(id, why).await? {
                     // Newly waiting: an alert, once, not every cycle.
-                    tracing::warn!(user = %id, reason = %why, "user waits for a licence");
+                    let event = outcomes
+                        .get(id)
+                        .and_then(|o| o.hold_event)
+                        .unwrap_or("user.waiting_for_licence");
+                    tracing::warn!(user = %id, reason = %why, "{event}");
                     events.push(AuditEvent {
-                        event: "user.waiting_for_licence".into(),
+                        event: event.into(),
                         entra_id: Some(id.into()),
                         sf_id: None,
                         detail: json!({"reason": why}),

@@ -447,7 +447,7 @@ impl WasmPack {
                 .reuse
                 .reused
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if n % VERIFY_EVERY == 0 {
+            if n.is_multiple_of(VERIFY_EVERY) {
                 let warm = self.fresh(pack, user, quiet_gate)?;
                 let mut fresh = self.session_from(pack, user, groups, settings, warm);
                 let desired = fresh.map(base)?;

@@ -11,4 +11,5 @@ mod host_api;
 mod parity;
 mod protocol;
 mod rules;
+mod safety;
 mod salesforce;
