@@ -69,6 +69,26 @@ enum Command {
         #[command(subcommand)]
         command: DeadletterCommand,
     },
+    /// A dry run: read Entra, run the rules and show what a sync would do
+    /// in Salesforce, without writing to it.
+    Plan {
+        #[arg(long)]
+        config: PathBuf,
+        /// Write the plan here (JSON with a digest) for `provisor apply`.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print the plan as JSON instead of the readable rendering.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply a plan written by `provisor plan --out`, only if planning now
+    /// gives exactly that plan (same Entra state, same Salesforce state).
+    Apply {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        plan: PathBuf,
+    },
     /// Deactivations held back by the accidental-deletion threshold.
     Staged {
         #[arg(long)]
@@ -310,6 +330,33 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for d in dead {
                 println!("{}  attempts={}  {}", d.entra_id, d.attempts, d.reason);
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plan { config, out, json } => {
+            let cfg = Config::load(&config)?;
+            let engine = engine_from_config(&cfg).await?;
+            let plan = engine.dry_run(&LogObserver).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&plan)?);
+            } else {
+                print!("{}", plan.render());
+            }
+            if let Some(out) = out {
+                std::fs::write(&out, plan.to_file())
+                    .with_context(|| format!("cannot write the plan to {}", out.display()))?;
+                eprintln!("plan written to {}", out.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Apply { config, plan } => {
+            let cfg = Config::load(&config)?;
+            let text = std::fs::read_to_string(&plan)
+                .with_context(|| format!("cannot read the plan {}", plan.display()))?;
+            let approved =
+                crate::engine::plan::Plan::from_file(&plan.display().to_string(), &text)?;
+            let engine = engine_from_config(&cfg).await?;
+            let report = engine.apply_approved(&approved, &LogObserver).await?;
+            print_summary(&report);
             Ok(ExitCode::SUCCESS)
         }
         Command::Staged { config } => {

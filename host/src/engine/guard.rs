@@ -24,12 +24,14 @@ struct Hold {
 impl Engine {
     /// Removes the freezes and deactivations the safety rules hold back,
     /// marks those users as waiting (they stay dirty, spend no attempt) and
-    /// returns the audit events for newly staged batches.
+    /// returns the audit events for newly staged batches. A `dry_run`
+    /// (`provisor plan`) changes the plan the same way but stores nothing.
     pub(super) async fn guard(
         &self,
         cycle: &str,
         plan: &mut Plan,
         outcomes: &mut HashMap<String, Outcome>,
+        dry_run: bool,
     ) -> Result<Vec<AuditEvent>, SyncError> {
         let mut events = Vec::new();
         // Leavers in this plan: Entra id -> Salesforce id.
@@ -48,7 +50,9 @@ impl Engine {
             .filter(|s| in_plan.contains(s.entra_id.as_str()) && !leavers.contains_key(&s.entra_id))
             .map(|s| s.entra_id.clone())
             .collect();
-        self.store.clear_staged(&resolved).await?;
+        if !dry_run {
+            self.store.clear_staged(&resolved).await?;
+        }
         if leavers.is_empty() {
             return Ok(events);
         }
@@ -99,7 +103,11 @@ impl Engine {
         }
         if let Some(why) = self.over_threshold(new.len()).await? {
             new.sort();
-            let added = self.store.stage_deactivations(cycle, &new, &why).await?;
+            let added = if dry_run {
+                0
+            } else {
+                self.store.stage_deactivations(cycle, &new, &why).await?
+            };
             tracing::error!(users = new.len(), reason = %why, batch = %cycle, "deactivations staged: run `provisor approve` (or `provisor reject`)");
             if added > 0 {
                 events.push(AuditEvent {
@@ -128,7 +136,9 @@ impl Engine {
             .filter(|id| status.get(id.as_str()) == Some(&"approved"))
             .cloned()
             .collect();
-        self.store.clear_staged(&approved).await?;
+        if !dry_run {
+            self.store.clear_staged(&approved).await?;
+        }
 
         plan.actions.retain(|a| {
             !(holds.contains_key(&a.entra_id)

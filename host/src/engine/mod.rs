@@ -67,6 +67,8 @@ pub enum SyncError {
     Rules(#[from] RuleError),
     #[error("rule evaluation: {0}")]
     Evaluation(String),
+    #[error("the plan is refused: {0}; run `provisor plan` again")]
+    StalePlan(String),
 }
 
 /// Progress of a cycle, for bars and logs.
@@ -344,6 +346,55 @@ impl Engine {
         };
         self.read("users", obs, &mut report).await?;
         self.read("groups", obs, &mut report).await?;
+        self.decide_and_apply(cycle, report, None, obs).await
+    }
+
+    /// `provisor plan`: reads Entra into the mirror, then plans and guards
+    /// without writing anything to Salesforce (and without staging).
+    pub async fn dry_run(&self, obs: &dyn Observer) -> Result<Plan, SyncError> {
+        let cycle = new_cycle_id();
+        let mut report = CycleReport {
+            cycle: cycle.clone(),
+            ..Default::default()
+        };
+        self.read("users", obs, &mut report).await?;
+        self.read("groups", obs, &mut report).await?;
+        let Planned {
+            mut plan,
+            mut outcomes,
+            ..
+        } = self.plan(&cycle, obs).await?;
+        self.guard(&cycle, &mut plan, &mut outcomes, true).await?;
+        Ok(plan)
+    }
+
+    /// `provisor apply --plan FILE`: applies an approved plan, and refuses
+    /// one whose basis changed since it was made: Entra was read further
+    /// (other delta links), or planning again now gives other actions
+    /// (Salesforce or the mirror changed). Entra is not read first.
+    pub async fn apply_approved(
+        &self,
+        approved: &Plan,
+        obs: &dyn Observer,
+    ) -> Result<CycleReport, SyncError> {
+        let cycle = new_cycle_id();
+        let report = CycleReport {
+            cycle: cycle.clone(),
+            ..Default::default()
+        };
+        self.decide_and_apply(cycle, report, Some(approved), obs)
+            .await
+    }
+
+    /// Plan → guard → apply → settle → audit, for a cycle whose Entra
+    /// reading is done; with `approved`, only if planning gives that plan.
+    async fn decide_and_apply(
+        &self,
+        cycle: String,
+        mut report: CycleReport,
+        approved: Option<&Plan>,
+        obs: &dyn Observer,
+    ) -> Result<CycleReport, SyncError> {
         let Planned {
             mut plan,
             mut outcomes,
@@ -351,7 +402,29 @@ impl Engine {
             refusals,
             refs,
         } = self.plan(&cycle, obs).await?;
-        let guarded = self.guard(&cycle, &mut plan, &mut outcomes).await?;
+        let guarded = self.guard(&cycle, &mut plan, &mut outcomes, false).await?;
+        if let Some(want) = approved {
+            if want.basis != plan.basis {
+                return Err(SyncError::StalePlan(
+                    "Entra was read further since it was made (its delta links are not the current ones)".into(),
+                ));
+            }
+            if want.actions != plan.actions {
+                let differ = plan
+                    .actions
+                    .iter()
+                    .filter(|a| !want.actions.contains(a))
+                    .count()
+                    + want
+                        .actions
+                        .iter()
+                        .filter(|a| !plan.actions.contains(a))
+                        .count();
+                return Err(SyncError::StalePlan(format!(
+                    "planning now gives other actions ({differ} differ): Salesforce or the rules changed since"
+                )));
+            }
+        }
         if !guarded.is_empty() {
             self.store.append_audit(&cycle, &guarded).await?;
         }

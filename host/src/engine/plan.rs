@@ -245,3 +245,104 @@ fn render_changes(out: &mut String, changes: &BTreeMap<String, Change>) {
         );
     }
 }
+
+/// Why a plan file cannot be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanFileError {
+    #[error("{file}: not a provisor plan (truncated or not one): {message}")]
+    Parse { file: String, message: String },
+    #[error("{file}: format {found:?} is not {PLAN_FORMAT:?}")]
+    Format { file: String, found: String },
+    #[error("{file}: the plan was edited after it was made (its digest does not match)")]
+    Edited { file: String },
+}
+
+/// The format tag of plan files.
+pub const PLAN_FORMAT: &str = "provisor-plan/1";
+
+/// A plan as written by `provisor plan --out`: the plan and a digest of it,
+/// so an edited file is refused.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlanFile {
+    format: String,
+    /// SHA-256 of the plan's JSON.
+    digest: String,
+    plan: Plan,
+}
+
+fn digest(plan: &Plan) -> String {
+    use sha2::{Digest, Sha256};
+    let json = serde_json::to_string(plan).unwrap_or_default();
+    hex::encode(Sha256::digest(json.as_bytes()))
+}
+
+impl Plan {
+    /// The plan as a file: JSON with its format and digest.
+    pub fn to_file(&self) -> String {
+        let f = PlanFile {
+            format: PLAN_FORMAT.into(),
+            digest: digest(self),
+            plan: self.clone(),
+        };
+        serde_json::to_string_pretty(&f).unwrap_or_default() + "\n"
+    }
+
+    /// Reads a plan file, refusing one that is truncated, of another
+    /// format, or edited since it was written. `file` names it in errors.
+    pub fn from_file(file: &str, text: &str) -> Result<Plan, PlanFileError> {
+        let f: PlanFile = serde_json::from_str(text).map_err(|e| PlanFileError::Parse {
+            file: file.into(),
+            message: e.to_string(),
+        })?;
+        if f.format != PLAN_FORMAT {
+            return Err(PlanFileError::Format {
+                file: file.into(),
+                found: f.format,
+            });
+        }
+        if digest(&f.plan) != f.digest {
+            return Err(PlanFileError::Edited { file: file.into() });
+        }
+        Ok(f.plan)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> Plan {
+        Plan {
+            cycle: "c1".into(),
+            basis: Basis {
+                users_delta_link: Some("https://graph/delta?token=1".into()),
+                groups_delta_link: None,
+            },
+            actions: vec![Action {
+                entra_id: "u1".into(),
+                upn: Some("a@x".into()),
+                sf_id: Some("005A".into()),
+                kind: ActionKind::Deactivate,
+                reason: "leaver".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn plan_files_round_trip_and_refuse_edits_and_truncation() {
+        let text = plan().to_file();
+        assert_eq!(Plan::from_file("p.json", &text).expect("reads"), plan());
+        let edited = text.replace("\"deactivate\"", "\"reactivate\", \"changes\": {}");
+        let e = Plan::from_file("p.json", &edited).expect_err("edited");
+        assert!(matches!(e, PlanFileError::Edited { .. }), "{e}");
+        assert!(e.to_string().contains("p.json"));
+        let e = Plan::from_file("p.json", &text[..text.len() / 2]).expect_err("truncated");
+        assert!(matches!(e, PlanFileError::Parse { .. }), "{e}");
+        let other = text.replace(PLAN_FORMAT, "provisor-plan/0");
+        assert!(matches!(
+            Plan::from_file("p.json", &other),
+            Err(PlanFileError::Format { .. })
+        ));
+    }
+}

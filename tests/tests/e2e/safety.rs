@@ -242,3 +242,78 @@ async fn protected_users_survive_a_scope_change_that_removes_them() {
     assert_eq!(protected.len(), 1, "alerted once, not every cycle");
     assert!(protected[0].detail.to_string().contains("break-glass"));
 }
+
+/// `provisor plan` is a true dry run: zero Salesforce writes, counted at the
+/// emulator. The approved plan applies as made; one whose basis moved (Entra
+/// read further, or Salesforce changed) is refused with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plans_are_dry_runs_and_apply_only_on_an_unchanged_basis() {
+    let running = start_sim(30, 84).await;
+    let sim = running.sim.clone();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = engine_with(&running, &rhai_pack(), &dir.path().join("s.db"), fast).await;
+
+    let writes = sim.stats().sf_write_calls;
+    let plan = engine.dry_run(&Quiet).await.expect("plan");
+    assert!(plan.actions.len() > 10, "{}", plan.render());
+    assert_eq!(sim.stats().sf_write_calls, writes, "a plan writes nothing");
+    let users_before = sim.salesforce().rows("User").count();
+
+    // Approved as made: applies exactly that.
+    let file = dir.path().join("plan.json");
+    std::fs::write(&file, plan.to_file()).expect("write");
+    let text = std::fs::read_to_string(&file).expect("read");
+    let approved = provisor::engine::plan::Plan::from_file("plan.json", &text).expect("valid");
+    let r = engine
+        .apply_approved(&approved, &Quiet)
+        .await
+        .expect("applies");
+    assert_eq!(r.plan.actions, plan.actions);
+    assert!(sim.salesforce().rows("User").count() > users_before);
+
+    // A plan made before Entra was read further is refused.
+    let id = sim
+        .graph()
+        .users()
+        .find(|u| u.removed.is_none() && u.props.get("accountEnabled") == Some(&json!(true)))
+        .map(|u| u.id.clone())
+        .expect("user");
+    let mut m = Map::new();
+    m.insert("jobTitle".into(), json!("Chief Dry Runner"));
+    sim.graph().update_user(&id, m).expect("update");
+    let old = engine.dry_run(&Quiet).await.expect("plan");
+    let mut m = Map::new();
+    m.insert("department".into(), json!("Elsewhere"));
+    sim.graph().update_user(&id, m).expect("update");
+    engine.sync_once(&Quiet).await.expect("sync");
+    let e = engine
+        .apply_approved(&old, &Quiet)
+        .await
+        .expect_err("stale")
+        .to_string();
+    assert!(e.contains("refused") && e.contains("delta links"), "{e}");
+
+    // A plan whose actions no longer match Salesforce is refused too.
+    let upn = upn_of(&sim, &id);
+    let mut m = Map::new();
+    m.insert("surname".into(), json!("Renamed"));
+    sim.graph().update_user(&id, m).expect("update");
+    let planned = engine.dry_run(&Quiet).await.expect("plan");
+    assert!(!planned.actions.is_empty());
+    {
+        let mut org = sim.salesforce();
+        let sf_id = org.users_where("Username", &upn)[0]["Id"]
+            .as_str()
+            .expect("id")
+            .to_string();
+        let mut edit = serde_json::Map::new();
+        edit.insert("LastName".into(), json!("Renamed"));
+        org.update("User", &sf_id, edit).expect("hand edit");
+    }
+    let e = engine
+        .apply_approved(&planned, &Quiet)
+        .await
+        .expect_err("changed")
+        .to_string();
+    assert!(e.contains("other actions"), "{e}");
+}
