@@ -89,6 +89,11 @@ enum Command {
         #[arg(long)]
         plan: PathBuf,
     },
+    /// Users whose match to Salesforce waits for a decision.
+    Review {
+        #[command(subcommand)]
+        command: ReviewCommand,
+    },
     /// Deactivations held back by the accidental-deletion threshold.
     Staged {
         #[arg(long)]
@@ -147,6 +152,36 @@ enum RulesCommand {
         /// accounts}), or @FILE: runs `on-leave` instead of `map`.
         #[arg(long)]
         records: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ReviewCommand {
+    /// Open and decided reviews.
+    List {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// One review, with the evidence (the candidates' User records).
+    Show {
+        #[arg(long)]
+        config: PathBuf,
+        /// The Entra user (object id).
+        user: String,
+    },
+    /// Link the user to this Salesforce user; the next cycle manages it.
+    Link {
+        #[arg(long)]
+        config: PathBuf,
+        user: String,
+        /// The Salesforce User Id.
+        sf_id: String,
+    },
+    /// None of the candidates is this user: the next cycle creates one.
+    Reject {
+        #[arg(long)]
+        config: PathBuf,
+        user: String,
     },
 }
 
@@ -359,6 +394,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print_summary(&report);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Review { command } => run_review(command).await,
         Command::Staged { config } => {
             let cfg = Config::load(&config)?;
             let store = Store::open_existing(&cfg.store.url).await?;
@@ -434,6 +470,75 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn run_review(command: ReviewCommand) -> anyhow::Result<ExitCode> {
+    let config = match &command {
+        ReviewCommand::List { config }
+        | ReviewCommand::Show { config, .. }
+        | ReviewCommand::Link { config, .. }
+        | ReviewCommand::Reject { config, .. } => config.clone(),
+    };
+    let cfg = Config::load(&config)?;
+    let store = Store::open_existing(&cfg.store.url).await?;
+    let audit = |event: &str, user: &str, sf: Option<&str>| crate::audit::AuditEvent {
+        event: event.into(),
+        entra_id: Some(user.into()),
+        sf_id: sf.map(str::to_string),
+        detail: serde_json::json!({"by": "operator"}),
+    };
+    match command {
+        ReviewCommand::List { .. } => {
+            let reviews = store.reviews().await?;
+            if reviews.is_empty() {
+                println!("no reviews");
+            }
+            for r in reviews {
+                println!(
+                    "{}  {}  candidates={}  {}",
+                    r.entra_id,
+                    r.status,
+                    r.candidates.join(","),
+                    r.reason
+                );
+            }
+        }
+        ReviewCommand::Show { user, .. } => {
+            let r = store.review(&user).await?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            if !r.candidates.is_empty() {
+                let engine = engine_from_config(&cfg).await?;
+                let ids: Vec<String> = r
+                    .candidates
+                    .iter()
+                    .map(|c| crate::salesforce::soql_quote(c))
+                    .collect();
+                let rows = engine
+                    .salesforce
+                    .query(&format!(
+                        "SELECT Id, Username, Email, FederationIdentifier, EmployeeNumber, IsActive, LastLoginDate FROM User WHERE Id IN ({})",
+                        ids.join(", ")
+                    ))
+                    .await?;
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            }
+        }
+        ReviewCommand::Link { user, sf_id, .. } => {
+            store.decide_review(&user, Some(&sf_id)).await?;
+            store
+                .append_audit("operator", &[audit("review.linked", &user, Some(&sf_id))])
+                .await?;
+            println!("{user} linked to {sf_id}: the next cycle manages that account");
+        }
+        ReviewCommand::Reject { user, .. } => {
+            store.decide_review(&user, None).await?;
+            store
+                .append_audit("operator", &[audit("review.rejected", &user, None)])
+                .await?;
+            println!("{user}: candidates rejected; the next cycle creates a new account");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_rules(command: RulesCommand) -> anyhow::Result<ExitCode> {

@@ -42,6 +42,19 @@ pub enum StoreError {
     Unknown { what: &'static str, id: String },
 }
 
+/// A user whose match to Salesforce waits for an operator.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Review {
+    pub entra_id: String,
+    pub reason: String,
+    /// Salesforce User Ids the keys pointed at.
+    pub candidates: Vec<String>,
+    /// `open`, `linked` or `rejected`.
+    pub status: String,
+    pub sf_id: Option<String>,
+    pub created_at: String,
+}
+
 /// A deactivation held back by the deletion threshold.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct StagedDeactivation {
@@ -970,6 +983,90 @@ impl Store {
                 .await
                 .map_err(q("clear staged deactivation"))?;
         }
+        Ok(())
+    }
+
+    /// Opens (or refreshes) the review of a user's match. A decided
+    /// review is left as decided.
+    pub async fn open_review(
+        &self,
+        entra_id: &str,
+        reason: &str,
+        candidates: &[String],
+    ) -> Result<(), StoreError> {
+        let c = serde_json::to_string(candidates).unwrap_or_else(|_| "[]".into());
+        sqlx::query("INSERT INTO reviews (entra_id, reason, candidates, status, created_at) VALUES (?, ?, ?, 'open', ?) ON CONFLICT (entra_id) DO UPDATE SET reason = excluded.reason, candidates = excluded.candidates WHERE reviews.status = 'open'")
+            .bind(entra_id)
+            .bind(reason)
+            .bind(&c)
+            .bind(now())
+            .execute(&self.pool)
+            .await
+            .map_err(q("open review"))?;
+        Ok(())
+    }
+
+    /// Every review, oldest first.
+    pub async fn reviews(&self) -> Result<Vec<Review>, StoreError> {
+        let rows: Vec<(String, String, String, String, Option<String>, String)> = sqlx::query_as(
+            "SELECT entra_id, reason, candidates, status, sf_id, created_at FROM reviews ORDER BY created_at, entra_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("read reviews"))?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(entra_id, reason, candidates, status, sf_id, created_at)| Review {
+                    candidates: serde_json::from_str(&candidates).unwrap_or_default(),
+                    entra_id,
+                    reason,
+                    status,
+                    sf_id,
+                    created_at,
+                },
+            )
+            .collect())
+    }
+
+    /// One review; an unknown user is an error naming it.
+    pub async fn review(&self, entra_id: &str) -> Result<Review, StoreError> {
+        self.reviews()
+            .await?
+            .into_iter()
+            .find(|r| r.entra_id == entra_id)
+            .ok_or_else(|| StoreError::Unknown {
+                what: "review for Entra user",
+                id: entra_id.to_string(),
+            })
+    }
+
+    /// Resolves a review: `Some(sf_id)` links the user to that account,
+    /// `None` rejects the candidates (the user is created anew). The user
+    /// is planned again on the next cycle.
+    pub async fn decide_review(
+        &self,
+        entra_id: &str,
+        link: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.review(entra_id).await?;
+        let status = if link.is_some() { "linked" } else { "rejected" };
+        sqlx::query("UPDATE reviews SET status = ?, sf_id = ?, decided_at = ? WHERE entra_id = ?")
+            .bind(status)
+            .bind(link)
+            .bind(now())
+            .bind(entra_id)
+            .execute(&self.pool)
+            .await
+            .map_err(q("decide review"))?;
+        if let Some(sf) = link {
+            self.set_link(entra_id, sf, "review").await?;
+        }
+        sqlx::query("UPDATE entra_users SET dirty = 1, waiting = NULL WHERE id = ?")
+            .bind(entra_id)
+            .execute(&self.pool)
+            .await
+            .map_err(q("re-plan reviewed user"))?;
         Ok(())
     }
 

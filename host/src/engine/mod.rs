@@ -148,6 +148,9 @@ pub(crate) struct Outcome {
     hold_event: Option<&'static str>,
 }
 
+/// Why a match needs an operator, and the Salesforce users involved.
+type NeedsReview = (String, Vec<String>);
+
 /// What planning produced.
 pub(crate) struct Planned {
     pub plan: Plan,
@@ -155,6 +158,8 @@ pub(crate) struct Planned {
     dirty: Vec<DirtyUser>,
     /// What the packs asked for beyond their manifests (to audit).
     refusals: Vec<crate::rules::Refusal>,
+    /// Ambiguous matches to put in the review queue: (user, why, candidates).
+    reviews: Vec<(String, String, Vec<String>)>,
     /// Names of profiles, roles and permission sets resolved to ids.
     refs: Refs,
 }
@@ -400,8 +405,12 @@ impl Engine {
             mut outcomes,
             dirty,
             refusals,
+            reviews,
             refs,
         } = self.plan(&cycle, obs).await?;
+        for (id, why, candidates) in &reviews {
+            self.store.open_review(id, why, candidates).await?;
+        }
         let guarded = self.guard(&cycle, &mut plan, &mut outcomes, false).await?;
         if let Some(want) = approved {
             if want.basis != plan.basis {
@@ -815,6 +824,7 @@ impl Engine {
                 outcomes,
                 dirty,
                 refusals: Vec::new(),
+                reviews: Vec::new(),
                 refs: Refs::default(),
             });
         }
@@ -1117,6 +1127,16 @@ impl Engine {
 
         // Plan per user.
         let mut claimed: HashMap<String, String> = HashMap::new();
+        // Candidates an operator rejected, per user; reviews to open.
+        let rejected: HashMap<String, HashSet<String>> = self
+            .store
+            .reviews()
+            .await?
+            .into_iter()
+            .filter(|r| r.status == "rejected")
+            .map(|r| (r.entra_id, r.candidates.into_iter().collect()))
+            .collect();
+        let mut reviews: Vec<(String, String, Vec<String>)> = Vec::new();
         for (d, want) in &desired {
             let id = &d.user.id;
             let upn = d.user.user_principal_name.clone();
@@ -1127,13 +1147,28 @@ impl Engine {
             let mut current: Option<&Map<String, Value>> = links.get(id).and_then(|s| by_id.get(s));
             if current.is_none() {
                 let keys = keys_of.get(id.as_str()).map_or(&[][..], Vec::as_slice);
-                match self.match_user(id, keys, &indexes, &linked_to, &claimed) {
+                let excluded = rejected.get(id.as_str()).cloned().unwrap_or_default();
+                match self.match_user(id, keys, &indexes, &linked_to, &claimed, &excluded) {
                     Ok(Some((rec, key))) => {
                         let sf_id = rec
                             .get("Id")
                             .and_then(Value::as_str)
                             .unwrap_or_default()
                             .to_string();
+                        // A new Entra user whose keys find an inactive
+                        // account: a rehire. Reactivating someone's old
+                        // account is a decision, unless the pack says auto.
+                        let inactive = rec.get("IsActive") == Some(&Value::Bool(false));
+                        if want.active && inactive && !pack.rehires_auto() {
+                            let why = format!(
+                                "needs review: rehire? {key} matches inactive Salesforce user {sf_id}; link to reactivate it, or reject to create a new account"
+                            );
+                            reviews.push((id.clone(), why.clone(), vec![sf_id]));
+                            let o = outcomes.entry(id.clone()).or_default();
+                            o.waiting = Some(why);
+                            o.hold_event = Some("user.needs_review");
+                            continue;
+                        }
                         claimed.insert(sf_id.clone(), id.clone());
                         plan.actions.push(Action {
                             entra_id: id.clone(),
@@ -1147,8 +1182,13 @@ impl Engine {
                         current = Some(rec);
                     }
                     Ok(None) => {}
-                    Err(why) => {
-                        outcomes.entry(id.clone()).or_default().failed = Some(why);
+                    Err((why, candidates)) => {
+                        // Nothing is written for the user until an operator
+                        // decides (`provisor review`); it spends no attempt.
+                        reviews.push((id.clone(), why.clone(), candidates));
+                        let o = outcomes.entry(id.clone()).or_default();
+                        o.waiting = Some(why);
+                        o.hold_event = Some("user.needs_review");
                         continue;
                     }
                 }
@@ -1436,6 +1476,7 @@ impl Engine {
             outcomes,
             dirty,
             refusals,
+            reviews,
             refs: Refs {
                 profiles,
                 roles,
@@ -1473,7 +1514,8 @@ impl Engine {
         indexes: &'a HashMap<String, Index>,
         linked_to: &HashMap<String, String>,
         claimed: &HashMap<String, String>,
-    ) -> Result<Option<(&'a SfRecord, String)>, String> {
+        excluded: &HashSet<String>,
+    ) -> Result<Option<(&'a SfRecord, String)>, NeedsReview> {
         let sid = |r: &Map<String, Value>| {
             r.get("Id")
                 .and_then(Value::as_str)
@@ -1484,30 +1526,40 @@ impl Engine {
         // first key (in the pack's order) that finds someone names the match.
         let mut found: Option<(&'a SfRecord, &str)> = None;
         for k in keys {
-            let hits = indexes
+            // Accounts an operator said are not this user are not candidates.
+            let hits: Vec<&'a SfRecord> = indexes
                 .get(&k.field)
                 .and_then(|ix| ix.get(&k.value.to_lowercase()))
-                .map_or(&[][..], Vec::as_slice);
-            match hits {
+                .map_or(&[][..], Vec::as_slice)
+                .iter()
+                .filter(|r| !excluded.contains(&sid(r)))
+                .collect();
+            match hits.as_slice() {
                 [] => {}
                 [one] => match found {
                     None => found = Some((one, k.field.as_str())),
                     Some((first, first_key)) if sid(first) != sid(one) => {
-                        return Err(format!(
-                            "needs review: {first_key} matches {} but {} matches {}",
-                            sid(first),
-                            k.field,
-                            sid(one)
+                        return Err((
+                            format!(
+                                "needs review: {first_key} matches {} but {} matches {}",
+                                sid(first),
+                                k.field,
+                                sid(one)
+                            ),
+                            vec![sid(first), sid(one)],
                         ));
                     }
                     Some(_) => {}
                 },
                 many => {
-                    return Err(format!(
-                        "needs review: {} Salesforce users have {} {:?}",
-                        many.len(),
-                        k.field,
-                        k.value
+                    return Err((
+                        format!(
+                            "needs review: {} Salesforce users have {} {:?}",
+                            many.len(),
+                            k.field,
+                            k.value
+                        ),
+                        many.iter().map(|r| sid(r)).collect(),
                     ));
                 }
             }
@@ -1517,13 +1569,19 @@ impl Engine {
         };
         let s = sid(rec);
         if let Some(other) = linked_to.get(&s).filter(|o| o.as_str() != id) {
-            return Err(format!(
-                "needs review: Salesforce user {s} matches by {key} but is already linked to Entra user {other}"
+            return Err((
+                format!(
+                    "needs review: Salesforce user {s} matches by {key} but is already linked to Entra user {other}"
+                ),
+                vec![s],
             ));
         }
         if let Some(other) = claimed.get(&s).filter(|o| o.as_str() != id) {
-            return Err(format!(
-                "needs review: Salesforce user {s} matches both this user and Entra user {other}"
+            return Err((
+                format!(
+                    "needs review: Salesforce user {s} matches both this user and Entra user {other}"
+                ),
+                vec![s],
             ));
         }
         Ok(Some((rec, key.to_string())))

@@ -88,6 +88,20 @@ pub struct PackInfo {
     pub entry: PathBuf,
     /// The `provisor:rules` contract version the pack was written for.
     pub contract: String,
+    /// A new Entra user whose match keys find an inactive Salesforce user
+    /// (a rehire): `review` (default) holds it for an operator, `auto`
+    /// reactivates and relinks that account.
+    #[serde(default)]
+    pub rehires: Rehires,
+}
+
+/// What to do with rehires (see [`PackInfo::rehires`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Rehires {
+    #[default]
+    Review,
+    Auto,
 }
 
 #[derive(Debug, Deserialize)]
@@ -517,6 +531,11 @@ impl Pack {
             .map(Layer::id)
             .collect::<Vec<_>>()
             .join(" + ")
+    }
+
+    /// Whether rehires are reactivated without review (the top pack says).
+    pub fn rehires_auto(&self) -> bool {
+        self.info.rehires == Rehires::Auto
     }
 
     /// How many packs are stacked.

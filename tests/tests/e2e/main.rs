@@ -10,6 +10,7 @@ mod flow;
 mod host_api;
 mod parity;
 mod protocol;
+mod review;
 mod rules;
 mod safety;
 mod salesforce;

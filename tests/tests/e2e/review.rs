@@ -1,0 +1,127 @@
+//! Rehires: a new Entra user whose keys find an inactive Salesforce user
+//! is held for review (or reactivated, if the pack says auto), never a
+//! duplicate and never a DUPLICATE_USERNAME retry loop.
+
+use provisor::engine::Quiet;
+use provisor::engine::plan::ActionKind;
+use provisor_e2e::{engine, repo_root, start_sim};
+use serde_json::{Map, json};
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read dir") {
+        let p = e.expect("entry").path();
+        let dest = to.join(p.file_name().expect("name"));
+        if p.is_dir() {
+            copy_dir(&p, &dest);
+        } else {
+            std::fs::copy(&p, &dest).expect("copy");
+        }
+    }
+}
+
+/// An inactive account with the rehire's Username, made by hand.
+fn old_account(sim: &provisor::sim::Sim, upn: &str) -> String {
+    let mut org = sim.salesforce();
+    let profile = org.profile_id("Standard User").expect("profile");
+    let mut m = Map::new();
+    for (k, v) in [
+        ("Username", upn),
+        ("Email", upn),
+        ("LastName", "Former"),
+        ("Alias", "former"),
+        ("TimeZoneSidKey", "GMT"),
+        ("LocaleSidKey", "en_US"),
+        ("EmailEncodingKey", "UTF-8"),
+        ("LanguageLocaleKey", "en_US"),
+    ] {
+        m.insert(k.into(), json!(v));
+    }
+    m.insert("ProfileId".into(), json!(profile));
+    m.insert("IsActive".into(), json!(false));
+    org.insert_raw("User", m)
+}
+
+async fn rehire_case(auto: bool) {
+    let running = start_sim(10, 91).await;
+    let sim = running.sim.clone();
+    // A new joiner in Entra whose UPN an old, inactive account still has.
+    let upn = "returning.colleague@contoso-sim.com";
+    let mut p = Map::new();
+    p.insert("userPrincipalName".into(), json!(upn));
+    p.insert("mail".into(), json!(upn));
+    p.insert("surname".into(), json!("Colleague"));
+    p.insert("accountEnabled".into(), json!(true));
+    p.insert("userType".into(), json!("Member"));
+    let id = "00000000-0000-4000-8000-0000000000aa";
+    sim.graph().create_user(id, p).expect("create");
+    let old = old_account(&sim, upn);
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pack = dir.path().join("pack");
+    copy_dir(&repo_root().join("rules/gallery-defaults"), &pack);
+    if auto {
+        let m = std::fs::read_to_string(pack.join("pack.toml")).expect("read");
+        std::fs::write(
+            pack.join("pack.toml"),
+            m.replace(
+                "contract = \"0.3\"",
+                "contract = \"0.3\"\nrehires = \"auto\"",
+            ),
+        )
+        .expect("write");
+    }
+    let engine = engine(&running, &pack, &dir.path().join("s.db")).await;
+    let r = engine.sync_once(&Quiet).await.expect("sync");
+    let mine: Vec<_> = r.plan.actions.iter().filter(|a| a.entra_id == id).collect();
+    let accounts = || sim.salesforce().users_where("Username", upn).len();
+    if auto {
+        assert!(
+            mine.iter()
+                .any(|a| matches!(a.kind, ActionKind::Link { .. })),
+            "{}",
+            r.plan.render()
+        );
+        assert!(
+            mine.iter()
+                .any(|a| matches!(a.kind, ActionKind::Reactivate { .. }))
+        );
+        assert_eq!(engine.store.links().await.expect("links")[id], old);
+        let org = sim.salesforce();
+        assert_eq!(org.users_where("Username", upn)[0]["IsActive"], json!(true));
+    } else {
+        assert!(mine.is_empty(), "nothing written: {}", r.plan.render());
+        let review = engine.store.review(id).await.expect("queued");
+        assert!(review.reason.contains("rehire"), "{}", review.reason);
+        assert_eq!(review.candidates, vec![old.clone()]);
+        // Cycle after cycle: no attempts spent, no DUPLICATE_USERNAME loop.
+        for _ in 0..3 {
+            let r = engine.sync_once(&Quiet).await.expect("sync");
+            assert_eq!(r.failed, 0, "{:?}", r.failures);
+        }
+        assert!(engine.store.dead_letters().await.expect("dead").is_empty());
+        // Rejected: a new account is tried (and Salesforce refuses the
+        // taken Username, which is reported, not looped on silently).
+        engine.store.decide_review(id, None).await.expect("reject");
+        let r = engine.sync_once(&Quiet).await.expect("sync");
+        assert!(
+            r.plan
+                .actions
+                .iter()
+                .any(|a| a.entra_id == id && matches!(a.kind, ActionKind::Create { .. })),
+            "{}",
+            r.plan.render()
+        );
+    }
+    assert_eq!(accounts(), 1, "never a duplicate account");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rehire_is_reviewed_by_default() {
+    rehire_case(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rehire_is_reactivated_when_the_pack_says_auto() {
+    rehire_case(true).await;
+}
