@@ -94,6 +94,14 @@ enum Command {
         #[command(subcommand)]
         command: ReviewCommand,
     },
+    /// Active Salesforce users linked to no Entra user, with their licence.
+    Orphans {
+        #[arg(long)]
+        config: PathBuf,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Deactivations held back by the accidental-deletion threshold.
     Staged {
         #[arg(long)]
@@ -191,6 +199,19 @@ enum DeadletterCommand {
     List {
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Plan a parked user again on the next cycle, with fresh attempts.
+    Retry {
+        #[arg(long)]
+        config: PathBuf,
+        /// The Entra user (object id).
+        user: String,
+    },
+    /// Forget a parked user; it is planned again only when Entra changes it.
+    Drop {
+        #[arg(long)]
+        config: PathBuf,
+        user: String,
     },
 }
 
@@ -395,6 +416,63 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Review { command } => run_review(command).await,
+        Command::Orphans { config, json } => {
+            let cfg = Config::load(&config)?;
+            let engine = engine_from_config(&cfg).await?;
+            let orphans = engine.orphans().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&orphans)?);
+            } else {
+                for o in &orphans {
+                    println!(
+                        "{}  {}  {}  {}",
+                        o.id,
+                        o.username,
+                        o.profile.as_deref().unwrap_or("-"),
+                        o.licence.as_deref().unwrap_or("-")
+                    );
+                }
+                println!("{} orphans", orphans.len());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Deadletter {
+            command: command @ (DeadletterCommand::Retry { .. } | DeadletterCommand::Drop { .. }),
+        } => {
+            let (retry, config, user) = match command {
+                DeadletterCommand::Retry { config, user } => (true, config, user),
+                DeadletterCommand::Drop { config, user } => (false, config, user),
+                DeadletterCommand::List { .. } => unreachable!("matched above"),
+            };
+            let cfg = Config::load(&config)?;
+            let store = Store::open_existing(&cfg.store.url).await?;
+            store.release_dead_letter(&user, retry).await?;
+            let event = if retry {
+                "deadletter.retried"
+            } else {
+                "deadletter.dropped"
+            };
+            store
+                .append_audit(
+                    "operator",
+                    &[crate::audit::AuditEvent {
+                        event: event.into(),
+                        entra_id: Some(user.clone()),
+                        sf_id: None,
+                        detail: serde_json::json!({"by": "operator"}),
+                    }],
+                )
+                .await?;
+            println!(
+                "{user}: {}",
+                if retry {
+                    "planned again on the next cycle"
+                } else {
+                    "dropped from the dead-letter list"
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Staged { config } => {
             let cfg = Config::load(&config)?;
             let store = Store::open_existing(&cfg.store.url).await?;

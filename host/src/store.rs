@@ -826,6 +826,31 @@ impl Store {
             .collect())
     }
 
+    /// Takes a user off the dead-letter list: with `retry` it is planned
+    /// again on the next cycle with fresh attempts; without, it stays as it
+    /// is until Entra changes it. An unknown user is an error naming it.
+    pub async fn release_dead_letter(&self, entra_id: &str, retry: bool) -> Result<(), StoreError> {
+        let r = sqlx::query("DELETE FROM dead_letters WHERE entra_id = ?")
+            .bind(entra_id)
+            .execute(&self.pool)
+            .await
+            .map_err(q("release dead letter"))?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::Unknown {
+                what: "dead-lettered user",
+                id: entra_id.to_string(),
+            });
+        }
+        if retry {
+            sqlx::query("UPDATE entra_users SET dirty = 1, attempts = 0 WHERE id = ?")
+                .bind(entra_id)
+                .execute(&self.pool)
+                .await
+                .map_err(q("re-arm user"))?;
+        }
+        Ok(())
+    }
+
     /// Journals an action before it is sent; returns its outbox id.
     pub async fn journal(
         &self,

@@ -286,3 +286,83 @@ impl Engine {
         Ok(out)
     }
 }
+
+/// An active Salesforce user no Entra user is linked to.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Orphan {
+    pub id: String,
+    pub username: String,
+    pub profile: Option<String>,
+    /// The user licence its profile takes a seat of.
+    pub licence: Option<String>,
+}
+
+impl Engine {
+    /// Active standard users in Salesforce that provisor has not linked to
+    /// any Entra user (left over, made by hand, or never matched), with the
+    /// licence each holds. The integration user is left out.
+    pub async fn orphans(&self) -> Result<Vec<Orphan>, SyncError> {
+        let links = self.store.links().await?;
+        let linked: HashSet<&String> = links.values().collect();
+        let integration = self.salesforce.user_id().await.ok();
+        let mut licences: HashMap<String, String> = HashMap::new();
+        for l in self
+            .salesforce
+            .query("SELECT Id, Name FROM UserLicense")
+            .await?
+        {
+            if let (Some(id), Some(name)) = (
+                l.get("Id").and_then(Value::as_str),
+                l.get("Name").and_then(Value::as_str),
+            ) {
+                licences.insert(id.into(), name.into());
+            }
+        }
+        let mut profiles: HashMap<String, (String, Option<String>)> = HashMap::new();
+        for p in self
+            .salesforce
+            .query("SELECT Id, Name, UserLicenseId FROM Profile")
+            .await?
+        {
+            if let (Some(id), Some(name)) = (
+                p.get("Id").and_then(Value::as_str),
+                p.get("Name").and_then(Value::as_str),
+            ) {
+                let lic = p
+                    .get("UserLicenseId")
+                    .and_then(Value::as_str)
+                    .and_then(|l| licences.get(l).cloned());
+                profiles.insert(id.into(), (name.into(), lic));
+            }
+        }
+        let mut out = Vec::new();
+        for u in self
+            .salesforce
+            .query("SELECT Id, Username, ProfileId FROM User WHERE IsActive = true AND UserType = 'Standard'")
+            .await?
+        {
+            let Some(id) = u.get("Id").and_then(Value::as_str) else {
+                continue;
+            };
+            if linked.contains(&id.to_string()) || integration.as_deref() == Some(id) {
+                continue;
+            }
+            let profile = u
+                .get("ProfileId")
+                .and_then(Value::as_str)
+                .and_then(|p| profiles.get(p));
+            out.push(Orphan {
+                id: id.into(),
+                username: u
+                    .get("Username")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .into(),
+                profile: profile.map(|p| p.0.clone()),
+                licence: profile.and_then(|p| p.1.clone()),
+            });
+        }
+        out.sort_by(|a, b| a.username.cmp(&b.username));
+        Ok(out)
+    }
+}

@@ -6,6 +6,8 @@ mod access;
 mod apply;
 mod directory;
 mod guard;
+
+pub use guard::Orphan;
 pub mod plan;
 pub mod scope;
 

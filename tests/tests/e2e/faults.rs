@@ -253,7 +253,40 @@ async fn a_refused_salesforce_write_is_retried_then_parked_without_blocking_othe
     // Parked users are not retried every cycle...
     let r3 = engine.sync_once(&Quiet).await.expect("sync");
     assert_eq!(r3.users_considered, 0);
-    // ...until Entra changes them again.
+    // ...unless an operator asks (unknown users are named)...
+    let e = engine
+        .store
+        .release_dead_letter("nobody", true)
+        .await
+        .expect_err("unknown")
+        .to_string();
+    assert!(e.contains("nobody"), "{e}");
+    engine
+        .store
+        .release_dead_letter(&bad, true)
+        .await
+        .expect("retry");
+    let r = engine.sync_once(&Quiet).await.expect("sync");
+    assert_eq!(
+        (r.users_considered, r.failed),
+        (1, 1),
+        "tried again, fails again"
+    );
+    assert!(
+        engine.store.dead_letters().await.expect("dead").is_empty(),
+        "one fresh attempt spent"
+    );
+    let r = engine.sync_once(&Quiet).await.expect("sync");
+    assert_eq!(r.parked, 1, "parked again after max_attempts");
+    engine
+        .store
+        .release_dead_letter(&bad, false)
+        .await
+        .expect("drop");
+    assert!(engine.store.dead_letters().await.expect("dead").is_empty());
+    let r = engine.sync_once(&Quiet).await.expect("sync");
+    assert_eq!(r.users_considered, 0, "dropped: not planned");
+    // ...or Entra changes them again.
     let mut m = Map::new();
     m.insert("mail".into(), json!("fixed@contoso-sim.com"));
     sim.graph().update_user(&bad, m).expect("update");

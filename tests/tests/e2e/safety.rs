@@ -317,3 +317,45 @@ async fn plans_are_dry_runs_and_apply_only_on_an_unchanged_basis() {
         .to_string();
     assert!(e.contains("other actions"), "{e}");
 }
+
+/// Active Salesforce users that no Entra user is linked to are listed with
+/// their licence; linked users and the integration user are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphans_are_listed_with_their_licence() {
+    let running = start_sim(15, 85).await;
+    let sim = running.sim.clone();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = engine_with(&running, &rhai_pack(), &dir.path().join("s.db"), fast).await;
+    engine.sync_once(&Quiet).await.expect("sync");
+    let hand_made = {
+        let mut org = sim.salesforce();
+        let profile = org.profile_id("Standard User").expect("profile");
+        let mut m = Map::new();
+        for (k, v) in [
+            ("Username", "left.behind@contoso-sim.com"),
+            ("Email", "left.behind@contoso-sim.com"),
+            ("LastName", "Behind"),
+            ("Alias", "lbehind"),
+            ("TimeZoneSidKey", "GMT"),
+            ("LocaleSidKey", "en_US"),
+            ("EmailEncodingKey", "UTF-8"),
+            ("LanguageLocaleKey", "en_US"),
+        ] {
+            m.insert(k.into(), json!(v));
+        }
+        m.insert("ProfileId".into(), json!(profile));
+        org.insert_raw("User", m)
+    };
+    let orphans = engine.orphans().await.expect("orphans");
+    let mine = orphans
+        .iter()
+        .find(|o| o.id == hand_made)
+        .expect("the hand-made user is an orphan");
+    assert_eq!(mine.username, "left.behind@contoso-sim.com");
+    assert_eq!(mine.profile.as_deref(), Some("Standard User"));
+    assert!(mine.licence.is_some());
+    let links = engine.store.links().await.expect("links");
+    assert!(orphans.iter().all(|o| !links.values().any(|s| *s == o.id)));
+    let me = engine.salesforce.user_id().await.expect("integration user");
+    assert!(orphans.iter().all(|o| o.id != me));
+}
