@@ -94,6 +94,14 @@ enum Command {
         #[command(subcommand)]
         command: ReviewCommand,
     },
+    /// Run one user through scope, match, map, plan and apply now, and
+    /// print each step's outcome.
+    Provision {
+        #[arg(long)]
+        config: PathBuf,
+        /// The Entra object id or userPrincipalName.
+        user: String,
+    },
     /// Active Salesforce users linked to no Entra user, with their licence.
     Orphans {
         #[arg(long)]
@@ -416,6 +424,75 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Review { command } => run_review(command).await,
+        Command::Provision { config, user } => {
+            let cfg = Config::load(&config)?;
+            let engine = engine_from_config(&cfg).await?;
+            let p = engine.provision(&user, &LogObserver).await?;
+            let r = &p.report;
+            if let Some(u) = &p.user {
+                println!(
+                    "user:    {} ({})",
+                    u.id,
+                    u.user_principal_name.as_deref().unwrap_or("no UPN")
+                );
+                println!("groups:  {}", p.groups.join(", "));
+            }
+            match &p.configuration_scope {
+                Some(why) => println!("scope:   out (configuration: {why})"),
+                None => println!("scope:   in (configuration)"),
+            }
+            match &p.evaluation {
+                Some(Ok(e)) => {
+                    if let Some(d) = &e.scope {
+                        println!(
+                            "rules:   {} by the pack{}",
+                            if d.in_scope {
+                                "in scope"
+                            } else {
+                                "out of scope"
+                            },
+                            if d.reason.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" ({})", d.reason)
+                            }
+                        );
+                    }
+                    let keys: Vec<String> = e
+                        .keys
+                        .iter()
+                        .map(|k| format!("{}={}", k.field, k.value))
+                        .collect();
+                    println!("match:   keys {}", keys.join(", "));
+                    println!("map:     {}", serde_json::to_string(&e.desired)?);
+                }
+                Some(Err(e)) => println!("rules:   failed: {e}"),
+                None => {}
+            }
+            if r.plan.actions.is_empty() {
+                println!("plan:    nothing to do");
+            } else {
+                println!("plan:");
+                for line in r.plan.render().lines() {
+                    println!("  {line}");
+                }
+            }
+            for w in &r.waiting_for {
+                println!("held:    {w}");
+            }
+            for f in &r.failures {
+                println!("failed:  {f}");
+            }
+            println!(
+                "apply:   created {}, updated {}, deactivated {}, reactivated {}, linked {}, failed {}",
+                r.created, r.updated, r.deactivated, r.reactivated, r.linked, r.failed
+            );
+            Ok(if r.failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Orphans { config, json } => {
             let cfg = Config::load(&config)?;
             let engine = engine_from_config(&cfg).await?;

@@ -1095,6 +1095,73 @@ impl Store {
         Ok(())
     }
 
+    /// The id of a mirrored user, by object id or (case-insensitive) UPN.
+    pub async fn find_user(&self, who: &str) -> Result<Option<String>, StoreError> {
+        let by_id: Option<String> = sqlx::query_scalar("SELECT id FROM entra_users WHERE id = ?")
+            .bind(who)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("find user"))?;
+        if by_id.is_some() {
+            return Ok(by_id);
+        }
+        sqlx::query_scalar(
+            "SELECT id FROM entra_users WHERE lower(json_extract(data, '$.userPrincipalName')) = lower(?)",
+        )
+        .bind(who)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(q("find user by UPN"))
+    }
+
+    /// Marks one user for planning.
+    pub async fn mark_dirty(&self, entra_id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE entra_users SET dirty = 1 WHERE id = ?")
+            .bind(entra_id)
+            .execute(&self.pool)
+            .await
+            .map_err(q("mark dirty"))?;
+        Ok(())
+    }
+
+    /// A remembered value.
+    pub async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        sqlx::query_scalar("SELECT value FROM settings WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("read setting"))
+    }
+
+    /// Remembers a value.
+    pub async fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO settings (key, value, updated_at) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at")
+            .bind(key)
+            .bind(value)
+            .bind(now())
+            .execute(&self.pool)
+            .await
+            .map_err(q("save setting"))?;
+        Ok(())
+    }
+
+    /// Marks every user in the mirror for planning (a new rule pack version
+    /// re-plans everyone, as Entra does a full sync after a mapping
+    /// change); parked users get fresh attempts. Returns how many.
+    pub async fn mark_all_dirty(&self) -> Result<u64, StoreError> {
+        sqlx::query("DELETE FROM dead_letters")
+            .execute(&self.pool)
+            .await
+            .map_err(q("re-arm parked users"))?;
+        let r = sqlx::query(
+            "UPDATE entra_users SET dirty = 1, attempts = 0 WHERE dirty = 0 OR attempts > 0",
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(q("mark all dirty"))?;
+        Ok(r.rows_affected())
+    }
+
     /// Outbox rows by status (for reports and tests).
     pub async fn outbox_counts(&self) -> Result<HashMap<String, i64>, StoreError> {
         let rows = sqlx::query("SELECT status, COUNT(*) FROM outbox GROUP BY status")

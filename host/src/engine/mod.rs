@@ -71,6 +71,8 @@ pub enum SyncError {
     Evaluation(String),
     #[error("the plan is refused: {0}; run `provisor plan` again")]
     StalePlan(String),
+    #[error("no Entra user {0:?} in the mirror (give an object id or a userPrincipalName)")]
+    UnknownUser(String),
 }
 
 /// Progress of a cycle, for bars and logs.
@@ -148,6 +150,18 @@ pub(crate) struct Outcome {
     waiting: Option<String>,
     /// The audit event for a newly held user (default: waiting for a licence).
     hold_event: Option<&'static str>,
+}
+
+/// What `provisor provision` did for one user, step by step.
+pub struct Provisioned {
+    pub user: Option<crate::model::EntraUser>,
+    pub groups: Vec<String>,
+    /// Why the configuration's scope leaves the user out, if it does.
+    pub configuration_scope: Option<String>,
+    /// The rules' answer (scope, match keys, desired user) or their error.
+    pub evaluation: Option<Result<crate::rules::Evaluation, String>>,
+    /// The cycle run for the user alone.
+    pub report: CycleReport,
 }
 
 /// Why a match needs an operator, and the Salesforce users involved.
@@ -353,7 +367,83 @@ impl Engine {
         };
         self.read("users", obs, &mut report).await?;
         self.read("groups", obs, &mut report).await?;
-        self.decide_and_apply(cycle, report, None, obs).await
+        self.replan_on_new_rules(&cycle).await?;
+        self.decide_and_apply(cycle, report, None, None, obs).await
+    }
+
+    /// `provisor provision USER`: reads Entra, then runs one user (by object
+    /// id or UPN) through scope, match, map, plan, guard and apply now,
+    /// whether or not it changed. Returns the user's id and the cycle.
+    pub async fn provision(&self, who: &str, obs: &dyn Observer) -> Result<Provisioned, SyncError> {
+        let cycle = new_cycle_id();
+        let mut report = CycleReport {
+            cycle: cycle.clone(),
+            ..Default::default()
+        };
+        self.read("users", obs, &mut report).await?;
+        self.read("groups", obs, &mut report).await?;
+        let id = self
+            .store
+            .find_user(who)
+            .await?
+            .ok_or_else(|| SyncError::UnknownUser(who.to_string()))?;
+        self.store.mark_dirty(&id).await?;
+        // What the rules say, for the operator (the cycle decides the same).
+        let one: Vec<DirtyUser> = self
+            .store
+            .dirty_users()
+            .await?
+            .into_iter()
+            .filter(|d| d.user.id == id)
+            .collect();
+        let config_scope: Vec<Option<String>> = one
+            .iter()
+            .map(|d| self.scope.check(&d.user, &d.group_refs).err())
+            .collect();
+        let (mut evals, _) = self
+            .evaluate_all(&self.pack.get(), &one, &config_scope)
+            .await?;
+        let evaluation = evals.pop().map(|e| e.map_err(|e| e.to_string()));
+        let report = self
+            .decide_and_apply(cycle, report, None, Some(&id), obs)
+            .await?;
+        Ok(Provisioned {
+            user: one.first().map(|d| d.user.clone()),
+            groups: one.first().map(|d| d.groups.clone()).unwrap_or_default(),
+            configuration_scope: config_scope.into_iter().flatten().next(),
+            evaluation,
+            report,
+        })
+    }
+
+    /// Different rules (a new pack version, a changed setting or table)
+    /// plan every user again, as Entra does a full sync after a mapping
+    /// change; that plan passes the same deletion threshold.
+    async fn replan_on_new_rules(&self, cycle: &str) -> Result<(), SyncError> {
+        let pack = self.pack.get();
+        let last = self.store.setting("rules.planned_with").await?;
+        if last.as_deref() == Some(pack.fingerprint.as_str()) {
+            return Ok(());
+        }
+        if last.is_some() {
+            let users = self.store.mark_all_dirty().await?;
+            tracing::info!(pack = %pack.id(), users, "the rules changed: every user is planned again");
+            self.store
+                .append_audit(
+                    cycle,
+                    &[AuditEvent {
+                        event: "rules.replan_all".into(),
+                        entra_id: None,
+                        sf_id: None,
+                        detail: json!({"pack": pack.id(), "users": users}),
+                    }],
+                )
+                .await?;
+        }
+        self.store
+            .set_setting("rules.planned_with", &pack.fingerprint)
+            .await?;
+        Ok(())
     }
 
     /// `provisor plan`: reads Entra into the mirror, then plans and guards
@@ -389,7 +479,7 @@ impl Engine {
             cycle: cycle.clone(),
             ..Default::default()
         };
-        self.decide_and_apply(cycle, report, Some(approved), obs)
+        self.decide_and_apply(cycle, report, Some(approved), None, obs)
             .await
     }
 
@@ -400,6 +490,7 @@ impl Engine {
         cycle: String,
         mut report: CycleReport,
         approved: Option<&Plan>,
+        only: Option<&str>,
         obs: &dyn Observer,
     ) -> Result<CycleReport, SyncError> {
         let Planned {
@@ -409,7 +500,7 @@ impl Engine {
             refusals,
             reviews,
             refs,
-        } = self.plan(&cycle, obs).await?;
+        } = self.plan_for(&cycle, only, obs).await?;
         for (id, why, candidates) in &reviews {
             self.store.open_review(id, why, candidates).await?;
         }
@@ -807,9 +898,22 @@ impl Engine {
     /// Runs the rules for every dirty user, matches and diffs against
     /// Salesforce. Reads only: nothing is written anywhere.
     pub(crate) async fn plan(&self, cycle: &str, obs: &dyn Observer) -> Result<Planned, SyncError> {
+        self.plan_for(cycle, None, obs).await
+    }
+
+    /// [`Engine::plan`], for one user only when `only` is given.
+    async fn plan_for(
+        &self,
+        cycle: &str,
+        only: Option<&str>,
+        obs: &dyn Observer,
+    ) -> Result<Planned, SyncError> {
         // One pack for the whole plan, even if a reload lands meanwhile.
         let pack = self.pack.get();
-        let dirty = self.store.dirty_users().await?;
+        let mut dirty = self.store.dirty_users().await?;
+        if let Some(one) = only {
+            dirty.retain(|d| d.user.id == one);
+        }
         let basis = Basis {
             users_delta_link: self.store.sync_state("users").await?.delta_link,
             groups_delta_link: self.store.sync_state("groups").await?.delta_link,

@@ -261,6 +261,9 @@ pub struct Pack {
     /// Per layer, what it and the layers below declare (intents are
     /// checked against this; computed once, not per user).
     declared: Vec<AccessClaims>,
+    /// A hash of every file of every pack in the stack: a different one
+    /// means different rules, and every user is planned again.
+    pub fingerprint: String,
 }
 
 /// One pack of a stack.
@@ -515,12 +518,14 @@ impl Pack {
         }
         let access = declared.last().cloned().unwrap_or_default();
         let info = layers[layers.len() - 1].info.clone();
+        let fingerprint = slot::fingerprint_all(dirs)?;
         Ok(Self {
             info,
             dir: top_dir.clone(),
             access,
             layers,
             declared,
+            fingerprint,
         })
     }
 

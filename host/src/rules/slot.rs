@@ -102,7 +102,7 @@ impl PackSlot {
 }
 
 /// A hash over the stack's directories, in order.
-fn fingerprint_all(dirs: &[PathBuf]) -> Result<String, RuleError> {
+pub(super) fn fingerprint_all(dirs: &[PathBuf]) -> Result<String, RuleError> {
     let mut h = Sha256::new();
     for d in dirs {
         h.update(fingerprint(d)?.as_bytes());

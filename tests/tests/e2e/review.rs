@@ -125,3 +125,61 @@ async fn a_rehire_is_reviewed_by_default() {
 async fn a_rehire_is_reactivated_when_the_pack_says_auto() {
     rehire_case(true).await;
 }
+
+/// `provisor provision USER` runs one user through the whole pipeline now,
+/// by object id or UPN, and leaves every other change for the next cycle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provision_on_demand_runs_one_user_now() {
+    let running = start_sim(20, 92).await;
+    let sim = running.sim.clone();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = engine(
+        &running,
+        &repo_root().join("rules/gallery-defaults"),
+        &dir.path().join("s.db"),
+    )
+    .await;
+    engine.sync_once(&Quiet).await.expect("sync");
+    let ids: Vec<(String, String)> = sim
+        .graph()
+        .users()
+        .filter(|u| u.removed.is_none() && u.props.get("accountEnabled") == Some(&json!(true)))
+        .filter_map(|u| {
+            Some((
+                u.id.clone(),
+                u.props.get("userPrincipalName")?.as_str()?.to_string(),
+            ))
+        })
+        .take(2)
+        .collect();
+    for (id, _) in &ids {
+        let mut m = Map::new();
+        m.insert("givenName".into(), json!("Ondemand"));
+        sim.graph().update_user(id, m).expect("update");
+    }
+    let p = engine
+        .provision(&ids[0].1.to_uppercase(), &Quiet)
+        .await
+        .expect("provision");
+    assert_eq!(
+        p.user.as_ref().map(|u| u.id.as_str()),
+        Some(ids[0].0.as_str())
+    );
+    assert!(matches!(&p.evaluation, Some(Ok(e)) if e.desired.fields.contains_key("FirstName")));
+    assert_eq!(p.report.users_considered, 1);
+    assert_eq!(p.report.updated, 1, "{}", p.report.plan.render());
+    let first_name =
+        |upn: &str| sim.salesforce().users_where("Username", upn)[0]["FirstName"].clone();
+    assert_eq!(first_name(&ids[0].1), json!("Ondemand"));
+    assert_ne!(first_name(&ids[1].1), json!("Ondemand"), "not yet");
+    let r = engine.sync_once(&Quiet).await.expect("sync");
+    assert_eq!(r.users_considered, 1, "the other one, at the next cycle");
+    assert_eq!(first_name(&ids[1].1), json!("Ondemand"));
+    let e = engine
+        .provision("nobody@contoso-sim.com", &Quiet)
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("nobody@contoso-sim.com"), "{e}");
+}

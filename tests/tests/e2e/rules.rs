@@ -357,3 +357,44 @@ async fn the_pack_decides_scope_and_match_keys() {
     assert_eq!(created_guests, 0);
     assert!(first_created > 5);
 }
+
+/// A new version of the rules plans every user again (as Entra does a full
+/// sync after a mapping change); unchanged rules plan only what changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_rules_replan_every_user() {
+    let running = start_sim(25, 74).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pack = dir.path().join("pack");
+    copy_dir(&repo_root().join("rules/gallery-defaults"), &pack);
+    let engine = engine(&running, &pack, &dir.path().join("a.db")).await;
+    let first = engine.sync_once(&Quiet).await.expect("sync");
+    assert_eq!(first.failed, 0);
+    let r = engine.sync_once(&Quiet).await.expect("sync");
+    assert_eq!(r.users_considered, 0, "nothing changed");
+
+    let manifest = std::fs::read_to_string(pack.join("pack.toml")).expect("manifest");
+    std::fs::write(
+        pack.join("pack.toml"),
+        manifest.replace("version = \"0.1.0\"", "version = \"0.2.0\""),
+    )
+    .expect("write");
+    assert!(matches!(
+        engine.reload_rules(false).await,
+        Reload::Replaced { .. }
+    ));
+    let writes = running.sim.stats().sf_write_calls;
+    let r = engine.sync_once(&Quiet).await.expect("sync");
+    assert_eq!(
+        r.users_considered, first.users_considered,
+        "everyone re-planned"
+    );
+    assert_eq!(
+        running.sim.stats().sf_write_calls,
+        writes,
+        "same mapping: nothing to write"
+    );
+    let audit = engine.store.audit_rows(None).await.expect("audit");
+    assert!(audit.iter().any(|a| a.event == "rules.replan_all"));
+    let r = engine.sync_once(&Quiet).await.expect("sync");
+    assert_eq!(r.users_considered, 0, "and once only");
+}
