@@ -97,6 +97,7 @@ impl Engine {
                     prepared.push((records, journal));
                 }
                 handed_over.extend(wave.iter().map(|a| a.entra_id.clone()));
+                crash_point("before_send");
                 let sent =
                     futures::future::join_all(prepared.iter().map(|(records, _)| async move {
                         if is_create {
@@ -106,6 +107,7 @@ impl Engine {
                         }
                     }))
                     .await;
+                crash_point("after_send");
                 let mut stop: Option<SfError> = None;
                 for ((batch, (records, journal)), sent) in batches.iter().zip(&prepared).zip(sent) {
                     match sent {
@@ -428,6 +430,7 @@ impl Engine {
                 self.store
                     .settle(*oid, "done", &json!({"id": sf_id}).to_string())
                     .await?;
+                crash_point("mid_batch");
                 let event = match &a.kind {
                     ActionKind::Create {
                         fields, profile, ..
@@ -658,5 +661,17 @@ mod tests {
         assert_eq!(a, nickname_with_suffix(&"b".repeat(40), "id-1"));
         assert_ne!(a, nickname_with_suffix(&"b".repeat(40), "id-2"));
         assert!(a.chars().count() <= 40);
+    }
+}
+
+/// Fault injection for the crash tests: with `PROVISOR_FAULT_CRASH_AT` set
+/// to this point's name (`before_send`: journaled, not sent; `after_send`:
+/// sent, no result recorded; `mid_batch`: part of a batch's results
+/// recorded), the process aborts there, as `kill -9` would stop it: no
+/// destructors, no flushing, nothing more written.
+fn crash_point(name: &str) {
+    if std::env::var("PROVISOR_FAULT_CRASH_AT").is_ok_and(|v| v == name) {
+        eprintln!("provisor: crashing at {name} (PROVISOR_FAULT_CRASH_AT)");
+        std::process::abort();
     }
 }
