@@ -102,6 +102,18 @@ enum Command {
         /// The Entra object id or userPrincipalName.
         user: String,
     },
+    /// Compare every managed user with the rules and report the drift
+    /// (JSON, CSV and Markdown); `--fix` corrects it.
+    Reconcile {
+        #[arg(long)]
+        config: PathBuf,
+        /// Write drift.json, drift.csv and drift.md here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Correct the drift now (a normal cycle, safety guard included).
+        #[arg(long)]
+        fix: bool,
+    },
     /// Active Salesforce users linked to no Entra user, with their licence.
     Orphans {
         #[arg(long)]
@@ -492,6 +504,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Reconcile { config, out, fix } => {
+            let cfg = Config::load(&config)?;
+            let engine = engine_from_config(&cfg).await?;
+            let report = engine.reconcile(fix, &LogObserver).await?;
+            print!("{}", report.to_markdown());
+            if let Some(dir) = out {
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+                for (name, text) in [
+                    ("drift.json", serde_json::to_string_pretty(&report)? + "\n"),
+                    ("drift.csv", report.to_csv()),
+                    ("drift.md", report.to_markdown()),
+                ] {
+                    let path = dir.join(name);
+                    std::fs::write(&path, text)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                }
+                eprintln!("drift report written to {}", dir.display());
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Orphans { config, json } => {
             let cfg = Config::load(&config)?;

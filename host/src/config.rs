@@ -398,6 +398,10 @@ pub struct SyncConfig {
     /// 25 concurrent long-running requests per org).
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// Every this many hours, the service plans every managed user again
+    /// (not only changed ones), correcting drift in enforced fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconcile_every_hours: Option<u64>,
 }
 
 fn default_concurrency() -> usize {
@@ -412,6 +416,7 @@ impl Default for SyncConfig {
             retries: default_retries(),
             retry_base_ms: default_retry_base_ms(),
             concurrency: default_concurrency(),
+            reconcile_every_hours: None,
         }
     }
 }

@@ -579,12 +579,34 @@ impl Store {
 
     /// Every user with work owed, with group names (nested flattened).
     pub async fn dirty_users(&self) -> Result<Vec<DirtyUser>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, data, removed, attempts FROM entra_users WHERE dirty = 1 ORDER BY id",
+        self.users_where("dirty = 1").await
+    }
+
+    /// Every user provisor manages (linked to a Salesforce user), whether
+    /// or not work is owed (for reconciliation).
+    pub async fn managed_users(&self) -> Result<Vec<DirtyUser>, StoreError> {
+        self.users_where("id IN (SELECT entra_id FROM links)").await
+    }
+
+    /// Marks every managed user for planning (a scheduled reconcile).
+    pub async fn mark_managed_dirty(&self) -> Result<u64, StoreError> {
+        let r = sqlx::query(
+            "UPDATE entra_users SET dirty = 1 WHERE dirty = 0 AND id IN (SELECT entra_id FROM links) AND id NOT IN (SELECT entra_id FROM dead_letters)",
         )
+        .execute(&self.pool)
+        .await
+        .map_err(q("mark managed dirty"))?;
+        Ok(r.rows_affected())
+    }
+
+    async fn users_where(&self, condition: &'static str) -> Result<Vec<DirtyUser>, StoreError> {
+        // `condition` is one of this module's constants, never input.
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT id, data, removed, attempts FROM entra_users WHERE {condition} ORDER BY id"
+        )))
         .fetch_all(&self.pool)
         .await
-        .map_err(q("read dirty users"))?;
+        .map_err(q("read users"))?;
         let mut groups = if rows.is_empty() {
             HashMap::new()
         } else {

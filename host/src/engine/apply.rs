@@ -648,6 +648,18 @@ fn nickname_with_suffix(base: &str, entra_id: &str) -> String {
     format!("{head}.{}", &digest[..4])
 }
 
+/// Fault injection for the crash tests: with `PROVISOR_FAULT_CRASH_AT` set
+/// to this point's name (`before_send`: journaled, not sent; `after_send`:
+/// sent, no result recorded; `mid_batch`: part of a batch's results
+/// recorded), the process aborts there, as `kill -9` would stop it: no
+/// destructors, no flushing, nothing more written.
+fn crash_point(name: &str) {
+    if std::env::var("PROVISOR_FAULT_CRASH_AT").is_ok_and(|v| v == name) {
+        eprintln!("provisor: crashing at {name} (PROVISOR_FAULT_CRASH_AT)");
+        std::process::abort();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -661,17 +673,5 @@ mod tests {
         assert_eq!(a, nickname_with_suffix(&"b".repeat(40), "id-1"));
         assert_ne!(a, nickname_with_suffix(&"b".repeat(40), "id-2"));
         assert!(a.chars().count() <= 40);
-    }
-}
-
-/// Fault injection for the crash tests: with `PROVISOR_FAULT_CRASH_AT` set
-/// to this point's name (`before_send`: journaled, not sent; `after_send`:
-/// sent, no result recorded; `mid_batch`: part of a batch's results
-/// recorded), the process aborts there, as `kill -9` would stop it: no
-/// destructors, no flushing, nothing more written.
-fn crash_point(name: &str) {
-    if std::env::var("PROVISOR_FAULT_CRASH_AT").is_ok_and(|v| v == name) {
-        eprintln!("provisor: crashing at {name} (PROVISOR_FAULT_CRASH_AT)");
-        std::process::abort();
     }
 }

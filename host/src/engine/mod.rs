@@ -6,6 +6,9 @@ mod access;
 mod apply;
 mod directory;
 mod guard;
+mod reconcile;
+
+pub use reconcile::{Drift, DriftReport};
 
 pub use guard::Orphan;
 pub mod plan;
@@ -596,10 +599,23 @@ impl Engine {
         let mut hangup =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let mut force = false;
+        let mut last_reconcile = std::time::Instant::now();
         loop {
             // A changed pack (or SIGHUP) is tried before the cycle.
             self.reload_rules(force).await;
             force = false;
+            if let Some(h) = self.cfg.reconcile_every_hours
+                && last_reconcile.elapsed() >= std::time::Duration::from_secs(h.max(1) * 3600)
+            {
+                last_reconcile = std::time::Instant::now();
+                match self.store.mark_managed_dirty().await {
+                    Ok(n) => tracing::info!(
+                        users = n,
+                        "scheduled reconcile: every managed user is planned"
+                    ),
+                    Err(e) => tracing::error!(error = %e, "scheduled reconcile could not start"),
+                }
+            }
             each(self.sync_once(&Quiet).await);
             if let Some(t) = trigger.as_deref_mut()
                 && let Err(e) = t.renew_if_due(&self.entra).await
@@ -908,12 +924,22 @@ impl Engine {
         only: Option<&str>,
         obs: &dyn Observer,
     ) -> Result<Planned, SyncError> {
-        // One pack for the whole plan, even if a reload lands meanwhile.
-        let pack = self.pack.get();
         let mut dirty = self.store.dirty_users().await?;
         if let Some(one) = only {
             dirty.retain(|d| d.user.id == one);
         }
+        self.plan_users(cycle, dirty, obs).await
+    }
+
+    /// Plans the given users (read only).
+    async fn plan_users(
+        &self,
+        cycle: &str,
+        dirty: Vec<DirtyUser>,
+        obs: &dyn Observer,
+    ) -> Result<Planned, SyncError> {
+        // One pack for the whole plan, even if a reload lands meanwhile.
+        let pack = self.pack.get();
         let basis = Basis {
             users_delta_link: self.store.sync_state("users").await?.delta_link,
             groups_delta_link: self.store.sync_state("groups").await?.delta_link,
@@ -1397,6 +1423,10 @@ impl Engine {
                         .unwrap_or(false);
                     let mut changes: BTreeMap<String, Change> = BTreeMap::new();
                     for (k, v) in &want.fields {
+                        // Create-only fields: a hand edit in Salesforce stands.
+                        if pack.access.create_only.contains(k) {
+                            continue;
+                        }
                         if !same(k, v, rec.get(k)) {
                             changes.insert(
                                 k.clone(),

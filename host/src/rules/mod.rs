@@ -160,6 +160,11 @@ pub struct AccessClaims {
     /// objects included.
     #[serde(default)]
     pub objects: Vec<String>,
+    /// Fields set when the user is created and never corrected afterwards
+    /// (hand edits in Salesforce stand). Every other field the pack
+    /// returns is enforced: a hand edit is corrected on the next plan.
+    #[serde(default)]
+    pub create_only: Vec<String>,
 }
 
 impl AccessClaims {
@@ -219,6 +224,7 @@ impl AccessClaims {
             owns_queues: u(&self.owns_queues, &other.owns_queues),
             fields: u(&self.fields, &other.fields),
             objects: u(&self.objects, &other.objects),
+            create_only: u(&self.create_only, &other.create_only),
         }
     }
 

@@ -1,0 +1,118 @@
+//! Drift: hand edits in Salesforce against what the pack enforces.
+
+use provisor::engine::Quiet;
+use provisor_e2e::{engine, repo_root, start_sim};
+use serde_json::{Map, json};
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read dir") {
+        let p = e.expect("entry").path();
+        let dest = to.join(p.file_name().expect("name"));
+        if p.is_dir() {
+            copy_dir(&p, &dest);
+        } else {
+            std::fs::copy(&p, &dest).expect("copy");
+        }
+    }
+}
+
+/// An enforced field edited by hand is reported and corrected; a
+/// create-only field edited by hand stands; a field the pack does not
+/// manage is never reported or touched. Reconciling writes nothing unless
+/// asked to fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_reports_and_fixes_only_enforced_fields() {
+    let running = start_sim(20, 93).await;
+    let sim = running.sim.clone();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pack = dir.path().join("pack");
+    copy_dir(&repo_root().join("rules/gallery-defaults"), &pack);
+    let m = std::fs::read_to_string(pack.join("pack.toml")).expect("read");
+    std::fs::write(
+        pack.join("pack.toml"),
+        m.replace("[access]\n", "[access]\ncreate_only = [\"Alias\"]\n"),
+    )
+    .expect("write");
+    let engine = engine(&running, &pack, &dir.path().join("s.db")).await;
+    engine.sync_once(&Quiet).await.expect("sync");
+    let links = engine.store.links().await.expect("links");
+    let (entra_id, sf_id) = links
+        .iter()
+        .next()
+        .map(|(e, s)| (e.clone(), s.clone()))
+        .expect("a link");
+    let before = sim
+        .salesforce()
+        .rows("User")
+        .find(|u| u["Id"] == json!(sf_id))
+        .cloned()
+        .expect("user");
+    {
+        let mut edit = Map::new();
+        edit.insert("FirstName".into(), json!("HandEdited"));
+        edit.insert("Alias".into(), json!("handmade"));
+        edit.insert("Title".into(), json!("Hand Title"));
+        sim.salesforce()
+            .update("User", &sf_id, edit)
+            .expect("hand edit");
+    }
+
+    let writes = sim.stats().sf_write_calls;
+    let report = engine.reconcile(false, &Quiet).await.expect("reconcile");
+    assert_eq!(
+        sim.stats().sf_write_calls,
+        writes,
+        "a report writes nothing"
+    );
+    assert_eq!(report.users, links.len());
+    let mine: Vec<_> = report
+        .drift
+        .iter()
+        .filter(|d| d.entra_id == entra_id)
+        .collect();
+    assert_eq!(mine.len(), 1, "{mine:?}");
+    assert_eq!(mine[0].field, "FirstName");
+    assert_eq!(mine[0].found, "HandEdited");
+    assert_eq!(json!(mine[0].expected), before["FirstName"]);
+    assert!(mine[0].why.contains("Salesforce"), "{}", mine[0].why);
+    assert_eq!(
+        report.drift.len(),
+        1,
+        "no other user drifted: {:?}",
+        report.drift
+    );
+    assert!(
+        report
+            .to_csv()
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.contains("HandEdited"))
+    );
+    assert!(report.to_markdown().contains("| FirstName | "));
+
+    let fixed = engine.reconcile(true, &Quiet).await.expect("fix");
+    assert_eq!(fixed.drift.len(), 1);
+    let after = sim
+        .salesforce()
+        .rows("User")
+        .find(|u| u["Id"] == json!(sf_id))
+        .cloned()
+        .expect("user");
+    assert_eq!(
+        after["FirstName"], before["FirstName"],
+        "enforced: corrected"
+    );
+    assert_eq!(
+        after["Alias"],
+        json!("handmade"),
+        "create-only: the hand edit stands"
+    );
+    assert_eq!(
+        after["Title"],
+        json!("Hand Title"),
+        "not managed: untouched"
+    );
+    let again = engine.reconcile(false, &Quiet).await.expect("reconcile");
+    assert!(again.drift.is_empty(), "{:?}", again.drift);
+}
