@@ -116,8 +116,12 @@ impl Engine {
                                 self.retry_nickname_clashes(batch, records, &mut results)
                                     .await;
                             }
-                            self.settle_batch(cycle, batch, journal, &results, outcomes, report)
-                                .await?;
+                            if let Some(q) = self
+                                .settle_batch(cycle, batch, journal, &results, outcomes, report)
+                                .await?
+                            {
+                                stop.get_or_insert(q);
+                            }
                         }
                         Err(e) if e.is_limit() => {
                             // Nothing was done: settle as deferred, stop below.
@@ -422,8 +426,10 @@ impl Engine {
         results: &[RecordResult],
         outcomes: &mut HashMap<String, Outcome>,
         report: &mut CycleReport,
-    ) -> Result<(), SyncError> {
+    ) -> Result<Option<SfError>, SyncError> {
         let mut events = Vec::new();
+        // Permanent failures per error code, for the quarantine rule.
+        let mut causes: HashMap<String, (usize, String)> = HashMap::new();
         for ((a, oid), r) in batch.iter().zip(journal).zip(results) {
             if r.success {
                 let sf_id = r.id.clone().or_else(|| a.sf_id.clone());
@@ -530,17 +536,44 @@ impl Engine {
                     continue;
                 }
                 self.store.settle(*oid, "failed", &msg).await?;
+                if let Some(e) = r.errors.first() {
+                    let c = causes
+                        .entry(e.code.clone())
+                        .or_insert((0, e.message.clone()));
+                    c.0 += 1;
+                }
+                // Org automation (an Apex trigger, a validation rule) will
+                // refuse the same save again: park the user at once, named.
+                let automation = r
+                    .errors
+                    .iter()
+                    .find(|e| AUTOMATION_CODES.contains(&e.code.as_str()));
+                let fix = r
+                    .errors
+                    .first()
+                    .and_then(|e| suggested_fix(&e.code, &e.message));
                 // Salesforce has no distinct code for most deactivation
                 // blockers (default case owner, workflow user...): any
                 // refusal of IsActive=false is a blocker; the user stays
                 // frozen and the step is retried on later cycles.
                 let blocked = matches!(a.kind, ActionKind::Deactivate);
-                let text = if blocked {
+                let mut text = if blocked {
                     format!("deactivation blocked by Salesforce (the user stays frozen): {msg}")
+                } else if let Some(e) = automation {
+                    format!(
+                        "{} refused by org automation ({}): {msg}",
+                        a.kind.name(),
+                        automation_name(&e.code, &e.message)
+                    )
                 } else {
                     format!("{} refused by Salesforce: {msg}", a.kind.name())
                 };
-                outcomes.entry(a.entra_id.clone()).or_default().failed = Some(text);
+                if let Some(fix) = fix {
+                    text.push_str(&format!(" (fix: {fix})"));
+                }
+                let o = outcomes.entry(a.entra_id.clone()).or_default();
+                o.failed = Some(text);
+                o.permanent = automation.is_some() && !blocked;
                 events.push(AuditEvent {
                     event: if blocked {
                         "user.deactivation_blocked".to_string()
@@ -553,9 +586,85 @@ impl Engine {
                 });
             }
         }
+        // Most of a sizeable batch failing for one cause is not about the
+        // users: pause writing and alert instead of sending more.
+        let quarantine = causes
+            .into_iter()
+            .max_by_key(|(_, (n, _))| *n)
+            .filter(|(_, (n, _))| {
+                batch.len() >= QUARANTINE_MIN_BATCH && *n * 10 >= batch.len() * QUARANTINE_TENTHS
+            })
+            .map(|(code, (failed, message))| SfError::Quarantined {
+                code,
+                failed,
+                of: batch.len(),
+                message,
+            });
+        if let Some(q) = &quarantine {
+            // A systemic cause is not the users' fault: they wait for the
+            // next cycle without spending attempts or being parked.
+            if let SfError::Quarantined { code, .. } = q {
+                for a in batch {
+                    if let Some(o) = outcomes.get_mut(&a.entra_id)
+                        && o.failed.as_ref().is_some_and(|f| f.contains(code.as_str()))
+                    {
+                        o.failed = None;
+                        o.permanent = false;
+                        o.deferred = true;
+                    }
+                }
+            }
+            tracing::error!(error = %q, "writes paused");
+            events.push(AuditEvent {
+                event: "connection.quarantined".into(),
+                entra_id: None,
+                sf_id: None,
+                detail: json!({"error": q.to_string()}),
+            });
+        }
         self.store.append_audit(cycle, &events).await?;
-        Ok(())
+        Ok(quarantine)
     }
+}
+
+/// Record errors from the org's own automation: permanent for that save.
+const AUTOMATION_CODES: &[&str] = &[
+    "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY",
+    "FIELD_CUSTOM_VALIDATION_EXCEPTION",
+];
+
+/// Batches at least this large can trip the quarantine...
+const QUARANTINE_MIN_BATCH: usize = 10;
+/// ...when this many tenths of them fail with one error code.
+const QUARANTINE_TENTHS: usize = 8;
+
+/// Names the automation behind an error: the trigger (Salesforce starts
+/// the message with its name) or the validation rule's message.
+fn automation_name(code: &str, message: &str) -> String {
+    match code {
+        "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY" => format!(
+            "Apex trigger {}",
+            message.split(':').next().unwrap_or(message).trim()
+        ),
+        _ => format!("validation rule \"{}\"", message.trim()),
+    }
+}
+
+/// What an operator can do about a permanent record error.
+fn suggested_fix(code: &str, message: &str) -> Option<String> {
+    Some(match code {
+        "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY" => format!(
+            "fix the {} or exempt the integration user from it, then `provisor deadletter retry`",
+            automation_name(code, message)
+        ),
+        "FIELD_CUSTOM_VALIDATION_EXCEPTION" => "change the pack's mapping so the value passes, or the rule in Setup > Object Manager > User > Validation Rules, then `provisor deadletter retry`".into(),
+        "DUPLICATE_USERNAME" => "the Username is taken, possibly in another org (Usernames are unique across all of Salesforce): map a unique Username, e.g. with a suffix".into(),
+        "STRING_TOO_LONG" => "shorten the value in the pack (Left() in Rhai)".into(),
+        "REQUIRED_FIELD_MISSING" => "make the pack set the missing field".into(),
+        "INVALID_EMAIL_ADDRESS" => "fix the user's mail in Entra or map another Email".into(),
+        "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST" => "map a value the picklist allows (Setup > Object Manager > User > Fields)".into(),
+        _ => return None,
+    })
 }
 
 /// Record-level error codes that pass by themselves: the action is tried

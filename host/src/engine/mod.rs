@@ -153,6 +153,9 @@ pub(crate) struct Outcome {
     waiting: Option<String>,
     /// The audit event for a newly held user (default: waiting for a licence).
     hold_event: Option<&'static str>,
+    /// The failure will not pass by retrying (org automation refused the
+    /// save): park the user at once.
+    permanent: bool,
 }
 
 /// What `provisor provision` did for one user, step by step.
@@ -1774,7 +1777,15 @@ impl Engine {
                     ));
                     let parked = self
                         .store
-                        .mark_failed(id, err, self.cfg.max_attempts)
+                        .mark_failed(
+                            id,
+                            err,
+                            if outcomes.get(id).is_some_and(|o| o.permanent) {
+                                1
+                            } else {
+                                self.cfg.max_attempts
+                            },
+                        )
                         .await?;
                     events.push(AuditEvent {
                         event: "user.failed".into(),

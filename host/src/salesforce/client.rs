@@ -55,6 +55,17 @@ pub enum SfError {
     Credential { detail: String },
     #[error("Salesforce API usage is at {used}/{max} ({pct:.1}%), at or above the configured stop share: writes paused until usage drops", pct = (*.used as f64) * 100.0 / (*.max as f64).max(1.0))]
     LimitFloor { used: u64, max: u64 },
+    /// Most of a batch failed for one cause: writing on would only burn
+    /// API calls on the same error.
+    #[error(
+        "writes paused (quarantine): {failed} of {of} records in one batch failed with {code}: {message}"
+    )]
+    Quarantined {
+        code: String,
+        failed: usize,
+        of: usize,
+        message: String,
+    },
 }
 
 impl SfError {

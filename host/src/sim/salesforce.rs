@@ -398,6 +398,27 @@ pub struct SfOrg {
     /// Lookups derived from the rows, so that an org of 100k users stays
     /// fast; rebuilt after a rollback.
     idx: Indexes,
+    /// Org automation on User saves (validation rules, Apex triggers).
+    pub automation: Vec<Automation>,
+}
+
+/// Org automation that refuses some User saves, as customers' orgs do.
+#[derive(Debug, Clone)]
+pub enum Automation {
+    /// A validation rule: a save where `field` equals `equals` fails with
+    /// FIELD_CUSTOM_VALIDATION_EXCEPTION and the rule's `message`.
+    ValidationRule {
+        field: String,
+        equals: String,
+        message: String,
+    },
+    /// An Apex trigger that throws on such a save:
+    /// CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY naming the trigger.
+    Trigger {
+        name: String,
+        field: String,
+        equals: String,
+    },
 }
 
 /// The unique User fields (case-insensitive, like Salesforce).
@@ -461,6 +482,7 @@ impl SfOrg {
             daily_api_limit: DAILY_API_LIMIT,
             foreign_usernames: std::collections::HashSet::new(),
             idx: Indexes::default(),
+            automation: Vec::new(),
             bulk: bulk::BulkState::default(),
         };
         org.org_id = org.insert_raw(
@@ -1313,7 +1335,8 @@ impl SfOrg {
         Ok(())
     }
 
-    /// Cross-row User rules: uniqueness, references and licence seats.
+    /// Cross-row User rules: uniqueness, references and licence seats,
+    /// then the org's automation.
     fn check_user(
         &self,
         existing: Option<(&str, bool)>,
@@ -1321,6 +1344,40 @@ impl SfOrg {
     ) -> Result<(), SfErr> {
         let me = existing.map(|(id, _)| id);
         let s = |k: &str| u.get(k).and_then(Value::as_str).map(str::to_string);
+        for a in &self.automation {
+            match a {
+                Automation::ValidationRule {
+                    field,
+                    equals,
+                    message,
+                } if s(field).as_deref() == Some(equals.as_str()) => {
+                    return Err(err(
+                        "FIELD_CUSTOM_VALIDATION_EXCEPTION",
+                        message.clone(),
+                        &[],
+                    ));
+                }
+                Automation::Trigger {
+                    name,
+                    field,
+                    equals,
+                } if s(field).as_deref() == Some(equals.as_str()) => {
+                    let when = if existing.is_some() {
+                        "BeforeUpdate"
+                    } else {
+                        "BeforeInsert"
+                    };
+                    return Err(err(
+                        "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY",
+                        format!(
+                            "{name}: execution of {when} caused by: System.DmlException: Insert failed. First exception on row 0; first error: REQUIRED_FIELD_MISSING, Required fields are missing: [Region__c]: [Region__c]: Trigger.{name}: line 12, column 1"
+                        ),
+                        &[],
+                    ));
+                }
+                _ => {}
+            }
+        }
         // Another user holds this value of a unique field.
         let taken = |field: &'static str, value: &str| {
             self.idx

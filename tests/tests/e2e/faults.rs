@@ -350,3 +350,112 @@ async fn concurrent_writes_are_bounded_and_lose_nothing() {
     assert_eq!(r.failed, 0, "{:?}", r.failures);
     assert_one_user_each(&sim);
 }
+
+/// Org automation refusing a save (an Apex trigger, a validation rule) is
+/// permanent for that user: parked at once with the trigger or rule named
+/// and a suggested fix, never retried in a storm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn org_automation_failures_are_parked_at_once_and_named() {
+    use provisor::sim::salesforce::Automation;
+    let running = start_sim(30, 95).await;
+    let sim = running.sim.clone();
+    sim.salesforce().automation = vec![
+        Automation::Trigger {
+            name: "UserRegionTrigger".into(),
+            field: "LastName".into(),
+            equals: "Blocked".into(),
+        },
+        Automation::ValidationRule {
+            field: "FirstName".into(),
+            equals: "Invalid".into(),
+            message: "First names must be real names".into(),
+        },
+    ];
+    let ids: Vec<String> = sim
+        .graph()
+        .users()
+        .filter(|u| u.removed.is_none() && u.props.get("accountEnabled") == Some(&json!(true)))
+        .map(|u| u.id.clone())
+        .take(2)
+        .collect();
+    let mut m = Map::new();
+    m.insert("surname".into(), json!("Blocked"));
+    sim.graph().update_user(&ids[0], m).expect("update");
+    let mut m = Map::new();
+    m.insert("givenName".into(), json!("Invalid"));
+    sim.graph().update_user(&ids[1], m).expect("update");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = engine_with(
+        &running,
+        &rhai_pack(),
+        &dir.path().join("a.db"),
+        fast_retries,
+    )
+    .await;
+    let r = engine.sync_once(&Quiet).await.expect("sync");
+    assert_eq!((r.failed, r.parked), (2, 2), "{:?}", r.failures);
+    let dead = engine.store.dead_letters().await.expect("dead");
+    let of = |id: &str| {
+        dead.iter()
+            .find(|d| d.entra_id == id)
+            .map(|d| d.reason.clone())
+            .unwrap_or_default()
+    };
+    assert!(
+        of(&ids[0]).contains("Apex trigger UserRegionTrigger") && of(&ids[0]).contains("fix:"),
+        "{}",
+        of(&ids[0])
+    );
+    assert!(
+        of(&ids[1]).contains("validation rule \"First names must be real names\""),
+        "{}",
+        of(&ids[1])
+    );
+    // Not retried on the next cycle.
+    let r = engine.sync_once(&Quiet).await.expect("sync");
+    assert_eq!(r.users_considered, 0);
+}
+
+/// When most of a batch fails for one cause, writing pauses (quarantine)
+/// with an alert instead of sending batch after batch; nobody is parked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_failing_for_one_cause_pauses_writes() {
+    use provisor::sim::salesforce::Automation;
+    let running = start_sim(60, 96).await;
+    let sim = running.sim.clone();
+    sim.salesforce().automation = vec![Automation::ValidationRule {
+        field: "TimeZoneSidKey".into(),
+        equals: "America/Los_Angeles".into(),
+        message: "Time zone must be set per office".into(),
+    }];
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = engine_with(&running, &rhai_pack(), &dir.path().join("a.db"), |c| {
+        fast_retries(c);
+        c.sync.batch_size = 10;
+        c.sync.concurrency = 1;
+    })
+    .await;
+    let writes = sim.stats().sf_write_calls;
+    let e = engine
+        .sync_once(&Quiet)
+        .await
+        .expect_err("paused")
+        .to_string();
+    assert!(
+        e.contains("quarantine") && e.contains("FIELD_CUSTOM_VALIDATION_EXCEPTION"),
+        "{e}"
+    );
+    assert_eq!(
+        sim.stats().sf_write_calls - writes,
+        1,
+        "one batch, then stop"
+    );
+    assert!(engine.store.dead_letters().await.expect("dead").is_empty());
+    let audit = engine.store.audit_rows(None).await.expect("audit");
+    assert!(audit.iter().any(|a| a.event == "connection.quarantined"));
+    // The cause removed, the next cycle creates everyone.
+    sim.salesforce().automation.clear();
+    let r = engine.sync_once(&Quiet).await.expect("sync");
+    assert!(r.created > 30, "{r:?}");
+    assert_eq!(r.failed, 0, "{:?}", r.failures);
+}
