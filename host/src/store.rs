@@ -1146,6 +1146,29 @@ impl Store {
         Ok(())
     }
 
+    /// Email changes sent and waiting for confirmation: user -> (address,
+    /// when it was requested, RFC 3339).
+    pub async fn pending_emails(&self) -> Result<HashMap<String, (String, String)>, StoreError> {
+        let rows: Vec<(String, String, String)> =
+            sqlx::query_as("SELECT entra_id, email, requested_at FROM pending_emails")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(q("read pending emails"))?;
+        Ok(rows.into_iter().map(|(e, m, at)| (e, (m, at))).collect())
+    }
+
+    /// Records that an Email change was sent (and now waits for its owner).
+    pub async fn set_pending_email(&self, entra_id: &str, email: &str) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO pending_emails (entra_id, email, requested_at) VALUES (?, ?, ?) ON CONFLICT (entra_id) DO UPDATE SET email = excluded.email, requested_at = excluded.requested_at")
+            .bind(entra_id)
+            .bind(email)
+            .bind(now())
+            .execute(&self.pool)
+            .await
+            .map_err(q("save pending email"))?;
+        Ok(())
+    }
+
     /// A remembered value.
     pub async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
         sqlx::query_scalar("SELECT value FROM settings WHERE key = ?")

@@ -453,6 +453,9 @@ impl Engine {
                         }
                     }
                     ActionKind::Update { changes } => {
+                        if let Some(to) = changes.get("Email").and_then(|c| c.to.as_text()) {
+                            self.store.set_pending_email(&a.entra_id, to).await?;
+                        }
                         report.updated += 1;
                         AuditEvent {
                             event: "user.updated".into(),

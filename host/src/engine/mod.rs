@@ -158,6 +158,9 @@ pub(crate) struct Outcome {
     permanent: bool,
 }
 
+/// How long Salesforce waits for a new Email's owner to confirm it.
+const EMAIL_CONFIRMATION_HOURS: i64 = 72;
+
 /// What `provisor provision` did for one user, step by step.
 pub struct Provisioned {
     pub user: Option<crate::model::EntraUser>,
@@ -1272,6 +1275,7 @@ impl Engine {
             .map(|r| (r.entra_id, r.candidates.into_iter().collect()))
             .collect();
         let mut reviews: Vec<(String, String, Vec<String>)> = Vec::new();
+        let pending_emails = self.store.pending_emails().await?;
         for (d, want) in &desired {
             let id = &d.user.id;
             let upn = d.user.user_principal_name.clone();
@@ -1428,6 +1432,20 @@ impl Engine {
                     for (k, v) in &want.fields {
                         // Create-only fields: a hand edit in Salesforce stands.
                         if pack.access.create_only.contains(k) {
+                            continue;
+                        }
+                        // A new Email waits for its owner's confirmation:
+                        // asked for already and not expired, it is neither
+                        // sent again (each save mails the user) nor drift.
+                        if k == "Email"
+                            && let (Some((pending, at)), Some(to)) =
+                                (pending_emails.get(id.as_str()), v.as_text())
+                            && pending.eq_ignore_ascii_case(to)
+                            && chrono::DateTime::parse_from_rfc3339(at).is_ok_and(|t| {
+                                chrono::Utc::now().signed_duration_since(t)
+                                    < chrono::Duration::hours(EMAIL_CONFIRMATION_HOURS)
+                            })
+                        {
                             continue;
                         }
                         if !same(k, v, rec.get(k)) {

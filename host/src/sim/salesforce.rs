@@ -400,6 +400,12 @@ pub struct SfOrg {
     idx: Indexes,
     /// Org automation on User saves (validation rules, Apex triggers).
     pub automation: Vec<Automation>,
+    /// New Email addresses waiting for their owner to click the
+    /// verification link: User Id -> address. Salesforce keeps the old
+    /// Email until then, whoever saves it, API included.
+    pub pending_emails: HashMap<String, String>,
+    /// Verification mails sent, per User Id (one per save that changes Email).
+    pub verification_mails: HashMap<String, u32>,
 }
 
 /// Org automation that refuses some User saves, as customers' orgs do.
@@ -483,6 +489,8 @@ impl SfOrg {
             foreign_usernames: std::collections::HashSet::new(),
             idx: Indexes::default(),
             automation: Vec::new(),
+            pending_emails: HashMap::new(),
+            verification_mails: HashMap::new(),
             bulk: bulk::BulkState::default(),
         };
         org.org_id = org.insert_raw(
@@ -603,6 +611,24 @@ impl SfOrg {
                     .is_some_and(|v| v.eq_ignore_ascii_case(value))
             })
             .collect()
+    }
+
+    /// The owner clicked the verification link: the pending Email applies.
+    pub fn confirm_email(&mut self, user_id: &str) -> bool {
+        let Some(email) = self.pending_emails.remove(user_id) else {
+            return false;
+        };
+        let Some(old) = self.get("User", user_id).cloned() else {
+            return false;
+        };
+        let mut row = old.clone();
+        row.insert("Email".into(), json!(email));
+        self.idx.remove_user(user_id, &old);
+        self.idx.add_user(user_id, &row);
+        if let Some(rows) = self.objects.get_mut("User") {
+            rows.insert(user_id.to_string(), row);
+        }
+        true
     }
 
     /// Makes deactivating `user_id` fail with `message`, as an org
@@ -1305,6 +1331,21 @@ impl SfOrg {
             }
             self.check_user(Some((id, was_active)), &merged)
                 .map_err(|e| vec![e])?;
+            // An active user's new Email waits for its owner's confirmation
+            // (72 h); every save that asks for it sends another mail.
+            let old_email = self
+                .get("User", id)
+                .and_then(|r| r.get("Email").cloned())
+                .unwrap_or(Value::Null);
+            let new_email = merged.get("Email").cloned().unwrap_or(Value::Null);
+            if was_active
+                && let (Some(old), Some(new)) = (old_email.as_str(), new_email.as_str())
+                && !old.eq_ignore_ascii_case(new)
+            {
+                self.pending_emails.insert(id.to_string(), new.to_string());
+                *self.verification_mails.entry(id.to_string()).or_default() += 1;
+                merged.insert("Email".into(), old_email.clone());
+            }
             merged.insert("LastModifiedDate".into(), json!(now_iso()));
             refresh_name(&mut merged);
             let seat = |org: &Self, row: &Map<String, Value>| {

@@ -116,3 +116,102 @@ async fn reconcile_reports_and_fixes_only_enforced_fields() {
     let again = engine.reconcile(false, &Quiet).await.expect("reconcile");
     assert!(again.drift.is_empty(), "{:?}", again.drift);
 }
+
+/// Salesforce keeps the old Email until the new address's owner confirms
+/// it, and every save that asks mails them again: the change is sent once,
+/// not once per cycle, and is not drift while it waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_email_change_is_sent_once_not_once_per_cycle() {
+    let running = start_sim(15, 94).await;
+    let sim = running.sim.clone();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = engine(
+        &running,
+        &repo_root().join("rules/gallery-defaults"),
+        &dir.path().join("s.db"),
+    )
+    .await;
+    engine.sync_once(&Quiet).await.expect("sync");
+    let links = engine.store.links().await.expect("links");
+    let (entra_id, sf_id) = {
+        let g = sim.graph();
+        let u = g
+            .users()
+            .find(|u| {
+                u.removed.is_none()
+                    && u.props.get("accountEnabled") == Some(&json!(true))
+                    && links.contains_key(&u.id)
+            })
+            .expect("a managed active user");
+        (u.id.clone(), links[&u.id].clone())
+    };
+    let old_email = sim
+        .salesforce()
+        .rows("User")
+        .find(|u| u["Id"] == json!(sf_id))
+        .expect("user")["Email"]
+        .clone();
+    let mut m = Map::new();
+    m.insert("mail".into(), json!("new.address@contoso-sim.com"));
+    sim.graph().update_user(&entra_id, m).expect("update");
+    let r = engine.sync_once(&Quiet).await.expect("sync");
+    assert_eq!(r.updated, 1, "{}", r.plan.render());
+    let mails = |sim: &provisor::sim::Sim| {
+        sim.salesforce()
+            .verification_mails
+            .get(&sf_id)
+            .copied()
+            .unwrap_or(0)
+    };
+    assert_eq!(mails(&sim), 1);
+    let email_now = || {
+        sim.salesforce()
+            .rows("User")
+            .find(|u| u["Id"] == json!(sf_id))
+            .expect("user")["Email"]
+            .clone()
+    };
+    assert_eq!(email_now(), old_email, "Salesforce waits for the owner");
+
+    // Other changes to the user keep coming; the Email is not sent again.
+    for i in 0..3 {
+        let mut m = Map::new();
+        m.insert("givenName".into(), json!(format!("Name{i}")));
+        sim.graph().update_user(&entra_id, m).expect("update");
+        let r = engine.sync_once(&Quiet).await.expect("sync");
+        assert!(
+            r.plan.actions.iter().all(|a| !a.kind_changes_email()),
+            "{}",
+            r.plan.render()
+        );
+    }
+    assert_eq!(mails(&sim), 1, "one verification mail, not one per cycle");
+    let report = engine.reconcile(false, &Quiet).await.expect("reconcile");
+    assert!(
+        report.drift.iter().all(|d| d.field != "Email"),
+        "{:?}",
+        report.drift
+    );
+
+    // The owner confirms: Salesforce has it, nothing is left to do.
+    assert!(sim.salesforce().confirm_email(&sf_id));
+    assert_eq!(email_now(), json!("new.address@contoso-sim.com"));
+    let report = engine.reconcile(false, &Quiet).await.expect("reconcile");
+    assert!(report.drift.is_empty(), "{:?}", report.drift);
+}
+
+trait ChangesEmail {
+    fn kind_changes_email(&self) -> bool;
+}
+
+impl ChangesEmail for provisor::engine::plan::Action {
+    fn kind_changes_email(&self) -> bool {
+        match &self.kind {
+            provisor::engine::plan::ActionKind::Update { changes }
+            | provisor::engine::plan::ActionKind::Reactivate { changes } => {
+                changes.contains_key("Email")
+            }
+            _ => false,
+        }
+    }
+}
