@@ -47,6 +47,29 @@ struct State {
     limits: StoreLimits,
     /// The host API, checked against the pack's capabilities.
     gate: Gate,
+    /// The guest's stdout and stderr, and how much of each is logged.
+    output: [(wasmtime_wasi::p2::pipe::MemoryOutputPipe, usize); 2],
+}
+
+/// Bytes of stdout (and of stderr) an instance may write; an instance past
+/// half of it is not reused, and a guest writing past all of it fails.
+const OUTPUT: usize = 64 * 1024;
+
+impl State {
+    /// Sends what the guest printed since last time to the host's log.
+    fn log_output(&mut self) {
+        for (i, (pipe, seen)) in self.output.iter_mut().enumerate() {
+            let all = pipe.contents();
+            if all.len() > *seen {
+                let text = String::from_utf8_lossy(&all[*seen..]);
+                for line in text.lines().filter(|l| !l.is_empty()) {
+                    let stream = if i == 0 { "stdout" } else { "stderr" };
+                    tracing::info!(pack = %self.gate.pack, user = %self.gate.user, stream, "{line}");
+                }
+                *seen = all.len();
+            }
+        }
+    }
 }
 
 fn host_error(e: HostError) -> types::HostError {
@@ -376,7 +399,13 @@ impl WasmPack {
     /// Returns an instance that served a user without failing.
     fn give_back(&self, mut w: Warm) {
         w.served += 1;
-        if !self.reusing() || w.served >= MAX_SERVED {
+        let chatty = w
+            .store
+            .data()
+            .output
+            .iter()
+            .any(|(_, seen)| *seen > OUTPUT / 2);
+        if !self.reusing() || w.served >= MAX_SERVED || chatty {
             return;
         }
         let mut pool = self.warm.lock().unwrap_or_else(|e| e.into_inner());
@@ -387,8 +416,14 @@ impl WasmPack {
 
     /// A freshly instantiated component.
     fn fresh(&self, pack: &str, user: &EntraUser, gate: Gate) -> Result<Warm, RuleError> {
+        let stdout = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(OUTPUT);
+        let stderr = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(OUTPUT);
         let state = State {
-            wasi: WasiCtx::builder().build(),
+            wasi: WasiCtx::builder()
+                .stdout(stdout.clone())
+                .stderr(stderr.clone())
+                .build(),
+            output: [(stdout, 0), (stderr, 0)],
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
                 .memory_size(MEMORY)
@@ -581,7 +616,9 @@ impl Session<'_> {
         let w = &mut self.warm;
         w.store.set_fuel(FUEL).map_err(|e| call(e.to_string()))?;
         w.store.data_mut().gate.rule = export;
-        f(&w.instance, &mut w.store, &self.wit_user, self.tables).map_err(|e| {
+        let result = f(&w.instance, &mut w.store, &self.wit_user, self.tables);
+        w.store.data_mut().log_output();
+        result.map_err(|e| {
             let out_of_fuel =
                 e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::OutOfFuel);
             call(if out_of_fuel {

@@ -65,6 +65,10 @@ impl Guest for Misbehaving {
                 }
             }
             "panic" => panic!("misbehaving on purpose"),
+            "print" => {
+                println!("hello from the guest for {}", user.id);
+                eprintln!("a warning from the guest");
+            }
             "stateful" => {
                 // Remembers how many users it has mapped: a result that
                 // depends on earlier users.

@@ -161,6 +161,52 @@ fn a_component_that_remembers_earlier_users_gets_fresh_instances() {
     }
 }
 
+/// What a component prints goes to the host's log, tagged with the pack
+/// and the user, never to the host's own stdout.
+#[test]
+fn guest_output_goes_to_the_log() {
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("log").extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let sink = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || Captured(sink.clone()))
+        .with_ansi(false)
+        .finish();
+    let (_dir, pack) = misbehaving("print");
+    tracing::subscriber::with_default(subscriber, || {
+        for id in ["u-1", "u-2"] {
+            let user = provisor::model::EntraUser {
+                id: id.into(),
+                ..Default::default()
+            };
+            pack.map(&user, &[]).expect("maps");
+        }
+    });
+    let log = String::from_utf8(buf.lock().expect("log").clone()).expect("utf-8");
+    for id in ["u-1", "u-2"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(&format!("hello from the guest for {id}"))
+                    && l.contains("misbehaving@0.1.0")
+                    && l.contains("stdout")),
+            "{log}"
+        );
+    }
+    assert!(
+        log.contains("a warning from the guest") && log.contains("stderr"),
+        "{log}"
+    );
+}
+
 #[test]
 fn misbehaving_components_are_stopped_inside_their_limits() {
     let user = provisor::model::EntraUser {
