@@ -402,6 +402,10 @@ pub struct SyncConfig {
     /// (not only changed ones), correcting drift in enforced fields.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reconcile_every_hours: Option<u64>,
+    /// Set ManagerId from Entra's manager when the manager is a managed
+    /// user too (in a second pass when both are created in one cycle).
+    #[serde(default)]
+    pub manager: bool,
 }
 
 fn default_concurrency() -> usize {
@@ -417,6 +421,7 @@ impl Default for SyncConfig {
             retry_base_ms: default_retry_base_ms(),
             concurrency: default_concurrency(),
             reconcile_every_hours: None,
+            manager: false,
         }
     }
 }

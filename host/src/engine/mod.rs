@@ -185,6 +185,8 @@ pub(crate) struct Planned {
     refusals: Vec<crate::rules::Refusal>,
     /// Ambiguous matches to put in the review queue: (user, why, candidates).
     reviews: Vec<(String, String, Vec<String>)>,
+    /// (user, manager) whose ManagerId waits for the manager's account.
+    manager_pass: Vec<(String, String)>,
     /// Names of profiles, roles and permission sets resolved to ids.
     refs: Refs,
 }
@@ -508,6 +510,7 @@ impl Engine {
             dirty,
             refusals,
             reviews,
+            manager_pass,
             refs,
         } = self.plan_for(&cycle, only, obs).await?;
         for (id, why, candidates) in &reviews {
@@ -553,9 +556,50 @@ impl Engine {
             self.store.append_audit(&cycle, &events).await?;
         }
         report.users_considered = dirty.len();
-        let stopped = self
+        let mut stopped = self
             .apply(&cycle, &plan, &refs, &mut outcomes, obs, &mut report)
             .await?;
+        let mut plan = plan;
+        if stopped.is_none() && !manager_pass.is_empty() {
+            // Second pass: managers created in this cycle now have accounts.
+            let links = self.store.links().await?;
+            let second = Plan {
+                cycle: plan.cycle.clone(),
+                basis: plan.basis.clone(),
+                actions: manager_pass
+                    .iter()
+                    .filter(|(u, _)| outcomes.get(u).is_none_or(|o| o.failed.is_none()))
+                    .filter_map(|(u, m)| {
+                        let (sf, boss) = (links.get(u)?, links.get(m)?);
+                        Some(Action {
+                            entra_id: u.clone(),
+                            upn: plan
+                                .actions
+                                .iter()
+                                .find(|a| &a.entra_id == u)
+                                .and_then(|a| a.upn.clone()),
+                            sf_id: Some(sf.clone()),
+                            kind: ActionKind::Update {
+                                changes: BTreeMap::from([(
+                                    "ManagerId".to_string(),
+                                    plan::Change {
+                                        from: FieldValue::Null,
+                                        to: FieldValue::Text(boss.clone()),
+                                    },
+                                )]),
+                            },
+                            reason: "manager: set once the manager's account exists".into(),
+                        })
+                    })
+                    .collect(),
+            };
+            if !second.actions.is_empty() {
+                stopped = self
+                    .apply(&cycle, &second, &refs, &mut outcomes, obs, &mut report)
+                    .await?;
+                plan.actions.extend(second.actions);
+            }
+        }
         crate::metrics::Metrics::count(
             &self.metrics.cycles,
             if stopped.is_some() {
@@ -963,6 +1007,7 @@ impl Engine {
                 dirty,
                 refusals: Vec::new(),
                 reviews: Vec::new(),
+                manager_pass: Vec::new(),
                 refs: Refs::default(),
             });
         }
@@ -1092,6 +1137,24 @@ impl Engine {
             "Username".into(),
             "FederationIdentifier".into(),
         ];
+        // Managers: ManagerId is the manager's linked account; a manager
+        // created in this very cycle gets it in a second pass after apply.
+        let mut manager_pass: Vec<(String, String)> = Vec::new();
+        if self.cfg.manager {
+            let links_now = self.store.links().await?;
+            for (d, want) in desired.iter_mut() {
+                let Some(m) = d.user.manager_id.as_ref().filter(|_| want.active) else {
+                    continue;
+                };
+                match links_now.get(m) {
+                    Some(sf) => {
+                        want.fields
+                            .insert("ManagerId".into(), FieldValue::Text(sf.clone()));
+                    }
+                    None => manager_pass.push((d.user.id.clone(), m.clone())),
+                }
+            }
+        }
         let mut extra: Vec<String> = desired
             .iter()
             .flat_map(|(_, d)| d.fields.keys().cloned())
@@ -1634,6 +1697,7 @@ impl Engine {
             dirty,
             refusals,
             reviews,
+            manager_pass,
             refs: Refs {
                 profiles,
                 roles,

@@ -183,3 +183,76 @@ async fn provision_on_demand_runs_one_user_now() {
         .unwrap_or_default();
     assert!(e.contains("nobody@contoso-sim.com"), "{e}");
 }
+
+/// With `sync.manager`, ManagerId follows Entra's manager: managers created
+/// in the same cycle as their reports are set in a second pass, the next
+/// cycle has nothing to do, and a new manager is a mover's update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managers_are_set_in_a_second_pass_and_follow_entra() {
+    let running = start_sim(30, 98).await;
+    let sim = running.sim.clone();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = provisor_e2e::engine_with(
+        &running,
+        &repo_root().join("rules/gallery-defaults"),
+        &dir.path().join("s.db"),
+        |c| c.sync.manager = true,
+    )
+    .await;
+    let r = engine.sync_once(&Quiet).await.expect("sync");
+    assert_eq!(r.failed, 0, "{:?}", r.failures);
+    let links = engine.store.links().await.expect("links");
+    let pairs: Vec<(String, String)> = sim
+        .graph()
+        .users()
+        .filter_map(|u| Some((u.id.clone(), u.manager_id.clone()?)))
+        .collect();
+    let manager_of = |sf: &str| {
+        sim.salesforce()
+            .rows("User")
+            .find(|r| r["Id"] == json!(sf))
+            .map(|r| r["ManagerId"].clone())
+            .unwrap_or_default()
+    };
+    let mut checked = 0;
+    for (u, m) in &pairs {
+        let (Some(sf), Some(boss)) = (links.get(u), links.get(m)) else {
+            continue;
+        };
+        let active = sim
+            .salesforce()
+            .rows("User")
+            .any(|r| r["Id"] == json!(sf) && r["IsActive"] == json!(true));
+        if active {
+            assert_eq!(manager_of(sf), json!(boss), "{u}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 5, "{checked}");
+    let writes = sim.stats().sf_write_calls;
+    let r = engine.sync_once(&Quiet).await.expect("sync");
+    assert_eq!(r.users_considered, 0);
+    assert_eq!(
+        sim.stats().sf_write_calls,
+        writes,
+        "nothing left for a next pass"
+    );
+
+    // A mover gets a new manager.
+    let (u, old) = pairs
+        .iter()
+        .find(|(u, m)| links.contains_key(u) && links.contains_key(m))
+        .cloned()
+        .expect("a managed pair");
+    let new_boss = pairs
+        .iter()
+        .map(|(_, m)| m.clone())
+        .find(|m| *m != old && links.contains_key(m) && *m != u)
+        .expect("another manager");
+    sim.graph()
+        .set_manager(&u, Some(&new_boss))
+        .expect("set manager");
+    let r = engine.sync_once(&Quiet).await.expect("sync");
+    assert_eq!(r.updated, 1, "{}", r.plan.render());
+    assert_eq!(manager_of(&links[&u]), json!(links[&new_boss]));
+}
