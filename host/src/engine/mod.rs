@@ -559,7 +559,6 @@ impl Engine {
         let mut stopped = self
             .apply(&cycle, &plan, &refs, &mut outcomes, obs, &mut report)
             .await?;
-        let mut plan = plan;
         if stopped.is_none() && !manager_pass.is_empty() {
             // Second pass: managers created in this cycle now have accounts.
             let links = self.store.links().await?;
