@@ -68,3 +68,34 @@ fn rhai_and_wasm_packs_want_identical_users() {
         golden_path.display()
     );
 }
+
+/// Both gallery packs hand a leaver's open records to the manager, object
+/// by object, and refuse objects neither declared.
+#[test]
+fn rhai_and_wasm_packs_plan_leavers_alike() {
+    use provisor::rules::{HostEnv, OwnedRecords};
+    let rhai = Pack::load(&rhai_pack()).expect("rhai pack loads");
+    let wasm = Pack::load(&wasm_pack()).expect("wasm pack loads");
+    let (user, groups) = fixture().remove(0);
+    let records: Vec<OwnedRecords> = ["Opportunity", "Lead", "Case"]
+        .iter()
+        .map(|o| OwnedRecords {
+            object: (*o).into(),
+            count: 4,
+            accounts: vec![],
+        })
+        .collect();
+    let env = HostEnv::empty();
+    let a = rhai.on_leave(&user, &groups, &records, &env).expect("rhai");
+    let b = wasm.on_leave(&user, &groups, &records, &env).expect("wasm");
+    assert_eq!(a, b);
+    assert_eq!(a.reassignments.len(), 3);
+    let custom = [OwnedRecords {
+        object: "Project__c".into(),
+        count: 1,
+        accounts: vec![],
+    }];
+    assert!(rhai.on_leave(&user, &groups, &custom, &env).is_err());
+    assert!(wasm.on_leave(&user, &groups, &custom, &env).is_err());
+    assert_eq!(env.take_refusals().len(), 2);
+}
