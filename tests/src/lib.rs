@@ -76,3 +76,24 @@ pub async fn engine_with(
         .await
         .expect("engine builds from the sim's config")
 }
+
+/// Approves every held adoption (downgrades of existing Salesforce users
+/// matched for the first time), as an operator would with `provisor review
+/// link`, and returns how many there were.
+pub async fn approve_adoptions(engine: &Engine) -> usize {
+    let reviews = engine.store.reviews().await.expect("reviews");
+    let mut n = 0;
+    for r in reviews
+        .into_iter()
+        .filter(|r| r.status == "open" && r.reason.starts_with("adoption:"))
+    {
+        let sf = r.candidates.first().cloned().expect("the adopted account");
+        engine
+            .store
+            .decide_review(&r.entra_id, Some(&sf))
+            .await
+            .expect("approve");
+        n += 1;
+    }
+    n
+}

@@ -158,6 +158,9 @@ pub(crate) struct Outcome {
     permanent: bool,
 }
 
+/// How a held adoption's review reason starts.
+const ADOPTION: &str = "adoption: changes that may reduce access";
+
 /// How long Salesforce waits for a new Email's owner to confirm it.
 const EMAIL_CONFIRMATION_HOURS: i64 = 72;
 
@@ -1337,6 +1340,16 @@ impl Engine {
             .map(|r| (r.entra_id, r.candidates.into_iter().collect()))
             .collect();
         let mut reviews: Vec<(String, String, Vec<String>)> = Vec::new();
+        // Adopted accounts whose held downgrades an operator has not
+        // approved yet (open) or refused (rejected).
+        let adoption_holds: HashSet<String> = self
+            .store
+            .reviews()
+            .await?
+            .into_iter()
+            .filter(|r| r.reason.starts_with(ADOPTION) && r.status != "linked")
+            .map(|r| r.entra_id)
+            .collect();
         let pending_emails = self.store.pending_emails().await?;
         for (d, want) in &desired {
             let id = &d.user.id;
@@ -1346,6 +1359,11 @@ impl Engine {
                 continue;
             }
             let mut current: Option<&Map<String, Value>> = links.get(id).and_then(|s| by_id.get(s));
+            // Adopting an existing account: changes that may take access
+            // away from it (hand-made, possibly on purpose) wait for an
+            // operator instead of silently overwriting it.
+            let mut first_match = false;
+            let mut held_back: Vec<String> = Vec::new();
             if current.is_none() {
                 let keys = keys_of.get(id.as_str()).map_or(&[][..], Vec::as_slice);
                 let excluded = rejected.get(id.as_str()).cloned().unwrap_or_default();
@@ -1371,6 +1389,7 @@ impl Engine {
                             continue;
                         }
                         claimed.insert(sf_id.clone(), id.clone());
+                        first_match = true;
                         plan.actions.push(Action {
                             entra_id: id.clone(),
                             upn: upn.clone(),
@@ -1570,9 +1589,22 @@ impl Engine {
                         .and_then(Value::as_str)
                         .unwrap_or_default()
                         .to_string();
+                    let hold_downgrades = first_match || adoption_holds.contains(id);
+                    if hold_downgrades {
+                        for k in ["Profile", "Role"] {
+                            if let Some(c) = changes.remove(k) {
+                                held_back.push(format!(
+                                    "{k} {} -> {}",
+                                    c.from.as_text().unwrap_or("(none)"),
+                                    c.to.as_text().unwrap_or("(none)")
+                                ));
+                            }
+                        }
+                    }
                     let target_profile = want
                         .profile
                         .as_ref()
+                        .filter(|_| !hold_downgrades)
                         .and_then(|p| profiles.get(p))
                         .cloned()
                         .unwrap_or_else(|| current_profile.clone());
@@ -1672,6 +1704,10 @@ impl Engine {
                             push(&mut plan, ActionKind::Grant { access, name }, reason);
                         }
                         for h in revokes {
+                            if first_match || adoption_holds.contains(id) {
+                                held_back.push(format!("revoke {} {}", h.access.label(), h.name));
+                                continue;
+                            }
                             push(
                                 &mut plan,
                                 ActionKind::Revoke {
@@ -1686,6 +1722,18 @@ impl Engine {
                                 ),
                             );
                         }
+                    }
+                    if !held_back.is_empty()
+                        && let Some(sf) = &sf_id
+                    {
+                        reviews.push((
+                            id.clone(),
+                            format!(
+                                "{ADOPTION} held for an existing Salesforce user: {}; `provisor review link {id} {sf}` applies them, `reject` keeps its access",
+                                held_back.join("; ")
+                            ),
+                            vec![sf.clone()],
+                        ));
                     }
                 }
             }

@@ -153,6 +153,13 @@ async fn demo_flow_leaves_the_expected_salesforce_state() {
     let report = engine.sync_once(&Quiet).await.expect("initial sync");
     assert_eq!(report.failed, 0, "{:?}", report.failures);
     assert_eq!(report.linked, 5);
+    // Adopted accounts keep their profile until an operator approves the
+    // change (the gallery connector would overwrite it); approve them all.
+    let held = provisor_e2e::approve_adoptions(&engine).await;
+    assert!(held > 0, "some matched accounts had another profile");
+    let approved = engine.sync_once(&Quiet).await.expect("approved adoptions");
+    assert_eq!(approved.failed, 0, "{:?}", approved.failures);
+    assert_eq!(approved.users_considered, held);
 
     let tenant: Vec<SimUser> = sim.graph().users().cloned().collect();
     let enabled: Vec<&SimUser> = tenant

@@ -256,3 +256,130 @@ async fn managers_are_set_in_a_second_pass_and_follow_entra() {
     assert_eq!(r.updated, 1, "{}", r.plan.render());
     assert_eq!(manager_of(&links[&u]), json!(links[&new_boss]));
 }
+
+/// Adopting an existing Salesforce user on its first match: changes that may
+/// take access away (a profile change, revoking a permission set) are held
+/// for approval instead of silently overwriting hand-made access; other
+/// changes go ahead. Approved, they apply; rejected, the access stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adoption_holds_downgrades_for_approval() {
+    for approve in [true, false] {
+        let running = start_sim(10, 99).await;
+        let sim = running.sim.clone();
+        // An Entra member of no Salesforce group: the pack wants Chatter Free.
+        let upn = "adopted.person@contoso-sim.com";
+        let id = "00000000-0000-4000-8000-0000000000bb";
+        let mut p = Map::new();
+        p.insert("userPrincipalName".into(), json!(upn));
+        p.insert("mail".into(), json!(upn));
+        p.insert("surname".into(), json!("Person"));
+        p.insert("accountEnabled".into(), json!(true));
+        p.insert("userType".into(), json!("Member"));
+        sim.graph().create_user(id, p).expect("create");
+        // Hand-made: Standard User, with Marketing_Tools (which the pack owns).
+        let sf = {
+            let mut org = sim.salesforce();
+            let profile = org.profile_id("Standard User").expect("profile");
+            let mut m = Map::new();
+            for (k, v) in [
+                ("Username", upn),
+                ("Email", upn),
+                ("LastName", "Person"),
+                ("Alias", "adopted"),
+                ("TimeZoneSidKey", "GMT"),
+                ("LocaleSidKey", "en_US"),
+                ("EmailEncodingKey", "UTF-8"),
+                ("LanguageLocaleKey", "en_US"),
+            ] {
+                m.insert(k.into(), json!(v));
+            }
+            m.insert("ProfileId".into(), json!(profile));
+            let sf = org.insert_raw("User", m);
+            let ps = org
+                .rows("PermissionSet")
+                .find(|r| r["Name"] == json!("Marketing_Tools"))
+                .map(|r| r["Id"].clone())
+                .expect("permission set");
+            let mut a = Map::new();
+            a.insert("AssigneeId".into(), json!(sf));
+            a.insert("PermissionSetId".into(), ps);
+            org.insert_raw("PermissionSetAssignment", a);
+            sf
+        };
+        let profile_of = |sim: &provisor::sim::Sim| {
+            let org = sim.salesforce();
+            let pid = org.users_where("Username", upn)[0]["ProfileId"].clone();
+            org.rows("Profile")
+                .find(|p| p["Id"] == pid)
+                .map(|p| p["Name"].clone())
+                .unwrap_or_default()
+        };
+        let has_ps = |sim: &provisor::sim::Sim| {
+            let org = sim.salesforce();
+            let ps = org
+                .rows("PermissionSet")
+                .find(|r| r["Name"] == json!("Marketing_Tools"))
+                .map(|r| r["Id"].clone())
+                .expect("permission set");
+            org.rows("PermissionSetAssignment")
+                .any(|a| a["AssigneeId"] == json!(sf) && a["PermissionSetId"] == ps)
+        };
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let engine = engine(
+            &running,
+            &repo_root().join("tests/fixtures/packs/access"),
+            &dir.path().join("s.db"),
+        )
+        .await;
+        let r = engine.sync_once(&Quiet).await.expect("sync");
+        assert_eq!(r.failed, 0, "{:?}", r.failures);
+        assert_eq!(profile_of(&sim), json!("Standard User"), "held");
+        assert!(has_ps(&sim), "held");
+        let review = engine.store.review(id).await.expect("held for review");
+        assert!(
+            review.reason.starts_with("adoption:")
+                && review
+                    .reason
+                    .contains("Profile Standard User -> Chatter Free User")
+                && review
+                    .reason
+                    .contains("revoke permission set Marketing_Tools"),
+            "{}",
+            review.reason
+        );
+        // Still held on later cycles (the account is linked by now).
+        let mut m = Map::new();
+        m.insert("givenName".into(), json!("Adopted"));
+        sim.graph().update_user(id, m).expect("update");
+        engine.sync_once(&Quiet).await.expect("sync");
+        assert_eq!(profile_of(&sim), json!("Standard User"));
+
+        if approve {
+            engine
+                .store
+                .decide_review(id, Some(&sf))
+                .await
+                .expect("approve");
+            engine.sync_once(&Quiet).await.expect("sync");
+            assert_eq!(
+                profile_of(&sim),
+                json!("Chatter Free User"),
+                "approved: applied"
+            );
+            assert!(!has_ps(&sim));
+        } else {
+            engine.store.decide_review(id, None).await.expect("reject");
+            let mut m = Map::new();
+            m.insert("givenName".into(), json!("Still"));
+            sim.graph().update_user(id, m).expect("update");
+            engine.sync_once(&Quiet).await.expect("sync");
+            assert_eq!(
+                profile_of(&sim),
+                json!("Standard User"),
+                "rejected: access stays"
+            );
+            assert!(has_ps(&sim));
+        }
+    }
+}

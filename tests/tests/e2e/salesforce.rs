@@ -507,6 +507,9 @@ async fn permission_set_diff_keeps_hand_made_assignments() {
     let r = engine.sync_once(&Quiet).await.expect("initial sync");
     assert_eq!(r.failed, 0, "{:?}", r.failures);
     assert!(r.permission_sets_assigned > 0);
+    if provisor_e2e::approve_adoptions(&engine).await > 0 {
+        engine.sync_once(&Quiet).await.expect("approved adoptions");
+    }
 
     let ps_id = |name: &str| {
         sim.salesforce()
