@@ -1106,6 +1106,11 @@ impl Engine {
                 ),
             );
         }
+        // Licence names by id, for plans that move a user across licences.
+        let licence_names: HashMap<String, String> = seats
+            .iter()
+            .map(|(id, (name, _, _))| (id.clone(), name.clone()))
+            .collect();
         // Takes a seat for a profile's licence, or says why there is none.
         let mut take_seat = |profile_id: &str| -> Result<(), String> {
             let Some(lic) = profile_licence.get(profile_id) else {
@@ -1608,6 +1613,19 @@ impl Engine {
                         .and_then(|p| profiles.get(p))
                         .cloned()
                         .unwrap_or_else(|| current_profile.clone());
+                    // A profile move to another user licence changes what the
+                    // user can do and which seat it takes: the plan says so.
+                    let crosses = match (
+                        profile_licence.get(&current_profile),
+                        profile_licence.get(&target_profile),
+                    ) {
+                        (Some(a), Some(b)) if a != b => format!(
+                            "; the profile change crosses licence types ({} -> {})",
+                            licence_names.get(a).map_or(a.as_str(), String::as_str),
+                            licence_names.get(b).map_or(b.as_str(), String::as_str)
+                        ),
+                        _ => String::new(),
+                    };
                     let needs_seat = want.active
                         && (!active_now
                             || profile_licence.get(&target_profile)
@@ -1670,7 +1688,7 @@ impl Engine {
                                 push(
                                     &mut plan,
                                     ActionKind::Update { changes },
-                                    format!("changed in Entra: {cause}"),
+                                    format!("changed in Entra: {cause}{crosses}"),
                                 );
                             }
                             // Frozen but wanted active (a leaver whose

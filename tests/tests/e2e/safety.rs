@@ -359,3 +359,51 @@ async fn orphans_are_listed_with_their_licence() {
     let me = engine.salesforce.user_id().await.expect("integration user");
     assert!(orphans.iter().all(|o| o.id != me));
 }
+
+/// A profile move onto another user licence is flagged in the plan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_change_across_licence_types_is_flagged() {
+    let running = start_sim(40, 86).await;
+    let sim = running.sim.clone();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = engine_with(&running, &rhai_pack(), &dir.path().join("s.db"), fast).await;
+    engine.sync_once(&Quiet).await.expect("sync");
+    let links = engine.store.links().await.expect("links");
+    // A managed, enabled member of SF-Sales and of no other SF- group.
+    let (group, user) = {
+        let g = sim.graph();
+        let sales = g.group_by_name("SF-Sales").expect("group");
+        let others: Vec<_> = g
+            .groups()
+            .filter(|x| x.display_name.starts_with("SF-") && x.id != sales.id)
+            .collect();
+        let user = sales
+            .members
+            .iter()
+            .find(|m| {
+                links.contains_key(*m)
+                    && !others.iter().any(|o| o.members.contains(*m))
+                    && g.user(m)
+                        .is_some_and(|u| u.props.get("accountEnabled") == Some(&json!(true)))
+            })
+            .cloned()
+            .expect("a sales-only user");
+        (sales.id.clone(), user)
+    };
+    sim.graph()
+        .set_membership(&group, &user, false)
+        .expect("remove");
+    let r = engine.sync_once(&Quiet).await.expect("sync");
+    let a = r
+        .plan
+        .actions
+        .iter()
+        .find(|a| a.entra_id == user)
+        .expect("an update");
+    assert!(
+        a.reason
+            .contains("crosses licence types (Salesforce -> Chatter Free)"),
+        "{}",
+        r.plan.render()
+    );
+}
