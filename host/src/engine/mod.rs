@@ -375,14 +375,20 @@ impl Engine {
                 )
                 .await?;
         }
+        let report = self.read_both(&cycle, obs).await?;
+        self.replan_on_new_rules(&cycle).await?;
+        self.decide_and_apply(cycle, report, None, None, obs).await
+    }
+
+    /// A cycle's report after reading Entra's users and groups into the mirror.
+    async fn read_both(&self, cycle: &str, obs: &dyn Observer) -> Result<CycleReport, SyncError> {
         let mut report = CycleReport {
-            cycle: cycle.clone(),
+            cycle: cycle.to_string(),
             ..Default::default()
         };
         self.read("users", obs, &mut report).await?;
         self.read("groups", obs, &mut report).await?;
-        self.replan_on_new_rules(&cycle).await?;
-        self.decide_and_apply(cycle, report, None, None, obs).await
+        Ok(report)
     }
 
     /// `provisor provision USER`: reads Entra, then runs one user (by object
@@ -390,12 +396,7 @@ impl Engine {
     /// whether or not it changed. Returns the user's id and the cycle.
     pub async fn provision(&self, who: &str, obs: &dyn Observer) -> Result<Provisioned, SyncError> {
         let cycle = new_cycle_id();
-        let mut report = CycleReport {
-            cycle: cycle.clone(),
-            ..Default::default()
-        };
-        self.read("users", obs, &mut report).await?;
-        self.read("groups", obs, &mut report).await?;
+        let report = self.read_both(&cycle, obs).await?;
         let id = self
             .store
             .find_user(who)
@@ -464,12 +465,7 @@ impl Engine {
     /// without writing anything to Salesforce (and without staging).
     pub async fn dry_run(&self, obs: &dyn Observer) -> Result<Plan, SyncError> {
         let cycle = new_cycle_id();
-        let mut report = CycleReport {
-            cycle: cycle.clone(),
-            ..Default::default()
-        };
-        self.read("users", obs, &mut report).await?;
-        self.read("groups", obs, &mut report).await?;
+        self.read_both(&cycle, obs).await?;
         let Planned {
             mut plan,
             mut outcomes,

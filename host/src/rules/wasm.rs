@@ -472,11 +472,8 @@ impl WasmPack {
         };
         let mut s = self.session(pack, user, groups, settings, gate)?;
         let reused = s.warm.served > 0;
-        let desired = s.map(base)?;
-        let decision = if ask_scope { Some(s.scope()?) } else { None };
-        let keys = s.match_keys()?;
+        let got = s.all(base, ask_scope)?;
         self.give_back(s.warm);
-        let got = (desired, decision, keys);
         if reused {
             let n = self
                 .reuse
@@ -484,15 +481,9 @@ impl WasmPack {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if n.is_multiple_of(VERIFY_EVERY) {
                 let warm = self.fresh(pack, user, quiet_gate)?;
-                let mut fresh = self.session_from(pack, user, groups, settings, warm);
-                let desired = fresh.map(base)?;
-                let decision = if ask_scope {
-                    Some(fresh.scope()?)
-                } else {
-                    None
-                };
-                let keys = fresh.match_keys()?;
-                let want = (desired, decision, keys);
+                let want = self
+                    .session_from(pack, user, groups, settings, warm)
+                    .all(base, ask_scope)?;
                 if want != got {
                     self.reuse
                         .stateful
@@ -627,6 +618,17 @@ impl Session<'_> {
                 format!("trapped: {e:?}")
             })
         })
+    }
+
+    /// `map`, then `scope` if asked, then `match-keys`.
+    fn all(
+        &mut self,
+        base: Option<&DesiredUser>,
+        ask_scope: bool,
+    ) -> Result<(DesiredUser, Option<Decision>, Vec<MatchKey>), RuleError> {
+        let desired = self.map(base)?;
+        let decision = if ask_scope { Some(self.scope()?) } else { None };
+        Ok((desired, decision, self.match_keys()?))
     }
 
     fn scope(&mut self) -> Result<Decision, RuleError> {

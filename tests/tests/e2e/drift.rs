@@ -1,21 +1,8 @@
 //! Drift: hand edits in Salesforce against what the pack enforces.
 
 use provisor::engine::Quiet;
-use provisor_e2e::{engine, repo_root, start_sim};
+use provisor_e2e::{copy_dir, engine, repo_root, start_sim};
 use serde_json::{Map, json};
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read dir") {
-        let p = e.expect("entry").path();
-        let dest = to.join(p.file_name().expect("name"));
-        if p.is_dir() {
-            copy_dir(&p, &dest);
-        } else {
-            std::fs::copy(&p, &dest).expect("copy");
-        }
-    }
-}
 
 /// An enforced field edited by hand is reported and corrected; a
 /// create-only field edited by hand stands; a field the pack does not

@@ -2,20 +2,7 @@
 
 use provisor::engine::Quiet;
 use provisor::rules::Reload;
-use provisor_e2e::{engine, repo_root, start_sim};
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read dir") {
-        let p = e.expect("entry").path();
-        let dest = to.join(p.file_name().expect("name"));
-        if p.is_dir() {
-            copy_dir(&p, &dest);
-        } else {
-            std::fs::copy(&p, &dest).expect("copy");
-        }
-    }
-}
+use provisor_e2e::{copy_dir, engine, repo_root, start_sim};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_pack_is_reloaded_only_when_it_loads_and_passes_its_tests() {
