@@ -22,6 +22,11 @@ pub enum BenchCommand {
     /// created with one permission set, counting Salesforce API calls at
     /// the emulator against the Collections bound.
     SalesforceCreate(SalesforceCreateArgs),
+    /// The initial sync of a large tenant (groups, ~10% of users already in
+    /// Salesforce) end to end, against the physical-limit model, then an
+    /// incremental cycle with nothing changed, then a naive one-call-per-
+    /// user baseline.
+    Sync(SyncArgs),
     /// Rule evaluation throughput on one core: the gallery-defaults mapping
     /// as a Rhai script and as a WASM component, over generated users.
     Rules(RulesArgs),
@@ -33,6 +38,24 @@ pub struct RulesArgs {
     /// Users mapped per engine.
     #[arg(long, default_value_t = 100_000)]
     users: usize,
+}
+
+/// Options of `provisor bench sync`.
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// Users in the emulated tenant.
+    #[arg(long, default_value_t = 100_000)]
+    users: usize,
+    /// Latency the emulator adds to every request.
+    #[arg(long, default_value_t = 50)]
+    latency_ms: u64,
+    /// Share of enabled members who already have a Salesforce user.
+    #[arg(long, default_value_t = 0.1)]
+    existing_share: f64,
+    /// Users in the naive baseline run (one Salesforce call per user, one
+    /// at a time; at 100,000 users and 50 ms it would take hours), 0 to skip.
+    #[arg(long, default_value_t = 2_000)]
+    naive_users: usize,
 }
 
 /// Options of `provisor bench salesforce-create`.
@@ -74,10 +97,19 @@ impl Drop for SimProcess {
 
 /// Peak resident set size of this process (Linux `VmHWM`), in MiB.
 fn peak_rss_mib() -> Option<f64> {
+    proc_status_mib("VmHWM:")
+}
+
+/// Resident set size of this process now (Linux `VmRSS`), in MiB.
+fn rss_mib() -> Option<f64> {
+    proc_status_mib("VmRSS:")
+}
+
+fn proc_status_mib(key: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let kb: f64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .find_map(|l| l.strip_prefix(key))?
         .trim()
         .trim_end_matches("kB")
         .trim()
@@ -91,6 +123,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCommand::EntraRead(a) => entra_read(a).await,
         BenchCommand::SalesforceCreate(a) => salesforce_create(a).await,
+        BenchCommand::Sync(a) => sync(a).await,
         BenchCommand::Rules(a) => rules(a),
     }
 }
@@ -98,6 +131,15 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
 /// Starts `provisor sim` in its own process; returns it, its address and
 /// how long it took to generate the tenant and listen.
 fn spawn_sim(users: usize, latency_ms: u64) -> anyhow::Result<(SimProcess, String, Duration)> {
+    spawn_sim_with(users, latency_ms, &[])
+}
+
+/// [`spawn_sim`] with further `provisor sim` arguments.
+fn spawn_sim_with(
+    users: usize,
+    latency_ms: u64,
+    extra: &[&str],
+) -> anyhow::Result<(SimProcess, String, Duration)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .context("no free loopback port")?
@@ -117,6 +159,7 @@ fn spawn_sim(users: usize, latency_ms: u64) -> anyhow::Result<(SimProcess, Strin
             "--seed",
             "1",
         ])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -261,15 +304,276 @@ async fn sim_stats(listen: &str) -> anyhow::Result<crate::sim::Stats> {
         .context("malformed emulator stats")
 }
 
-async fn salesforce_create(a: SalesforceCreateArgs) -> anyhow::Result<ExitCode> {
-    if !crate::model::is_api_name(&a.permission_set) {
-        bail!("--permission-set {:?} is not an API name", a.permission_set);
+/// When each stage of a cycle began, from the engine's progress events.
+#[derive(Default)]
+struct Phases {
+    started: std::sync::OnceLock<Instant>,
+    groups: std::sync::OnceLock<Instant>,
+    planning: std::sync::OnceLock<Instant>,
+    applying: std::sync::OnceLock<Instant>,
+    /// Resident MiB when planning and applying began.
+    rss_planning: std::sync::OnceLock<f64>,
+    rss_applying: std::sync::OnceLock<f64>,
+}
+
+impl crate::engine::Observer for Phases {
+    fn on(&self, p: crate::engine::Progress) {
+        use crate::engine::Progress;
+        let now = Instant::now();
+        match p {
+            Progress::Page {
+                resource: "groups", ..
+            } => {
+                let _ = self.groups.set(now);
+            }
+            Progress::Page { .. } => {}
+            Progress::Planning { .. } => {
+                let _ = self.planning.set(now);
+                let _ = self.rss_planning.set(rss_mib().unwrap_or(0.0));
+            }
+            Progress::Applying { .. } => {
+                let _ = self.applying.set(now);
+                let _ = self.rss_applying.set(rss_mib().unwrap_or(0.0));
+            }
+            Progress::Applied { .. } => {}
+        }
     }
-    let (sim, listen, generated) = spawn_sim(a.users, a.latency_ms)?;
+}
+
+impl Phases {
+    /// Seconds spent reading users, reading groups, planning and applying.
+    fn split(&self, end: Instant) -> [f64; 4] {
+        let at = |c: &std::sync::OnceLock<Instant>, or: Instant| c.get().copied().unwrap_or(or);
+        let s = at(&self.started, end);
+        let g = at(&self.groups, s);
+        let p = at(&self.planning, g);
+        let a = at(&self.applying, p);
+        [
+            g.duration_since(s).as_secs_f64(),
+            p.duration_since(g).as_secs_f64(),
+            a.duration_since(p).as_secs_f64(),
+            end.duration_since(a).as_secs_f64(),
+        ]
+    }
+}
+
+/// What one bench sync run measured.
+struct SyncRun {
+    wall: Duration,
+    /// Users read, groups read, planning, applying (seconds).
+    phases: [f64; 4],
+    /// Resident MiB when planning began, when applying began, at the end.
+    rss: [f64; 3],
+    report: crate::engine::CycleReport,
+    /// Emulator counters over the initial sync.
+    first: Counters,
+    /// Emulator counters over the following cycle (nothing changed).
+    again: Counters,
+    concurrency: usize,
+    peak_rss_mib: Option<f64>,
+}
+
+/// The difference of two emulator stats snapshots.
+#[derive(Default)]
+struct Counters {
+    graph_calls: u64,
+    graph_pages: u64,
+    sf_calls: u64,
+    sf_writes: u64,
+    calls_by_kind: std::collections::BTreeMap<String, u64>,
+    records_by_kind: std::collections::BTreeMap<String, u64>,
+}
+
+impl Counters {
+    fn between(a: &crate::sim::Stats, b: &crate::sim::Stats) -> Self {
+        let diff = |x: &std::collections::BTreeMap<String, u64>,
+                    y: &std::collections::BTreeMap<String, u64>| {
+            y.iter()
+                .map(|(k, v)| (k.clone(), v - x.get(k).copied().unwrap_or(0)))
+                .filter(|(_, v)| *v > 0)
+                .collect()
+        };
+        Self {
+            graph_calls: b.graph_calls - a.graph_calls,
+            graph_pages: b.graph_delta_pages - a.graph_delta_pages,
+            sf_calls: b.sf_api_calls - a.sf_api_calls,
+            sf_writes: b.sf_write_calls - a.sf_write_calls,
+            calls_by_kind: diff(&a.sf_calls_by_kind, &b.sf_calls_by_kind),
+            records_by_kind: diff(&a.sf_records_by_kind, &b.sf_records_by_kind),
+        }
+    }
+
+    /// The physical-limit Salesforce calls: ceil(records/200) per written
+    /// kind, plus ceil(users/2000) pages to read the User table.
+    fn model_sf_calls(&self, users: usize) -> u64 {
+        let writes: u64 = self.records_by_kind.values().map(|r| r.div_ceil(200)).sum();
+        writes + (users as u64).div_ceil(2000)
+    }
+}
+
+/// One initial sync plus one idle cycle against a fresh emulator.
+async fn sync_run(a: &SyncArgs, users: usize, naive: bool) -> anyhow::Result<SyncRun> {
+    let share = a.existing_share.to_string();
+    let (sim, listen, _) =
+        spawn_sim_with(users, a.latency_ms, &["--existing-share", share.as_str()])?;
     let dir =
         std::env::temp_dir().join(format!("provisor-bench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir)?;
-    // The gallery defaults, plus one permission set for everyone.
+    let pack = gallery_with_permission_set(&dir, "Sales_Cloud_User")?;
+    let mut cfg = bench_config(&listen, &pack, &dir)?;
+    if naive {
+        cfg.sync.batch_size = 1;
+        cfg.sync.concurrency = 1;
+    }
+    let engine = engine_from_config(&cfg).await?;
+    let s0 = sim_stats(&listen).await?;
+    let phases = Phases::default();
+    let started = Instant::now();
+    let _ = phases.started.set(started);
+    let report = engine.sync_once(&phases).await.context("the sync failed")?;
+    let wall = started.elapsed();
+    let rss = [
+        phases.rss_planning.get().copied().unwrap_or(0.0),
+        phases.rss_applying.get().copied().unwrap_or(0.0),
+        rss_mib().unwrap_or(0.0),
+    ];
+    let phases = phases.split(Instant::now());
+    let s1 = sim_stats(&listen).await?;
+    engine
+        .sync_once(&Quiet)
+        .await
+        .context("the idle cycle failed")?;
+    let s2 = sim_stats(&listen).await?;
+    drop(sim);
+    let _ = std::fs::remove_dir_all(&dir);
+    if report.failed > 0 {
+        bail!(
+            "{} users failed: {:?}",
+            report.failed,
+            report.failures.iter().take(5).collect::<Vec<_>>()
+        );
+    }
+    Ok(SyncRun {
+        wall,
+        phases,
+        rss,
+        report,
+        first: Counters::between(&s0, &s1),
+        again: Counters::between(&s1, &s2),
+        concurrency: cfg.sync.concurrency,
+        peak_rss_mib: peak_rss_mib(),
+    })
+}
+
+async fn sync(a: SyncArgs) -> anyhow::Result<ExitCode> {
+    let n = a.users;
+    let l = a.latency_ms as f64 / 1000.0;
+    println!(
+        "provisor bench sync: {n} users, {} ms latency, {:.0}% already in Salesforce, gallery defaults + one permission set",
+        a.latency_ms,
+        a.existing_share * 100.0
+    );
+    let run = sync_run(&a, n, false).await?;
+    let r = &run.report;
+    let c = &run.first;
+    let user_pages = n.div_ceil(999) as u64;
+    let model_sf = c.model_sf_calls(n);
+    // Graph pages are sequential (each nextLink comes from the page
+    // before); Salesforce calls overlap up to the configured concurrency.
+    let model_secs = c.graph_pages as f64 * l + model_sf as f64 * l / run.concurrency as f64;
+    let time_ratio = run.wall.as_secs_f64() / model_secs;
+    let calls_ratio = c.sf_calls as f64 / model_sf as f64;
+    println!(
+        "  initial sync: {:.2} s; created {}, linked {}, updated {}, permission sets {}, waiting {}, failed {}",
+        run.wall.as_secs_f64(),
+        r.created,
+        r.linked,
+        r.updated,
+        r.permission_sets_assigned,
+        r.waiting,
+        r.failed
+    );
+    let [ru, rg, pl, ap] = run.phases;
+    println!(
+        "  stages: read users {ru:.2} s, read groups {rg:.2} s, match + rules + plan {pl:.2} s, apply {ap:.2} s"
+    );
+    println!(
+        "  resident: {:.0} MiB after the read, {:.0} MiB after planning, {:.0} MiB after applying",
+        run.rss[0], run.rss[1], run.rss[2]
+    );
+    println!(
+        "  Graph: {} calls, {} delta pages (users need ceil({n}/999) = {user_pages}; the rest are group pages, members in slices)",
+        c.graph_calls, c.graph_pages
+    );
+    println!(
+        "  Salesforce: {} calls ({} writes), by kind:",
+        c.sf_calls, c.sf_writes
+    );
+    for (kind, calls) in &c.calls_by_kind {
+        match c.records_by_kind.get(kind) {
+            Some(recs) => println!(
+                "    {kind:<44} {calls:>6} calls, {recs:>7} records (model ceil({recs}/200) = {})",
+                recs.div_ceil(200)
+            ),
+            None => println!("    {kind:<44} {calls:>6} calls"),
+        }
+    }
+    println!(
+        "  model: Salesforce {model_sf} calls (writes per kind + ceil({n}/2000) query pages); measured / model = {calls_ratio:.3} (target <= 1.05)"
+    );
+    println!(
+        "  model time: {} Graph pages x {} ms + {model_sf} Salesforce calls x {} ms / {} in flight = {model_secs:.2} s; measured / model = {time_ratio:.2} (target <= 1.5)",
+        c.graph_pages, a.latency_ms, a.latency_ms, run.concurrency
+    );
+    let rss_ok = match run.peak_rss_mib {
+        Some(p) => {
+            println!("  host peak RSS {p:.1} MiB (target < 256 MiB)");
+            p < 256.0
+        }
+        None => {
+            println!("  host peak RSS unavailable (no /proc/self/status)");
+            true
+        }
+    };
+    let g = &run.again;
+    println!(
+        "  idle cycle: {} Graph calls (2 delta links), {} Salesforce calls, {} writes (target: 2 and 0 writes)",
+        g.graph_calls, g.sf_calls, g.sf_writes
+    );
+    let mut ok = calls_ratio <= 1.05
+        && time_ratio <= 1.5
+        && rss_ok
+        && g.graph_calls == 2
+        && g.sf_writes == 0;
+    if a.naive_users > 0 {
+        let m = a.naive_users;
+        let naive = sync_run(&a, m, true).await?;
+        let batched = sync_run(&a, m, false).await?;
+        let nm = naive.first.model_sf_calls(m);
+        println!(
+            "  naive baseline at {m} users (batch 1, one call in flight): {:.2} s, {} Salesforce calls; the batched engine on the same tenant: {:.2} s, {} calls (model {nm}); naive / batched = {:.1}x time, {:.1}x calls",
+            naive.wall.as_secs_f64(),
+            naive.first.sf_calls,
+            batched.wall.as_secs_f64(),
+            batched.first.sf_calls,
+            naive.wall.as_secs_f64() / batched.wall.as_secs_f64(),
+            naive.first.sf_calls as f64 / batched.first.sf_calls as f64,
+        );
+        ok &= naive.report.created == batched.report.created;
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Writes the gallery defaults plus one permission set for everyone as a
+/// pack under `dir`; returns its path.
+fn gallery_with_permission_set(
+    dir: &std::path::Path,
+    permission_set: &str,
+) -> anyhow::Result<std::path::PathBuf> {
     let gallery = find_rules_dir(std::path::Path::new("rules/gallery-defaults"))
         .context("cannot find rules/gallery-defaults")?;
     let pack = dir.join("pack");
@@ -279,15 +583,33 @@ async fn salesforce_create(a: SalesforceCreateArgs) -> anyhow::Result<ExitCode> 
     if !script.contains("fn map(") {
         bail!("rules/gallery-defaults/main.rhai has no `fn map(`");
     }
-    std::fs::write(pack.join("pack.toml"), manifest)?;
+    if manifest.contains("permission_sets") {
+        bail!("rules/gallery-defaults/pack.toml already declares permission sets");
+    }
+    // The pack must declare what it grants.
+    std::fs::write(
+        pack.join("pack.toml"),
+        format!("{manifest}permission_sets = [\"{permission_set}\"]\n"),
+    )?;
     std::fs::write(
         pack.join("main.rhai"),
         format!(
-            "{}\nfn map(user, settings) {{\n    let d = gallery_map(user, settings);\n    d.permission_sets = [\"{}\"];\n    d\n}}\n",
+            "{}\nfn map(user, settings) {{\n    let d = gallery_map(user, settings);\n    d.permission_sets = [\"{permission_set}\"];\n    d\n}}\n",
             script.replace("fn map(", "fn gallery_map("),
-            a.permission_set
         ),
     )?;
+    Ok(pack)
+}
+
+async fn salesforce_create(a: SalesforceCreateArgs) -> anyhow::Result<ExitCode> {
+    if !crate::model::is_api_name(&a.permission_set) {
+        bail!("--permission-set {:?} is not an API name", a.permission_set);
+    }
+    let (sim, listen, generated) = spawn_sim(a.users, a.latency_ms)?;
+    let dir =
+        std::env::temp_dir().join(format!("provisor-bench-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir)?;
+    let pack = gallery_with_permission_set(&dir, &a.permission_set)?;
     let cfg = bench_config(&listen, &pack, &dir)?;
     let engine = engine_from_config(&cfg).await?;
     // Read Entra first, so that the counted cycle is Salesforce's alone.

@@ -272,6 +272,10 @@ struct SimArgs {
     /// Latency added to every API request.
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
+    /// Share of enabled members (0.0 to 1.0) who already have a Salesforce
+    /// user to match, besides the five the org always has.
+    #[arg(long, default_value_t = 0.0)]
+    existing_share: f64,
     /// Share of API requests that fail with 503 (0.0 to 1.0).
     #[arg(long, default_value_t = 0.0)]
     fail_rate: f64,
@@ -842,9 +846,16 @@ async fn run_sim(a: SimArgs) -> anyhow::Result<ExitCode> {
             a.fail_rate
         );
     }
+    if !(0.0..=1.0).contains(&a.existing_share) {
+        bail!(
+            "--existing-share {} is not between 0.0 and 1.0",
+            a.existing_share
+        );
+    }
     let sim = Sim::new(SimOptions {
         users: a.users,
         seed: a.seed,
+        existing_share: a.existing_share,
         faults: Faults {
             latency_ms: a.latency_ms,
             fail_rate: a.fail_rate,

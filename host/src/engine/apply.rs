@@ -81,19 +81,17 @@ impl Engine {
                 for batch in &batches {
                     let records: Vec<Map<String, Value>> =
                         batch.iter().map(|a| record_for(a, refs)).collect();
-                    let mut journal = Vec::with_capacity(batch.len());
-                    for a in batch.iter() {
-                        journal.push(
-                            self.store
-                                .journal(
-                                    cycle,
-                                    &a.entra_id,
-                                    a.kind.name(),
-                                    &serde_json::to_value(a).unwrap_or(Value::Null),
-                                )
-                                .await?,
-                        );
-                    }
+                    let entries: Vec<(&str, &str, Value)> = batch
+                        .iter()
+                        .map(|a| {
+                            (
+                                a.entra_id.as_str(),
+                                a.kind.name(),
+                                serde_json::to_value(a).unwrap_or(Value::Null),
+                            )
+                        })
+                        .collect();
+                    let journal = self.store.journal_many(cycle, &entries).await?;
                     prepared.push((records, journal));
                 }
                 handed_over.extend(wave.iter().map(|a| a.entra_id.clone()));
@@ -125,9 +123,12 @@ impl Engine {
                         }
                         Err(e) if e.is_limit() => {
                             // Nothing was done: settle as deferred, stop below.
-                            for oid in journal {
-                                self.store.settle(*oid, "deferred", &e.to_string()).await?;
-                            }
+                            let msg = e.to_string();
+                            let settled: Vec<(i64, &str, String)> = journal
+                                .iter()
+                                .map(|oid| (*oid, "deferred", msg.clone()))
+                                .collect();
+                            self.store.settle_many(&settled, &[], &[]).await?;
                             stop.get_or_insert(e);
                         }
                         Err(e) => {
@@ -141,8 +142,12 @@ impl Engine {
                             };
                             let msg = e.to_string();
                             let mut events = Vec::new();
-                            for (a, oid) in batch.iter().zip(journal) {
-                                self.store.settle(*oid, status, &msg).await?;
+                            let settled: Vec<(i64, &str, String)> = journal
+                                .iter()
+                                .map(|oid| (*oid, status, msg.clone()))
+                                .collect();
+                            self.store.settle_many(&settled, &[], &[]).await?;
+                            for a in batch.iter() {
                                 outcomes.entry(a.entra_id.clone()).or_default().failed =
                                     Some(msg.clone());
                                 events.push(AuditEvent {
@@ -261,6 +266,7 @@ impl Engine {
                             continue;
                         }
                     };
+                    let mut made: Vec<(&str, &str, &str)> = Vec::new();
                     for ((a, name, record), r) in batch.iter().zip(&results) {
                         let user = record
                             .get(kind.assignee_field())
@@ -270,9 +276,7 @@ impl Engine {
                         let duplicate = r.errors.iter().any(|e| e.code == "DUPLICATE_VALUE");
                         if r.success {
                             if let Some(id) = &r.id {
-                                self.store
-                                    .add_managed_grant(&a.entra_id, kind, name, id)
-                                    .await?;
+                                made.push((&a.entra_id, name, id));
                             }
                             if kind == Access::PermissionSet {
                                 report.permission_sets_assigned += 1;
@@ -298,6 +302,7 @@ impl Engine {
                             });
                         }
                     }
+                    self.store.add_managed_grants(kind, &made).await?;
                 }
             }
         }
@@ -428,21 +433,22 @@ impl Engine {
         report: &mut CycleReport,
     ) -> Result<Option<SfError>, SyncError> {
         let mut events = Vec::new();
+        // Outcomes, links and pending emails: one transaction per batch.
+        let mut settled: Vec<(i64, &str, String)> = Vec::with_capacity(batch.len());
+        let mut links: Vec<(&str, String)> = Vec::new();
+        let mut emails: Vec<(&str, String)> = Vec::new();
         // Permanent failures per error code, for the quarantine rule.
         let mut causes: HashMap<String, (usize, String)> = HashMap::new();
         for ((a, oid), r) in batch.iter().zip(journal).zip(results) {
             if r.success {
                 let sf_id = r.id.clone().or_else(|| a.sf_id.clone());
-                self.store
-                    .settle(*oid, "done", &json!({"id": sf_id}).to_string())
-                    .await?;
-                crash_point("mid_batch");
+                settled.push((*oid, "done", json!({"id": sf_id}).to_string()));
                 let event = match &a.kind {
                     ActionKind::Create {
                         fields, profile, ..
                     } => {
                         if let Some(id) = &sf_id {
-                            self.store.set_link(&a.entra_id, id, "created").await?;
+                            links.push((&a.entra_id, id.clone()));
                         }
                         report.created += 1;
                         AuditEvent {
@@ -454,7 +460,7 @@ impl Engine {
                     }
                     ActionKind::Update { changes } => {
                         if let Some(to) = changes.get("Email").and_then(|c| c.to.as_text()) {
-                            self.store.set_pending_email(&a.entra_id, to).await?;
+                            emails.push((&a.entra_id, to.to_string()));
                         }
                         report.updated += 1;
                         AuditEvent {
@@ -523,7 +529,7 @@ impl Engine {
                 let no_seat = r.errors.iter().any(|e| e.code == "LICENSE_LIMIT_EXCEEDED");
                 if transient || no_seat {
                     let status = if transient { "deferred" } else { "waiting" };
-                    self.store.settle(*oid, status, &msg).await?;
+                    settled.push((*oid, status, msg.clone()));
                     let o = outcomes.entry(a.entra_id.clone()).or_default();
                     if transient {
                         o.deferred = true;
@@ -538,7 +544,7 @@ impl Engine {
                     });
                     continue;
                 }
-                self.store.settle(*oid, "failed", &msg).await?;
+                settled.push((*oid, "failed", msg.clone()));
                 if let Some(e) = r.errors.first() {
                     let c = causes
                         .entry(e.code.clone())
@@ -625,6 +631,8 @@ impl Engine {
                 detail: json!({"error": q.to_string()}),
             });
         }
+        self.store.settle_many(&settled, &links, &emails).await?;
+        crash_point("mid_batch");
         self.store.append_audit(cycle, &events).await?;
         Ok(quarantine)
     }

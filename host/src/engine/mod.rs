@@ -52,8 +52,32 @@ impl AnyPage {
     }
 }
 
-/// Values per SOQL `IN (...)` list; keeps URLs well under limits.
-const IN_CHUNK: usize = 100;
+/// Characters of quoted literals per SOQL `IN (...)` list. Queries travel
+/// in the URL and Salesforce answers 414 above about 16 KB; URL-encoding
+/// grows a list of ids by about a third, so 8,000 leaves room for the rest
+/// of the statement (about 360 record ids, 150 long usernames a query).
+const IN_LIST_CHARS: usize = 8_000;
+
+/// Quoted, comma-separated `IN` lists of `values`, each at most `budget`
+/// characters (a single longer literal gets a list of its own).
+fn in_lists(values: &[String], budget: usize) -> Vec<String> {
+    let mut lists = Vec::new();
+    let mut list = String::new();
+    for v in values {
+        let quoted = soql_quote(v);
+        if !list.is_empty() && list.len() + 2 + quoted.len() > budget {
+            lists.push(std::mem::take(&mut list));
+        }
+        if !list.is_empty() {
+            list.push_str(", ");
+        }
+        list.push_str(&quoted);
+    }
+    if !list.is_empty() {
+        lists.push(list);
+    }
+    lists
+}
 
 /// Above this many users to match by key, the User table is read whole
 /// instead of looked up IN-list by IN-list (20 calls per key at this size).
@@ -1768,19 +1792,14 @@ impl Engine {
     }
 
     /// Runs `soql(list)` for the values in `IN` lists of at most
-    /// [`IN_CHUNK`] quoted literals and returns every row.
+    /// [`IN_LIST_CHARS`] characters of quoted literals and returns every row.
     async fn query_in(
         &self,
         values: &[String],
         soql: impl Fn(&str) -> String,
     ) -> Result<Vec<SfRecord>, SfError> {
         let mut out = Vec::new();
-        for chunk in values.chunks(IN_CHUNK) {
-            let list = chunk
-                .iter()
-                .map(|v| soql_quote(v))
-                .collect::<Vec<_>>()
-                .join(", ");
+        for list in in_lists(values, IN_LIST_CHARS) {
             out.extend(self.salesforce.query(&soql(&list)).await?);
         }
         Ok(out)
@@ -1881,6 +1900,7 @@ impl Engine {
         let with_actions: HashSet<&str> =
             plan.actions.iter().map(|a| a.entra_id.as_str()).collect();
         let mut events = Vec::new();
+        let mut clean: Vec<&str> = Vec::new();
         for d in dirty {
             let id = d.user.id.as_str();
             if outcomes
@@ -1950,10 +1970,11 @@ impl Engine {
                     if !with_actions.contains(id) {
                         report.unchanged += 1;
                     }
-                    self.store.mark_clean(id).await?;
+                    clean.push(id);
                 }
             }
         }
+        self.store.mark_clean_many(&clean).await?;
         self.store.append_audit(cycle, &events).await?;
         Ok(())
     }
@@ -1977,6 +1998,27 @@ fn cause_text(d: &DirtyUser) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn in_lists_fill_the_budget_and_keep_every_value() {
+        let ids: Vec<String> = (0..1000).map(|i| format!("005{i:015}")).collect();
+        let lists = in_lists(&ids, IN_LIST_CHARS);
+        assert!(lists.iter().all(|l| l.len() <= IN_LIST_CHARS));
+        // 20 characters quoted plus ", ": 363 ids a list.
+        assert_eq!(lists.len(), 3);
+        let back: Vec<String> = lists
+            .iter()
+            .flat_map(|l| l.split(", ").map(|v| v.trim_matches('\'').to_string()))
+            .collect();
+        assert_eq!(back, ids);
+        // One literal longer than the budget still goes, alone.
+        let long = vec!["x".repeat(30), "y".repeat(3)];
+        assert_eq!(
+            in_lists(&long, 10),
+            vec![format!("'{}'", "x".repeat(30)), "'yyy'".into()]
+        );
+        assert!(in_lists(&[], 10).is_empty());
+    }
 
     #[test]
     fn alias_variants_stay_within_eight_characters() {

@@ -758,7 +758,7 @@ async fn upload(
         .filter(|l| !l.trim().is_empty())
         .count()
         .saturating_sub(1);
-    count_write(&sim, rows as u64);
+    count_write(&sim, "PUT jobs/ingest/{id}/batches".into(), rows as u64);
     if let Some(job) = sim.salesforce().bulk.jobs.get_mut(&id) {
         job.data = Some(text);
     }

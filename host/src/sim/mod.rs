@@ -103,6 +103,12 @@ pub struct Stats {
     pub sf_records_written: u64,
     /// Most Salesforce REST requests seen in flight at once.
     pub sf_max_in_flight: u64,
+    /// Salesforce REST calls by kind: method and path shape for reads
+    /// (`GET query`), method, shape and sObject for writes
+    /// (`POST composite/sobjects User`).
+    pub sf_calls_by_kind: std::collections::BTreeMap<String, u64>,
+    /// Records written, by the same write kinds.
+    pub sf_records_by_kind: std::collections::BTreeMap<String, u64>,
 }
 
 /// Options for a simulated tenant and org.
@@ -111,6 +117,10 @@ pub struct SimOptions {
     pub users: usize,
     pub seed: u64,
     pub faults: Faults,
+    /// Share of enabled member users (0.0 to 1.0) who already have a
+    /// Salesforce user, half matched by Federation ID and half by Username
+    /// only, besides the five fixed ones.
+    pub existing_share: f64,
 }
 
 impl Default for SimOptions {
@@ -119,6 +129,7 @@ impl Default for SimOptions {
             users: 40,
             seed: 7,
             faults: Faults::default(),
+            existing_share: 0.0,
         }
     }
 }
@@ -147,7 +158,7 @@ impl Sim {
     /// A tenant of `opts.users` generated users and an org seeded to match.
     pub fn new(opts: SimOptions) -> Self {
         let tenant = seed::tenant(opts.users, opts.seed);
-        let org = seed::org(&tenant, opts.seed);
+        let org = seed::org(&tenant, opts.seed, opts.existing_share);
         Self(Arc::new(SimState {
             graph: Mutex::new(tenant),
             sf: Mutex::new(org),
@@ -362,6 +373,38 @@ pack = "{pack}"
     )
 }
 
+/// `GET /services/data/v62.0/query/0r8...-2000` → `GET query/{locator}`:
+/// the path after the version with ids and locators folded; a query
+/// names its sObject (`GET query User`).
+fn read_kind(path: &str, query: Option<&str>) -> String {
+    let from = query
+        .and_then(|q| url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "q"))
+        .and_then(|(_, soql)| {
+            let words: Vec<String> = soql.split_whitespace().map(str::to_string).collect();
+            let i = words.iter().position(|w| w.eq_ignore_ascii_case("from"))?;
+            words.get(i + 1).cloned()
+        });
+    let rest = path
+        .strip_prefix("/services/data/")
+        .and_then(|p| p.split_once('/'))
+        .map_or(path, |(_, r)| r);
+    let shape: Vec<&str> = rest
+        .split('/')
+        .enumerate()
+        .map(|(i, seg)| match (i, seg) {
+            (0, s) => s,
+            (_, s) if s.len() >= 15 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') => {
+                "{id}"
+            }
+            (_, s) => s,
+        })
+        .collect();
+    match from {
+        Some(object) => format!("GET {} {object}", shape.join("/")),
+        None => format!("GET {}", shape.join("/")),
+    }
+}
+
 /// Latency and random failures for API paths; `/_sim/` is never touched.
 async fn fault_layer(State(sim): State<Sim>, req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
@@ -382,6 +425,10 @@ async fn fault_layer(State(sim): State<Sim>, req: Request, next: Next) -> Respon
             + 1;
         let mut stats = sim.stats_mut();
         stats.sf_max_in_flight = stats.sf_max_in_flight.max(now);
+        if req.method() == axum::http::Method::GET {
+            let kind = read_kind(&path, req.uri().query());
+            *stats.sf_calls_by_kind.entry(kind).or_default() += 1;
+        }
     }
     let resp = serve_with_faults(&sim, &path, latency, fail_rate, req, next).await;
     if sf {

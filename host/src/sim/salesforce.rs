@@ -2217,10 +2217,13 @@ fn parse_body(body: &Bytes) -> Result<Value, Response> {
     })
 }
 
-fn count_write(sim: &Sim, records: u64) {
+/// Counts a write call of `kind` (method, path shape and sObject).
+pub(crate) fn count_write(sim: &Sim, kind: String, records: u64) {
     let mut s = sim.stats_mut();
     s.sf_write_calls += 1;
     s.sf_records_written += records;
+    *s.sf_records_by_kind.entry(kind.clone()).or_default() += records;
+    *s.sf_calls_by_kind.entry(kind).or_default() += 1;
 }
 
 /// One-record write: session, body, injected write fault, counting and the
@@ -2230,6 +2233,7 @@ fn single_write(
     v: &str,
     headers: &HeaderMap,
     body: &Bytes,
+    kind: String,
     apply: impl FnOnce(&mut SfOrg, Map<String, Value>) -> Response,
 ) -> Response {
     if let Err(r) = gate(sim, v, headers) {
@@ -2243,7 +2247,7 @@ fn single_write(
         Ok(l) => l,
         Err(r) => return with_limits(sim, r),
     };
-    count_write(sim, 1);
+    count_write(sim, kind, 1);
     let resp = apply(&mut sim.salesforce(), json_map(body));
     with_limits(sim, if lose { lost_response() } else { resp })
 }
@@ -2254,7 +2258,8 @@ async fn create_one(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    single_write(&sim, &v, &headers, &body, |org, fields| {
+    let kind = format!("POST sobjects/{object}");
+    single_write(&sim, &v, &headers, &body, kind, |org, fields| {
         match org.create(&object, fields) {
             Ok(id) => super::json(
                 StatusCode::CREATED,
@@ -2271,7 +2276,8 @@ async fn update_one(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    single_write(&sim, &v, &headers, &body, |org, fields| {
+    let kind = format!("PATCH sobjects/{object}/{{id}}");
+    single_write(&sim, &v, &headers, &body, kind, |org, fields| {
         match org.update(&object, &id, fields) {
             Ok(()) => StatusCode::NO_CONTENT.into_response(),
             Err(e) => super::json(StatusCode::BAD_REQUEST, errors_json(&e, "errorCode")),
@@ -2324,7 +2330,7 @@ async fn collection_delete(
         Ok(l) => l,
         Err(r) => return with_limits(&sim, r),
     };
-    count_write(&sim, ids.len() as u64);
+    count_write(&sim, "DELETE composite/sobjects".into(), ids.len() as u64);
     let mut org = sim.salesforce();
     let out: Vec<Value> = ids
         .iter()
@@ -2418,7 +2424,11 @@ async fn collection(
         Ok(l) => l,
         Err(r) => return with_limits(&sim, r),
     };
-    count_write(&sim, records.len() as u64);
+    let kind = format!(
+        "{method} composite/sobjects {}",
+        types.first().cloned().flatten().unwrap_or_default()
+    );
+    count_write(&sim, kind, records.len() as u64);
     let mut locked = {
         let mut f = sim.faults();
         let n = f.sf_lock_rows.min(records.len() as u32);

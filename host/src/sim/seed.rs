@@ -207,8 +207,9 @@ pub fn tenant(n: usize, seed: u64) -> GraphTenant {
 
 /// An org with licences, profiles, the integration user and a few users
 /// that already exist for tenant users (matched by Federation ID or by
-/// Username) plus one that belongs to nobody in the tenant.
-pub fn org(tenant: &GraphTenant, _seed: u64) -> SfOrg {
+/// Username) plus one that belongs to nobody in the tenant; with
+/// `existing_share` > 0, that share of the other enabled members too.
+pub fn org(tenant: &GraphTenant, _seed: u64, existing_share: f64) -> SfOrg {
     let mut org = SfOrg::new();
     let users = tenant.users().count() as u64;
     let sf_lic = org.insert_raw("UserLicense", json_map(json!({"Name": "Salesforce", "LicenseDefinitionKey": "SFDC", "TotalLicenses": users + 20, "UsedLicenses": 0, "Status": "Active"})));
@@ -323,9 +324,18 @@ pub fn org(tenant: &GraphTenant, _seed: u64) -> SfOrg {
                 && u.props.get("userType").and_then(Value::as_str) == Some("Member")
                 && u.props.get("accountEnabled") == Some(&Value::Bool(true))
         })
-        .take(5)
         .collect();
-    for (i, u) in members.iter().enumerate() {
+    // Every `stride`-th further member exists already, spread evenly.
+    let stride = if existing_share > 0.0 {
+        (1.0 / existing_share.min(1.0)).round().max(1.0) as usize
+    } else {
+        usize::MAX
+    };
+    let chosen = members
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i < 5 || (i - 5) % stride == 0 && stride != usize::MAX);
+    for (i, u) in chosen {
         let s = |k: &str| {
             u.props
                 .get(k)
@@ -336,7 +346,7 @@ pub fn org(tenant: &GraphTenant, _seed: u64) -> SfOrg {
         let upn = s("userPrincipalName");
         let profile = if i % 2 == 0 { &standard } else { &chatter_free };
         let mut row = base(&upn, &s("givenName"), &s("surname"), &s("mail"), profile);
-        if i < 2 {
+        if i < 2 || (i >= 5 && i % 2 == 0) {
             row.insert("FederationIdentifier".into(), json!(upn));
         } else {
             // Stale data the sync must correct.
