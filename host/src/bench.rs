@@ -210,7 +210,7 @@ async fn entra_read(a: EntraReadArgs) -> anyhow::Result<ExitCode> {
     // The physical limit: the same pages fetched back to back with nothing
     // done but reading each page's nextLink.
     let baseline_started = Instant::now();
-    let mut url = engine.entra.users_start();
+    let mut url = engine.entra.users_start(&[]);
     let mut bare_pages = 0usize;
     loop {
         let page = engine

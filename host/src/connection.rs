@@ -31,7 +31,14 @@ pub async fn test_connection(engine: &Engine) -> Vec<Check> {
     // Entra: a token, then the cheapest reads that need User.Read.All and
     // GroupMember.Read.All (`$deltatoken=latest` returns no users).
     for (what, url) in [
-        ("users", engine.entra.users_start()),
+        // With what the rule packs read: Graph refuses a $select it
+        // cannot track, and this is where an operator should hear it.
+        (
+            "users",
+            engine
+                .entra
+                .users_start(&engine.pack.get().source_attributes()),
+        ),
         ("groups", engine.entra.groups_start()),
     ] {
         let probe = format!("{url}&$deltatoken=latest");

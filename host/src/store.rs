@@ -227,6 +227,18 @@ impl Store {
         Ok(round)
     }
 
+    /// Gives up a resync round (its checkpoint and round marker); the old
+    /// deltaLink, kept during the round, is what the next read follows.
+    pub async fn abandon_resync(&self, resource: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE sync_state SET next_link = NULL, resync_round = NULL, updated_at = ? WHERE resource = ?")
+            .bind(now())
+            .bind(resource)
+            .execute(&self.pool)
+            .await
+            .map_err(q("abandon resync"))?;
+        Ok(())
+    }
+
     /// Journals one `users/delta` page and the link after it, atomically.
     /// In a resync round, the page that completes it also sweeps: users
     /// not listed in the round become deleted. Returns how many were swept.

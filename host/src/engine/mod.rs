@@ -58,6 +58,12 @@ impl AnyPage {
 /// of the statement (about 360 record ids, 150 long usernames a query).
 const IN_LIST_CHARS: usize = 8_000;
 
+/// Settings: the `$select` the users deltaLink tracks; the wider one a
+/// baseline round under way reads; one Graph refused.
+const SELECT_TRACKED: &str = "entra.users.select";
+const SELECT_PENDING: &str = "entra.users.select_pending";
+const SELECT_REFUSED: &str = "entra.users.select_refused";
+
 /// Quoted, comma-separated `IN` lists of `values`, each at most `budget`
 /// characters (a single longer literal gets a list of its own).
 fn in_lists(values: &[String], budget: usize) -> Vec<String> {
@@ -799,12 +805,25 @@ impl Engine {
         obs: &dyn Observer,
         report: &mut CycleReport,
     ) -> Result<(), SyncError> {
+        let attributes = self.pack.get().source_attributes();
         let start = if resource == "users" {
-            self.entra.users_start()
+            self.entra.users_start(&attributes)
         } else {
             self.entra.groups_start()
         };
-        let state = self.store.sync_state(resource).await?;
+        let mut state = self.store.sync_state(resource).await?;
+        // Only selected properties are tracked: a pack that reads more
+        // needs a new baseline round with the wider $select. The old
+        // deltaLink stays until that round completes.
+        let widening = if resource == "users" {
+            self.widen_users_select(&self.entra.users_select(&attributes), &state, report)
+                .await?
+        } else {
+            None
+        };
+        if widening.is_some() {
+            state = self.store.sync_state(resource).await?;
+        }
         let mut url = match (&state.next_link, &state.delta_link, &state.resync_round) {
             (Some(n), _, _) => n.clone(),
             (None, Some(d), None) => d.clone(),
@@ -826,6 +845,17 @@ impl Engine {
             let page = match result {
                 Ok(p) => p,
                 Err(e) => {
+                    // Graph refused the wider $select of a new baseline:
+                    // back to the old deltaLink, alerted, not retried.
+                    if widening.is_some()
+                        && url == start
+                        && matches!(e, EntraError::Graph { status: 400, .. })
+                        && let Some(old) = state.delta_link.clone()
+                    {
+                        self.refuse_widening(&e, report).await?;
+                        url = old;
+                        continue;
+                    }
                     let stale_checkpoint = matches!(
                         e,
                         EntraError::Graph {
@@ -858,17 +888,27 @@ impl Engine {
                     return Err(e.into());
                 }
             };
+            // Graph can page without progressing (the same nextLink again,
+            // or endless empty pages): alert and resync rather than spin.
+            if let Some(next) = page.next_link()
+                && page.delta_link().is_none()
+                && !links_seen.insert(next.to_string())
+            {
+                self.stalled(
+                    resource,
+                    &url,
+                    "the nextLink repeated an earlier one",
+                    &mut restarts,
+                    report,
+                )
+                .await?;
+                url = start.clone();
+                links_seen.clear();
+                empty_run = 0;
+                continue;
+            }
             let (items, swept) = match page.next_link() {
                 Some(next) if page.delta_link().is_none() => {
-                    // Graph can page without progressing (the same nextLink
-                    // again, or endless empty pages): stop rather than spin.
-                    if !links_seen.insert(next.to_string()) {
-                        return Err(EntraError::Stalled {
-                            url,
-                            detail: "the nextLink repeated an earlier one".into(),
-                        }
-                        .into());
-                    }
                     let next = next.to_string();
                     let (journaled, fetched) =
                         tokio::join!(self.journal(&page), self.fetch(resource, &next));
@@ -880,11 +920,14 @@ impl Engine {
             };
             empty_run = if items == 0 { empty_run + 1 } else { 0 };
             if empty_run > MAX_EMPTY_PAGES {
-                return Err(EntraError::Stalled {
-                    url,
-                    detail: format!("{MAX_EMPTY_PAGES} empty pages in a row"),
-                }
-                .into());
+                let detail = format!("{MAX_EMPTY_PAGES} empty pages in a row");
+                self.stalled(resource, &url, &detail, &mut restarts, report)
+                    .await?;
+                url = start.clone();
+                links_seen.clear();
+                empty_run = 0;
+                prefetched = None;
+                continue;
             }
             report.delta_pages += 1;
             report.entra_changes += items;
@@ -904,9 +947,159 @@ impl Engine {
             }
             obs.on(Progress::Page { resource, items });
             if page.delta_link().is_some() || page.next_link().is_none() {
+                if resource == "users" {
+                    self.users_round_done(report).await?;
+                }
                 return Ok(());
             }
         }
+    }
+
+    /// Delta paging stopped progressing: an alert and a full resync (which
+    /// deprovisions nobody before it completes), at most twice a cycle;
+    /// then the cycle fails with the stall named.
+    async fn stalled(
+        &self,
+        resource: &'static str,
+        url: &str,
+        detail: &str,
+        restarts: &mut u32,
+        report: &CycleReport,
+    ) -> Result<(), SyncError> {
+        if *restarts >= 2 {
+            return Err(EntraError::Stalled {
+                url: url.to_string(),
+                detail: detail.to_string(),
+            }
+            .into());
+        }
+        *restarts += 1;
+        tracing::error!(
+            resource,
+            url,
+            detail,
+            "Graph delta paging is not progressing: full resync"
+        );
+        self.store.begin_resync(resource).await?;
+        self.store
+            .append_audit(
+                &report.cycle,
+                &[AuditEvent {
+                    event: format!("entra.{resource}.stalled"),
+                    entra_id: None,
+                    sf_id: None,
+                    detail: json!({"url": url, "detail": detail, "action": "full resync"}),
+                }],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Starts a new users baseline round when `select` asks for properties
+    /// the current deltaLink does not track (a pack now reads more).
+    /// Returns the added properties when a round was started or is under way.
+    async fn widen_users_select(
+        &self,
+        select: &str,
+        state: &crate::store::SyncState,
+        report: &CycleReport,
+    ) -> Result<Option<Vec<String>>, SyncError> {
+        let setting = |v: Option<String>| v.filter(|s| !s.is_empty());
+        let Some(tracked) = setting(self.store.setting(SELECT_TRACKED).await?) else {
+            // First round (or a store from before this was recorded): the
+            // round under way or the link in hand tracks this $select.
+            self.store.set_setting(SELECT_TRACKED, select).await?;
+            return Ok(None);
+        };
+        let added: Vec<String> = select
+            .split(',')
+            .filter(|p| !tracked.split(',').any(|t| t == *p))
+            .map(str::to_string)
+            .collect();
+        if added.is_empty() || state.delta_link.is_none() {
+            // Nothing new, or no link yet: the round under way is the baseline.
+            if added.is_empty() {
+                self.store.set_setting(SELECT_PENDING, "").await?;
+            } else {
+                self.store.set_setting(SELECT_TRACKED, select).await?;
+            }
+            return Ok(None);
+        }
+        let pending = setting(self.store.setting(SELECT_PENDING).await?);
+        if pending.as_deref() == Some(select) {
+            return Ok(Some(added));
+        }
+        if setting(self.store.setting(SELECT_REFUSED).await?).as_deref() == Some(select) {
+            return Ok(None);
+        }
+        self.store.begin_resync("users").await?;
+        self.store.set_setting(SELECT_PENDING, select).await?;
+        tracing::info!(added = ?added, "the rule packs read more Entra attributes: new baseline round (the old deltaLink is kept until it completes)");
+        self.store
+            .append_audit(
+                &report.cycle,
+                &[AuditEvent {
+                    event: "entra.users.baseline_started".into(),
+                    entra_id: None,
+                    sf_id: None,
+                    detail: json!({"added_attributes": added, "select": select}),
+                }],
+            )
+            .await?;
+        Ok(Some(added))
+    }
+
+    /// Graph refused a widened $select: the round is abandoned, the old
+    /// deltaLink carries on, and this $select is not tried again.
+    async fn refuse_widening(&self, e: &EntraError, report: &CycleReport) -> Result<(), SyncError> {
+        let select = self
+            .store
+            .setting(SELECT_PENDING)
+            .await?
+            .unwrap_or_default();
+        self.store.abandon_resync("users").await?;
+        self.store.set_setting(SELECT_PENDING, "").await?;
+        self.store.set_setting(SELECT_REFUSED, &select).await?;
+        tracing::error!(error = %e, "Graph refused the wider $select the rule packs need; carrying on with the old deltaLink");
+        self.store
+            .append_audit(
+                &report.cycle,
+                &[AuditEvent {
+                    event: "entra.users.baseline_refused".into(),
+                    entra_id: None,
+                    sf_id: None,
+                    detail: json!({"select": select, "error": e.to_string()}),
+                }],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// A users round reached its deltaLink: a baseline started for a wider
+    /// $select is now what the link tracks.
+    async fn users_round_done(&self, report: &CycleReport) -> Result<(), SyncError> {
+        let Some(pending) = self
+            .store
+            .setting(SELECT_PENDING)
+            .await?
+            .filter(|s| !s.is_empty())
+        else {
+            return Ok(());
+        };
+        self.store.set_setting(SELECT_TRACKED, &pending).await?;
+        self.store.set_setting(SELECT_PENDING, "").await?;
+        self.store
+            .append_audit(
+                &report.cycle,
+                &[AuditEvent {
+                    event: "entra.users.baseline_completed".into(),
+                    entra_id: None,
+                    sf_id: None,
+                    detail: json!({"select": pending}),
+                }],
+            )
+            .await?;
+        Ok(())
     }
 
     async fn fetch(&self, resource: &'static str, url: &str) -> Result<AnyPage, EntraError> {

@@ -11,6 +11,98 @@ use crate::model::{EntraUser, Removal};
 /// Properties requested on `users/delta`: everything rules may read.
 pub const USER_SELECT: &str = "id,userPrincipalName,mail,givenName,surname,displayName,department,jobTitle,employeeId,mobilePhone,businessPhones,preferredLanguage,userType,accountEnabled,manager";
 
+/// User properties Graph delta cannot track: selecting one makes
+/// `users/delta` answer 400 ("$expand/$select is not supported for the
+/// following properties"), or the property lives outside the directory and
+/// a change to it never surfaces the user. A pack may not read them.
+pub const DELTA_UNTRACKABLE: &[(&str, &str)] = &[
+    (
+        "signInActivity",
+        "Graph answers 400: $select is not supported for signInActivity on delta",
+    ),
+    (
+        "birthday",
+        "stored outside the directory: delta does not track it",
+    ),
+    (
+        "skills",
+        "stored outside the directory: delta does not track it",
+    ),
+    (
+        "aboutMe",
+        "stored outside the directory: delta does not track it",
+    ),
+    (
+        "interests",
+        "stored outside the directory: delta does not track it",
+    ),
+    (
+        "mySite",
+        "stored outside the directory: delta does not track it",
+    ),
+    (
+        "pastProjects",
+        "stored outside the directory: delta does not track it",
+    ),
+    (
+        "preferredName",
+        "stored outside the directory: delta does not track it",
+    ),
+    (
+        "responsibilities",
+        "stored outside the directory: delta does not track it",
+    ),
+    (
+        "schools",
+        "stored outside the directory: delta does not track it",
+    ),
+    (
+        "hireDate",
+        "stored outside the directory: delta does not track it",
+    ),
+    (
+        "photo",
+        "a navigation property: changes never trigger delta",
+    ),
+    (
+        "licenseDetails",
+        "a navigation property: changes never trigger delta",
+    ),
+    (
+        "memberOf",
+        "a navigation property: read group membership from groups/delta",
+    ),
+    ("appRoleAssignments", "not tracked by users/delta"),
+];
+
+/// Why Graph delta cannot track `attribute`, if it cannot.
+pub fn untrackable(attribute: &str) -> Option<&'static str> {
+    DELTA_UNTRACKABLE
+        .iter()
+        .find(|(a, _)| a.eq_ignore_ascii_case(attribute))
+        .map(|(_, why)| *why)
+}
+
+/// The `$select` of a users round: [`USER_SELECT`], then `extra`
+/// attributes (configured extension attributes, what packs read) not in
+/// it yet, sorted, each once.
+pub fn users_select(extra: &[String]) -> String {
+    let base: Vec<&str> = USER_SELECT.split(',').collect();
+    let mut more: Vec<&str> = extra
+        .iter()
+        .map(String::as_str)
+        .filter(|a| !base.contains(a))
+        .collect();
+    more.sort_unstable();
+    more.dedup();
+    let mut select = USER_SELECT.to_string();
+    for a in more {
+        select.push(',');
+        select.push_str(a);
+    }
+    select
+}
+
 /// Errors talking to Entra ID; each names what failed.
 #[derive(Debug, thiserror::Error)]
 pub enum EntraError {
@@ -201,18 +293,27 @@ impl EntraClient {
         format!("{}/.default", self.cfg.graph_url.trim_end_matches('/'))
     }
 
-    /// First URL of a users round: every property rules may read, plus the
-    /// configured extension attributes.
-    pub fn users_start(&self) -> String {
-        let mut select = USER_SELECT.to_string();
-        for e in &self.cfg.extension_attributes {
-            select.push(',');
-            select.push_str(e);
-        }
+    /// First URL of a users round: every property rules may read, the
+    /// configured extension attributes and `pack_attributes` (what the rule
+    /// packs declare they read).
+    pub fn users_start(&self, pack_attributes: &[String]) -> String {
         format!(
-            "{}/v1.0/users/delta?$select={select}",
-            self.cfg.graph_url.trim_end_matches('/')
+            "{}/v1.0/users/delta?$select={}",
+            self.cfg.graph_url.trim_end_matches('/'),
+            self.users_select(pack_attributes)
         )
+    }
+
+    /// The `$select` of [`Self::users_start`].
+    pub fn users_select(&self, pack_attributes: &[String]) -> String {
+        let extra: Vec<String> = self
+            .cfg
+            .extension_attributes
+            .iter()
+            .chain(pack_attributes)
+            .cloned()
+            .collect();
+        users_select(&extra)
     }
 
     /// First URL of a groups round.
@@ -630,9 +731,11 @@ pub fn parse_user(item: &Value) -> Result<UserChange, String> {
         .and_then(Value::as_str)
         .map(str::to_string);
     user.removed = None;
+    // Properties beyond the typed ones (extension attributes, what packs
+    // declared in `[source]`) travel to the rules in `extensions`.
     if let Some(obj) = item.as_object() {
         for (k, v) in obj {
-            if k.starts_with("extension_") {
+            if !k.contains('@') && !USER_SELECT.split(',').any(|p| p == k) {
                 user.extensions.insert(k.clone(), v.clone());
             }
         }

@@ -8,4 +8,7 @@
 mod client;
 pub mod notify;
 
-pub use client::{Credential, EntraClient, EntraError, GroupChange, Page, RawPage, UserChange};
+pub use client::{
+    Credential, DELTA_UNTRACKABLE, EntraClient, EntraError, GroupChange, Page, RawPage,
+    USER_SELECT, UserChange, untrackable, users_select,
+};

@@ -66,6 +66,16 @@ pub enum RuleError {
     },
     #[error("rule packs cannot be stacked: {0}")]
     Stack(String),
+    /// The pack reads an Entra attribute Graph delta cannot track: its
+    /// changes would never reach the rules.
+    #[error(
+        "rule pack {pack}: reads Entra attribute `{attribute}`, which Graph delta queries cannot track ({why}); read it some other way or drop it"
+    )]
+    Untrackable {
+        pack: String,
+        attribute: String,
+        why: &'static str,
+    },
 }
 
 /// Which engine runs the pack.
@@ -114,6 +124,22 @@ struct Manifest {
     access: AccessClaims,
     #[serde(default)]
     capabilities: Capabilities,
+    #[serde(default)]
+    source: SourceClaims,
+}
+
+/// `[source]` of `pack.toml`: what the pack reads from Entra beyond the
+/// properties every pack gets.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceClaims {
+    /// Graph user properties (e.g. `officeLocation`, `employeeType`,
+    /// `extension_<appId>_costCenter`), handed to the rules in
+    /// `user.extensions`. Adding one starts a new baseline read of Entra
+    /// with the wider `$select`; one Graph delta cannot track (such as
+    /// `signInActivity`) refuses the pack.
+    #[serde(default)]
+    pub attributes: Vec<String>,
 }
 
 /// `[access]` of `pack.toml`: what the pack owns in Salesforce.
@@ -275,6 +301,7 @@ pub struct Pack {
 /// One pack of a stack.
 struct Layer {
     info: PackInfo,
+    source: SourceClaims,
     /// `name@version`, made once.
     id: std::sync::Arc<str>,
     /// Its own claims: intents are checked against what it and the packs
@@ -388,6 +415,21 @@ impl Layer {
             }
             settings.push((name.clone(), entries));
         }
+        for a in &m.source.attributes {
+            if a.is_empty() || !a.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(RuleError::Manifest {
+                    dir: dir.to_path_buf(),
+                    message: format!("source.attributes: {a:?} is not a Graph property name"),
+                });
+            }
+            if let Some(why) = crate::entra::untrackable(a) {
+                return Err(RuleError::Untrackable {
+                    pack,
+                    attribute: a.clone(),
+                    why,
+                });
+            }
+        }
         for f in m.access.fields.iter().chain(&m.access.objects) {
             if !is_api_name(f) {
                 return Err(RuleError::Manifest {
@@ -419,6 +461,7 @@ impl Layer {
         Ok(Self {
             id: pack.as_str().into(),
             info: m.pack,
+            source: m.source,
             access: m.access,
             caps: std::sync::Arc::new(m.capabilities),
             tables: std::sync::Arc::new(tables),
@@ -547,6 +590,19 @@ impl Pack {
     /// Whether rehires are reactivated without review (the top pack says).
     pub fn rehires_auto(&self) -> bool {
         self.info.rehires == Rehires::Auto
+    }
+
+    /// The Entra attributes the packs read beyond the standard ones
+    /// (`[source] attributes` of every pack in the stack), sorted, once each.
+    pub fn source_attributes(&self) -> Vec<String> {
+        let mut all: Vec<String> = self
+            .layers
+            .iter()
+            .flat_map(|l| l.source.attributes.iter().cloned())
+            .collect();
+        all.sort();
+        all.dedup();
+        all
     }
 
     /// How many packs are stacked.

@@ -45,6 +45,12 @@ pub const USER_PROPERTIES: &[&str] = &[
     "officeLocation",
     "externalUserState",
     "onPremisesImmutableId",
+    "employeeType",
+    "companyName",
+    "city",
+    "country",
+    "state",
+    "usageLocation",
 ];
 
 /// Returned when `users/delta` has no `$select` (note: no accountEnabled).
@@ -1094,6 +1100,23 @@ fn start(
     let sel: Vec<String> = match q.get("$select") {
         Some(s) => {
             let mut v = Vec::new();
+            let untracked: Vec<&str> = s
+                .split(',')
+                .map(str::trim)
+                .filter(|p| crate::entra::untrackable(p).is_some())
+                .collect();
+            if !untracked.is_empty() {
+                // Message as reported by Graph users (field-failures.md §8);
+                // the error code is not in the report: unverified.
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    "Request_UnsupportedQuery",
+                    format!(
+                        "Invalid request for delta query: for this entity set, $expand/$select is not supported for the following properties: {}",
+                        untracked.join(",")
+                    ),
+                ));
+            }
             for p in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
                 if p != "id" && !allowed(p) {
                     return Err((
@@ -1222,6 +1245,18 @@ async fn users_delta(
         Ok(r) => r,
         Err((st, code, msg)) => return error_response(st, code, &msg, client_req.as_deref()),
     };
+    // A stuck service: an empty page whose nextLink is the request itself.
+    if let (Round::Page(c), true) = (&round, q.contains_key("$skiptoken")) {
+        let stall = {
+            let mut f = sim.faults();
+            let hit = f.graph_stall_next > 0;
+            f.graph_stall_next = f.graph_stall_next.saturating_sub(1);
+            hit
+        };
+        if stall {
+            return finish_raw(&headers, client_req, "users", "users", b"", Ok(c.clone()));
+        }
+    }
     let size = page_size(&headers);
     let tenant = sim.graph();
     let mut cur = match round {

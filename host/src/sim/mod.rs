@@ -87,6 +87,10 @@ pub struct Faults {
     /// `REQUEST_LIMIT_EXCEEDED` "ConcurrentRequests" (the org's limit on
     /// long-running requests in flight), without being carried out.
     pub sf_concurrent_limit_next: u32,
+    /// The next this-many `users/delta` requests with a `$skiptoken`
+    /// answer an empty page whose nextLink is the request again (a service
+    /// paging without progress).
+    pub graph_stall_next: u32,
 }
 
 /// Counters the tests and the demo read back (`GET /_sim/stats`).

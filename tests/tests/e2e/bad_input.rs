@@ -163,3 +163,39 @@ async fn a_salesforce_error_body_is_parsed_into_code_message_and_fields() {
         "{f}"
     );
 }
+
+#[test]
+fn a_pack_reading_an_attribute_delta_cannot_track_is_refused_at_load() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    provisor_e2e::copy_dir(&rhai_pack(), dir.path());
+    let manifest = std::fs::read_to_string(dir.path().join("pack.toml")).expect("manifest");
+    std::fs::write(
+        dir.path().join("pack.toml"),
+        format!("{manifest}\n[source]\nattributes = [\"department\", \"signInActivity\"]\n"),
+    )
+    .expect("write");
+    let err = provisor::rules::Pack::load(dir.path())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("gallery-defaults@0.1.0")
+            && err.contains("`signInActivity`")
+            && err.contains("cannot track"),
+        "{err}"
+    );
+    // A name that is no Graph property name at all.
+    std::fs::write(
+        dir.path().join("pack.toml"),
+        format!("{manifest}\n[source]\nattributes = [\"office location\"]\n"),
+    )
+    .expect("write");
+    let err = provisor::rules::Pack::load(dir.path())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("\"office location\" is not a Graph property name"),
+        "{err}"
+    );
+}

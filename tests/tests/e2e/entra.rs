@@ -672,3 +672,231 @@ async fn reqwest_post(url: &str, body: Value) -> u16 {
         .map(|r| r.status().as_u16())
         .unwrap_or(0)
 }
+
+/// Writes the gallery pack into `dir` reading `attributes` from Entra
+/// (`[source]`) and copying the first into Salesforce's CompanyName.
+fn gallery_reading(dir: &std::path::Path, attributes: &[&str]) {
+    let gallery = provisor_e2e::repo_root().join("rules/gallery-defaults");
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let manifest = std::fs::read_to_string(gallery.join("pack.toml")).expect("manifest");
+    let script = std::fs::read_to_string(gallery.join("main.rhai")).expect("script");
+    let list: Vec<String> = attributes.iter().map(|a| format!("{a:?}")).collect();
+    let manifest = manifest
+        .replace("version = \"0.1.0\"", "version = \"0.2.0\"")
+        .replace(
+            "fields = [\"Alias\",",
+            "fields = [\"Alias\", \"CompanyName\",",
+        );
+    std::fs::write(
+        dir.join("pack.toml"),
+        format!("{manifest}\n[source]\nattributes = [{}]\n", list.join(", ")),
+    )
+    .expect("write manifest");
+    std::fs::write(
+        dir.join("main.rhai"),
+        format!(
+            "{}\nfn map(user, settings) {{\n    let d = gallery_map(user, settings);\n    d.fields.CompanyName = user.extensions.{} ?? ();\n    d\n}}\n",
+            script.replace("fn map(", "fn gallery_map("),
+            attributes[0]
+        ),
+    )
+    .expect("write script");
+}
+
+async fn events(engine: &provisor::engine::Engine, name: &str) -> Vec<Value> {
+    engine
+        .store
+        .audit_rows(None)
+        .await
+        .expect("audit")
+        .into_iter()
+        .filter(|r| r.event == name)
+        .map(|r| r.detail)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pack_reading_a_new_attribute_gets_it_through_a_new_baseline_round() {
+    let running = start_sim(30, 26).await;
+    let sim = running.sim.clone();
+    let ids: Vec<String> = sim.graph().users().map(|u| u.id.clone()).collect();
+    for id in &ids {
+        let mut m = Map::new();
+        m.insert("officeLocation".into(), json!("Building 7"));
+        sim.graph().update_user(id, m).expect("set officeLocation");
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pack = dir.path().join("pack");
+    provisor_e2e::copy_dir(
+        &provisor_e2e::repo_root().join("rules/gallery-defaults"),
+        &pack,
+    );
+    let engine = engine_with(&running, &pack, &dir.path().join("s.db"), fast).await;
+    let r = engine.sync_once(&Quiet).await.expect("initial sync");
+    assert_eq!(r.failed, 0, "{:?}", r.failures);
+    assert!(
+        events(&engine, "entra.users.baseline_started")
+            .await
+            .is_empty()
+    );
+
+    // The next version reads officeLocation: the next cycle reads every
+    // user again with the wider $select, and the rules see it.
+    std::fs::remove_dir_all(&pack).expect("clear pack");
+    gallery_reading(&pack, &["officeLocation"]);
+    assert!(
+        matches!(
+            engine.reload_rules(false).await,
+            provisor::rules::Reload::Replaced { .. }
+        ),
+        "the new version loads"
+    );
+    let calls = sim.stats().graph_delta_pages;
+    let r = engine.sync_once(&Quiet).await.expect("baseline cycle");
+    assert_eq!(r.failed, 0, "{:?}", r.failures);
+    let started = events(&engine, "entra.users.baseline_started").await;
+    assert_eq!(started.len(), 1);
+    assert_eq!(started[0]["added_attributes"], json!(["officeLocation"]));
+    assert_eq!(
+        events(&engine, "entra.users.baseline_completed")
+            .await
+            .len(),
+        1
+    );
+    // 30 users at 40 a page: a full round is one page, plus the groups link.
+    assert!(sim.stats().graph_delta_pages - calls >= 2);
+    let upns = live_enabled_upns(&sim);
+    let companies: BTreeSet<String> = sim
+        .salesforce()
+        .rows("User")
+        .filter(|u| {
+            u.get("Username")
+                .and_then(Value::as_str)
+                .is_some_and(|n| upns.contains(&n.to_lowercase()))
+        })
+        .map(|u| {
+            u.get("CompanyName")
+                .and_then(Value::as_str)
+                .unwrap_or("(none)")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(companies, BTreeSet::from(["Building 7".to_string()]));
+
+    // After it, the new deltaLink is incremental: one call per link, no
+    // second baseline.
+    let calls = sim.stats().graph_calls;
+    engine.sync_once(&Quiet).await.expect("idle cycle");
+    assert_eq!(sim.stats().graph_calls - calls, 2);
+    assert_eq!(
+        events(&engine, "entra.users.baseline_started").await.len(),
+        1
+    );
+
+    // A change to the new attribute now arrives incrementally.
+    let mut m = Map::new();
+    m.insert("officeLocation".into(), json!("Building 9"));
+    sim.graph().update_user(&ids[0], m).expect("move office");
+    let r = engine.sync_once(&Quiet).await.expect("incremental cycle");
+    assert_eq!(r.updated, 1, "{}", r.plan.render());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wider_select_graph_refuses_keeps_the_old_delta_link() {
+    let running = start_sim(20, 27).await;
+    let sim = running.sim.clone();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pack = dir.path().join("pack");
+    provisor_e2e::copy_dir(
+        &provisor_e2e::repo_root().join("rules/gallery-defaults"),
+        &pack,
+    );
+    let engine = engine_with(&running, &pack, &dir.path().join("s.db"), fast).await;
+    engine.sync_once(&Quiet).await.expect("initial sync");
+
+    // `costCenter` is no property Graph has (extension attributes are
+    // named extension_<appId>_<name>): Graph answers 400.
+    std::fs::remove_dir_all(&pack).expect("clear pack");
+    gallery_reading(&pack, &["costCenter"]);
+    assert!(matches!(
+        engine.reload_rules(false).await,
+        provisor::rules::Reload::Replaced { .. }
+    ));
+    let id = sim
+        .graph()
+        .users()
+        .next()
+        .map(|u| u.id.clone())
+        .expect("a user");
+    let mut m = Map::new();
+    m.insert("surname".into(), json!("Stillsynced"));
+    sim.graph().update_user(&id, m).expect("rename");
+    let r = engine
+        .sync_once(&Quiet)
+        .await
+        .expect("the cycle carries on with the old deltaLink");
+    assert_eq!(r.failed, 0, "{:?}", r.failures);
+    let refused = events(&engine, "entra.users.baseline_refused").await;
+    assert_eq!(refused.len(), 1);
+    assert!(
+        refused[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("costCenter")),
+        "{refused:?}"
+    );
+    assert_eq!(r.entra_changes, 1, "the change came through the old link");
+    // Not tried again: the next cycle is incremental.
+    let calls = sim.stats().graph_calls;
+    engine.sync_once(&Quiet).await.expect("idle cycle");
+    assert_eq!(sim.stats().graph_calls - calls, 2);
+    assert_eq!(
+        events(&engine, "entra.users.baseline_started").await.len(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_paging_that_stops_progressing_alerts_and_resyncs() {
+    let running = start_sim(200, 28).await;
+    let sim = running.sim.clone();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = engine_with(&running, &rhai_pack(), &dir.path().join("s.db"), fast).await;
+    // The second page of the first round comes back empty, pointing at
+    // itself: the engine notices on the repeat, resyncs, and completes.
+    sim.set_faults(Faults {
+        graph_stall_next: 1,
+        ..Default::default()
+    });
+    let r = engine.sync_once(&Quiet).await.expect("the cycle recovers");
+    assert_eq!(r.failed, 0, "{:?}", r.failures);
+    let stalled = events(&engine, "entra.users.stalled").await;
+    assert_eq!(stalled.len(), 1, "{stalled:?}");
+    assert!(
+        stalled[0]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("repeated"))
+    );
+    assert_eq!(
+        active_usernames(&sim)
+            .intersection(&live_enabled_upns(&sim))
+            .count(),
+        live_enabled_upns(&sim).len()
+    );
+
+    // A service stuck for good: two resyncs, then the cycle fails, naming
+    // the stall, and nobody is deprovisioned.
+    let before = active_usernames(&sim);
+    let ids: Vec<String> = sim.graph().users().map(|u| u.id.clone()).take(3).collect();
+    for id in &ids {
+        sim.graph().hard_delete_user(id).expect("delete");
+    }
+    sim.set_faults(Faults {
+        graph_gone_next: 1,
+        graph_stall_next: 1000,
+        ..Default::default()
+    });
+    let err = engine.sync_once(&Quiet).await.expect_err("stuck for good");
+    assert!(err.to_string().contains("repeated"), "{err}");
+    assert_eq!(active_usernames(&sim), before);
+    sim.set_faults(Faults::default());
+}

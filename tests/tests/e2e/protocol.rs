@@ -65,7 +65,7 @@ async fn graph_delta_rounds_report_changes_removals_and_restores() {
     let running = start_sim(20, 8).await;
     let sim = running.sim.clone();
     let (e, _) = clients(&running, 7);
-    let (initial, pages, link) = users_round(&e, &e.users_start()).await;
+    let (initial, pages, link) = users_round(&e, &e.users_start(&[])).await;
     assert_eq!((initial.len(), pages), (20, 3), "20 users in pages of 7");
     assert!(initial.iter().all(|c| matches!(c, UserChange::Upsert(u) if u.account_enabled.is_some() && u.user_principal_name.is_some())));
 
