@@ -406,10 +406,19 @@ pub struct SyncConfig {
     /// user too (in a second pass when both are created in one cycle).
     #[serde(default)]
     pub manager: bool,
+    /// With `manager`: every this many hours every user's manager is read
+    /// again outside delta (which is known to miss manager changes); 0
+    /// never.
+    #[serde(default = "default_manager_reread_hours")]
+    pub manager_reread_hours: u64,
 }
 
 fn default_concurrency() -> usize {
     4
+}
+
+fn default_manager_reread_hours() -> u64 {
+    24
 }
 
 impl Default for SyncConfig {
@@ -422,6 +431,7 @@ impl Default for SyncConfig {
             concurrency: default_concurrency(),
             reconcile_every_hours: None,
             manager: false,
+            manager_reread_hours: default_manager_reread_hours(),
         }
     }
 }

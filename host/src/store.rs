@@ -227,6 +227,47 @@ impl Store {
         Ok(round)
     }
 
+    /// Applies managers read outside delta (Entra id -> manager id): users
+    /// whose recorded manager differs get the new one and are marked
+    /// dirty. Returns how many changed.
+    pub async fn refresh_managers(
+        &self,
+        managers: &HashMap<String, Option<String>>,
+    ) -> Result<usize, StoreError> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT id, data FROM entra_users WHERE removed IS NULL")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(q("read users"))?;
+        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
+        let mut changed = 0;
+        for (id, data) in rows {
+            let Some(manager) = managers.get(&id) else {
+                continue;
+            };
+            let corrupt = |e: serde_json::Error| StoreError::Corrupt {
+                table: "entra_users",
+                id: id.clone(),
+                detail: e.to_string(),
+            };
+            let mut user: EntraUser = serde_json::from_str(&data).map_err(corrupt)?;
+            if &user.manager_id == manager {
+                continue;
+            }
+            user.manager_id = manager.clone();
+            sqlx::query("UPDATE entra_users SET data = ?, dirty = 1, attempts = 0, updated_at = ? WHERE id = ?")
+                .bind(serde_json::to_string(&user).map_err(corrupt)?)
+                .bind(now())
+                .bind(&id)
+                .execute(&mut *tx)
+                .await
+                .map_err(q("update manager"))?;
+            changed += 1;
+        }
+        tx.commit().await.map_err(q("commit managers"))?;
+        Ok(changed)
+    }
+
     /// Gives up a resync round (its checkpoint and round marker); the old
     /// deltaLink, kept during the round, is what the next read follows.
     pub async fn abandon_resync(&self, resource: &str) -> Result<(), StoreError> {

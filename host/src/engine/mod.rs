@@ -61,6 +61,8 @@ const IN_LIST_CHARS: usize = 8_000;
 /// Settings: the `$select` the users deltaLink tracks; the wider one a
 /// baseline round under way reads; one Graph refused.
 const SELECT_TRACKED: &str = "entra.users.select";
+/// Setting: when managers were last read outside delta (RFC 3339).
+const MANAGERS_READ_AT: &str = "entra.managers.read_at";
 const SELECT_PENDING: &str = "entra.users.select_pending";
 const SELECT_REFUSED: &str = "entra.users.select_refused";
 
@@ -406,8 +408,66 @@ impl Engine {
                 .await?;
         }
         let report = self.read_both(&cycle, obs).await?;
+        self.reread_managers_if_due(&cycle).await?;
         self.replan_on_new_rules(&cycle).await?;
         self.decide_and_apply(cycle, report, None, None, obs).await
+    }
+
+    /// With `sync.manager`, every `sync.manager_reread_hours` reads every
+    /// user's manager outside delta and marks those that changed dirty. A
+    /// failed read is logged and audited; the cycle goes on and the next
+    /// one tries again.
+    async fn reread_managers_if_due(&self, cycle: &str) -> Result<(), SyncError> {
+        if !self.cfg.manager || self.cfg.manager_reread_hours == 0 {
+            return Ok(());
+        }
+        let now = chrono::Utc::now();
+        let last = self
+            .store
+            .setting(MANAGERS_READ_AT)
+            .await?
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok());
+        let Some(last) = last else {
+            // The first read of Entra brought every manager.
+            self.store
+                .set_setting(MANAGERS_READ_AT, &now.to_rfc3339())
+                .await?;
+            return Ok(());
+        };
+        let hours = i64::try_from(self.cfg.manager_reread_hours).unwrap_or(i64::MAX);
+        if now.signed_duration_since(last) < chrono::Duration::hours(hours) {
+            return Ok(());
+        }
+        let event = match self.entra.managers().await {
+            Ok(managers) => {
+                let users = managers.len();
+                let managers: HashMap<String, Option<String>> = managers.into_iter().collect();
+                let changed = self.store.refresh_managers(&managers).await?;
+                self.store
+                    .set_setting(MANAGERS_READ_AT, &now.to_rfc3339())
+                    .await?;
+                if changed > 0 {
+                    tracing::info!(changed, "managers changed without showing in delta");
+                }
+                AuditEvent {
+                    event: "entra.managers.reread".into(),
+                    entra_id: None,
+                    sf_id: None,
+                    detail: json!({"users": users, "changed": changed}),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "re-reading managers failed; the next cycle tries again");
+                AuditEvent {
+                    event: "entra.managers.reread_failed".into(),
+                    entra_id: None,
+                    sf_id: None,
+                    detail: json!({"error": e.to_string()}),
+                }
+            }
+        };
+        self.store.append_audit(cycle, &[event]).await?;
+        Ok(())
     }
 
     /// A cycle's report after reading Entra's users and groups into the mirror.

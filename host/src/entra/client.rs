@@ -1,3 +1,4 @@
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -586,6 +587,57 @@ impl EntraClient {
 
     /// Fetches one delta page and reads only its links; the items are parsed
     /// by [`RawPage::users`] or [`RawPage::groups`].
+    /// Every live user's manager (`None`: no manager), from
+    /// `GET /users?$select=id&$expand=manager($select=id)`: delta is known
+    /// to miss manager changes, so they are re-read from time to time.
+    pub async fn managers(&self) -> Result<Vec<(String, Option<String>)>, EntraError> {
+        #[derive(serde::Deserialize)]
+        struct Ref {
+            id: String,
+        }
+        #[derive(serde::Deserialize)]
+        struct Row {
+            id: String,
+            #[serde(default)]
+            manager: Option<Ref>,
+        }
+        #[derive(serde::Deserialize)]
+        struct ListPage {
+            value: Vec<Row>,
+            #[serde(rename = "@odata.nextLink")]
+            next: Option<String>,
+        }
+        let mut url = format!(
+            "{}/v1.0/users?$select=id&$expand=manager($select=id)&$top=999",
+            self.cfg.graph_url.trim_end_matches('/')
+        );
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        loop {
+            let (text, _) = self.get(&url).await?;
+            let page: ListPage =
+                serde_json::from_str(&text).map_err(|e| EntraError::Malformed {
+                    url: url.clone(),
+                    detail: format!("not a users page ({e})"),
+                })?;
+            out.extend(
+                page.value
+                    .into_iter()
+                    .map(|r| (r.id, r.manager.map(|m| m.id))),
+            );
+            match page.next {
+                Some(n) if seen.insert(n.clone()) => url = n,
+                Some(n) => {
+                    return Err(EntraError::Stalled {
+                        url: n,
+                        detail: "the nextLink repeated an earlier one".into(),
+                    });
+                }
+                None => return Ok(out),
+            }
+        }
+    }
+
     pub async fn page(&self, url: &str) -> Result<RawPage, EntraError> {
         let (text, request_id) = self.get(url).await?;
         #[derive(serde::Deserialize)]

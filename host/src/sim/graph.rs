@@ -288,6 +288,19 @@ impl GraphTenant {
         Ok(())
     }
 
+    /// Changes a user's manager without it showing in delta: Graph is
+    /// known to miss manager changes (graph.md §4.5), which only a
+    /// periodic re-read of managers catches.
+    pub fn set_manager_unseen(
+        &mut self,
+        id: &str,
+        manager: Option<&str>,
+    ) -> Result<(), TenantError> {
+        let user = self.live_user(id)?;
+        user.manager_id = manager.map(str::to_string);
+        Ok(())
+    }
+
     /// Soft-deletes (restorable) a user.
     pub fn soft_delete_user(&mut self, id: &str) -> Result<(), TenantError> {
         let seq = self.bump();
@@ -516,14 +529,130 @@ pub(super) fn routes() -> Router<Sim> {
             .route(&format!("/v1.0/users/{path}"), get(users_delta))
             .route(&format!("/v1.0/groups/{path}"), get(groups_delta));
     }
-    r.route(
-        "/v1.0/subscriptions",
-        post(create_subscription).get(list_subscriptions),
-    )
-    .route(
-        "/v1.0/subscriptions/{id}",
-        axum::routing::patch(renew_subscription).delete(delete_subscription),
-    )
+    r.route("/v1.0/users", get(list_users))
+        .route(
+            "/v1.0/subscriptions",
+            post(create_subscription).get(list_subscriptions),
+        )
+        .route(
+            "/v1.0/subscriptions/{id}",
+            axum::routing::patch(renew_subscription).delete(delete_subscription),
+        )
+}
+
+/// `GET /v1.0/users?$select=id&$expand=manager($select=id)&$top=999`:
+/// live users in id order, `$top` a page (default 100, at most 999), the
+/// expanded manager as an object (absent without one), paged by an opaque
+/// `$skiptoken`.
+async fn list_users(
+    State(sim): State<Sim>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(r) = authorized(&sim, &headers) {
+        return r;
+    }
+    let client_req = headers
+        .get("client-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let top = match q.get("$top").map(|t| t.parse::<usize>()) {
+        None => 100,
+        Some(Ok(n)) if (1..=999).contains(&n) => n,
+        Some(_) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "Request_BadRequest",
+                "Invalid page size specified: '$top'. Must be between 1 and 999 inclusive.",
+                client_req.as_deref(),
+            );
+        }
+    };
+    let select: Vec<String> = q
+        .get("$select")
+        .map(|s| s.split(',').map(|p| p.trim().to_string()).collect())
+        .unwrap_or_else(|| DEFAULT_SELECT.iter().map(|s| s.to_string()).collect());
+    for p in &select {
+        if p != "id" && !is_user_property(p) {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "Request_BadRequest",
+                &format!("Could not find a property named '{p}' on type 'microsoft.graph.user'."),
+                client_req.as_deref(),
+            );
+        }
+    }
+    let expand_manager = match q.get("$expand").map(String::as_str) {
+        None => false,
+        Some(e) if e == "manager" || e.starts_with("manager(") => true,
+        Some(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "Request_BadRequest",
+                &format!("Expand of '{e}' is not supported by this emulator."),
+                client_req.as_deref(),
+            );
+        }
+    };
+    let after = q.get("$skiptoken").cloned();
+    let tenant = sim.graph();
+    let mut page: Vec<Value> = Vec::with_capacity(top);
+    let mut last: Option<String> = None;
+    let mut more = false;
+    for u in tenant
+        .users
+        .values()
+        .filter(|u| u.removed.is_none())
+        .filter(|u| after.as_deref().is_none_or(|a| u.id.as_str() > a))
+    {
+        if page.len() == top {
+            more = true;
+            break;
+        }
+        let mut o = Map::new();
+        o.insert("id".into(), json!(u.id));
+        for p in select.iter().filter(|p| *p != "id") {
+            o.insert(p.clone(), u.props.get(p).cloned().unwrap_or(Value::Null));
+        }
+        if expand_manager && let Some(m) = &u.manager_id {
+            o.insert(
+                "manager".into(),
+                json!({"@odata.type": "#microsoft.graph.user", "id": m}),
+            );
+        }
+        last = Some(u.id.clone());
+        page.push(Value::Object(o));
+    }
+    drop(tenant);
+    let base = super::base_url(&headers);
+    let mut body = json!({
+        "@odata.context": format!("{base}/v1.0/$metadata#users"),
+        "value": page,
+    });
+    if more && let Some(l) = last {
+        let Ok(mut next) = url::Url::parse(&format!("{base}/v1.0/users")) else {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "Request_BadRequest",
+                "The Host header does not make a URL.",
+                None,
+            );
+        };
+        {
+            let mut qp = next.query_pairs_mut();
+            for (k, v) in q.iter().filter(|(k, _)| *k != "$skiptoken") {
+                qp.append_pair(k, v);
+            }
+            qp.append_pair("$skiptoken", &l);
+        }
+        body["@odata.nextLink"] = json!(next.to_string());
+    }
+    let mut resp = super::json(StatusCode::OK, body);
+    set_header(&mut resp, "request-id", &uuid::Uuid::new_v4().to_string());
+    if let Some(c) = client_req {
+        set_header(&mut resp, "client-request-id", &c);
+    }
+    resp
 }
 
 /// Only the bearer token check (subscriptions are not delta reads).

@@ -276,3 +276,76 @@ async fn test_connection_checks_every_kind_of_access_the_pack_names() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_user_is_reactivated_first_then_its_access_is_granted_again() {
+    let running = start_sim(40, 58).await;
+    let sim = running.sim.clone();
+    let (entra_id, upn) = members(&sim, "SF-Sales").remove(0);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pack = repo_root().join("tests/fixtures/packs/access-full");
+    let engine = engine_with(&running, &pack, &dir.path().join("a.db"), fast).await;
+    engine.sync_once(&Quiet).await.expect("initial sync");
+    let user = sf_id(&sim, &upn);
+    let access = set(&[
+        "Group:Sales_Bundle",
+        "PS:Sales_Cloud_User",
+        "Queue:Sales_Queue",
+    ]);
+    assert_eq!(held(&sim, &user), access);
+
+    // Deleted in Entra: deactivated. Its access is then taken away in
+    // Salesforce (as licence reclaiming does).
+    sim.graph().soft_delete_user(&entra_id).expect("delete");
+    let r = engine.sync_once(&Quiet).await.expect("leaver cycle");
+    assert_eq!(r.deactivated, 1, "{}", r.plan.render());
+    let assignments: Vec<String> = {
+        let org = sim.salesforce();
+        org.rows("PermissionSetAssignment")
+            .chain(org.rows("GroupMember"))
+            .filter(|a| {
+                a.get("AssigneeId").or_else(|| a.get("UserOrGroupId")) == Some(&json!(user))
+            })
+            .filter(|a| {
+                a.get("PermissionSetId")
+                    .and_then(Value::as_str)
+                    .and_then(|p| org.get("PermissionSet", p))
+                    .is_none_or(|p| p["IsOwnedByProfile"] != json!(true))
+            })
+            .filter_map(|a| a["Id"].as_str().map(str::to_string))
+            .collect()
+    };
+    for id in &assignments {
+        sim.salesforce().delete(id).expect("remove assignment");
+    }
+    assert!(held(&sim, &user).is_empty());
+
+    // Restored: one cycle reactivates the same Salesforce user and, after
+    // that succeeded, grants its access again.
+    sim.graph().restore_user(&entra_id).expect("restore");
+    let r = engine.sync_once(&Quiet).await.expect("returner cycle");
+    assert_eq!(r.reactivated, 1, "{}", r.plan.render());
+    assert_eq!(r.created, 0);
+    assert_eq!(held(&sim, &user), access);
+    let rows = engine.store.audit_rows(None).await.expect("audit");
+    let seq = |event: &str| {
+        rows.iter()
+            .filter(|r| {
+                r.entra_id.as_deref() == Some(entra_id.as_str()) && r.event.as_str() == event
+            })
+            .map(|r| r.seq)
+            .max()
+            .unwrap_or_else(|| panic!("no {event}"))
+    };
+    let reactivated = seq("user.reactivated");
+    for granted in [
+        "user.permission_set_assigned",
+        "user.permission_set_group_assigned",
+        "user.queue_assigned",
+    ] {
+        assert!(
+            seq(granted) > reactivated,
+            "{granted} before the reactivation"
+        );
+    }
+}

@@ -473,3 +473,23 @@ async fn admin_api_sets_licence_seats() {
     .await;
     assert_eq!(r.status().as_u16(), 400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managers_are_listed_in_pages_of_999_with_the_expanded_manager() {
+    let running = start_sim(2100, 9).await;
+    let sim = running.sim.clone();
+    let (e, _) = clients(&running, 999);
+    let calls = sim.stats().graph_calls;
+    let managers = e.managers().await.expect("list managers");
+    assert_eq!(sim.stats().graph_calls - calls, 3, "ceil(2100/999) pages");
+    let want: std::collections::BTreeMap<String, Option<String>> = sim
+        .graph()
+        .users()
+        .filter(|u| u.removed.is_none())
+        .map(|u| (u.id.clone(), u.manager_id.clone()))
+        .collect();
+    let got: std::collections::BTreeMap<String, Option<String>> = managers.into_iter().collect();
+    assert_eq!(got, want);
+    assert!(got.values().filter(|m| m.is_none()).count() > 100);
+    assert!(got.values().filter(|m| m.is_some()).count() > 1000);
+}

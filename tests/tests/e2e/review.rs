@@ -242,6 +242,40 @@ async fn managers_are_set_in_a_second_pass_and_follow_entra() {
     let r = engine.sync_once(&Quiet).await.expect("sync");
     assert_eq!(r.updated, 1, "{}", r.plan.render());
     assert_eq!(manager_of(&links[&u]), json!(links[&new_boss]));
+
+    // A manager change delta never reports: invisible until managers are
+    // read again (every sync.manager_reread_hours, 24 by default).
+    sim.graph()
+        .set_manager_unseen(&u, Some(&old))
+        .expect("set manager");
+    let r = engine.sync_once(&Quiet).await.expect("sync");
+    assert_eq!(r.updated, 0, "delta did not say: {}", r.plan.render());
+    let earlier = (chrono::Utc::now() - chrono::Duration::hours(25)).to_rfc3339();
+    engine
+        .store
+        .set_setting("entra.managers.read_at", &earlier)
+        .await
+        .expect("backdate");
+    let calls = sim.stats().graph_calls;
+    let r = engine.sync_once(&Quiet).await.expect("sync");
+    assert_eq!(r.updated, 1, "{}", r.plan.render());
+    assert_eq!(manager_of(&links[&u]), json!(links[&old]));
+    // Two delta links and one page of 30 users with their managers.
+    assert_eq!(sim.stats().graph_calls - calls, 3);
+    let reread: Vec<_> = engine
+        .store
+        .audit_rows(None)
+        .await
+        .expect("audit")
+        .into_iter()
+        .filter(|r| r.event == "entra.managers.reread")
+        .collect();
+    assert_eq!(reread.len(), 1);
+    assert_eq!(reread[0].detail["changed"], json!(1));
+    // Not due again for another day.
+    let calls = sim.stats().graph_calls;
+    engine.sync_once(&Quiet).await.expect("sync");
+    assert_eq!(sim.stats().graph_calls - calls, 2);
 }
 
 /// Adopting an existing Salesforce user on its first match: changes that may
