@@ -495,7 +495,8 @@ async fn sync(a: SyncArgs) -> anyhow::Result<ExitCode> {
     );
     let [ru, rg, pl, ap] = run.phases;
     println!(
-        "  stages: read users {ru:.2} s, read groups {rg:.2} s, match + rules + plan {pl:.2} s, apply {ap:.2} s"
+        "  stages: read Entra (users and groups side by side) {:.2} s, match + rules + plan {pl:.2} s, apply {ap:.2} s",
+        ru + rg
     );
     println!(
         "  resident: {:.0} MiB after the read, {:.0} MiB after planning, {:.0} MiB after applying",

@@ -128,6 +128,16 @@ impl Store {
         Self::connect(url, false).await
     }
 
+    /// A write transaction that takes SQLite's write lock at once
+    /// (`BEGIN IMMEDIATE`). A deferred one that reads first and writes
+    /// later fails at once with `database is locked` when another writer got
+    /// in between (SQLite cannot wait there without risking a deadlock);
+    /// this one waits for the lock (`busy_timeout`) instead. Users and
+    /// groups are journaled side by side, so this happens.
+    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, Sqlite>, sqlx::Error> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await
+    }
+
     async fn connect(url: &str, create: bool) -> Result<Self, StoreError> {
         let opts = SqliteConnectOptions::from_str(url)
             .map_err(|source| StoreError::Open {
@@ -239,7 +249,7 @@ impl Store {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(q("read users"))?;
-        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
+        let mut tx = self.write_tx().await.map_err(q("begin"))?;
         let mut changed = 0;
         for (id, data) in rows {
             let Some(manager) = managers.get(&id) else {
@@ -290,7 +300,7 @@ impl Store {
         delta: Option<&str>,
         request_id: &str,
     ) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
+        let mut tx = self.write_tx().await.map_err(q("begin"))?;
         let round: Option<String> =
             sqlx::query_scalar("SELECT resync_round FROM sync_state WHERE resource = 'users'")
                 .fetch_optional(&mut *tx)
@@ -496,7 +506,7 @@ impl Store {
         next: Option<&str>,
         delta: Option<&str>,
     ) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
+        let mut tx = self.write_tx().await.map_err(q("begin"))?;
         let round: Option<String> =
             sqlx::query_scalar("SELECT resync_round FROM sync_state WHERE resource = 'groups'")
                 .fetch_optional(&mut *tx)
@@ -854,7 +864,7 @@ impl Store {
             return Ok(());
         }
         let at = now();
-        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
+        let mut tx = self.write_tx().await.map_err(q("begin"))?;
         for chunk in grants.chunks(ROWS_PER_STATEMENT) {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO managed_grants (entra_id, access, name, assignment_id, granted_at) ",
@@ -901,7 +911,7 @@ impl Store {
         error: &str,
         max_attempts: u32,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
+        let mut tx = self.write_tx().await.map_err(q("begin"))?;
         let attempts: i64 = sqlx::query_scalar("UPDATE entra_users SET attempts = attempts + 1, last_error = ? WHERE id = ? RETURNING attempts").bind(error).bind(entra_id).fetch_optional(&mut *tx).await.map_err(q("count failure"))?.unwrap_or(1);
         let parked = attempts >= i64::from(max_attempts);
         if parked {
@@ -973,7 +983,7 @@ impl Store {
         entries: &[(&str, &str, serde_json::Value)],
     ) -> Result<Vec<i64>, StoreError> {
         let at = now();
-        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
+        let mut tx = self.write_tx().await.map_err(q("begin"))?;
         let mut ids = Vec::with_capacity(entries.len());
         for chunk in entries.chunks(ROWS_PER_STATEMENT) {
             let mut qb = QueryBuilder::<Sqlite>::new(
@@ -1022,7 +1032,7 @@ impl Store {
         pending_emails: &[(&str, String)],
     ) -> Result<(), StoreError> {
         let at = now();
-        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
+        let mut tx = self.write_tx().await.map_err(q("begin"))?;
         for chunk in settled.chunks(ROWS_PER_STATEMENT) {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "UPDATE outbox SET status = v.column2, result = v.column3, updated_at = ",
@@ -1070,7 +1080,7 @@ impl Store {
 
     /// Marks users clean (converged) in one transaction.
     pub async fn mark_clean_many(&self, entra_ids: &[&str]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
+        let mut tx = self.write_tx().await.map_err(q("begin"))?;
         for chunk in entra_ids.chunks(ROWS_PER_STATEMENT) {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "UPDATE entra_users SET dirty = 0, attempts = 0, last_error = NULL, waiting = NULL WHERE id IN (",
@@ -1386,7 +1396,7 @@ impl Store {
         if events.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
+        let mut tx = self.write_tx().await.map_err(q("begin"))?;
         let mut prev: String =
             sqlx::query_scalar("SELECT hash FROM audit ORDER BY seq DESC LIMIT 1")
                 .fetch_optional(&mut *tx)

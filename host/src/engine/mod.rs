@@ -476,8 +476,19 @@ impl Engine {
             cycle: cycle.to_string(),
             ..Default::default()
         };
-        self.read("users", obs, &mut report).await?;
-        self.read("groups", obs, &mut report).await?;
+        // The two delta rounds are independent (memberships name users by
+        // id, whichever arrives first): read them side by side, so a cycle
+        // waits for the longer round, not for both in turn.
+        let mut groups = report.clone();
+        let (users, groups_read) = tokio::join!(
+            self.read("users", obs, &mut report),
+            self.read("groups", obs, &mut groups)
+        );
+        users?;
+        groups_read?;
+        report.delta_pages += groups.delta_pages;
+        report.entra_changes += groups.entra_changes;
+        report.swept += groups.swept;
         Ok(report)
     }
 
@@ -1764,7 +1775,14 @@ impl Engine {
                             profile,
                             role: want.role.clone(),
                         },
-                        reason: format!("joiner: {cause}, no Salesforce user matches"),
+                        reason: format!(
+                            "joiner: {cause}, no Salesforce user matches{}",
+                            precedence_note(
+                                pack.settings_table("group_profiles"),
+                                &d.groups,
+                                &want.profile.clone().unwrap_or_default()
+                            )
+                        ),
                     });
                     let grants: Vec<(Access, String)> = wanted.into_iter().collect();
                     let (grants, waiting) = with_seats(&mut catalog, grants);
@@ -1957,11 +1975,20 @@ impl Engine {
                             }
                         }
                         (true, true) => {
+                            let precedence = if changes.contains_key("Profile") {
+                                precedence_note(
+                                    pack.settings_table("group_profiles"),
+                                    &d.groups,
+                                    want.profile.as_deref().unwrap_or_default(),
+                                )
+                            } else {
+                                String::new()
+                            };
                             if !changes.is_empty() {
                                 push(
                                     &mut plan,
                                     ActionKind::Update { changes },
-                                    format!("changed in Entra: {cause}{crosses}"),
+                                    format!("changed in Entra: {cause}{precedence}{crosses}"),
                                 );
                             }
                             // Frozen but wanted active (a leaver whose
@@ -2234,6 +2261,34 @@ impl Engine {
 }
 
 /// The Entra change behind a user's actions, in words.
+/// When the user's groups map to different profiles in the pack's
+/// `group_profiles` table (ordered: the first listed group the user is in
+/// wins), says so and which group decided.
+fn precedence_note(table: Option<&[(String, String)]>, groups: &[String], chosen: &str) -> String {
+    let hits: Vec<&(String, String)> = table
+        .unwrap_or_default()
+        .iter()
+        .filter(|(g, _)| groups.contains(g))
+        .collect();
+    let mut profiles: Vec<&str> = hits.iter().map(|(_, p)| p.as_str()).collect();
+    profiles.sort_unstable();
+    profiles.dedup();
+    if profiles.len() < 2 {
+        return String::new();
+    }
+    let winner = hits
+        .iter()
+        .find(|(_, p)| p == chosen)
+        .map_or("the pack's own logic", |(g, _)| g.as_str());
+    format!(
+        "; groups disagree on the profile ({}): the pack's precedence (group_profiles order) picks {chosen} from {winner}",
+        hits.iter()
+            .map(|(g, p)| format!("{g} -> {p}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
 fn cause_text(d: &DirtyUser) -> String {
     let u = &d.user;
     match (u.removed, u.account_enabled) {

@@ -605,6 +605,17 @@ impl Pack {
         all
     }
 
+    /// A `[settings.<name>]` table of the top-most pack that has one, in
+    /// manifest order.
+    pub fn settings_table(&self, name: &str) -> Option<&[(String, String)]> {
+        self.layers.iter().rev().find_map(|l| {
+            l.settings
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, t)| t.as_slice())
+        })
+    }
+
     /// How many packs are stacked.
     pub fn depth(&self) -> usize {
         self.layers.len()

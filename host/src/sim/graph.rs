@@ -1136,6 +1136,13 @@ fn gate(
         return Err(resp);
     }
     let mut faults = sim.faults();
+    if faults
+        .graph_fault_resource
+        .as_deref()
+        .is_some_and(|r| r != kind)
+    {
+        return Ok(client_req);
+    }
     let has_token = q.contains_key("$deltatoken") || q.contains_key("$skiptoken");
     let gone_now = match faults.graph_gone_after_pages {
         Some(0) if has_token => {

@@ -91,6 +91,10 @@ pub struct Faults {
     /// answer an empty page whose nextLink is the request again (a service
     /// paging without progress).
     pub graph_stall_next: u32,
+    /// Which delta resource (`users` or `groups`) the 410 and 503 delta
+    /// faults above hit; both when unset. The engine reads both side by
+    /// side, so a test that wants one of them names it.
+    pub graph_fault_resource: Option<String>,
 }
 
 /// Counters the tests and the demo read back (`GET /_sim/stats`).

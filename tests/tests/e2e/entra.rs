@@ -70,6 +70,7 @@ async fn a_410_in_mid_round_resyncs_and_deactivates_only_those_gone() {
     // The reset happens after the first page of the incremental round.
     sim.set_faults(Faults {
         graph_gone_after_pages: Some(1),
+        graph_fault_resource: Some("users".into()),
         ..Default::default()
     });
     let r = engine
@@ -108,6 +109,7 @@ async fn a_410_in_mid_round_resyncs_and_deactivates_only_those_gone() {
     }
     sim.set_faults(Faults {
         graph_gone_next: 1,
+        graph_fault_resource: Some("users".into()),
         ..Default::default()
     });
     let r = engine.sync_once(&Quiet).await.expect("resync");
@@ -563,7 +565,7 @@ proptest! {
                         let want_groups: Vec<(String, Option<String>)> = sim.graph().groups().filter(|g| !g.removed).map(|g| (g.id.clone(), Some(g.display_name.clone()))).collect();
                         assert_eq!(engine.store.mirror_groups().await.expect("groups"), want_groups, "groups after {history:?}");
                     }
-                    Step::Reset => sim.set_faults(Faults { graph_gone_next: 1, ..Default::default() }),
+                    Step::Reset => sim.set_faults(Faults { graph_gone_next: 1, graph_fault_resource: Some("users".into()), ..Default::default() }),
                     other => mutate(&sim, other, &mut n),
                 }
             }
@@ -892,6 +894,7 @@ async fn delta_paging_that_stops_progressing_alerts_and_resyncs() {
     }
     sim.set_faults(Faults {
         graph_gone_next: 1,
+        graph_fault_resource: Some("users".into()),
         graph_stall_next: 1000,
         ..Default::default()
     });

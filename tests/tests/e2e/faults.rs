@@ -83,6 +83,7 @@ async fn graph_failure_mid_round_keeps_the_delta_link_and_the_next_run_completes
     }
     sim.set_faults(Faults {
         graph_delta_fail_after_pages: Some(1),
+        graph_fault_resource: Some("users".into()),
         ..Default::default()
     });
     let writes = sim.stats().sf_write_calls;

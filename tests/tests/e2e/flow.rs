@@ -319,3 +319,53 @@ async fn a_sync_without_tenant_changes_makes_zero_salesforce_writes() {
     assert_eq!((r.users_considered, r.unchanged), (1, 1));
     assert_eq!(sim.stats().sf_write_calls, before.sf_write_calls);
 }
+
+/// A user in two groups that map to different profiles: the pack's order
+/// decides, and the plan says which groups disagreed and which one won.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plan_explains_which_group_decided_a_disputed_profile() {
+    let running = start_sim(120, 31).await;
+    let sim = running.sim.clone();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = engine(&running, &rhai_pack(), &dir.path().join("s.db")).await;
+    let (admins, sales_group) = {
+        let t = sim.graph();
+        let admins = t
+            .group_by_name("SF-Admins")
+            .map(|g| g.members.clone())
+            .unwrap_or_default();
+        let sales = t
+            .group_by_name("SF-Sales")
+            .map(|g| g.id.clone())
+            .expect("SF-Sales");
+        (admins, sales)
+    };
+    let both: Vec<&String> = admins.iter().collect();
+    assert!(!both.is_empty(), "the seeded tenant has admins");
+    for a in &both {
+        sim.graph()
+            .set_membership(&sales_group, a, true)
+            .expect("join Sales");
+    }
+    let plan = engine.dry_run(&Quiet).await.expect("plan");
+    for id in both {
+        let a = plan
+            .actions
+            .iter()
+            .find(|a| &a.entra_id == id && a.kind.name() == "create")
+            .expect("a create for the admin");
+        assert!(
+            a.reason.contains("groups disagree on the profile (SF-Admins -> System Administrator, SF-Sales -> Standard User): the pack's precedence (group_profiles order) picks System Administrator from SF-Admins"),
+            "{}",
+            a.reason
+        );
+    }
+    // Users in one group only get no such note.
+    assert!(
+        plan.actions
+            .iter()
+            .filter(|a| a.reason.contains("disagree"))
+            .count()
+            < 10
+    );
+}
