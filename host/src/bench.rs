@@ -56,6 +56,9 @@ pub struct SyncArgs {
     /// at a time; at 100,000 users and 50 ms it would take hours), 0 to skip.
     #[arg(long, default_value_t = 2_000)]
     naive_users: usize,
+    /// `sync.plan_chunk_users` (default: the configuration's default).
+    #[arg(long)]
+    plan_chunk_users: Option<usize>,
 }
 
 /// Options of `provisor bench salesforce-create`.
@@ -425,6 +428,9 @@ async fn sync_run(a: &SyncArgs, users: usize, naive: bool) -> anyhow::Result<Syn
         cfg.sync.batch_size = 1;
         cfg.sync.concurrency = 1;
     }
+    if let Some(n) = a.plan_chunk_users {
+        cfg.sync.plan_chunk_users = n.max(1);
+    }
     let engine = engine_from_config(&cfg).await?;
     let s0 = sim_stats(&listen).await?;
     let phases = Phases::default();
@@ -469,9 +475,11 @@ async fn sync(a: SyncArgs) -> anyhow::Result<ExitCode> {
     let n = a.users;
     let l = a.latency_ms as f64 / 1000.0;
     println!(
-        "provisor bench sync: {n} users, {} ms latency, {:.0}% already in Salesforce, gallery defaults + one permission set",
+        "provisor bench sync: {n} users, {} ms latency, {:.0}% already in Salesforce, gallery defaults + one permission set, planned {} users at a time",
         a.latency_ms,
-        a.existing_share * 100.0
+        a.existing_share * 100.0,
+        a.plan_chunk_users
+            .unwrap_or_else(|| crate::config::SyncConfig::default().plan_chunk_users)
     );
     let run = sync_run(&a, n, false).await?;
     let r = &run.report;

@@ -411,6 +411,14 @@ pub struct SyncConfig {
     /// never.
     #[serde(default = "default_manager_reread_hours")]
     pub manager_reread_hours: u64,
+    /// A cycle with more users to plan than this plans and applies them
+    /// this many at a time, so memory does not grow with the tenant.
+    #[serde(default = "default_plan_chunk_users")]
+    pub plan_chunk_users: usize,
+}
+
+fn default_plan_chunk_users() -> usize {
+    10_000
 }
 
 fn default_concurrency() -> usize {
@@ -432,6 +440,7 @@ impl Default for SyncConfig {
             reconcile_every_hours: None,
             manager: false,
             manager_reread_hours: default_manager_reread_hours(),
+            plan_chunk_users: default_plan_chunk_users(),
         }
     }
 }
@@ -722,6 +731,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "sync.concurrency".into(),
                 problem: "must be between 1 and 25".into(),
+            });
+        }
+        if self.sync.plan_chunk_users == 0 {
+            return Err(ConfigError::Invalid {
+                key: "sync.plan_chunk_users".into(),
+                problem: "must be at least 1".into(),
             });
         }
         if self.sync.retries == 0 {

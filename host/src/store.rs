@@ -640,12 +640,47 @@ impl Store {
     pub(crate) async fn groups_by_user(
         &self,
     ) -> Result<HashMap<String, Vec<(String, String)>>, StoreError> {
+        self.groups_of(None).await
+    }
+
+    /// [`Self::groups_by_user`] for `only` these users when given (nested
+    /// group edges are always read: they are few).
+    async fn groups_of(
+        &self,
+        only: Option<&[String]>,
+    ) -> Result<HashMap<String, Vec<(String, String)>>, StoreError> {
         let names: HashMap<String, String> = sqlx::query_as::<_, (String, String)>("SELECT id, display_name FROM entra_groups WHERE removed = 0 AND display_name IS NOT NULL").fetch_all(&self.pool).await.map_err(q("read groups"))?.into_iter().collect();
-        let edges: Vec<(String, String, String)> =
-            sqlx::query_as("SELECT group_id, member_id, member_type FROM memberships")
+        let edges: Vec<(String, String, String)> = match only {
+            None => sqlx::query_as("SELECT group_id, member_id, member_type FROM memberships")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(q("read memberships"))?,
+            Some(users) => {
+                let mut edges: Vec<(String, String, String)> = sqlx::query_as(
+                    "SELECT group_id, member_id, member_type FROM memberships WHERE member_type = 'group'",
+                )
                 .fetch_all(&self.pool)
                 .await
                 .map_err(q("read memberships"))?;
+                for chunk in users.chunks(ROWS_PER_STATEMENT) {
+                    let mut qb = QueryBuilder::<Sqlite>::new(
+                        "SELECT group_id, member_id, member_type FROM memberships WHERE member_type <> 'group' AND member_id IN (",
+                    );
+                    let mut sep = qb.separated(", ");
+                    for id in chunk {
+                        sep.push_bind(id);
+                    }
+                    qb.push(")");
+                    edges.extend(
+                        qb.build_query_as::<(String, String, String)>()
+                            .fetch_all(&self.pool)
+                            .await
+                            .map_err(q("read memberships"))?,
+                    );
+                }
+                edges
+            }
+        };
         // parents[g] = groups that g is a direct member of.
         let mut parents: HashMap<&str, Vec<&str>> = HashMap::new();
         let mut direct: HashMap<&str, Vec<&str>> = HashMap::new();
@@ -683,6 +718,37 @@ impl Store {
         self.users_where("dirty = 1").await
     }
 
+    /// Ids of the users with work owed, in id order (a large cycle loads
+    /// them a chunk at a time with [`Self::users_in`]).
+    pub async fn dirty_ids(&self) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar("SELECT id FROM entra_users WHERE dirty = 1 ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("read dirty ids"))
+    }
+
+    /// These users (any that still exist), with their groups, in id order.
+    pub async fn users_in(&self, ids: &[String]) -> Result<Vec<DirtyUser>, StoreError> {
+        let mut rows = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "SELECT id, data, removed, attempts FROM entra_users WHERE id IN (",
+            );
+            let mut sep = qb.separated(", ");
+            for id in chunk {
+                sep.push_bind(id);
+            }
+            qb.push(") ORDER BY id");
+            rows.extend(
+                qb.build()
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(q("read users"))?,
+            );
+        }
+        self.dirty_from_rows(rows, Some(ids)).await
+    }
+
     /// Every user provisor manages (linked to a Salesforce user), whether
     /// or not work is owed (for reconciliation).
     pub async fn managed_users(&self) -> Result<Vec<DirtyUser>, StoreError> {
@@ -708,10 +774,18 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .map_err(q("read users"))?;
+        self.dirty_from_rows(rows, None).await
+    }
+
+    async fn dirty_from_rows(
+        &self,
+        rows: Vec<sqlx::sqlite::SqliteRow>,
+        only: Option<&[String]>,
+    ) -> Result<Vec<DirtyUser>, StoreError> {
         let mut groups = if rows.is_empty() {
             HashMap::new()
         } else {
-            self.groups_by_user().await?
+            self.groups_of(only).await?
         };
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {

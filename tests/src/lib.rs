@@ -55,6 +55,15 @@ pub fn config_for(
     let url = format!("sqlite://{}?mode=rwc", store.display());
     let mut cfg = Config::parse(&running.config_toml(&pack.display().to_string(), &url))
         .expect("the sim prints a valid config");
+    // The whole suite can run with large-cycle chunking forced on small
+    // tenants (`PROVISOR_TEST_PLAN_CHUNK=7 cargo test`); a test's own edit
+    // still wins.
+    if let Some(n) = std::env::var("PROVISOR_TEST_PLAN_CHUNK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        cfg.sync.plan_chunk_users = n;
+    }
     edit(&mut cfg);
     cfg
 }

@@ -58,6 +58,14 @@ impl AnyPage {
 /// of the statement (about 360 record ids, 150 long usernames a query).
 const IN_LIST_CHARS: usize = 8_000;
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// Actions a chunked cycle's report keeps (the rest are counted in
+/// `plan_omitted`): a 100k-user plan would not fit the memory budget.
+const REPORT_ACTIONS: usize = 2_000;
+
 /// Settings: the `$select` the users deltaLink tracks; the wider one a
 /// baseline round under way reads; one Graph refused.
 const SELECT_TRACKED: &str = "entra.users.select";
@@ -170,6 +178,10 @@ pub struct CycleReport {
     /// One line per failed user: `entra id: error`.
     pub failures: Vec<String>,
     pub plan: Plan,
+    /// Actions of a large (chunked) cycle left out of `plan`, which keeps
+    /// the first ones.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub plan_omitted: usize,
 }
 
 /// Per-user outcome while a cycle runs.
@@ -224,6 +236,52 @@ pub(crate) struct Planned {
     manager_pass: Vec<(String, String)>,
     /// Names of profiles, roles and permission sets resolved to ids.
     refs: Refs,
+    /// The access kinds `refs.catalog` covers.
+    covered: HashSet<Access>,
+}
+
+/// What planning a large cycle chunk by chunk carries from one chunk to
+/// the next, so that no chunk reads it again or forgets it: the reference
+/// lookups (and the seats they count down), the one read of the User
+/// table, aliases in use, and Salesforce users already claimed.
+#[derive(Default)]
+pub(crate) struct CycleMemo {
+    /// Profiles, roles and the access catalog, with the kinds it covers.
+    refs: Option<(Refs, HashSet<Access>)>,
+    seats: Option<Seats>,
+    scan: Option<Scan>,
+    aliases: HashSet<String>,
+    alias_next: HashMap<String, usize>,
+    claimed: HashMap<String, String>,
+}
+
+/// User licences: each profile's, the seats left, names by id.
+struct Seats {
+    profile_licence: HashMap<String, String>,
+    seats: HashMap<String, (String, i64, i64)>,
+    licence_names: HashMap<String, String>,
+}
+
+/// The whole User table, read once with `select`, indexed per key field
+/// (lower-case value) as chunks ask for them.
+struct Scan {
+    select: Vec<String>,
+    rows: Vec<SfRecord>,
+    by_field: HashMap<String, Index>,
+}
+
+impl Scan {
+    fn index(&mut self, field: &str) -> &Index {
+        self.by_field.entry(field.to_string()).or_insert_with(|| {
+            let mut index: Index = HashMap::new();
+            for r in &self.rows {
+                if let Some(v) = r.get(field).and_then(sf_key_text) {
+                    index.entry(v).or_default().push(r.clone());
+                }
+            }
+            index
+        })
+    }
 }
 
 /// Salesforce access objects by name, read once per cycle.
@@ -604,6 +662,12 @@ impl Engine {
         only: Option<&str>,
         obs: &dyn Observer,
     ) -> Result<CycleReport, SyncError> {
+        if approved.is_none() && only.is_none() {
+            let ids = self.store.dirty_ids().await?;
+            if ids.len() > self.cfg.plan_chunk_users {
+                return self.decide_and_apply_chunked(cycle, report, ids, obs).await;
+            }
+        }
         let Planned {
             mut plan,
             mut outcomes,
@@ -612,6 +676,7 @@ impl Engine {
             reviews,
             manager_pass,
             refs,
+            covered: _,
         } = self.plan_for(&cycle, only, obs).await?;
         for (id, why, candidates) in &reviews {
             self.store.open_review(id, why, candidates).await?;
@@ -642,56 +707,16 @@ impl Engine {
         if !guarded.is_empty() {
             self.store.append_audit(&cycle, &guarded).await?;
         }
-        if !refusals.is_empty() {
-            self.metrics.rule_refusals.inc_by(refusals.len() as u64);
-            let events: Vec<AuditEvent> = refusals
-                .iter()
-                .map(|r| AuditEvent {
-                    event: "rules.refused".into(),
-                    entra_id: Some(r.user.clone()),
-                    sf_id: None,
-                    detail: json!({"pack": r.pack, "rule": r.rule, "capability": r.capability, "target": r.target}),
-                })
-                .collect();
-            self.store.append_audit(&cycle, &events).await?;
-        }
+        self.audit_refusals(&cycle, &refusals).await?;
         report.users_considered = dirty.len();
         let mut stopped = self
             .apply(&cycle, &plan, &refs, &mut outcomes, obs, &mut report)
             .await?;
         if stopped.is_none() && !manager_pass.is_empty() {
             // Second pass: managers created in this cycle now have accounts.
-            let links = self.store.links().await?;
-            let second = Plan {
-                cycle: plan.cycle.clone(),
-                basis: plan.basis.clone(),
-                actions: manager_pass
-                    .iter()
-                    .filter(|(u, _)| outcomes.get(u).is_none_or(|o| o.failed.is_none()))
-                    .filter_map(|(u, m)| {
-                        let (sf, boss) = (links.get(u)?, links.get(m)?);
-                        Some(Action {
-                            entra_id: u.clone(),
-                            upn: plan
-                                .actions
-                                .iter()
-                                .find(|a| &a.entra_id == u)
-                                .and_then(|a| a.upn.clone()),
-                            sf_id: Some(sf.clone()),
-                            kind: ActionKind::Update {
-                                changes: BTreeMap::from([(
-                                    "ManagerId".to_string(),
-                                    plan::Change {
-                                        from: FieldValue::Null,
-                                        to: FieldValue::Text(boss.clone()),
-                                    },
-                                )]),
-                            },
-                            reason: "manager: set once the manager's account exists".into(),
-                        })
-                    })
-                    .collect(),
-            };
+            let second = self
+                .manager_pass_plan(&plan, &manager_pass, &outcomes)
+                .await?;
             if !second.actions.is_empty() {
                 stopped = self
                     .apply(&cycle, &second, &refs, &mut outcomes, obs, &mut report)
@@ -699,6 +724,83 @@ impl Engine {
                 plan.actions.extend(second.actions);
             }
         }
+        self.settle_users(&cycle, &dirty, &plan, &outcomes, &mut report)
+            .await?;
+        report.plan = plan;
+        self.finish_cycle(&cycle, report, stopped).await
+    }
+
+    /// Audits what the packs asked for beyond their manifests.
+    async fn audit_refusals(
+        &self,
+        cycle: &str,
+        refusals: &[crate::rules::Refusal],
+    ) -> Result<(), SyncError> {
+        if refusals.is_empty() {
+            return Ok(());
+        }
+        self.metrics.rule_refusals.inc_by(refusals.len() as u64);
+        let events: Vec<AuditEvent> = refusals
+            .iter()
+            .map(|r| AuditEvent {
+                event: "rules.refused".into(),
+                entra_id: Some(r.user.clone()),
+                sf_id: None,
+                detail: json!({"pack": r.pack, "rule": r.rule, "capability": r.capability, "target": r.target}),
+            })
+            .collect();
+        self.store.append_audit(cycle, &events).await?;
+        Ok(())
+    }
+
+    /// The second pass of a cycle: ManagerId for users whose manager's
+    /// account was created in the same cycle (and exists now).
+    async fn manager_pass_plan(
+        &self,
+        plan: &Plan,
+        manager_pass: &[(String, String)],
+        outcomes: &HashMap<String, Outcome>,
+    ) -> Result<Plan, SyncError> {
+        let links = self.store.links().await?;
+        Ok(Plan {
+            cycle: plan.cycle.clone(),
+            basis: plan.basis.clone(),
+            actions: manager_pass
+                .iter()
+                .filter(|(u, _)| outcomes.get(u).is_none_or(|o| o.failed.is_none()))
+                .filter_map(|(u, m)| {
+                    let (sf, boss) = (links.get(u)?, links.get(m)?);
+                    Some(Action {
+                        entra_id: u.clone(),
+                        upn: plan
+                            .actions
+                            .iter()
+                            .find(|a| &a.entra_id == u)
+                            .and_then(|a| a.upn.clone()),
+                        sf_id: Some(sf.clone()),
+                        kind: ActionKind::Update {
+                            changes: BTreeMap::from([(
+                                "ManagerId".to_string(),
+                                plan::Change {
+                                    from: FieldValue::Null,
+                                    to: FieldValue::Text(boss.clone()),
+                                },
+                            )]),
+                        },
+                        reason: "manager: set once the manager's account exists".into(),
+                    })
+                })
+                .collect(),
+        })
+    }
+
+    /// Counts the cycle and audits how it ended.
+    async fn finish_cycle(
+        &self,
+        cycle: &str,
+        report: CycleReport,
+        stopped: Option<SfError>,
+    ) -> Result<CycleReport, SyncError> {
         crate::metrics::Metrics::count(
             &self.metrics.cycles,
             if stopped.is_some() {
@@ -707,9 +809,7 @@ impl Engine {
                 "completed"
             },
         );
-        self.settle_users(&cycle, &dirty, &plan, &outcomes, &mut report)
-            .await?;
-        report.plan = plan;
+        let cycle = cycle.to_string();
         if let Some(e) = stopped {
             self.store
                 .append_audit(
@@ -733,6 +833,150 @@ impl Engine {
             }])
             .await?;
         Ok(report)
+    }
+
+    /// A cycle with more dirty users than `sync.plan_chunk_users`: planned
+    /// and applied a chunk at a time, so memory stays flat however large the
+    /// tenant. What spans the cycle is kept once ([`CycleMemo`]). Freezes
+    /// and deactivations wait until every chunk is planned, because the
+    /// deletion threshold counts the whole cycle; ManagerId of users whose
+    /// manager was created in a later chunk is set in a pass at the end.
+    async fn decide_and_apply_chunked(
+        &self,
+        cycle: String,
+        mut report: CycleReport,
+        ids: Vec<String>,
+        obs: &dyn Observer,
+    ) -> Result<CycleReport, SyncError> {
+        let mut memo = CycleMemo::default();
+        let mut basis: Option<Basis> = None;
+        let mut leavers: Vec<Action> = Vec::new();
+        let mut leaver_users: Vec<DirtyUser> = Vec::new();
+        let mut leaver_outcomes: HashMap<String, Outcome> = HashMap::new();
+        let mut manager_pass: Vec<(String, String)> = Vec::new();
+        let mut kept: Vec<Action> = Vec::new();
+        let mut stopped: Option<SfError> = None;
+        for chunk in ids.chunks(self.cfg.plan_chunk_users) {
+            let dirty = self.store.users_in(chunk).await?;
+            let Planned {
+                mut plan,
+                mut outcomes,
+                dirty,
+                refusals,
+                reviews,
+                manager_pass: later,
+                refs,
+                covered,
+            } = self.plan_users(&cycle, dirty, obs, &mut memo).await?;
+            basis.get_or_insert_with(|| plan.basis.clone());
+            for (id, why, candidates) in &reviews {
+                self.store.open_review(id, why, candidates).await?;
+            }
+            self.audit_refusals(&cycle, &refusals).await?;
+            report.users_considered += dirty.len();
+            let (leave, rest): (Vec<Action>, Vec<Action>) =
+                plan.actions.into_iter().partition(|a| {
+                    matches!(a.kind, ActionKind::Freeze { .. } | ActionKind::Deactivate)
+                });
+            plan.actions = rest;
+            let leaving: HashSet<String> = leave.iter().map(|a| a.entra_id.clone()).collect();
+            leavers.extend(leave);
+            stopped = self
+                .apply(&cycle, &plan, &refs, &mut outcomes, obs, &mut report)
+                .await?;
+            manager_pass.extend(later);
+            let (going, staying): (Vec<DirtyUser>, Vec<DirtyUser>) = dirty
+                .into_iter()
+                .partition(|d| leaving.contains(&d.user.id));
+            for d in &going {
+                if let Some(o) = outcomes.remove(&d.user.id) {
+                    leaver_outcomes.insert(d.user.id.clone(), o);
+                }
+            }
+            leaver_users.extend(going);
+            self.settle_users(&cycle, &staying, &plan, &outcomes, &mut report)
+                .await?;
+            let room = REPORT_ACTIONS.saturating_sub(kept.len());
+            report.plan_omitted += plan.actions.len().saturating_sub(room);
+            kept.extend(plan.actions.into_iter().take(room));
+            memo.refs = Some((refs, covered));
+            if stopped.is_some() {
+                break;
+            }
+        }
+        let basis = basis.unwrap_or_default();
+        let refs = memo.refs.take().map(|(r, _)| r).unwrap_or_default();
+        // Leavers of the whole cycle, under the deletion threshold.
+        let mut leave = Plan {
+            cycle: cycle.clone(),
+            basis: basis.clone(),
+            actions: leavers,
+        };
+        let guarded = self
+            .guard(&cycle, &mut leave, &mut leaver_outcomes, false)
+            .await?;
+        if !guarded.is_empty() {
+            self.store.append_audit(&cycle, &guarded).await?;
+        }
+        if stopped.is_none() && !leave.actions.is_empty() {
+            stopped = self
+                .apply(
+                    &cycle,
+                    &leave,
+                    &refs,
+                    &mut leaver_outcomes,
+                    obs,
+                    &mut report,
+                )
+                .await?;
+        }
+        self.settle_users(&cycle, &leaver_users, &leave, &leaver_outcomes, &mut report)
+            .await?;
+        // ManagerId for users whose manager's account came later in the
+        // cycle. Their users are settled already: a failure here marks
+        // them for another try.
+        if stopped.is_none() && !manager_pass.is_empty() {
+            let mut outcomes: HashMap<String, Outcome> = HashMap::new();
+            let second = self
+                .manager_pass_plan(
+                    &Plan {
+                        cycle: cycle.clone(),
+                        basis: basis.clone(),
+                        actions: Vec::new(),
+                    },
+                    &manager_pass,
+                    &outcomes,
+                )
+                .await?;
+            if !second.actions.is_empty() {
+                stopped = self
+                    .apply(&cycle, &second, &refs, &mut outcomes, obs, &mut report)
+                    .await?;
+                for (id, o) in &outcomes {
+                    if let Some(err) = &o.failed {
+                        self.store.mark_dirty(id).await?;
+                        self.store
+                            .mark_failed(id, err, self.cfg.max_attempts)
+                            .await?;
+                    } else if o.deferred || o.waiting.is_some() {
+                        self.store.mark_dirty(id).await?;
+                    }
+                }
+                let room = REPORT_ACTIONS.saturating_sub(kept.len());
+                report.plan_omitted += second.actions.len().saturating_sub(room);
+                kept.extend(second.actions.into_iter().take(room));
+            }
+        }
+        leave
+            .actions
+            .truncate(REPORT_ACTIONS.saturating_sub(kept.len()));
+        kept.extend(leave.actions);
+        report.plan = Plan {
+            cycle: cycle.clone(),
+            basis,
+            actions: kept,
+        };
+        self.finish_cycle(&cycle, report, stopped).await
     }
 
     /// Runs cycles forever: every `interval`, or at once when a change
@@ -1264,7 +1508,8 @@ impl Engine {
         if let Some(one) = only {
             dirty.retain(|d| d.user.id == one);
         }
-        self.plan_users(cycle, dirty, obs).await
+        self.plan_users(cycle, dirty, obs, &mut CycleMemo::default())
+            .await
     }
 
     /// Plans the given users (read only).
@@ -1273,6 +1518,7 @@ impl Engine {
         cycle: &str,
         dirty: Vec<DirtyUser>,
         obs: &dyn Observer,
+        memo: &mut CycleMemo,
     ) -> Result<Planned, SyncError> {
         // One pack for the whole plan, even if a reload lands meanwhile.
         let pack = self.pack.get();
@@ -1295,6 +1541,7 @@ impl Engine {
                 reviews: Vec::new(),
                 manager_pass: Vec::new(),
                 refs: Refs::default(),
+                covered: HashSet::new(),
             });
         }
         obs.on(Progress::Planning { users: dirty.len() });
@@ -1348,53 +1595,25 @@ impl Engine {
         }
 
         // Current state: profiles, linked users by Id, others by match keys.
-        // Profiles and the seats left on each user licence, read once.
-        let mut profiles: HashMap<String, String> = HashMap::new();
-        let mut profile_licence: HashMap<String, String> = HashMap::new();
-        for p in self
-            .salesforce
-            .query("SELECT Id, Name, UserLicenseId FROM Profile")
-            .await?
-        {
-            let (Some(id), Some(name)) = (
-                p.get("Id").and_then(Value::as_str),
-                p.get("Name").and_then(Value::as_str),
-            ) else {
-                continue;
-            };
-            profiles.insert(name.to_string(), id.to_string());
-            if let Some(l) = p.get("UserLicenseId").and_then(Value::as_str) {
-                profile_licence.insert(id.to_string(), l.to_string());
+        // Profiles, roles, the seats left on each user licence and the
+        // access catalog are read once per cycle (kept across chunks).
+        let (refs0, covered0, seats0, fresh) = match (memo.refs.take(), memo.seats.take()) {
+            (Some((r, c)), Some(s)) => (r, c, s, false),
+            _ => {
+                let (refs, seats) = self.read_refs().await?;
+                (refs, HashSet::new(), seats, true)
             }
-        }
-        let mut seats: HashMap<String, (String, i64, i64)> = HashMap::new();
-        for l in self
-            .salesforce
-            .query("SELECT Id, Name, TotalLicenses, UsedLicenses FROM UserLicense")
-            .await?
-        {
-            let Some(id) = l.get("Id").and_then(Value::as_str) else {
-                continue;
-            };
-            let total = l.get("TotalLicenses").and_then(Value::as_i64).unwrap_or(0);
-            let used = l.get("UsedLicenses").and_then(Value::as_i64).unwrap_or(0);
-            seats.insert(
-                id.to_string(),
-                (
-                    l.get("Name")
-                        .and_then(Value::as_str)
-                        .unwrap_or("?")
-                        .to_string(),
-                    total,
-                    used,
-                ),
-            );
-        }
-        // Licence names by id, for plans that move a user across licences.
-        let licence_names: HashMap<String, String> = seats
-            .iter()
-            .map(|(id, (name, _, _))| (id.clone(), name.clone()))
-            .collect();
+        };
+        let Seats {
+            profile_licence,
+            mut seats,
+            licence_names,
+        } = seats0;
+        let Refs {
+            profiles,
+            roles,
+            mut catalog,
+        } = refs0;
         // Takes a seat for a profile's licence, or says why there is none.
         let mut take_seat = |profile_id: &str| -> Result<(), String> {
             let Some(lic) = profile_licence.get(profile_id) else {
@@ -1412,14 +1631,15 @@ impl Engine {
                 ))
             }
         };
-        let roles = by_name(
-            self.salesforce
-                .query("SELECT Id, Name FROM UserRole")
-                .await?,
-        );
         let managed = self.store.managed_grants().await?;
         let kinds = access::kinds_in_use(&pack.access, desired.iter().map(|(_, d)| d), &managed);
-        let mut catalog = access::Catalog::read(&self.salesforce, &kinds).await?;
+        let covered = if fresh || !kinds.is_subset(&covered0) {
+            let all: HashSet<Access> = covered0.union(&kinds).copied().collect();
+            catalog = access::Catalog::read(&self.salesforce, &all).await?;
+            all
+        } else {
+            covered0
+        };
         let mut select: Vec<String> = vec![
             "Id".into(),
             "IsActive".into(),
@@ -1450,6 +1670,9 @@ impl Engine {
             .iter()
             .flat_map(|(_, d)| d.fields.keys().cloned())
             .chain(keys_of.values().flatten().map(|k| k.field.clone()))
+            // Everything the pack may set, so that one read of the User
+            // table serves every chunk of a large cycle.
+            .chain(pack.access.fields.iter().cloned())
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
@@ -1459,6 +1682,7 @@ impl Engine {
                 select.push(f);
             }
         }
+        let select_fields = select.clone();
         let select = select.join(", ");
         let links = self.store.links().await?;
         let linked_to: HashMap<String, String> =
@@ -1497,33 +1721,43 @@ impl Engine {
         let mut indexes: HashMap<String, Index> = HashMap::new();
         // Aliases in use (lower-case): Salesforce does not keep them unique,
         // but people tell users apart by them in list views and reports.
-        let mut aliases: HashSet<String> = HashSet::new();
+        let mut aliases: HashSet<String> = std::mem::take(&mut memo.aliases);
         // Per wanted alias, the first candidate not yet known to be taken.
-        let mut alias_next: HashMap<String, usize> = HashMap::new();
+        let mut alias_next: HashMap<String, usize> = std::mem::take(&mut memo.alias_next);
         // An initial load matches many users at once: one read of the whole
         // User table (2,000 rows a page) then costs fewer calls than IN-list
         // lookups of 100 values per key.
-        if unmatched.len() > SCAN_THRESHOLD {
-            let fields: HashSet<&str> = wanted.iter().map(|(f, _)| *f).collect();
-            for r in self
-                .salesforce
-                .query(&format!("SELECT {select} FROM User"))
-                .await?
-            {
-                if let Some(a) = r.get("Alias").and_then(Value::as_str) {
-                    aliases.insert(a.to_lowercase());
+        // The table is kept for the rest of the cycle: later chunks of a
+        // large cycle match against the same read.
+        if unmatched.len() > SCAN_THRESHOLD || memo.scan.is_some() {
+            let covers = memo
+                .scan
+                .as_ref()
+                .is_some_and(|s| select_fields.iter().all(|f| s.select.contains(f)));
+            if !covers {
+                let rows = self
+                    .salesforce
+                    .query(&format!("SELECT {select} FROM User"))
+                    .await?;
+                for r in &rows {
+                    if let Some(a) = r.get("Alias").and_then(Value::as_str) {
+                        aliases.insert(a.to_lowercase());
+                    }
                 }
-                // Only rows a wanted key value points at are kept.
-                for &field in &fields {
-                    if let Some(v) = r.get(field).and_then(sf_key_text)
-                        && wanted.contains(&(field, v.clone()))
-                    {
+                memo.scan = Some(Scan {
+                    select: select_fields.clone(),
+                    rows,
+                    by_field: HashMap::new(),
+                });
+            }
+            if let Some(scan) = memo.scan.as_mut() {
+                // Only rows a wanted key value points at are used.
+                for (field, value) in &wanted {
+                    if let Some(recs) = scan.index(field).get(value) {
                         indexes
                             .entry(field.to_string())
                             .or_default()
-                            .entry(v)
-                            .or_default()
-                            .push(r.clone());
+                            .insert(value.clone(), recs.clone());
                     }
                 }
             }
@@ -1559,7 +1793,7 @@ impl Engine {
                 }
             }
         }
-        if unmatched.len() <= SCAN_THRESHOLD {
+        if memo.scan.is_none() {
             let mut candidates: Vec<String> = unmatched
                 .iter()
                 .filter_map(|(_, d)| text_field(d, "Alias"))
@@ -1618,7 +1852,7 @@ impl Engine {
         let assigned = catalog.current(&known, self).await?;
 
         // Plan per user.
-        let mut claimed: HashMap<String, String> = HashMap::new();
+        let mut claimed: HashMap<String, String> = std::mem::take(&mut memo.claimed);
         // Candidates an operator rejected, per user; reviews to open.
         let rejected: HashMap<String, HashSet<String>> = self
             .store
@@ -2056,6 +2290,14 @@ impl Engine {
                 }
             }
         }
+        memo.seats = Some(Seats {
+            profile_licence,
+            seats,
+            licence_names,
+        });
+        memo.aliases = aliases;
+        memo.alias_next = alias_next;
+        memo.claimed = claimed;
         Ok(Planned {
             plan,
             outcomes,
@@ -2068,7 +2310,76 @@ impl Engine {
                 roles,
                 catalog,
             },
+            covered,
         })
+    }
+
+    /// Profiles (with their user licence), user licences (with seats
+    /// left) and roles: what every cycle's planning starts from.
+    async fn read_refs(&self) -> Result<(Refs, Seats), SyncError> {
+        let mut profiles: HashMap<String, String> = HashMap::new();
+        let mut profile_licence: HashMap<String, String> = HashMap::new();
+        for p in self
+            .salesforce
+            .query("SELECT Id, Name, UserLicenseId FROM Profile")
+            .await?
+        {
+            let (Some(id), Some(name)) = (
+                p.get("Id").and_then(Value::as_str),
+                p.get("Name").and_then(Value::as_str),
+            ) else {
+                continue;
+            };
+            profiles.insert(name.to_string(), id.to_string());
+            if let Some(l) = p.get("UserLicenseId").and_then(Value::as_str) {
+                profile_licence.insert(id.to_string(), l.to_string());
+            }
+        }
+        let mut seats: HashMap<String, (String, i64, i64)> = HashMap::new();
+        for l in self
+            .salesforce
+            .query("SELECT Id, Name, TotalLicenses, UsedLicenses FROM UserLicense")
+            .await?
+        {
+            let Some(id) = l.get("Id").and_then(Value::as_str) else {
+                continue;
+            };
+            let total = l.get("TotalLicenses").and_then(Value::as_i64).unwrap_or(0);
+            let used = l.get("UsedLicenses").and_then(Value::as_i64).unwrap_or(0);
+            seats.insert(
+                id.to_string(),
+                (
+                    l.get("Name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("?")
+                        .to_string(),
+                    total,
+                    used,
+                ),
+            );
+        }
+        // Licence names by id, for plans that move a user across licences.
+        let licence_names: HashMap<String, String> = seats
+            .iter()
+            .map(|(id, (name, _, _))| (id.clone(), name.clone()))
+            .collect();
+        let roles = by_name(
+            self.salesforce
+                .query("SELECT Id, Name FROM UserRole")
+                .await?,
+        );
+        Ok((
+            Refs {
+                profiles,
+                roles,
+                catalog: access::Catalog::default(),
+            },
+            Seats {
+                profile_licence,
+                seats,
+                licence_names,
+            },
+        ))
     }
 
     /// Runs `soql(list)` for the values in `IN` lists of at most

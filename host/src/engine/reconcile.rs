@@ -59,7 +59,9 @@ impl Engine {
             .map(|d| d.user.id)
             .collect();
         let count = users.len();
-        let Planned { plan, .. } = self.plan_users(&cycle, users, obs).await?;
+        let Planned { plan, .. } = self
+            .plan_users(&cycle, users, obs, &mut super::CycleMemo::default())
+            .await?;
         let mut drift = Vec::new();
         for a in &plan.actions {
             let why = if pending.contains(&a.entra_id) {
