@@ -873,6 +873,61 @@ impl Store {
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
+    /// How many Entra users are linked (managed).
+    pub async fn link_count(&self) -> Result<usize, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM links")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(q("count links"))?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
+    /// Links of these Entra users (Entra id -> Salesforce id).
+    pub async fn links_of(
+        &self,
+        entra_ids: &[String],
+    ) -> Result<HashMap<String, String>, StoreError> {
+        self.pairs_where(
+            "SELECT entra_id, sf_id FROM links WHERE entra_id IN (",
+            entra_ids,
+        )
+        .await
+    }
+
+    /// Which Entra users these Salesforce users are linked to (Salesforce
+    /// id -> Entra id).
+    pub async fn linked_to(
+        &self,
+        sf_ids: &[String],
+    ) -> Result<HashMap<String, String>, StoreError> {
+        self.pairs_where("SELECT sf_id, entra_id FROM links WHERE sf_id IN (", sf_ids)
+            .await
+    }
+
+    /// Two-column rows of `head` + an `IN` list of `values` + `)`.
+    async fn pairs_where(
+        &self,
+        head: &'static str,
+        values: &[String],
+    ) -> Result<HashMap<String, String>, StoreError> {
+        let mut out = HashMap::new();
+        for chunk in values.chunks(ROWS_PER_STATEMENT) {
+            let mut qb = QueryBuilder::<Sqlite>::new(head);
+            let mut sep = qb.separated(", ");
+            for v in chunk {
+                sep.push_bind(v);
+            }
+            qb.push(")");
+            let rows: Vec<(String, String)> = qb
+                .build_query_as()
+                .fetch_all(&self.pool)
+                .await
+                .map_err(q("read links"))?;
+            out.extend(rows);
+        }
+        Ok(out)
+    }
+
     /// Records a confirmed link.
     pub async fn set_link(
         &self,
@@ -916,6 +971,35 @@ impl Store {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(q("read managed grants"))?;
+        Ok(Self::grants_from(rows))
+    }
+
+    /// [`Self::managed_grants`] of these Entra users only.
+    pub async fn managed_grants_of(
+        &self,
+        entra_ids: &[String],
+    ) -> Result<HashMap<String, ManagedGrants>, StoreError> {
+        let mut rows: Vec<(String, String, String, String)> = Vec::new();
+        for chunk in entra_ids.chunks(ROWS_PER_STATEMENT) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "SELECT entra_id, access, name, assignment_id FROM managed_grants WHERE entra_id IN (",
+            );
+            let mut sep = qb.separated(", ");
+            for id in chunk {
+                sep.push_bind(id);
+            }
+            qb.push(")");
+            rows.extend(
+                qb.build_query_as::<(String, String, String, String)>()
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(q("read managed grants"))?,
+            );
+        }
+        Ok(Self::grants_from(rows))
+    }
+
+    fn grants_from(rows: Vec<(String, String, String, String)>) -> HashMap<String, ManagedGrants> {
         let mut out: HashMap<String, ManagedGrants> = HashMap::new();
         for (e, access, name, id) in rows {
             // A kind this build does not know (written by a newer one) is
@@ -924,7 +1008,7 @@ impl Store {
                 out.entry(e).or_default().insert((access, name), id);
             }
         }
-        Ok(out)
+        out
     }
 
     /// Records grants provisor made, of one kind, in one transaction:

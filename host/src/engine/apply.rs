@@ -213,7 +213,14 @@ impl Engine {
         outcomes: &mut HashMap<String, Outcome>,
         report: &mut CycleReport,
     ) -> Result<Option<SfError>, SyncError> {
-        let links = self.store.links().await?;
+        // Accounts created earlier in this apply have their ids in links.
+        let granted: Vec<String> = plan
+            .actions
+            .iter()
+            .filter(|a| a.sf_id.is_none() && matches!(a.kind, ActionKind::Grant { .. }))
+            .map(|a| a.entra_id.clone())
+            .collect();
+        let links = self.store.links_of(&granted).await?;
         let failed = |outcomes: &HashMap<String, Outcome>, id: &str| {
             outcomes
                 .get(id)

@@ -165,7 +165,7 @@ impl Engine {
             )));
         }
         if let Some(share) = s.max_deactivation_share {
-            let managed = self.store.links().await?.len().max(1);
+            let managed = self.store.link_count().await?.max(1);
             if n as f64 > share * managed as f64 {
                 return Ok(Some(format!(
                     "{n} of {managed} managed users in one cycle; safety.max_deactivation_share is {share}"

@@ -761,7 +761,11 @@ impl Engine {
         manager_pass: &[(String, String)],
         outcomes: &HashMap<String, Outcome>,
     ) -> Result<Plan, SyncError> {
-        let links = self.store.links().await?;
+        let ids: Vec<String> = manager_pass
+            .iter()
+            .flat_map(|(u, m)| [u.clone(), m.clone()])
+            .collect();
+        let links = self.store.links_of(&ids).await?;
         Ok(Plan {
             cycle: plan.cycle.clone(),
             basis: plan.basis.clone(),
@@ -1631,7 +1635,8 @@ impl Engine {
                 ))
             }
         };
-        let managed = self.store.managed_grants().await?;
+        let chunk_ids: Vec<String> = desired.iter().map(|(d, _)| d.user.id.clone()).collect();
+        let managed = self.store.managed_grants_of(&chunk_ids).await?;
         let kinds = access::kinds_in_use(&pack.access, desired.iter().map(|(_, d)| d), &managed);
         let covered = if fresh || !kinds.is_subset(&covered0) {
             let all: HashSet<Access> = covered0.union(&kinds).copied().collect();
@@ -1652,7 +1657,11 @@ impl Engine {
         // created in this very cycle gets it in a second pass after apply.
         let mut manager_pass: Vec<(String, String)> = Vec::new();
         if self.cfg.manager {
-            let links_now = self.store.links().await?;
+            let managers: Vec<String> = desired
+                .iter()
+                .filter_map(|(d, _)| d.user.manager_id.clone())
+                .collect();
+            let links_now = self.store.links_of(&managers).await?;
             for (d, want) in desired.iter_mut() {
                 let Some(m) = d.user.manager_id.as_ref().filter(|_| want.active) else {
                     continue;
@@ -1684,9 +1693,7 @@ impl Engine {
         }
         let select_fields = select.clone();
         let select = select.join(", ");
-        let links = self.store.links().await?;
-        let linked_to: HashMap<String, String> =
-            links.iter().map(|(e, s)| (s.clone(), e.clone())).collect();
+        let links = self.store.links_of(&chunk_ids).await?;
 
         let linked_ids: Vec<String> = desired
             .iter()
@@ -1827,6 +1834,8 @@ impl Engine {
         }
         known.sort();
         known.dedup();
+        // Which of the candidates are linked already, and to whom.
+        let linked_to = self.store.linked_to(&known).await?;
         let mut logins: HashMap<String, (String, bool)> = HashMap::new();
         for r in self
             .query_in(&known, |list| {
