@@ -102,6 +102,14 @@ enum Command {
         /// The Entra object id or userPrincipalName.
         user: String,
     },
+    /// What provisor knows of one user, from its store alone: the Entra
+    /// mirror, groups, link and the last known Salesforce state.
+    Show {
+        #[arg(long)]
+        config: PathBuf,
+        /// The Entra object id or userPrincipalName.
+        user: String,
+    },
     /// Compare every managed user with the rules and report the drift
     /// (JSON, CSV and Markdown); `--fix` corrects it.
     Reconcile {
@@ -527,6 +535,36 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         .with_context(|| format!("cannot write {}", path.display()))?;
                 }
                 eprintln!("drift report written to {}", dir.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Show { config, user } => {
+            let cfg = Config::load(&config)?;
+            let store = crate::store::Store::open_existing(&cfg.store.url).await?;
+            let Some(id) = store.find_user(&user).await? else {
+                bail!("no Entra user {user:?} in the store (object id or userPrincipalName)");
+            };
+            let one = store.users_in(std::slice::from_ref(&id)).await?;
+            let Some(d) = one.first() else {
+                bail!("Entra user {id} vanished from the store while reading it");
+            };
+            println!(
+                "user:       {} ({})",
+                d.user.id,
+                d.user.user_principal_name.as_deref().unwrap_or("no UPN")
+            );
+            println!("groups:     {}", d.groups.join(", "));
+            println!("entra:      {}", serde_json::to_string_pretty(&d.user)?);
+            match store.links_of(std::slice::from_ref(&id)).await?.get(&id) {
+                Some(sf) => println!("linked to:  Salesforce user {sf}"),
+                None => println!("linked to:  no Salesforce user"),
+            }
+            match store.sf_user_of(&id).await? {
+                Some((sf, data, at)) => println!(
+                    "salesforce: {sf} as last seen or set at {at}:\n{}",
+                    serde_json::to_string_pretty(&data)?
+                ),
+                None => println!("salesforce: nothing known yet"),
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -873,6 +873,61 @@ impl Store {
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
+    /// Records the last known Salesforce state of users: (Salesforce id,
+    /// Entra id, record as JSON).
+    pub async fn remember_sf_users(
+        &self,
+        rows: &[(String, String, String)],
+    ) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let at = now();
+        let mut tx = self.write_tx().await.map_err(q("begin"))?;
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO sf_users (sf_id, entra_id, data, seen_at) ",
+            );
+            qb.push_values(chunk, |mut b, (sf, entra, data)| {
+                b.push_bind(sf)
+                    .push_bind(entra)
+                    .push_bind(data)
+                    .push_bind(&at);
+            });
+            qb.push("ON CONFLICT (sf_id) DO UPDATE SET entra_id = excluded.entra_id, data = excluded.data, seen_at = excluded.seen_at");
+            qb.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(q("save Salesforce state"))?;
+        }
+        tx.commit().await.map_err(q("commit Salesforce state"))?;
+        Ok(())
+    }
+
+    /// The last known Salesforce state of an Entra user's account:
+    /// (Salesforce id, record, when it was seen).
+    pub async fn sf_user_of(
+        &self,
+        entra_id: &str,
+    ) -> Result<Option<(String, serde_json::Value, String)>, StoreError> {
+        let row: Option<(String, String, String)> = sqlx::query_as(
+            "SELECT sf_id, data, seen_at FROM sf_users WHERE entra_id = ? ORDER BY seen_at DESC LIMIT 1",
+        )
+        .bind(entra_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(q("read Salesforce state"))?;
+        row.map(|(sf, data, at)| {
+            let v = serde_json::from_str(&data).map_err(|e| StoreError::Corrupt {
+                table: "sf_users",
+                id: sf.clone(),
+                detail: e.to_string(),
+            })?;
+            Ok((sf, v, at))
+        })
+        .transpose()
+    }
+
     /// How many Entra users are linked (managed).
     pub async fn link_count(&self) -> Result<usize, StoreError> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM links")

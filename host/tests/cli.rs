@@ -140,6 +140,45 @@ fn sim_and_sync_once_as_separate_processes() {
     assert_eq!(report["failed"], 0);
     let _ = sim.wait();
 
+    // `show` reads the store alone (the sim is gone): mirror, link and the
+    // account as provisor last saw or set it.
+    let created = report["plan"]["actions"]
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .find(|x| x.to_string().contains("\"kind\":\"create\""))
+        })
+        .and_then(|a| a["upn"].as_str())
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("a created user in {report}"));
+    let show = provisor()
+        .args(["show", "--config"])
+        .arg(&path)
+        .arg(&created)
+        .output()
+        .expect("show runs");
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        show.status.success(),
+        "{}",
+        String::from_utf8_lossy(&show.stderr)
+    );
+    assert!(text.contains(&created), "{text}");
+    assert!(text.contains("linked to:  Salesforce user 005"), "{text}");
+    assert!(text.contains("\"IsActive\": true"), "{text}");
+    assert!(
+        text.contains(&format!("\"Username\": \"{created}\"")),
+        "{text}"
+    );
+    let missing = provisor()
+        .args(["show", "--config"])
+        .arg(&path)
+        .arg("nobody@nowhere.example")
+        .output()
+        .expect("show runs");
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("nobody@nowhere.example"));
+
     // The sim is gone: the next sync names the endpoint it cannot reach.
     let out = provisor()
         .args(["sync", "--once", "--config"])

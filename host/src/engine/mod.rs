@@ -238,6 +238,8 @@ pub(crate) struct Planned {
     refs: Refs,
     /// The access kinds `refs.catalog` covers.
     covered: HashSet<Access>,
+    /// Planned users' accounts as read: (Entra id, record).
+    observed: Vec<(String, SfRecord)>,
 }
 
 /// What planning a large cycle chunk by chunk carries from one chunk to
@@ -677,6 +679,7 @@ impl Engine {
             manager_pass,
             refs,
             covered: _,
+            observed,
         } = self.plan_for(&cycle, only, obs).await?;
         for (id, why, candidates) in &reviews {
             self.store.open_review(id, why, candidates).await?;
@@ -726,8 +729,100 @@ impl Engine {
         }
         self.settle_users(&cycle, &dirty, &plan, &outcomes, &mut report)
             .await?;
+        self.remember_state(observed, &plan, &outcomes, &refs)
+            .await?;
         report.plan = plan;
         self.finish_cycle(&cycle, report, stopped).await
+    }
+
+    /// Records the last known Salesforce state of the planned users: their
+    /// accounts as read, with what this cycle wrote successfully merged in
+    /// (new accounts from what they were created with).
+    async fn remember_state(
+        &self,
+        observed: Vec<(String, SfRecord)>,
+        plan: &Plan,
+        outcomes: &HashMap<String, Outcome>,
+        refs: &Refs,
+    ) -> Result<(), SyncError> {
+        let mut state: HashMap<String, SfRecord> = observed
+            .into_iter()
+            .map(|(e, mut r)| {
+                r.remove("attributes");
+                (e, r)
+            })
+            .collect();
+        let created: Vec<String> = plan
+            .actions
+            .iter()
+            .filter(|a| matches!(a.kind, ActionKind::Create { .. }))
+            .map(|a| a.entra_id.clone())
+            .collect();
+        let new_ids = self.store.links_of(&created).await?;
+        let id_of = |names: &HashMap<String, String>, name: &str| {
+            names.get(name).map_or(Value::Null, |id| json!(id))
+        };
+        for a in &plan.actions {
+            if outcomes
+                .get(&a.entra_id)
+                .is_some_and(|o| o.failed.is_some() || o.deferred || o.waiting.is_some())
+            {
+                continue;
+            }
+            match &a.kind {
+                ActionKind::Create {
+                    fields,
+                    profile,
+                    role,
+                } => {
+                    let Some(id) = new_ids.get(&a.entra_id) else {
+                        continue;
+                    };
+                    let mut r: SfRecord = fields
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.to_json()))
+                        .collect();
+                    r.insert("Id".into(), json!(id));
+                    r.insert("IsActive".into(), json!(true));
+                    r.insert("ProfileId".into(), id_of(&refs.profiles, profile));
+                    if let Some(role) = role {
+                        r.insert("UserRoleId".into(), id_of(&refs.roles, role));
+                    }
+                    state.insert(a.entra_id.clone(), r);
+                }
+                ActionKind::Update { changes } | ActionKind::Reactivate { changes } => {
+                    let Some(r) = state.get_mut(&a.entra_id) else {
+                        continue;
+                    };
+                    for (k, c) in changes {
+                        let to = c.to.as_text().unwrap_or_default();
+                        match k.as_str() {
+                            "Profile" => r.insert("ProfileId".into(), id_of(&refs.profiles, to)),
+                            "Role" => r.insert("UserRoleId".into(), id_of(&refs.roles, to)),
+                            _ => r.insert(k.clone(), c.to.to_json()),
+                        };
+                    }
+                    if matches!(a.kind, ActionKind::Reactivate { .. }) {
+                        r.insert("IsActive".into(), json!(true));
+                    }
+                }
+                ActionKind::Deactivate => {
+                    if let Some(r) = state.get_mut(&a.entra_id) {
+                        r.insert("IsActive".into(), json!(false));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let rows: Vec<(String, String, String)> = state
+            .into_iter()
+            .filter_map(|(e, r)| {
+                let sf = r.get("Id").and_then(Value::as_str)?.to_string();
+                Some((sf, e, Value::Object(r).to_string()))
+            })
+            .collect();
+        self.store.remember_sf_users(&rows).await?;
+        Ok(())
     }
 
     /// Audits what the packs asked for beyond their manifests.
@@ -857,6 +952,7 @@ impl Engine {
         let mut leavers: Vec<Action> = Vec::new();
         let mut leaver_users: Vec<DirtyUser> = Vec::new();
         let mut leaver_outcomes: HashMap<String, Outcome> = HashMap::new();
+        let mut leaver_observed: Vec<(String, SfRecord)> = Vec::new();
         let mut manager_pass: Vec<(String, String)> = Vec::new();
         let mut kept: Vec<Action> = Vec::new();
         let mut stopped: Option<SfError> = None;
@@ -871,6 +967,7 @@ impl Engine {
                 manager_pass: later,
                 refs,
                 covered,
+                observed,
             } = self.plan_users(&cycle, dirty, obs, &mut memo).await?;
             basis.get_or_insert_with(|| plan.basis.clone());
             for (id, why, candidates) in &reviews {
@@ -900,6 +997,12 @@ impl Engine {
             leaver_users.extend(going);
             self.settle_users(&cycle, &staying, &plan, &outcomes, &mut report)
                 .await?;
+            // Leavers' accounts are remembered at the end, with their
+            // deactivation.
+            let (gone, seen): (Vec<_>, Vec<_>) =
+                observed.into_iter().partition(|(e, _)| leaving.contains(e));
+            leaver_observed.extend(gone);
+            self.remember_state(seen, &plan, &outcomes, &refs).await?;
             let room = REPORT_ACTIONS.saturating_sub(kept.len());
             report.plan_omitted += plan.actions.len().saturating_sub(room);
             kept.extend(plan.actions.into_iter().take(room));
@@ -935,6 +1038,8 @@ impl Engine {
                 .await?;
         }
         self.settle_users(&cycle, &leaver_users, &leave, &leaver_outcomes, &mut report)
+            .await?;
+        self.remember_state(leaver_observed, &leave, &leaver_outcomes, &refs)
             .await?;
         // ManagerId for users whose manager's account came later in the
         // cycle. Their users are settled already: a failure here marks
@@ -1546,6 +1651,7 @@ impl Engine {
                 manager_pass: Vec::new(),
                 refs: Refs::default(),
                 covered: HashSet::new(),
+                observed: Vec::new(),
             });
         }
         obs.on(Progress::Planning { users: dirty.len() });
@@ -1883,6 +1989,8 @@ impl Engine {
             .map(|r| r.entra_id)
             .collect();
         let pending_emails = self.store.pending_emails().await?;
+        // The accounts as read, for the store's last known state.
+        let mut observed: Vec<(String, SfRecord)> = Vec::new();
         for (d, want) in &desired {
             let id = &d.user.id;
             let upn = d.user.user_principal_name.clone();
@@ -1944,6 +2052,9 @@ impl Engine {
                         continue;
                     }
                 }
+            }
+            if let Some(rec) = current {
+                observed.push((id.clone(), rec.clone()));
             }
             let cause = match out_of_scope.get(id.as_str()) {
                 Some(why) => format!("out of scope: {why}"),
@@ -2320,6 +2431,7 @@ impl Engine {
                 catalog,
             },
             covered,
+            observed,
         })
     }
 

@@ -329,3 +329,78 @@ proptest::proptest! {
         });
     }
 }
+
+/// The store keeps the last known Salesforce state of managed users: as
+/// created, as updated, as deactivated; a hand edit in Salesforce shows
+/// once a plan reads the account again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_keeps_the_last_known_salesforce_state() {
+    let running = start_sim(20, 91).await;
+    let sim = running.sim.clone();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = engine(
+        &running,
+        &provisor_e2e::rhai_pack(),
+        &dir.path().join("s.db"),
+    )
+    .await;
+    let r = engine.sync_once(&Quiet).await.expect("sync");
+    let created = r
+        .plan
+        .actions
+        .iter()
+        .find(|a| a.kind.name() == "create")
+        .expect("a joiner")
+        .clone();
+    let id = created.entra_id.clone();
+    let (sf, known, _) = engine
+        .store
+        .sf_user_of(&id)
+        .await
+        .expect("read")
+        .expect("known after creation");
+    let actual = sim
+        .salesforce()
+        .rows("User")
+        .find(|u| u["Id"] == json!(sf))
+        .cloned()
+        .expect("in the org");
+    for f in [
+        "Username",
+        "FirstName",
+        "LastName",
+        "Email",
+        "ProfileId",
+        "IsActive",
+    ] {
+        assert_eq!(known[f], actual[f], "{f}");
+    }
+
+    // A mover: the new name is what provisor last set.
+    let mut m = Map::new();
+    m.insert("surname".into(), json!("Lastknown"));
+    sim.graph().update_user(&id, m).expect("rename");
+    engine.sync_once(&Quiet).await.expect("sync");
+    let (_, known, _) = engine
+        .store
+        .sf_user_of(&id)
+        .await
+        .expect("read")
+        .expect("known");
+    assert_eq!(known["LastName"], json!("Lastknown"));
+
+    // A leaver: deactivated.
+    let mut m = Map::new();
+    m.insert("accountEnabled".into(), json!(false));
+    sim.graph().update_user(&id, m).expect("disable");
+    let r = engine.sync_once(&Quiet).await.expect("sync");
+    assert_eq!(r.deactivated, 1, "{}", r.plan.render());
+    let (_, known, _) = engine
+        .store
+        .sf_user_of(&id)
+        .await
+        .expect("read")
+        .expect("known");
+    assert_eq!(known["IsActive"], json!(false));
+    assert_eq!(known["LastName"], json!("Lastknown"));
+}
