@@ -52,11 +52,11 @@ impl AnyPage {
     }
 }
 
-/// Characters of quoted literals per SOQL `IN (...)` list. Queries travel
-/// in the URL and Salesforce answers 414 above about 16 KB; URL-encoding
-/// grows a list of ids by about a third, so 8,000 leaves room for the rest
-/// of the statement (about 360 record ids, 150 long usernames a query).
-const IN_LIST_CHARS: usize = 8_000;
+/// URL-encoded characters of one SOQL `IN (...)` list. Queries travel in
+/// the URL, which Salesforce caps at 16,384 bytes (414 above); 14,000
+/// leaves room for the rest of the statement and the path: 500 record ids,
+/// or about 280 usernames, a query.
+const IN_LIST_ENCODED: usize = 14_000;
 
 fn is_zero(n: &usize) -> bool {
     *n == 0
@@ -74,20 +74,34 @@ const MANAGERS_READ_AT: &str = "entra.managers.read_at";
 const SELECT_PENDING: &str = "entra.users.select_pending";
 const SELECT_REFUSED: &str = "entra.users.select_refused";
 
+/// How long `s` is once form-URL-encoded (as the query travels).
+fn encoded_len(s: &str) -> usize {
+    url::form_urlencoded::byte_serialize(s.as_bytes())
+        .map(str::len)
+        .sum()
+}
+
 /// Quoted, comma-separated `IN` lists of `values`, each at most `budget`
-/// characters (a single longer literal gets a list of its own).
+/// characters once URL-encoded (a single longer literal gets a list of its
+/// own).
 fn in_lists(values: &[String], budget: usize) -> Vec<String> {
+    const SEPARATOR: usize = 4; // ", " is "%2C+"
     let mut lists = Vec::new();
     let mut list = String::new();
+    let mut size = 0;
     for v in values {
         let quoted = soql_quote(v);
-        if !list.is_empty() && list.len() + 2 + quoted.len() > budget {
+        let len = encoded_len(&quoted);
+        if !list.is_empty() && size + SEPARATOR + len > budget {
+            size = 0;
             lists.push(std::mem::take(&mut list));
         }
         if !list.is_empty() {
             list.push_str(", ");
+            size += SEPARATOR;
         }
         list.push_str(&quoted);
+        size += len;
     }
     if !list.is_empty() {
         lists.push(list);
@@ -2504,14 +2518,14 @@ impl Engine {
     }
 
     /// Runs `soql(list)` for the values in `IN` lists of at most
-    /// [`IN_LIST_CHARS`] characters of quoted literals and returns every row.
+    /// [`IN_LIST_ENCODED`] characters of quoted literals and returns every row.
     async fn query_in(
         &self,
         values: &[String],
         soql: impl Fn(&str) -> String,
     ) -> Result<Vec<SfRecord>, SfError> {
         let mut out = Vec::new();
-        for list in in_lists(values, IN_LIST_CHARS) {
+        for list in in_lists(values, IN_LIST_ENCODED) {
             out.extend(self.salesforce.query(&soql(&list)).await?);
         }
         Ok(out)
@@ -2742,10 +2756,20 @@ mod tests {
     #[test]
     fn in_lists_fill_the_budget_and_keep_every_value() {
         let ids: Vec<String> = (0..1000).map(|i| format!("005{i:015}")).collect();
-        let lists = in_lists(&ids, IN_LIST_CHARS);
-        assert!(lists.iter().all(|l| l.len() <= IN_LIST_CHARS));
-        // 20 characters quoted plus ", ": 363 ids a list.
-        assert_eq!(lists.len(), 3);
+        let lists = in_lists(&ids, IN_LIST_ENCODED);
+        assert!(lists.iter().all(|l| encoded_len(l) <= IN_LIST_ENCODED));
+        // 24 encoded characters quoted, 4 between: 500 ids a list.
+        assert_eq!(lists.len(), 2);
+        // The whole query URL stays under Salesforce's 16,384 bytes.
+        let soql = format!(
+            "SELECT Id, AssigneeId, PermissionSetId, PermissionSetGroupId FROM PermissionSetAssignment WHERE AssigneeId IN ({}) AND PermissionSet.IsOwnedByProfile = false",
+            lists[0]
+        );
+        let url = format!(
+            "https://mydomain.my.salesforce.com/services/data/v62.0/query?q={}",
+            url::form_urlencoded::byte_serialize(soql.as_bytes()).collect::<String>()
+        );
+        assert!(url.len() < 16_384, "{}", url.len());
         let back: Vec<String> = lists
             .iter()
             .flat_map(|l| l.split(", ").map(|v| v.trim_matches('\'').to_string()))

@@ -419,6 +419,18 @@ async fn fault_layer(State(sim): State<Sim>, req: Request, next: Next) -> Respon
     if path.starts_with("/_sim/") {
         return next.run(req).await;
     }
+    // Salesforce refuses request URIs over 16,384 bytes (queries travel in
+    // the URL), before anything else.
+    if path.starts_with("/services/") {
+        let len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+        if len > 16_384 {
+            return (
+                StatusCode::URI_TOO_LONG,
+                format!("URI Too Long: {len} bytes, at most 16384"),
+            )
+                .into_response();
+        }
+    }
     let (latency, fail_rate) = {
         let f = sim.faults();
         (f.latency_ms, f.fail_rate)

@@ -493,3 +493,27 @@ async fn managers_are_listed_in_pages_of_999_with_the_expanded_manager() {
     assert!(got.values().filter(|m| m.is_none()).count() > 100);
     assert!(got.values().filter(|m| m.is_some()).count() > 1000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_url_over_16_kb_is_refused_with_414() {
+    let running = start_sim(5, 10).await;
+    let (_, sf) = clients(&running, 999);
+    let ids: Vec<String> = (0..700).map(|i| format!("'005{i:015}'")).collect();
+    let err = sf
+        .query(&format!(
+            "SELECT Id FROM User WHERE Id IN ({})",
+            ids.join(", ")
+        ))
+        .await
+        .expect_err("too long");
+    assert!(err.to_string().contains("414"), "{err}");
+    // 500 ids, as the engine sends them, pass.
+    let rows = sf
+        .query(&format!(
+            "SELECT Id FROM User WHERE Id IN ({})",
+            ids[..500].join(", ")
+        ))
+        .await
+        .expect("under the limit");
+    assert!(rows.is_empty());
+}
