@@ -573,8 +573,17 @@ impl Engine {
                 // refusal of IsActive=false is a blocker; the user stays
                 // frozen and the step is retried on later cycles.
                 let blocked = matches!(a.kind, ActionKind::Deactivate);
+                let blocker = r
+                    .errors
+                    .iter()
+                    .find_map(|e| super::blockers::classify(&e.code, &e.message))
+                    .filter(|_| blocked);
+                let fix = blocker.map(|b| b.fix.to_string()).or(fix);
                 let mut text = if blocked {
-                    format!("deactivation blocked by Salesforce (the user stays frozen): {msg}")
+                    format!(
+                        "deactivation blocked by Salesforce{} (the user stays frozen): {msg}",
+                        blocker.map_or(String::new(), |b| format!(" ({})", b.kind))
+                    )
                 } else if let Some(e) = automation {
                     format!(
                         "{} refused by org automation ({}): {msg}",
@@ -598,7 +607,10 @@ impl Engine {
                     },
                     entra_id: Some(a.entra_id.clone()),
                     sf_id: a.sf_id.clone(),
-                    detail: json!({"errors": r.errors}),
+                    detail: match blocker {
+                        Some(b) => json!({"errors": r.errors, "blocker": b}),
+                        None => json!({"errors": r.errors}),
+                    },
                 });
             }
         }

@@ -4,6 +4,7 @@
 
 mod access;
 mod apply;
+pub mod blockers;
 mod directory;
 mod guard;
 mod reconcile;

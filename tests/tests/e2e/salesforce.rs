@@ -245,6 +245,20 @@ async fn leavers_are_frozen_at_once_and_stay_frozen_while_deactivation_is_blocke
             .to_string()
             .contains("default owner of cases")
     );
+    // Named, with where to fix it.
+    assert_eq!(blocked.detail["blocker"]["kind"], "default_case_owner");
+    assert!(
+        blocked.detail["blocker"]["fix"]
+            .as_str()
+            .is_some_and(|f| f.contains("Support Settings")),
+        "{}",
+        blocked.detail
+    );
+    assert!(
+        r.failures[0].contains("(default_case_owner)"),
+        "{:?}",
+        r.failures
+    );
 
     // Next cycle: still frozen (not frozen again), deactivation retried.
     let r = engine.sync_once(&Quiet).await.expect("retry");
