@@ -744,6 +744,12 @@ impl Engine {
         }
         self.settle_users(&cycle, &dirty, &plan, &outcomes, &mut report)
             .await?;
+        if stopped.is_some() {
+            // The ManagerId pass did not run: its users are planned again.
+            for (u, _) in &manager_pass {
+                self.store.mark_dirty(u).await?;
+            }
+        }
         self.remember_state(observed, &plan, &outcomes, &refs)
             .await?;
         report.plan = plan;
@@ -1051,6 +1057,15 @@ impl Engine {
                     &mut report,
                 )
                 .await?;
+        } else if stopped.is_some() {
+            // Salesforce stopped the cycle before the leavers' turn: they
+            // stay dirty, without spending an attempt.
+            for d in &leaver_users {
+                leaver_outcomes
+                    .entry(d.user.id.clone())
+                    .or_default()
+                    .deferred = true;
+            }
         }
         self.settle_users(&cycle, &leaver_users, &leave, &leaver_outcomes, &mut report)
             .await?;
@@ -1089,6 +1104,13 @@ impl Engine {
                 let room = REPORT_ACTIONS.saturating_sub(kept.len());
                 report.plan_omitted += second.actions.len().saturating_sub(room);
                 kept.extend(second.actions.into_iter().take(room));
+            }
+        }
+        if stopped.is_some() {
+            // The final ManagerId pass did not run: its users are planned
+            // again next cycle.
+            for (u, _) in &manager_pass {
+                self.store.mark_dirty(u).await?;
             }
         }
         leave

@@ -450,3 +450,67 @@ async fn a_cycle_planned_in_chunks_ends_where_one_planned_at_once_does() {
     }
     assert_eq!(states[0], states[1]);
 }
+
+/// A chunked cycle that Salesforce stops before the leavers' turn (they
+/// wait for the end of the cycle): the leavers stay to be done, and the
+/// next cycle deactivates them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leavers_held_to_the_end_of_a_stopped_chunked_cycle_are_not_lost() {
+    let running = start_sim(60, 33).await;
+    let sim = running.sim.clone();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = provisor_e2e::engine_with(&running, &rhai_pack(), &dir.path().join("s.db"), |c| {
+        c.sync.plan_chunk_users = 10;
+        c.sync.retries = 1;
+        c.sync.retry_base_ms = 1;
+    })
+    .await;
+    engine.sync_once(&Quiet).await.expect("initial sync");
+    provisor_e2e::approve_adoptions(&engine).await;
+    let ids: Vec<String> = sim
+        .graph()
+        .users()
+        .filter(|u| u.props.get("accountEnabled") == Some(&json!(true)))
+        .map(|u| u.id.clone())
+        .collect();
+    for id in &ids[..3] {
+        let mut m = Map::new();
+        m.insert("accountEnabled".into(), json!(false));
+        sim.graph().update_user(id, m).expect("disable");
+    }
+    for id in &ids[3..40] {
+        let mut m = Map::new();
+        m.insert("givenName".into(), json!("Later"));
+        sim.graph().update_user(id, m).expect("rename");
+    }
+    // One write goes through, then Salesforce fails every write.
+    sim.set_faults(provisor::sim::Faults {
+        sf_write_fail_after: Some(1),
+        ..Default::default()
+    });
+    engine
+        .sync_once(&Quiet)
+        .await
+        .expect_err("Salesforce stops the cycle");
+    let active = |id: &str| {
+        let t = sim.graph();
+        let upn = t
+            .user(id)
+            .and_then(|u| u.props["userPrincipalName"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        drop(t);
+        sim.salesforce()
+            .users_where("Username", &upn)
+            .first()
+            .map(|u| u["IsActive"] == json!(true))
+            .unwrap_or(false)
+    };
+    assert!(
+        ids[..3].iter().all(|id| active(id)),
+        "no leaver was reached"
+    );
+    sim.set_faults(provisor::sim::Faults::default());
+    let r = engine.sync_once(&Quiet).await.expect("next cycle");
+    assert_eq!(r.deactivated, 3, "{}", r.plan.render());
+    assert!(ids[..3].iter().all(|id| !active(id)));
+}
