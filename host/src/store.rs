@@ -110,6 +110,16 @@ pub struct DeadLetter {
 /// SQLite's 32,766 bound parameters.
 const ROWS_PER_STATEMENT: usize = 500;
 
+/// Binds `values` as the list of the `IN (` that `qb` ends with, and
+/// closes it.
+fn push_in_list<T: AsRef<str>>(qb: &mut QueryBuilder<Sqlite>, values: &[T]) {
+    let mut sep = qb.separated(", ");
+    for v in values {
+        sep.push_bind(v.as_ref());
+    }
+    qb.push(")");
+}
+
 /// The state database.
 #[derive(Clone)]
 pub struct Store {
@@ -322,11 +332,7 @@ impl Store {
             let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "SELECT id, data, removed FROM entra_users WHERE id IN (",
             );
-            let mut sep = qb.separated(", ");
-            for id in chunk {
-                sep.push_bind(*id);
-            }
-            qb.push(")");
+            push_in_list(&mut qb, chunk);
             let rows: Vec<(String, String, Option<String>)> = qb
                 .build_query_as()
                 .fetch_all(&mut *tx)
@@ -414,11 +420,7 @@ impl Store {
                 let mut qb =
                     sqlx::QueryBuilder::<sqlx::Sqlite>::new("UPDATE entra_users SET seen_round = ");
                 qb.push_bind(&round).push(" WHERE id IN (");
-                let mut sep = qb.separated(", ");
-                for id in chunk {
-                    sep.push_bind(*id);
-                }
-                qb.push(")");
+                push_in_list(&mut qb, chunk);
                 qb.build().execute(&mut *tx).await.map_err(q("mark seen"))?;
             }
         }
@@ -431,11 +433,7 @@ impl Store {
                 let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                     "DELETE FROM dead_letters WHERE entra_id IN (",
                 );
-                let mut sep = qb.separated(", ");
-                for id in chunk {
-                    sep.push_bind(*id);
-                }
-                qb.push(")");
+                push_in_list(&mut qb, chunk);
                 qb.build()
                     .execute(&mut *tx)
                     .await
@@ -469,11 +467,7 @@ impl Store {
         ids: &[String],
     ) -> Result<(), StoreError> {
         let mut qb = QueryBuilder::<Sqlite>::new("UPDATE entra_users SET dirty = 1 WHERE id IN (");
-        let mut sep = qb.separated(", ");
-        for id in ids {
-            sep.push_bind(id);
-        }
-        qb.push(")");
+        push_in_list(&mut qb, ids);
         qb.build()
             .execute(&mut *tx)
             .await
@@ -578,11 +572,7 @@ impl Store {
                     QueryBuilder::<Sqlite>::new("DELETE FROM memberships WHERE group_id = ");
                 qb.push_bind(&g.id);
                 qb.push(" AND member_id IN (");
-                let mut sep = qb.separated(", ");
-                for m in chunk {
-                    sep.push_bind(m);
-                }
-                qb.push(")");
+                push_in_list(&mut qb, chunk);
                 qb.build()
                     .execute(&mut *tx)
                     .await
@@ -666,11 +656,7 @@ impl Store {
                     let mut qb = QueryBuilder::<Sqlite>::new(
                         "SELECT group_id, member_id, member_type FROM memberships WHERE member_type <> 'group' AND member_id IN (",
                     );
-                    let mut sep = qb.separated(", ");
-                    for id in chunk {
-                        sep.push_bind(id);
-                    }
-                    qb.push(")");
+                    push_in_list(&mut qb, chunk);
                     edges.extend(
                         qb.build_query_as::<(String, String, String)>()
                             .fetch_all(&self.pool)
@@ -734,11 +720,8 @@ impl Store {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "SELECT id, data, removed, attempts FROM entra_users WHERE id IN (",
             );
-            let mut sep = qb.separated(", ");
-            for id in chunk {
-                sep.push_bind(id);
-            }
-            qb.push(") ORDER BY id");
+            push_in_list(&mut qb, chunk);
+            qb.push(" ORDER BY id");
             rows.extend(
                 qb.build()
                     .fetch_all(&self.pool)
@@ -968,11 +951,7 @@ impl Store {
         let mut out = HashMap::new();
         for chunk in values.chunks(ROWS_PER_STATEMENT) {
             let mut qb = QueryBuilder::<Sqlite>::new(head);
-            let mut sep = qb.separated(", ");
-            for v in chunk {
-                sep.push_bind(v);
-            }
-            qb.push(")");
+            push_in_list(&mut qb, chunk);
             let rows: Vec<(String, String)> = qb
                 .build_query_as()
                 .fetch_all(&self.pool)
@@ -1039,11 +1018,7 @@ impl Store {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "SELECT entra_id, access, name, assignment_id FROM managed_grants WHERE entra_id IN (",
             );
-            let mut sep = qb.separated(", ");
-            for id in chunk {
-                sep.push_bind(id);
-            }
-            qb.push(")");
+            push_in_list(&mut qb, chunk);
             rows.extend(
                 qb.build_query_as::<(String, String, String, String)>()
                     .fetch_all(&self.pool)
@@ -1298,11 +1273,7 @@ impl Store {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "UPDATE entra_users SET dirty = 0, attempts = 0, last_error = NULL, waiting = NULL WHERE id IN (",
             );
-            let mut sep = qb.separated(", ");
-            for id in chunk {
-                sep.push_bind(*id);
-            }
-            qb.push(")");
+            push_in_list(&mut qb, chunk);
             qb.build()
                 .execute(&mut *tx)
                 .await
