@@ -59,6 +59,14 @@ impl AnyPage {
 /// or about 280 usernames, a query.
 const IN_LIST_ENCODED: usize = 14_000;
 
+/// Adds `actions` to a chunked cycle's report plan up to
+/// [`REPORT_ACTIONS`], counting the rest in `omitted`.
+fn keep_for_report(kept: &mut Vec<Action>, omitted: &mut usize, actions: Vec<Action>) {
+    let room = REPORT_ACTIONS.saturating_sub(kept.len());
+    *omitted += actions.len().saturating_sub(room);
+    kept.extend(actions.into_iter().take(room));
+}
+
 fn is_zero(n: &usize) -> bool {
     *n == 0
 }
@@ -745,10 +753,7 @@ impl Engine {
         self.settle_users(&cycle, &dirty, &plan, &outcomes, &mut report)
             .await?;
         if stopped.is_some() {
-            // The ManagerId pass did not run: its users are planned again.
-            for (u, _) in &manager_pass {
-                self.store.mark_dirty(u).await?;
-            }
+            self.replan(&manager_pass).await?;
         }
         self.remember_state(observed, &plan, &outcomes, &refs)
             .await?;
@@ -843,6 +848,15 @@ impl Engine {
             })
             .collect();
         self.store.remember_sf_users(&rows).await?;
+        Ok(())
+    }
+
+    /// A stopped cycle never ran its ManagerId pass: those users are
+    /// planned again next cycle.
+    async fn replan(&self, manager_pass: &[(String, String)]) -> Result<(), SyncError> {
+        for (u, _) in manager_pass {
+            self.store.mark_dirty(u).await?;
+        }
         Ok(())
     }
 
@@ -1024,9 +1038,7 @@ impl Engine {
                 observed.into_iter().partition(|(e, _)| leaving.contains(e));
             leaver_observed.extend(gone);
             self.remember_state(seen, &plan, &outcomes, &refs).await?;
-            let room = REPORT_ACTIONS.saturating_sub(kept.len());
-            report.plan_omitted += plan.actions.len().saturating_sub(room);
-            kept.extend(plan.actions.into_iter().take(room));
+            keep_for_report(&mut kept, &mut report.plan_omitted, plan.actions);
             memo.refs = Some((refs, covered));
             if stopped.is_some() {
                 break;
@@ -1101,22 +1113,13 @@ impl Engine {
                         self.store.mark_dirty(id).await?;
                     }
                 }
-                let room = REPORT_ACTIONS.saturating_sub(kept.len());
-                report.plan_omitted += second.actions.len().saturating_sub(room);
-                kept.extend(second.actions.into_iter().take(room));
+                keep_for_report(&mut kept, &mut report.plan_omitted, second.actions);
             }
         }
         if stopped.is_some() {
-            // The final ManagerId pass did not run: its users are planned
-            // again next cycle.
-            for (u, _) in &manager_pass {
-                self.store.mark_dirty(u).await?;
-            }
+            self.replan(&manager_pass).await?;
         }
-        leave
-            .actions
-            .truncate(REPORT_ACTIONS.saturating_sub(kept.len()));
-        kept.extend(leave.actions);
+        keep_for_report(&mut kept, &mut report.plan_omitted, leave.actions);
         report.plan = Plan {
             cycle: cycle.clone(),
             basis,
