@@ -976,12 +976,12 @@ pub async fn engine_from_config(cfg: &Config) -> anyhow::Result<Engine> {
         ..RetryPolicy::default()
     };
     Ok(Engine {
-        entra: EntraClient::new(
+        entra: std::sync::Arc::new(EntraClient::new(
             client.clone(),
             cfg.entra.clone(),
             entra_credential,
             retry.clone(),
-        ),
+        )),
         salesforce: std::sync::Arc::new(SalesforceClient::new(
             client,
             cfg.salesforce.clone(),
@@ -989,7 +989,7 @@ pub async fn engine_from_config(cfg: &Config) -> anyhow::Result<Engine> {
             retry,
         )),
         store,
-        pack: crate::rules::PackSlot::stacked(cfg.rules.dirs(), pack),
+        pack: std::sync::Arc::new(crate::rules::PackSlot::stacked(cfg.rules.dirs(), pack)),
         org_tables: std::sync::Arc::new(cfg.rules.tables.clone()),
         metrics: std::sync::Arc::default(),
         safety: cfg.safety.clone(),

@@ -1,5 +1,27 @@
 use std::process::ExitCode;
 
+// glibc's allocator spent about a quarter of a large cycle's CPU and kept
+// freed memory in per-thread arenas (the next chunk is planned on another
+// thread); mimalloc is faster here and returns memory to the OS.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// `mi_option_purge_delay` in mimalloc.h (v3). The -sys crate declares
+/// `mi_option_set` only behind a feature whose dependency (`cty`) is not
+/// available here, so the one function is declared below.
+const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+
+unsafe extern "C" {
+    /// mimalloc.h: `void mi_option_set(mi_option_t option, long value)`.
+    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+}
+
 fn main() -> ExitCode {
+    // Freed memory goes back to the OS at once instead of after a second:
+    // a large cycle frees one chunk's plan as the next one is made, and the
+    // delay kept both resident (about 50 MiB more at peak, no faster).
+    // SAFETY: sets a plain integer option; mimalloc reads it on its next
+    // purge. No pointer is involved.
+    unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
     provisor::cli::main()
 }

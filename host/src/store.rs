@@ -110,6 +110,31 @@ pub struct DeadLetter {
 /// SQLite's 32,766 bound parameters.
 const ROWS_PER_STATEMENT: usize = 500;
 
+/// Upserts links (Entra id, Salesforce id, matched by) inside `tx`.
+async fn insert_links(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    links: &[(&str, &str, &str)],
+    at: &str,
+) -> Result<(), StoreError> {
+    for chunk in links.chunks(ROWS_PER_STATEMENT) {
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO links (entra_id, sf_id, matched_by, linked_at) ",
+        );
+        qb.push_values(chunk, |mut b, (entra_id, sf_id, matched_by)| {
+            b.push_bind(*entra_id)
+                .push_bind(*sf_id)
+                .push_bind(*matched_by)
+                .push_bind(at);
+        });
+        qb.push("ON CONFLICT (entra_id) DO UPDATE SET sf_id = excluded.sf_id, matched_by = excluded.matched_by, linked_at = excluded.linked_at");
+        qb.build()
+            .execute(&mut **tx)
+            .await
+            .map_err(q("save link"))?;
+    }
+    Ok(())
+}
+
 /// Binds `values` as the list of the `IN (` that `qb` ends with, and
 /// closes it.
 fn push_in_list<T: AsRef<str>>(qb: &mut QueryBuilder<Sqlite>, values: &[T]) {
@@ -969,14 +994,18 @@ impl Store {
         sf_id: &str,
         matched_by: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO links (entra_id, sf_id, matched_by, linked_at) VALUES (?, ?, ?, ?) ON CONFLICT (entra_id) DO UPDATE SET sf_id = excluded.sf_id, matched_by = excluded.matched_by, linked_at = excluded.linked_at")
-            .bind(entra_id)
-            .bind(sf_id)
-            .bind(matched_by)
-            .bind(now())
-            .execute(&self.pool)
-            .await
-            .map_err(q("save link"))?;
+        self.set_links(&[(entra_id, sf_id, matched_by)]).await
+    }
+
+    /// Records confirmed links (Entra id, Salesforce id, matched by) in one
+    /// transaction.
+    pub async fn set_links(&self, links: &[(&str, &str, &str)]) -> Result<(), StoreError> {
+        if links.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write_tx().await.map_err(q("begin"))?;
+        insert_links(&mut tx, links, &now()).await?;
+        tx.commit().await.map_err(q("commit links"))?;
         Ok(())
     }
 
@@ -1236,19 +1265,11 @@ impl Store {
                 .await
                 .map_err(q("settle action"))?;
         }
-        for chunk in links.chunks(ROWS_PER_STATEMENT) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO links (entra_id, sf_id, matched_by, linked_at) ",
-            );
-            qb.push_values(chunk, |mut b, (entra_id, sf_id)| {
-                b.push_bind(*entra_id)
-                    .push_bind(sf_id)
-                    .push_bind("created")
-                    .push_bind(&at);
-            });
-            qb.push("ON CONFLICT (entra_id) DO UPDATE SET sf_id = excluded.sf_id, matched_by = excluded.matched_by, linked_at = excluded.linked_at");
-            qb.build().execute(&mut *tx).await.map_err(q("save link"))?;
-        }
+        let created: Vec<(&str, &str, &str)> = links
+            .iter()
+            .map(|(entra_id, sf_id)| (*entra_id, sf_id.as_str(), "created"))
+            .collect();
+        insert_links(&mut tx, &created, &at).await?;
         for chunk in pending_emails.chunks(ROWS_PER_STATEMENT) {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO pending_emails (entra_id, email, requested_at) ",

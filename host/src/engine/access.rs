@@ -21,7 +21,7 @@ use crate::store::ManagedGrants;
 type Seats = (String, i64, i64);
 
 /// What exists in the org, per kind of access, read once per cycle.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Catalog {
     /// API name -> Id, per kind.
     ids: HashMap<Access, HashMap<String, String>>,

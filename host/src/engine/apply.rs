@@ -5,6 +5,8 @@
 
 use std::collections::HashMap;
 
+use futures::StreamExt;
+
 use serde_json::{Map, Value, json};
 
 use super::{
@@ -14,7 +16,6 @@ use crate::audit::AuditEvent;
 use crate::model::Access;
 
 /// One batch ready to send: its Collections records and outbox ids.
-type Prepared = (Vec<Map<String, Value>>, Vec<i64>);
 /// A grant ready to send: its action, the name granted, the assignment record.
 type GrantRecord<'a> = (&'a Action, &'a String, Map<String, Value>);
 use crate::salesforce::{RecordResult, SfError};
@@ -34,9 +35,10 @@ impl Engine {
 
         // Links: confirmed by matching, recorded before any write depends on them.
         let mut events = Vec::new();
+        let mut links: Vec<(&str, &str, &str)> = Vec::new();
         for a in plan.actions.iter().filter(|a| !a.kind.writes()) {
             if let (ActionKind::Link { matched_by }, Some(sf)) = (&a.kind, &a.sf_id) {
-                self.store.set_link(&a.entra_id, sf, matched_by).await?;
+                links.push((&a.entra_id, sf, matched_by));
                 report.linked += 1;
                 events.push(AuditEvent {
                     event: "user.linked".into(),
@@ -46,6 +48,7 @@ impl Engine {
                 });
             }
         }
+        self.store.set_links(&links).await?;
         self.store.append_audit(cycle, &events).await?;
 
         // Order matters: users exist before anything else touches them;
@@ -72,13 +75,16 @@ impl Engine {
             (false, "User", updates),
             (false, "UserLogin", unfreezes),
         ] {
-            // Up to `concurrency` Collections calls in flight at once; every
-            // action is journaled before its call is sent.
-            for wave in list.chunks(size * concurrency) {
-                let batches: Vec<&[&Action]> = wave.chunks(size).collect();
-                // (records, outbox ids) per batch.
-                let mut prepared: Vec<Prepared> = Vec::with_capacity(batches.len());
-                for batch in &batches {
+            // Up to `concurrency` Collections calls in flight at once, kept
+            // full: a batch is journaled and sent as soon as another one's
+            // result is in, and results are settled in the order sent
+            // while the others are on the wire.
+            let mut batches = list.chunks(size);
+            let mut in_flight = futures::stream::FuturesOrdered::new();
+            let mut stop: Option<SfError> = None;
+            loop {
+                while stop.is_none() && in_flight.len() < concurrency {
+                    let Some(batch) = batches.next() else { break };
                     let records: Vec<Map<String, Value>> =
                         batch.iter().map(|a| record_for(a, refs)).collect();
                     let entries: Vec<(&str, &str, Value)> = batch
@@ -92,110 +98,108 @@ impl Engine {
                         })
                         .collect();
                     let journal = self.store.journal_many(cycle, &entries).await?;
-                    prepared.push((records, journal));
-                }
-                handed_over.extend(wave.iter().map(|a| a.entra_id.clone()));
-                crash_point("before_send");
-                let sent =
-                    futures::future::join_all(prepared.iter().map(|(records, _)| async move {
-                        if is_create {
-                            self.salesforce.create_many(object, records).await
+                    handed_over.extend(batch.iter().map(|a| a.entra_id.clone()));
+                    crash_point("before_send");
+                    in_flight.push_back(async move {
+                        let sent = if is_create {
+                            self.salesforce.create_many(object, &records).await
                         } else {
-                            self.salesforce.update_many(object, records).await
-                        }
-                    }))
-                    .await;
+                            self.salesforce.update_many(object, &records).await
+                        };
+                        (batch, records, journal, sent)
+                    });
+                }
+                let Some((batch, records, journal, sent)) = in_flight.next().await else {
+                    break;
+                };
                 crash_point("after_send");
-                let mut stop: Option<SfError> = None;
-                for ((batch, (records, journal)), sent) in batches.iter().zip(&prepared).zip(sent) {
-                    match sent {
-                        Ok(mut results) => {
-                            if is_create {
-                                self.retry_nickname_clashes(batch, records, &mut results)
-                                    .await;
-                            }
-                            if let Some(q) = self
-                                .settle_batch(cycle, batch, journal, &results, outcomes, report)
-                                .await?
-                            {
-                                stop.get_or_insert(q);
-                            }
+                match sent {
+                    Ok(mut results) => {
+                        if is_create {
+                            self.retry_nickname_clashes(batch, &records, &mut results)
+                                .await;
                         }
-                        Err(e) if e.is_limit() => {
-                            // Nothing was done: settle as deferred, stop below.
-                            let msg = e.to_string();
-                            let settled: Vec<(i64, &str, String)> = journal
-                                .iter()
-                                .map(|oid| (*oid, "deferred", msg.clone()))
-                                .collect();
-                            self.store.settle_many(&settled, &[], &[]).await?;
+                        if let Some(q) = self
+                            .settle_batch(cycle, batch, &journal, &results, outcomes, report)
+                            .await?
+                        {
+                            stop.get_or_insert(q);
+                        }
+                    }
+                    Err(e) if e.is_limit() => {
+                        // Nothing was done: settle as deferred, stop below.
+                        let msg = e.to_string();
+                        let settled: Vec<(i64, &str, String)> = journal
+                            .iter()
+                            .map(|oid| (*oid, "deferred", msg.clone()))
+                            .collect();
+                        self.store.settle_many(&settled, &[], &[]).await?;
+                        stop.get_or_insert(e);
+                    }
+                    Err(e) => {
+                        // Whole request failed. If the outcome is unknown the
+                        // records may exist: the users stay dirty and the next
+                        // cycle looks them up by key before acting again.
+                        let status = if e.outcome_unknown() {
+                            "unknown"
+                        } else {
+                            "failed"
+                        };
+                        let msg = e.to_string();
+                        let mut events = Vec::new();
+                        let settled: Vec<(i64, &str, String)> = journal
+                            .iter()
+                            .map(|oid| (*oid, status, msg.clone()))
+                            .collect();
+                        self.store.settle_many(&settled, &[], &[]).await?;
+                        for a in batch.iter() {
+                            outcomes.entry(a.entra_id.clone()).or_default().failed =
+                                Some(msg.clone());
+                            events.push(AuditEvent {
+                                event: format!("user.{}_{status}", a.kind.name()),
+                                entra_id: Some(a.entra_id.clone()),
+                                sf_id: a.sf_id.clone(),
+                                detail: json!({"error": msg}),
+                            });
+                        }
+                        self.store.append_audit(cycle, &events).await?;
+                        if e.outcome_unknown() {
+                            // Salesforce is unwell: stop writing this cycle.
                             stop.get_or_insert(e);
                         }
-                        Err(e) => {
-                            // Whole request failed. If the outcome is unknown the
-                            // records may exist: the users stay dirty and the next
-                            // cycle looks them up by key before acting again.
-                            let status = if e.outcome_unknown() {
-                                "unknown"
-                            } else {
-                                "failed"
-                            };
-                            let msg = e.to_string();
-                            let mut events = Vec::new();
-                            let settled: Vec<(i64, &str, String)> = journal
-                                .iter()
-                                .map(|oid| (*oid, status, msg.clone()))
-                                .collect();
-                            self.store.settle_many(&settled, &[], &[]).await?;
-                            for a in batch.iter() {
-                                outcomes.entry(a.entra_id.clone()).or_default().failed =
-                                    Some(msg.clone());
-                                events.push(AuditEvent {
-                                    event: format!("user.{}_{status}", a.kind.name()),
-                                    entra_id: Some(a.entra_id.clone()),
-                                    sf_id: a.sf_id.clone(),
-                                    detail: json!({"error": msg}),
-                                });
-                            }
-                            self.store.append_audit(cycle, &events).await?;
-                            if e.outcome_unknown() {
-                                // Salesforce is unwell: stop writing this cycle.
-                                stop.get_or_insert(e);
-                            }
-                        }
                     }
-                    obs.on(Progress::Applied { n: batch.len() });
                 }
-                if let Some(e) = stop {
-                    if e.is_limit() {
-                        // The org's API allocation is (nearly) spent: charge
-                        // nobody an attempt and pick up on a later cycle.
-                        for a in plan.actions.iter().filter(|a| a.kind.writes()) {
+                obs.on(Progress::Applied { n: batch.len() });
+            }
+            if let Some(e) = stop {
+                if e.is_limit() {
+                    // The org's API allocation is (nearly) spent: charge
+                    // nobody an attempt and pick up on a later cycle.
+                    for a in plan.actions.iter().filter(|a| a.kind.writes()) {
+                        outcomes.entry(a.entra_id.clone()).or_default().deferred = true;
+                    }
+                    tracing::error!(error = %e, "Salesforce API limit: writes paused");
+                    self.store
+                        .append_audit(
+                            cycle,
+                            &[AuditEvent {
+                                event: "salesforce.limit_reached".into(),
+                                entra_id: None,
+                                sf_id: None,
+                                detail: json!({"error": e.to_string()}),
+                            }],
+                        )
+                        .await?;
+                } else {
+                    // Users whose actions were never sent stay dirty
+                    // without spending an attempt.
+                    for a in plan.actions.iter().filter(|a| a.kind.writes()) {
+                        if !handed_over.contains(&a.entra_id) {
                             outcomes.entry(a.entra_id.clone()).or_default().deferred = true;
                         }
-                        tracing::error!(error = %e, "Salesforce API limit: writes paused");
-                        self.store
-                            .append_audit(
-                                cycle,
-                                &[AuditEvent {
-                                    event: "salesforce.limit_reached".into(),
-                                    entra_id: None,
-                                    sf_id: None,
-                                    detail: json!({"error": e.to_string()}),
-                                }],
-                            )
-                            .await?;
-                    } else {
-                        // Users whose actions were never sent stay dirty
-                        // without spending an attempt.
-                        for a in plan.actions.iter().filter(|a| a.kind.writes()) {
-                            if !handed_over.contains(&a.entra_id) {
-                                outcomes.entry(a.entra_id.clone()).or_default().deferred = true;
-                            }
-                        }
                     }
-                    return Ok(Some(e));
                 }
+                return Ok(Some(e));
             }
         }
         self.apply_grants(cycle, plan, refs, outcomes, report).await
@@ -229,6 +233,7 @@ impl Engine {
         let size = self.cfg.batch_size.clamp(1, 200);
         let concurrency = self.cfg.concurrency.clamp(1, 25);
         let mut events = Vec::new();
+        let mut stop: Option<SfError> = None;
         for kind in Access::ALL {
             // (action, name, assignment record)
             let grants: Vec<GrantRecord> = plan
@@ -251,20 +256,33 @@ impl Engine {
                     _ => None,
                 })
                 .collect();
-            for wave in grants.chunks(size * concurrency) {
-                let batches: Vec<&[GrantRecord]> = wave.chunks(size).collect();
-                let sent = futures::future::join_all(batches.iter().map(|batch| async move {
-                    let records: Vec<Map<String, Value>> =
-                        batch.iter().map(|(_, _, r)| r.clone()).collect();
-                    self.salesforce
-                        .create_many(kind.assignment_object(), &records)
-                        .await
-                }))
-                .await;
-                for (batch, sent) in batches.iter().zip(sent) {
+            // Kept full, as the users' writes above; a stop lets the calls
+            // already sent finish and records what they granted.
+            let mut batches = grants.chunks(size);
+            let mut in_flight = futures::stream::FuturesOrdered::new();
+            loop {
+                while stop.is_none() && in_flight.len() < concurrency {
+                    let Some(batch) = batches.next() else { break };
+                    in_flight.push_back(async move {
+                        let records: Vec<Map<String, Value>> =
+                            batch.iter().map(|(_, _, r)| r.clone()).collect();
+                        let sent = self
+                            .salesforce
+                            .create_many(kind.assignment_object(), &records)
+                            .await;
+                        (batch, sent)
+                    });
+                }
+                let Some((batch, sent)) = in_flight.next().await else {
+                    break;
+                };
+                {
                     let results = match sent {
                         Ok(r) => r,
-                        Err(e) if e.is_limit() || e.outcome_unknown() => return Ok(Some(e)),
+                        Err(e) if e.is_limit() || e.outcome_unknown() => {
+                            stop.get_or_insert(e);
+                            continue;
+                        }
                         Err(e) => {
                             for (a, _, _) in batch.iter() {
                                 outcomes.entry(a.entra_id.clone()).or_default().failed =
@@ -312,6 +330,10 @@ impl Engine {
                     self.store.add_managed_grants(kind, &made).await?;
                 }
             }
+            if stop.is_some() {
+                self.store.append_audit(cycle, &events).await?;
+                return Ok(stop);
+            }
         }
         for kind in Access::ALL.into_iter().rev() {
             let removes: Vec<&Action> = plan
@@ -332,7 +354,11 @@ impl Engine {
                     .collect();
                 let results = match self.salesforce.delete_many(&ids).await {
                     Ok(r) => r,
-                    Err(e) if e.is_limit() || e.outcome_unknown() => return Ok(Some(e)),
+                    Err(e) if e.is_limit() || e.outcome_unknown() => {
+                        // What was revoked so far is audited all the same.
+                        self.store.append_audit(cycle, &events).await?;
+                        return Ok(Some(e));
+                    }
                     Err(e) => {
                         for a in batch {
                             outcomes.entry(a.entra_id.clone()).or_default().failed =

@@ -135,6 +135,9 @@ pub enum SyncError {
     Rules(#[from] RuleError),
     #[error("rule evaluation: {0}")]
     Evaluation(String),
+    /// The task planning a large cycle's next chunk stopped (it panicked).
+    #[error("planning the cycle's next chunk of users failed: {0}")]
+    Planner(String),
     #[error("the plan is refused: {0}; run `provisor plan` again")]
     StalePlan(String),
     #[error("no Entra user {0:?} in the mirror (give an object id or a userPrincipalName)")]
@@ -288,29 +291,37 @@ struct Seats {
 }
 
 /// The whole User table, read once with `select`, indexed per key field
-/// (lower-case value) as chunks ask for them.
+/// (lower-case value) as chunks ask for them. Indexes hold row numbers:
+/// copies of the rows, one set per key field, were the largest part of a
+/// large cycle's memory.
 struct Scan {
     select: Vec<String>,
     rows: Vec<SfRecord>,
-    by_field: HashMap<String, Index>,
+    by_field: HashMap<String, HashMap<String, Vec<usize>>>,
 }
 
 impl Scan {
-    fn index(&mut self, field: &str) -> &Index {
-        self.by_field.entry(field.to_string()).or_insert_with(|| {
-            let mut index: Index = HashMap::new();
-            for r in &self.rows {
+    /// The rows whose `field` has the lower-case `value`.
+    fn lookup(&mut self, field: &str, value: &str) -> Vec<SfRecord> {
+        let rows = &self.rows;
+        let index = self.by_field.entry(field.to_string()).or_insert_with(|| {
+            let mut index: HashMap<String, Vec<usize>> = HashMap::new();
+            for (i, r) in rows.iter().enumerate() {
                 if let Some(v) = r.get(field).and_then(sf_key_text) {
-                    index.entry(v).or_default().push(r.clone());
+                    index.entry(v).or_default().push(i);
                 }
             }
             index
-        })
+        });
+        index
+            .get(value)
+            .map(|at| at.iter().map(|i| rows[*i].clone()).collect())
+            .unwrap_or_default()
     }
 }
 
 /// Salesforce access objects by name, read once per cycle.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Refs {
     pub profiles: HashMap<String, String>,
     pub roles: HashMap<String, String>,
@@ -318,13 +329,17 @@ pub(crate) struct Refs {
 }
 
 /// The engine for one tenant ↔ org connection.
+///
+/// Cheap to clone (its parts are shared): a large cycle plans its next
+/// chunk on another task while the current one is applied.
+#[derive(Clone)]
 pub struct Engine {
-    pub entra: EntraClient,
+    pub entra: std::sync::Arc<EntraClient>,
     /// Shared with the rules' host API, which reads on a blocking thread.
     pub salesforce: std::sync::Arc<SalesforceClient>,
     pub store: Store,
     /// The rule pack in use, replaced in place by [`Engine::reload_rules`].
-    pub pack: PackSlot,
+    pub pack: std::sync::Arc<PackSlot>,
     pub cfg: SyncConfig,
     /// Which Entra users are managed.
     pub scope: scope::Scope,
@@ -991,8 +1006,18 @@ impl Engine {
         let mut manager_pass: Vec<(String, String)> = Vec::new();
         let mut kept: Vec<Action> = Vec::new();
         let mut stopped: Option<SfError> = None;
-        for chunk in ids.chunks(self.cfg.plan_chunk_users) {
-            let dirty = self.store.users_in(chunk).await?;
+        // While a chunk's writes are in flight the next chunk is planned:
+        // planning is CPU and reads, applying mostly waits on Salesforce.
+        // What the next plan needs from this one (reference lookups, seats,
+        // aliases, claimed accounts) is in `memo` before its writes start.
+        let chunks: Vec<&[String]> = ids.chunks(self.cfg.plan_chunk_users).collect();
+        let mut next = match chunks.first() {
+            Some(first) => Some(self.plan_chunk(&cycle, first, obs, &mut memo).await?),
+            None => None,
+        };
+        let mut at = 0;
+        while let Some(planned) = next.take() {
+            at += 1;
             let Planned {
                 mut plan,
                 mut outcomes,
@@ -1003,7 +1028,7 @@ impl Engine {
                 refs,
                 covered,
                 observed,
-            } = self.plan_users(&cycle, dirty, obs, &mut memo).await?;
+            } = planned;
             basis.get_or_insert_with(|| plan.basis.clone());
             for (id, why, candidates) in &reviews {
                 self.store.open_review(id, why, candidates).await?;
@@ -1017,32 +1042,64 @@ impl Engine {
             plan.actions = rest;
             let leaving: HashSet<String> = leave.iter().map(|a| a.entra_id.clone()).collect();
             leavers.extend(leave);
-            stopped = self
-                .apply(&cycle, &plan, &refs, &mut outcomes, obs, &mut report)
-                .await?;
             manager_pass.extend(later);
+            memo.refs = Some((refs.clone(), covered));
             let (going, staying): (Vec<DirtyUser>, Vec<DirtyUser>) = dirty
                 .into_iter()
                 .partition(|d| leaving.contains(&d.user.id));
-            for d in &going {
-                if let Some(o) = outcomes.remove(&d.user.id) {
-                    leaver_outcomes.insert(d.user.id.clone(), o);
-                }
-            }
-            leaver_users.extend(going);
-            self.settle_users(&cycle, &staying, &plan, &outcomes, &mut report)
-                .await?;
             // Leavers' accounts are remembered at the end, with their
             // deactivation.
             let (gone, seen): (Vec<_>, Vec<_>) =
                 observed.into_iter().partition(|(e, _)| leaving.contains(e));
             leaver_observed.extend(gone);
-            self.remember_state(seen, &plan, &outcomes, &refs).await?;
+            let this = async {
+                let stopped = self
+                    .apply(&cycle, &plan, &refs, &mut outcomes, obs, &mut report)
+                    .await?;
+                for d in &going {
+                    if let Some(o) = outcomes.remove(&d.user.id) {
+                        leaver_outcomes.insert(d.user.id.clone(), o);
+                    }
+                }
+                self.settle_users(&cycle, &staying, &plan, &outcomes, &mut report)
+                    .await?;
+                self.remember_state(seen, &plan, &outcomes, &refs).await?;
+                Ok::<_, SyncError>(stopped)
+            };
+            // The next chunk is planned on a task of its own, so that it
+            // runs on another core (planning in this task starved the
+            // writes of CPU). It owns the memo until it is done.
+            let upcoming = chunks.get(at).map(|c| {
+                obs.on(Progress::Planning { users: c.len() });
+                let engine = self.clone();
+                let (cycle, chunk) = (cycle.clone(), c.to_vec());
+                let mut memo = std::mem::take(&mut memo);
+                tokio::spawn(async move {
+                    let planned = engine.plan_chunk(&cycle, &chunk, &Quiet, &mut memo).await;
+                    (planned, memo)
+                })
+            });
+            let applied = this.await;
+            let planned = match upcoming {
+                None => Ok(None),
+                Some(task) => {
+                    let (planned, m) = task.await.map_err(|e| SyncError::Planner(e.to_string()))?;
+                    memo = m;
+                    planned.map(Some)
+                }
+            };
+            stopped = applied?;
+            leaver_users.extend(going);
             keep_for_report(&mut kept, &mut report.plan_omitted, plan.actions);
-            memo.refs = Some((refs, covered));
             if stopped.is_some() {
+                // The next chunk was planned but nothing of it is sent:
+                // its users stay dirty for the next cycle.
+                if let Ok(Some(p)) = planned {
+                    memo.refs = Some((p.refs, p.covered));
+                }
                 break;
             }
+            next = planned?;
         }
         let basis = basis.unwrap_or_default();
         let refs = memo.refs.take().map(|(r, _)| r).unwrap_or_default();
@@ -1661,6 +1718,18 @@ impl Engine {
             .await
     }
 
+    /// Plans the users of one chunk of a large cycle (read only).
+    async fn plan_chunk(
+        &self,
+        cycle: &str,
+        chunk: &[String],
+        obs: &dyn Observer,
+        memo: &mut CycleMemo,
+    ) -> Result<Planned, SyncError> {
+        let dirty = self.store.users_in(chunk).await?;
+        self.plan_users(cycle, dirty, obs, memo).await
+    }
+
     /// Plans the given users (read only).
     async fn plan_users(
         &self,
@@ -1906,11 +1975,12 @@ impl Engine {
             if let Some(scan) = memo.scan.as_mut() {
                 // Only rows a wanted key value points at are used.
                 for (field, value) in &wanted {
-                    if let Some(recs) = scan.index(field).get(value) {
+                    let recs = scan.lookup(field, value);
+                    if !recs.is_empty() {
                         indexes
                             .entry(field.to_string())
                             .or_default()
-                            .insert(value.clone(), recs.clone());
+                            .insert(value.clone(), recs);
                     }
                 }
             }

@@ -702,7 +702,7 @@ impl SalesforceClient {
         );
         let mut out = Vec::new();
         loop {
-            let page = self
+            let mut page = self
                 .call(
                     Method::GET,
                     &path,
@@ -710,14 +710,21 @@ impl SalesforceClient {
                     &[("Sforce-Query-Options", "batchSize=2000")],
                 )
                 .await?;
-            let records = page
-                .get("records")
-                .and_then(Value::as_array)
-                .ok_or_else(|| SfError::Malformed {
+            let Some(Value::Array(records)) = page.get_mut("records").map(Value::take) else {
+                return Err(SfError::Malformed {
                     url: path.clone(),
                     detail: "query result has no records array".into(),
-                })?;
-            out.extend(records.iter().filter_map(|r| r.as_object().cloned()));
+                });
+            };
+            // Each record's `attributes` (type and URL) is dropped: nothing
+            // reads it, and a whole User table keeps one per row.
+            out.extend(records.into_iter().filter_map(|r| match r {
+                Value::Object(mut m) => {
+                    m.remove("attributes");
+                    Some(m)
+                }
+                _ => None,
+            }));
             let done = page.get("done").and_then(Value::as_bool).unwrap_or(true);
             match page.get("nextRecordsUrl").and_then(Value::as_str) {
                 Some(next) if !done => path = next.to_string(),
