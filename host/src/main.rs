@@ -17,11 +17,17 @@ unsafe extern "C" {
 }
 
 fn main() -> ExitCode {
-    // Freed memory goes back to the OS at once instead of after a second:
-    // a large cycle frees one chunk's plan as the next one is made, and the
-    // delay kept both resident (about 50 MiB more at peak, no faster).
-    // SAFETY: sets a plain integer option; mimalloc reads it on its next
-    // purge. No pointer is involved.
-    unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    // The engine returns freed memory to the OS at once instead of after a
+    // second: a large cycle frees one chunk's plan as the next one is made,
+    // and the delay kept both resident (about 50 MiB more at peak, no
+    // faster). The emulator keeps mimalloc's default: it renders large
+    // pages over and over, and purging each at once cost it about 5% per
+    // page. An explicit MIMALLOC_PURGE_DELAY wins over both.
+    let emulator = std::env::args().nth(1).as_deref() == Some("sim");
+    if !emulator && std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets a plain integer option, read on mimalloc's next
+        // purge; no pointer is involved.
+        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    }
     provisor::cli::main()
 }
