@@ -513,4 +513,20 @@ async fn leavers_held_to_the_end_of_a_stopped_chunked_cycle_are_not_lost() {
     let r = engine.sync_once(&Quiet).await.expect("next cycle");
     assert_eq!(r.deactivated, 3, "{}", r.plan.render());
     assert!(ids[..3].iter().all(|id| !active(id)));
+    // The chunk planned while the stopped one was applied sent nothing:
+    // its users stayed dirty and are renamed now, like every other.
+    let renamed = |id: &str| {
+        let t = sim.graph();
+        let upn = t
+            .user(id)
+            .and_then(|u| u.props["userPrincipalName"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        drop(t);
+        sim.salesforce()
+            .users_where("Username", &upn)
+            .first()
+            .is_some_and(|u| u["FirstName"] == json!("Later"))
+    };
+    let missed: Vec<&String> = ids[3..40].iter().filter(|id| !renamed(id)).collect();
+    assert!(missed.is_empty(), "not renamed: {missed:?}");
 }
