@@ -415,6 +415,14 @@ pub struct SyncConfig {
     /// this many at a time, so memory does not grow with the tenant.
     #[serde(default = "default_plan_chunk_users")]
     pub plan_chunk_users: usize,
+    /// A leaver's records of one object move through Collections (200 a
+    /// call) up to this many, through Bulk API 2.0 above it.
+    #[serde(default = "default_reassign_bulk_threshold")]
+    pub reassign_bulk_threshold: usize,
+}
+
+fn default_reassign_bulk_threshold() -> usize {
+    2_000
 }
 
 fn default_plan_chunk_users() -> usize {
@@ -441,6 +449,7 @@ impl Default for SyncConfig {
             manager: false,
             manager_reread_hours: default_manager_reread_hours(),
             plan_chunk_users: default_plan_chunk_users(),
+            reassign_bulk_threshold: default_reassign_bulk_threshold(),
         }
     }
 }

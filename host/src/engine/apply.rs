@@ -69,12 +69,20 @@ impl Engine {
         let size = self.cfg.batch_size.clamp(1, 200);
         let mut handed_over: std::collections::HashSet<String> = std::collections::HashSet::new();
         let concurrency = self.cfg.concurrency.clamp(1, 25);
-        for (is_create, object, list) in [
+        for (is_create, object, mut list) in [
             (true, "User", creates),
             (false, "UserLogin", freezes),
             (false, "User", updates),
             (false, "UserLogin", unfreezes),
         ] {
+            if !is_create && object == "User" {
+                // Frozen leavers' open records move before they are
+                // deactivated; those whose records stay are not.
+                let held = self.reassign_leavers(cycle, plan, outcomes, report).await?;
+                list.retain(|a| {
+                    !(matches!(a.kind, ActionKind::Deactivate) && held.contains(&a.entra_id))
+                });
+            }
             // Up to `concurrency` Collections calls in flight at once, kept
             // full: a batch is journaled and sent as soon as another one's
             // result is in, and results are settled in the order sent

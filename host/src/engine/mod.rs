@@ -7,6 +7,7 @@ mod apply;
 pub mod blockers;
 mod directory;
 mod guard;
+mod leave;
 mod reconcile;
 
 pub use reconcile::{Drift, DriftReport};
@@ -135,6 +136,9 @@ pub enum SyncError {
     Rules(#[from] RuleError),
     #[error("rule evaluation: {0}")]
     Evaluation(String),
+    /// Moving a leaver's records through Bulk API 2.0 failed as a whole.
+    #[error("reassigning a leaver's records: {0}")]
+    Reassign(String),
     /// The task planning a large cycle's next chunk stopped (it panicked).
     #[error("planning the cycle's next chunk of users failed: {0}")]
     Planner(String),
@@ -204,6 +208,9 @@ pub struct CycleReport {
     /// One line per failed user: `entra id: error`.
     pub failures: Vec<String>,
     pub plan: Plan,
+    /// Leavers' open records moved to a new owner.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub records_reassigned: usize,
     /// Actions of a large (chunked) cycle left out of `plan`, which keeps
     /// the first ones.
     #[serde(skip_serializing_if = "is_zero")]

@@ -738,6 +738,7 @@ impl SalesforceClient {
         method: Method,
         ty: &str,
         records: &[Map<String, Value>],
+        headers: &[(&str, &str)],
     ) -> Result<Vec<RecordResult>, SfError> {
         let path = format!("{}/composite/sobjects", self.data_path());
         let recs: Vec<Value> = records
@@ -749,7 +750,7 @@ impl SalesforceClient {
             })
             .collect();
         let body = json!({"allOrNone": false, "records": recs});
-        let resp = self.call(method, &path, Some(&body), &[]).await?;
+        let resp = self.call(method, &path, Some(&body), headers).await?;
         let arr = resp.as_array().ok_or_else(|| SfError::Malformed {
             url: path.clone(),
             detail: "collection result is not an array".into(),
@@ -770,7 +771,7 @@ impl SalesforceClient {
         ty: &str,
         records: &[Map<String, Value>],
     ) -> Result<Vec<RecordResult>, SfError> {
-        self.collection(Method::POST, ty, records).await
+        self.collection(Method::POST, ty, records, &[]).await
     }
 
     /// Deletes up to 200 records by id (`allOrNone=false`), results in order.
@@ -800,7 +801,18 @@ impl SalesforceClient {
         ty: &str,
         records: &[Map<String, Value>],
     ) -> Result<Vec<RecordResult>, SfError> {
-        self.collection(Method::PATCH, ty, records).await
+        self.collection(Method::PATCH, ty, records, &[]).await
+    }
+
+    /// [`SalesforceClient::update_many`] with request headers, e.g.
+    /// `Sforce-Auto-Assign: FALSE` so that assignment rules do not run.
+    pub async fn update_many_with(
+        &self,
+        ty: &str,
+        records: &[Map<String, Value>],
+        headers: &[(&str, &str)],
+    ) -> Result<Vec<RecordResult>, SfError> {
+        self.collection(Method::PATCH, ty, records, headers).await
     }
 }
 

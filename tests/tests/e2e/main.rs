@@ -9,6 +9,7 @@ mod entra;
 mod faults;
 mod flow;
 mod host_api;
+mod leavers;
 mod parity;
 mod protocol;
 mod review;

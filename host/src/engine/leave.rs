@@ -1,0 +1,540 @@
+//! Leavers' open records: found, handed to the pack's `on-leave`, checked
+//! and moved before the leaver is deactivated (issue 9).
+//!
+//! A leaver is frozen first (apply's order). Then, per leaver, the open
+//! records it owns are read (Opportunity `IsClosed = false`, Lead
+//! `IsConverted = false`, Case `IsClosed = false`, and every object the
+//! pack declares in `[access] objects`), the pack says per object where
+//! they go, every target is checked before any write (an active user, or
+//! a queue that supports the object) and the records move with
+//! `Sforce-Auto-Assign: FALSE` (Collections) or through Bulk API 2.0 above
+//! `[sync] reassign_bulk_threshold`. Records nobody valid can take stay
+//! with the leaver, who then stays frozen and is not deactivated, unless
+//! the pack says `deactivate_anyway`.
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::{Map, Value, json};
+
+use super::{Action, ActionKind, CycleReport, Engine, Outcome, SyncError};
+use crate::audit::AuditEvent;
+use crate::rules::{OwnedRecords, OwnerTarget, ReassignmentPlan};
+use crate::salesforce::{BulkOperation, RowOutcome, soql_quote};
+
+/// Objects whose open records every leaver is checked for, with the
+/// condition that makes a record open. Closed records keep their owner.
+const OPEN_RECORDS: &[(&str, &str)] = &[
+    ("Opportunity", "IsClosed = false"),
+    ("Lead", "IsConverted = false"),
+    ("Case", "IsClosed = false"),
+];
+
+/// Objects that may point at a parent Account (`AccountId`): their
+/// records are moved grouped by account, so that one batch does not hold
+/// the same account's lock from several places (UNABLE_TO_LOCK_ROW).
+const HAS_ACCOUNT: &[&str] = &["Opportunity", "Case", "Contact"];
+
+/// Objects a queue may never own, whatever `QueueSobject` says.
+const NEVER_QUEUED: &[&str] = &["Account", "Contact", "Opportunity"];
+
+/// One open record a leaver owns.
+#[derive(Debug, Clone)]
+struct Owned {
+    id: String,
+    account: Option<String>,
+}
+
+/// A checked owner: one user or queue, or several users in turn.
+#[derive(Debug, Clone)]
+struct Owners {
+    ids: Vec<String>,
+    /// How the pack named it, for the audit trail.
+    named: String,
+}
+
+impl Engine {
+    /// Moves the open records of this plan's leavers (users with a
+    /// `Deactivate`), after their freeze. Returns the leavers whose
+    /// deactivation must wait because records are still theirs.
+    pub(super) async fn reassign_leavers(
+        &self,
+        cycle: &str,
+        plan: &super::Plan,
+        outcomes: &mut HashMap<String, Outcome>,
+        report: &mut CycleReport,
+    ) -> Result<HashSet<String>, SyncError> {
+        let mut held = HashSet::new();
+        let leavers: Vec<&Action> = plan
+            .actions
+            .iter()
+            .filter(|a| matches!(a.kind, ActionKind::Deactivate) && a.sf_id.is_some())
+            .filter(|a| {
+                outcomes
+                    .get(&a.entra_id)
+                    .is_none_or(|o| o.failed.is_none() && !o.deferred)
+            })
+            .collect();
+        if leavers.is_empty() {
+            return Ok(held);
+        }
+        let pack = self.pack.get();
+        let mut objects: Vec<(String, Option<&str>)> = OPEN_RECORDS
+            .iter()
+            .map(|(o, open)| (o.to_string(), Some(*open)))
+            .collect();
+        for o in &pack.access.objects {
+            if !objects.iter().any(|(x, _)| x == o) {
+                objects.push((o.clone(), None));
+            }
+        }
+        let ids: Vec<String> = leavers.iter().map(|a| a.entra_id.clone()).collect();
+        let users: HashMap<String, crate::store::DirtyUser> = self
+            .store
+            .users_in(&ids)
+            .await?
+            .into_iter()
+            .map(|d| (d.user.id.clone(), d))
+            .collect();
+        let mut checked: HashMap<String, Result<Owners, String>> = HashMap::new();
+        for a in leavers {
+            let (Some(sf), Some(d)) = (a.sf_id.as_deref(), users.get(&a.entra_id)) else {
+                continue;
+            };
+            let mut owned: Vec<(String, Vec<Owned>)> = Vec::new();
+            for (object, open) in &objects {
+                let records = self.owned_records(object, *open, sf).await?;
+                if !records.is_empty() {
+                    owned.push((object.clone(), records));
+                }
+            }
+            if owned.is_empty() {
+                continue;
+            }
+            let summary: Vec<OwnedRecords> = owned
+                .iter()
+                .map(|(object, recs)| {
+                    let mut accounts: Vec<String> =
+                        recs.iter().filter_map(|r| r.account.clone()).collect();
+                    accounts.sort();
+                    accounts.dedup();
+                    OwnedRecords {
+                        object: object.clone(),
+                        count: u32::try_from(recs.len()).unwrap_or(u32::MAX),
+                        accounts,
+                    }
+                })
+                .collect();
+            let decided = self.ask_on_leave(cycle, &pack, d, summary).await?;
+            let decision = match decided {
+                Ok(p) => p,
+                Err(e) => {
+                    // The records stay; so does the freeze.
+                    held.insert(a.entra_id.clone());
+                    outcomes.entry(a.entra_id.clone()).or_default().failed = Some(format!(
+                        "the leaver's records were not moved, so it stays frozen: {e}"
+                    ));
+                    continue;
+                }
+            };
+            let mut moved: HashSet<String> = HashSet::new();
+            let mut events = Vec::new();
+            for r in &decision.reassignments {
+                let Some(records) = owned.iter().find(|(o, _)| o == &r.object).map(|(_, x)| x)
+                else {
+                    continue;
+                };
+                let mut owners = None;
+                for t in &r.targets {
+                    if matches!(t, OwnerTarget::Keep) {
+                        break;
+                    }
+                    let key = format!("{}|{t:?}", r.object);
+                    if !checked.contains_key(&key) {
+                        let c = self.check_target(&r.object, t, d).await?;
+                        checked.insert(key.clone(), c);
+                    }
+                    match checked.get(&key) {
+                        Some(Ok(o)) => {
+                            owners = Some(o.clone());
+                            break;
+                        }
+                        Some(Err(why)) => events.push(AuditEvent {
+                            event: "leaver.target_refused".into(),
+                            entra_id: Some(a.entra_id.clone()),
+                            sf_id: Some(sf.to_string()),
+                            detail: json!({
+                                "object": r.object, "target": format!("{t:?}"),
+                                "reason": why, "records": records.len(),
+                                "pack": pack.id(), "rule": "on-leave",
+                            }),
+                        }),
+                        None => {}
+                    }
+                }
+                let Some(owners) = owners else { continue };
+                // Grouped by parent account, then spread in turn.
+                let mut order: Vec<&Owned> = records.iter().collect();
+                order.sort_by(|x, y| x.account.cmp(&y.account).then(x.id.cmp(&y.id)));
+                let mut moves: Vec<(String, String)> = order
+                    .iter()
+                    .enumerate()
+                    .map(|(i, rec)| (rec.id.clone(), owners.ids[i % owners.ids.len()].clone()))
+                    .collect();
+                // Children the pack names follow their parent's new owner.
+                let parents: HashMap<String, String> = moves.iter().cloned().collect();
+                let mut child_moves: Vec<(String, Vec<(String, String)>)> = Vec::new();
+                for child in &r.children {
+                    let list = self.children_of(child, &r.object, sf, &parents).await?;
+                    if !list.is_empty() {
+                        child_moves.push((child.clone(), list));
+                    }
+                }
+                let done = self.transfer(&r.object, &mut moves).await?;
+                for (id, to) in &done.0 {
+                    moved.insert(id.clone());
+                    events.push(transferred(a, sf, &r.object, id, to, &owners, &pack.id()));
+                }
+                for (id, err) in &done.1 {
+                    events.push(transfer_failed(a, sf, &r.object, id, err));
+                }
+                report.records_reassigned += done.0.len();
+                for (child, mut list) in child_moves {
+                    let done = self.transfer(&child, &mut list).await?;
+                    for (id, to) in &done.0 {
+                        moved.insert(id.clone());
+                        events.push(transferred(a, sf, &child, id, to, &owners, &pack.id()));
+                    }
+                    for (id, err) in &done.1 {
+                        events.push(transfer_failed(a, sf, &child, id, err));
+                    }
+                    report.records_reassigned += done.0.len();
+                }
+            }
+            self.store.append_audit(cycle, &events).await?;
+            let left: Vec<String> = owned
+                .iter()
+                .filter_map(|(object, recs)| {
+                    let n = recs.iter().filter(|r| !moved.contains(&r.id)).count();
+                    (n > 0).then(|| format!("{n} {object}"))
+                })
+                .collect();
+            if !left.is_empty() && !decision.deactivate_anyway {
+                held.insert(a.entra_id.clone());
+                let o = outcomes.entry(a.entra_id.clone()).or_default();
+                o.waiting = Some(format!(
+                    "stays frozen, not deactivated: still owns {} open records with no valid new owner (see leaver.target_refused in the audit trail)",
+                    left.join(", ")
+                ));
+                o.hold_event = Some("leaver.records_remain");
+            }
+        }
+        Ok(held)
+    }
+
+    /// The open records of `object` that `owner` owns.
+    async fn owned_records(
+        &self,
+        object: &str,
+        open: Option<&str>,
+        owner: &str,
+    ) -> Result<Vec<Owned>, SyncError> {
+        let account = HAS_ACCOUNT.contains(&object);
+        let soql = format!(
+            "SELECT Id{} FROM {object} WHERE OwnerId = {}{}",
+            if account { ", AccountId" } else { "" },
+            soql_quote(owner),
+            open.map(|c| format!(" AND {c}")).unwrap_or_default()
+        );
+        Ok(self
+            .salesforce
+            .query(&soql)
+            .await?
+            .into_iter()
+            .filter_map(|r| {
+                Some(Owned {
+                    id: r.get("Id")?.as_str()?.to_string(),
+                    account: r
+                        .get("AccountId")
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
+                })
+            })
+            .collect())
+    }
+
+    /// Records of `child` the leaver owns whose parent (`{parent}Id`)
+    /// moves: (record id, the parent's new owner).
+    async fn children_of(
+        &self,
+        child: &str,
+        parent: &str,
+        owner: &str,
+        parents: &HashMap<String, String>,
+    ) -> Result<Vec<(String, String)>, SyncError> {
+        let field = format!("{parent}Id");
+        let soql = format!(
+            "SELECT Id, {field} FROM {child} WHERE OwnerId = {}",
+            soql_quote(owner)
+        );
+        Ok(self
+            .salesforce
+            .query(&soql)
+            .await?
+            .into_iter()
+            .filter_map(|r| {
+                let to = parents.get(r.get(&field)?.as_str()?)?;
+                Some((r.get("Id")?.as_str()?.to_string(), to.clone()))
+            })
+            .collect())
+    }
+
+    /// Whether `target` may own records of `object`: an active user, or a
+    /// queue that lists the object (and Salesforce lets queues own it).
+    async fn check_target(
+        &self,
+        object: &str,
+        target: &OwnerTarget,
+        leaver: &crate::store::DirtyUser,
+    ) -> Result<Result<Owners, String>, SyncError> {
+        Ok(match target {
+            OwnerTarget::Keep => Err("the pack keeps the records with the leaver".into()),
+            OwnerTarget::Manager => {
+                let Some(m) = leaver.user.manager_id.clone() else {
+                    return Ok(Err("the leaver has no manager in Entra".into()));
+                };
+                let Some(sf) = self
+                    .store
+                    .links_of(std::slice::from_ref(&m))
+                    .await?
+                    .remove(&m)
+                else {
+                    return Ok(Err(format!(
+                        "the manager (Entra {m}) has no Salesforce user"
+                    )));
+                };
+                let rows = self
+                    .salesforce
+                    .query(&format!(
+                        "SELECT Id, IsActive FROM User WHERE Id = {}",
+                        soql_quote(&sf)
+                    ))
+                    .await?;
+                match rows.first() {
+                    Some(r) if r.get("IsActive") == Some(&Value::Bool(true)) => Ok(Owners {
+                        ids: vec![sf],
+                        named: "manager".into(),
+                    }),
+                    Some(_) => Err(format!("the manager's Salesforce user {sf} is inactive")),
+                    None => Err(format!("the manager's Salesforce user {sf} does not exist")),
+                }
+            }
+            OwnerTarget::User(name) => self.active_users(std::slice::from_ref(name)).await?,
+            OwnerTarget::RoundRobin(names) if names.is_empty() => {
+                Err("round-robin over nobody".into())
+            }
+            OwnerTarget::RoundRobin(names) => self.active_users(names).await?,
+            OwnerTarget::Queue(dev) => {
+                if NEVER_QUEUED.contains(&object) {
+                    return Ok(Err(format!(
+                        "queue {dev}: Salesforce does not let queues own {object} records"
+                    )));
+                }
+                let rows = self
+                    .salesforce
+                    .query(&format!(
+                        "SELECT Id FROM Group WHERE Type = 'Queue' AND DeveloperName = {}",
+                        soql_quote(dev)
+                    ))
+                    .await?;
+                let Some(id) = rows
+                    .first()
+                    .and_then(|r| r.get("Id"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                else {
+                    return Ok(Err(format!("queue {dev} does not exist")));
+                };
+                let supports = self
+                    .salesforce
+                    .query(&format!(
+                        "SELECT Id FROM QueueSobject WHERE QueueId = {} AND SobjectType = {}",
+                        soql_quote(&id),
+                        soql_quote(object)
+                    ))
+                    .await?;
+                if supports.is_empty() {
+                    Err(format!("queue {dev} does not support {object}"))
+                } else {
+                    Ok(Owners {
+                        ids: vec![id],
+                        named: format!("queue {dev}"),
+                    })
+                }
+            }
+        })
+    }
+
+    /// The active users among `names` (Usernames), in the order given.
+    async fn active_users(&self, names: &[String]) -> Result<Result<Owners, String>, SyncError> {
+        let list: Vec<String> = names.iter().map(|v| soql_quote(v)).collect();
+        let rows = self
+            .salesforce
+            .query(&format!(
+                "SELECT Id, Username, IsActive FROM User WHERE Username IN ({})",
+                list.join(", ")
+            ))
+            .await?;
+        let active: HashMap<String, String> = rows
+            .iter()
+            .filter(|r| r.get("IsActive") == Some(&Value::Bool(true)))
+            .filter_map(|r| {
+                Some((
+                    r.get("Username")?.as_str()?.to_lowercase(),
+                    r.get("Id")?.as_str()?.to_string(),
+                ))
+            })
+            .collect();
+        let ids: Vec<String> = names
+            .iter()
+            .filter_map(|n| active.get(&n.to_lowercase()).cloned())
+            .collect();
+        Ok(if ids.is_empty() {
+            Err(format!(
+                "no active Salesforce user among {}",
+                names.join(", ")
+            ))
+        } else {
+            Ok(Owners {
+                ids,
+                named: names.join(", "),
+            })
+        })
+    }
+
+    /// Asks the pack's `on-leave` (on a blocking thread: rules may call
+    /// the host API, which reads Salesforce). Refusals are audited.
+    async fn ask_on_leave(
+        &self,
+        cycle: &str,
+        pack: &std::sync::Arc<crate::rules::Pack>,
+        leaver: &crate::store::DirtyUser,
+        records: Vec<OwnedRecords>,
+    ) -> Result<Result<ReassignmentPlan, crate::rules::RuleError>, SyncError> {
+        let env =
+            crate::rules::HostEnv::new(std::sync::Arc::new(super::directory::LiveDirectory::new(
+                self.salesforce.clone(),
+                self.store.clone(),
+                self.org_tables.clone(),
+            )));
+        let (pack, user, groups, worker_env) = (
+            pack.clone(),
+            leaver.user.clone(),
+            leaver.groups.clone(),
+            env.clone(),
+        );
+        let decided = tokio::task::spawn_blocking(move || {
+            pack.on_leave(&user, &groups, &records, &worker_env)
+        })
+        .await
+        .map_err(|e| SyncError::Evaluation(format!("the on-leave thread failed: {e}")))?;
+        self.audit_refusals(cycle, &env.take_refusals()).await?;
+        Ok(decided)
+    }
+
+    /// Sets the new owners: Collections with `Sforce-Auto-Assign: FALSE`
+    /// (assignment rules would hand Leads and Cases to someone else again)
+    /// up to the bulk threshold, Bulk API 2.0 above it. Rows refused for a
+    /// row lock are sent once more, alone. Returns (moved: record, owner)
+    /// and (refused: record, error).
+    async fn transfer(
+        &self,
+        object: &str,
+        moves: &mut [(String, String)],
+    ) -> Result<(Vec<(String, String)>, Vec<(String, String)>), SyncError> {
+        let mut moved = Vec::new();
+        let mut refused = Vec::new();
+        if moves.is_empty() {
+            return Ok((moved, refused));
+        }
+        let rows: Vec<Map<String, Value>> = moves
+            .iter()
+            .map(|(id, to)| {
+                let mut m = Map::new();
+                m.insert("Id".into(), json!(id));
+                m.insert("OwnerId".into(), json!(to));
+                m
+            })
+            .collect();
+        let mut retry: Vec<usize> = Vec::new();
+        if moves.len() > self.cfg.reassign_bulk_threshold {
+            let out = self
+                .salesforce
+                .ingest(object, BulkOperation::Update, &rows)
+                .await
+                .map_err(|e| SyncError::Reassign(e.to_string()))?;
+            for (i, r) in out.rows.iter().enumerate() {
+                match r {
+                    RowOutcome::Success { .. } => moved.push(moves[i].clone()),
+                    RowOutcome::Failed { error, .. } if error.code == "UNABLE_TO_LOCK_ROW" => {
+                        retry.push(i);
+                    }
+                    RowOutcome::Failed { error, .. } => {
+                        refused.push((
+                            moves[i].0.clone(),
+                            format!("{}: {}", error.code, error.message),
+                        ));
+                    }
+                    RowOutcome::Unprocessed => retry.push(i),
+                }
+            }
+        } else {
+            retry = (0..moves.len()).collect();
+        }
+        // Collections: everything under the threshold, and the rows a bulk
+        // job could not lock or did not reach.
+        for batch in retry.chunks(200) {
+            let records: Vec<Map<String, Value>> = batch.iter().map(|i| rows[*i].clone()).collect();
+            let results = self
+                .salesforce
+                .update_many_with(object, &records, &[("Sforce-Auto-Assign", "FALSE")])
+                .await?;
+            for (i, r) in batch.iter().zip(results) {
+                if r.success {
+                    moved.push(moves[*i].clone());
+                } else {
+                    refused.push((moves[*i].0.clone(), r.error_text()));
+                }
+            }
+        }
+        Ok((moved, refused))
+    }
+}
+
+fn transferred(
+    a: &Action,
+    from: &str,
+    object: &str,
+    record: &str,
+    to: &str,
+    owners: &Owners,
+    pack: &str,
+) -> AuditEvent {
+    AuditEvent {
+        event: "record.reassigned".into(),
+        entra_id: Some(a.entra_id.clone()),
+        sf_id: Some(from.to_string()),
+        detail: json!({
+            "object": object, "record": record, "from": from, "to": to,
+            "target": owners.named, "pack": pack, "rule": "on-leave",
+        }),
+    }
+}
+
+fn transfer_failed(a: &Action, from: &str, object: &str, record: &str, err: &str) -> AuditEvent {
+    AuditEvent {
+        event: "record.reassign_failed".into(),
+        entra_id: Some(a.entra_id.clone()),
+        sf_id: Some(from.to_string()),
+        detail: json!({"object": object, "record": record, "error": err}),
+    }
+}

@@ -1,0 +1,337 @@
+//! Leavers' open records (issue 9): found, moved by the pack's `on-leave`
+//! to a checked owner, and only then the leaver deactivated.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use provisor::engine::{Engine, Quiet};
+use provisor::sim::Sim;
+use provisor_e2e::{copy_dir, engine_with, repo_root, start_sim};
+use serde_json::{Map, Value, json};
+
+/// The gallery-defaults pack with its `on_leave` replaced and `extra`
+/// added to its `[access]`.
+fn pack_with(dir: &Path, on_leave: &str, extra_access: &str) -> PathBuf {
+    let pack = dir.join("pack");
+    copy_dir(&repo_root().join("rules/gallery-defaults"), &pack);
+    let main = std::fs::read_to_string(pack.join("main.rhai")).expect("read");
+    let at = main.find("fn on_leave(").expect("on_leave in main.rhai");
+    let end = at + main[at..].find("\n}\n").expect("end of on_leave") + 3;
+    let main = format!("{}{on_leave}\n{}", &main[..at], &main[end..]);
+    std::fs::write(pack.join("main.rhai"), main).expect("write");
+    let m = std::fs::read_to_string(pack.join("pack.toml")).expect("read");
+    std::fs::write(
+        pack.join("pack.toml"),
+        m.replace("[access]\n", &format!("[access]\n{extra_access}")),
+    )
+    .expect("write");
+    pack
+}
+
+async fn synced(
+    running: &provisor::sim::RunningSim,
+    pack: &Path,
+    db: &Path,
+    bulk: usize,
+) -> Engine {
+    let engine = engine_with(running, pack, db, |c| {
+        c.sync.reassign_bulk_threshold = bulk;
+        c.sync.retries = 1;
+        c.sync.retry_base_ms = 1;
+    })
+    .await;
+    engine.sync_once(&Quiet).await.expect("initial sync");
+    provisor_e2e::approve_adoptions(&engine).await;
+    engine
+}
+
+/// (Entra id, Salesforce id) of an enabled user with a manager whose own
+/// account exists, and the manager's Salesforce id.
+async fn leaver_with_manager(sim: &Sim, engine: &Engine) -> (String, String, String) {
+    let links = engine.store.links().await.expect("links");
+    let users: Vec<(String, Option<String>)> = sim
+        .graph()
+        .users()
+        .filter(|u| u.props.get("accountEnabled") == Some(&json!(true)))
+        .map(|u| (u.id.clone(), u.manager_id.clone()))
+        .collect();
+    users
+        .into_iter()
+        .find_map(|(id, m)| {
+            let m = m?;
+            Some((id.clone(), links.get(&id)?.clone(), links.get(&m)?.clone()))
+        })
+        .expect("a linked user with a linked manager")
+}
+
+fn seed(sim: &Sim, object: &str, owner: &str, fields: Value) -> String {
+    let mut m: Map<String, Value> = fields.as_object().cloned().unwrap_or_default();
+    m.insert("OwnerId".into(), json!(owner));
+    sim.salesforce().seed_record(object, m).expect("seed")
+}
+
+fn owner_of(sim: &Sim, object: &str, id: &str) -> String {
+    sim.salesforce()
+        .get(object, id)
+        .and_then(|r| r.get("OwnerId").and_then(Value::as_str).map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn disable(sim: &Sim, id: &str) {
+    let mut m = Map::new();
+    m.insert("accountEnabled".into(), json!(false));
+    sim.graph().update_user(id, m).expect("disable");
+}
+
+fn is_active(sim: &Sim, sf: &str) -> bool {
+    sim.salesforce()
+        .get("User", sf)
+        .and_then(|u| u.get("IsActive").cloned())
+        == Some(json!(true))
+}
+
+async fn events(engine: &Engine, name: &str) -> Vec<Value> {
+    engine
+        .store
+        .audit_rows(None)
+        .await
+        .expect("audit")
+        .into_iter()
+        .filter(|r| r.event == name)
+        .map(|r| r.detail)
+        .collect()
+}
+
+/// The gallery pack hands open Opportunities, Leads and Cases to the
+/// manager; closed and converted ones keep their owner; every move is
+/// audited; then the leaver is deactivated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_records_go_to_the_manager_then_the_leaver_is_deactivated() {
+    let running = start_sim(30, 301).await;
+    let sim = running.sim.clone();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pack = repo_root().join("rules/gallery-defaults");
+    let engine = synced(&running, &pack, &dir.path().join("s.db"), 2000).await;
+    let (leaver, sf, manager) = leaver_with_manager(&sim, &engine).await;
+    let account = seed(&sim, "Account", &sf, json!({"Name": "Acme"}));
+    let open_opp = seed(
+        &sim,
+        "Opportunity",
+        &sf,
+        json!({"Name": "Deal", "StageName": "Prospecting", "CloseDate": "2027-01-31", "AccountId": account}),
+    );
+    let won = seed(
+        &sim,
+        "Opportunity",
+        &sf,
+        json!({"Name": "Won", "StageName": "Closed Won", "CloseDate": "2026-01-31"}),
+    );
+    let lead = seed(&sim, "Lead", &sf, json!({"LastName": "L", "Company": "C"}));
+    let converted = seed(
+        &sim,
+        "Lead",
+        &sf,
+        json!({"LastName": "K", "Company": "C", "IsConverted": true}),
+    );
+    let case = seed(&sim, "Case", &sf, json!({"Subject": "Help"}));
+    disable(&sim, &leaver);
+    let r = engine.sync_once(&Quiet).await.expect("leaver cycle");
+    assert_eq!(r.records_reassigned, 3, "{r:?}");
+    for (object, id) in [("Opportunity", &open_opp), ("Lead", &lead), ("Case", &case)] {
+        assert_eq!(owner_of(&sim, object, id), manager, "{object}");
+    }
+    assert_eq!(
+        owner_of(&sim, "Opportunity", &won),
+        sf,
+        "closed keeps its owner"
+    );
+    assert_eq!(
+        owner_of(&sim, "Lead", &converted),
+        sf,
+        "converted is skipped"
+    );
+    assert!(!is_active(&sim, &sf), "deactivated after the move");
+    let moved = events(&engine, "record.reassigned").await;
+    assert_eq!(moved.len(), 3);
+    let opp = moved
+        .iter()
+        .find(|e| e["record"] == json!(open_opp))
+        .expect("the opportunity's transfer is audited");
+    assert_eq!(opp["from"], json!(sf));
+    assert_eq!(opp["to"], json!(manager));
+    assert_eq!(opp["object"], json!("Opportunity"));
+    assert_eq!(opp["rule"], json!("on-leave"));
+    assert!(
+        opp["pack"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("gallery-defaults@"))
+    );
+}
+
+/// An inactive manager is refused before any write and the next target is
+/// used; round-robin spreads records evenly (within one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inactive_manager_falls_back_and_round_robin_spreads_evenly() {
+    let running = start_sim(30, 302).await;
+    let sim = running.sim.clone();
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Three active colleagues for the round robin, chosen after the sync.
+    let probe = synced(
+        &running,
+        &repo_root().join("rules/gallery-defaults"),
+        &dir.path().join("probe.db"),
+        2000,
+    )
+    .await;
+    let (leaver, sf, manager) = leaver_with_manager(&sim, &probe).await;
+    let team: Vec<String> = sim
+        .salesforce()
+        .rows("User")
+        .filter(|u| {
+            u["IsActive"] == json!(true) && u["Id"] != json!(sf) && u["Id"] != json!(manager)
+        })
+        .filter_map(|u| u["Username"].as_str().map(str::to_string))
+        .filter(|n| n.contains("contoso-sim.com"))
+        .take(3)
+        .collect();
+    assert_eq!(team.len(), 3);
+    let list: Vec<String> = team.iter().map(|t| format!("\"{t}\"")).collect();
+    let pack = pack_with(
+        dir.path(),
+        &format!(
+            "fn on_leave(user, records, settings) {{\n    records.map(|r| #{{ object: r.object, targets: [\"manager\", #{{ round_robin: [{}] }}], children: [] }})\n}}",
+            list.join(", ")
+        ),
+        "",
+    );
+    let engine = synced(&running, &pack, &dir.path().join("s.db"), 2000).await;
+    let mut off = Map::new();
+    off.insert("IsActive".into(), json!(false));
+    sim.salesforce()
+        .update("User", &manager, off)
+        .expect("manager deactivated by hand");
+    let opps: Vec<String> = (0..10)
+        .map(|i| {
+            seed(
+                &sim,
+                "Opportunity",
+                &sf,
+                json!({"Name": format!("D{i}"), "StageName": "Prospecting", "CloseDate": "2027-01-31"}),
+            )
+        })
+        .collect();
+    disable(&sim, &leaver);
+    let r = engine.sync_once(&Quiet).await.expect("leaver cycle");
+    assert_eq!(r.records_reassigned, 10, "{r:?}");
+    let ids: HashMap<String, String> = sim
+        .salesforce()
+        .rows("User")
+        .filter_map(|u| {
+            Some((
+                u["Id"].as_str()?.to_string(),
+                u["Username"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    let mut per: HashMap<String, usize> = HashMap::new();
+    for o in &opps {
+        *per.entry(ids[&owner_of(&sim, "Opportunity", o)].clone())
+            .or_default() += 1;
+    }
+    assert_eq!(per.len(), 3, "{per:?}");
+    let (lo, hi) = (per.values().min().copied(), per.values().max().copied());
+    assert!(hi.unwrap_or(0) - lo.unwrap_or(0) <= 1, "{per:?}");
+    assert!(team.iter().all(|t| per.contains_key(t)));
+    let refused = events(&engine, "leaver.target_refused").await;
+    assert!(
+        refused.iter().any(|e| e["target"] == json!("Manager")
+            && e["reason"].as_str().is_some_and(|r| r.contains("inactive"))),
+        "{refused:?}"
+    );
+    assert!(!is_active(&sim, &sf));
+}
+
+/// Queues take only objects they support; Opportunities never go to a
+/// queue. Records nobody valid can take stay, and so does the freeze.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_take_only_what_they_support_and_unmoved_records_keep_the_leaver_frozen() {
+    let running = start_sim(30, 303).await;
+    let sim = running.sim.clone();
+    let queue = sim.salesforce().seed_queue("Sales Leads", &["Lead"]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pack = pack_with(
+        dir.path(),
+        "fn on_leave(user, records, settings) {\n    records.map(|r| #{ object: r.object, targets: [#{ queue: \"Sales_Leads\" }], children: [] })\n}",
+        "queues = [\"Sales_Leads\"]\n",
+    );
+    let engine = synced(&running, &pack, &dir.path().join("s.db"), 2000).await;
+    let (leaver, sf, _) = leaver_with_manager(&sim, &engine).await;
+    let lead = seed(&sim, "Lead", &sf, json!({"LastName": "L", "Company": "C"}));
+    let opp = seed(
+        &sim,
+        "Opportunity",
+        &sf,
+        json!({"Name": "Deal", "StageName": "Prospecting", "CloseDate": "2027-01-31"}),
+    );
+    disable(&sim, &leaver);
+    let r = engine.sync_once(&Quiet).await.expect("leaver cycle");
+    assert_eq!(
+        owner_of(&sim, "Lead", &lead),
+        queue,
+        "the queue supports Leads"
+    );
+    assert_eq!(owner_of(&sim, "Opportunity", &opp), sf, "never to a queue");
+    assert_eq!(r.records_reassigned, 1);
+    assert!(is_active(&sim, &sf), "records remain: not deactivated");
+    let login = sim
+        .salesforce()
+        .rows("UserLogin")
+        .find(|l| l["UserId"] == json!(sf))
+        .cloned()
+        .expect("login");
+    assert_eq!(login["IsFrozen"], json!(true), "but frozen");
+    assert_eq!(r.waiting, 1, "{r:?}");
+    let refused = events(&engine, "leaver.target_refused").await;
+    assert!(
+        refused.iter().any(|e| e["object"] == json!("Opportunity")),
+        "{refused:?}"
+    );
+    assert_eq!(events(&engine, "leaver.records_remain").await.len(), 1);
+}
+
+/// 5,000 open Opportunities move through Bulk API 2.0, every one of them
+/// moved and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_opportunities_move_through_bulk_api() {
+    let running = start_sim(20, 304).await;
+    let sim = running.sim.clone();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pack = repo_root().join("rules/gallery-defaults");
+    let engine = synced(&running, &pack, &dir.path().join("s.db"), 2000).await;
+    let (leaver, sf, manager) = leaver_with_manager(&sim, &engine).await;
+    {
+        let mut org = sim.salesforce();
+        for i in 0..5000 {
+            let mut m = Map::new();
+            m.insert("Name".into(), json!(format!("Deal {i}")));
+            m.insert("StageName".into(), json!("Prospecting"));
+            m.insert("CloseDate".into(), json!("2027-01-31"));
+            m.insert("OwnerId".into(), json!(sf));
+            org.seed_record("Opportunity", m).expect("seed");
+        }
+    }
+    disable(&sim, &leaver);
+    let r = engine.sync_once(&Quiet).await.expect("leaver cycle");
+    assert_eq!(r.records_reassigned, 5000, "{r:?}");
+    let owned: usize = sim
+        .salesforce()
+        .rows("Opportunity")
+        .filter(|o| o["OwnerId"] == json!(manager))
+        .count();
+    assert_eq!(owned, 5000);
+    assert!(
+        !sim.salesforce().bulk_jobs().is_empty(),
+        "a Bulk API job was used"
+    );
+    assert!(!is_active(&sim, &sf));
+}
