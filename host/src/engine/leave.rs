@@ -95,21 +95,26 @@ impl Engine {
             .into_iter()
             .map(|d| (d.user.id.clone(), d))
             .collect();
+        // One read per object for all the cycle's leavers (a mass leave
+        // must not cost a query per leaver and object).
+        let owners: Vec<String> = leavers.iter().filter_map(|a| a.sf_id.clone()).collect();
+        let mut by_owner: HashMap<String, Vec<(String, Vec<Owned>)>> = HashMap::new();
+        for (object, open) in &objects {
+            for (owner, records) in self.owned_records(object, *open, &owners).await? {
+                by_owner
+                    .entry(owner)
+                    .or_default()
+                    .push((object.clone(), records));
+            }
+        }
         let mut checked: HashMap<String, Result<Owners, String>> = HashMap::new();
         for a in leavers {
             let (Some(sf), Some(d)) = (a.sf_id.as_deref(), users.get(&a.entra_id)) else {
                 continue;
             };
-            let mut owned: Vec<(String, Vec<Owned>)> = Vec::new();
-            for (object, open) in &objects {
-                let records = self.owned_records(object, *open, sf).await?;
-                if !records.is_empty() {
-                    owned.push((object.clone(), records));
-                }
-            }
-            if owned.is_empty() {
+            let Some(owned) = by_owner.remove(sf) else {
                 continue;
-            }
+            };
             let summary: Vec<OwnedRecords> = owned
                 .iter()
                 .map(|(object, recs)| {
@@ -231,35 +236,40 @@ impl Engine {
         Ok(held)
     }
 
-    /// The open records of `object` that `owner` owns.
+    /// The open records of `object` that `owners` own, per owner.
     async fn owned_records(
         &self,
         object: &str,
         open: Option<&str>,
-        owner: &str,
-    ) -> Result<Vec<Owned>, SyncError> {
+        owners: &[String],
+    ) -> Result<HashMap<String, Vec<Owned>>, SyncError> {
         let account = HAS_ACCOUNT.contains(&object);
-        let soql = format!(
-            "SELECT Id{} FROM {object} WHERE OwnerId = {}{}",
-            if account { ", AccountId" } else { "" },
-            soql_quote(owner),
-            open.map(|c| format!(" AND {c}")).unwrap_or_default()
-        );
-        Ok(self
-            .salesforce
-            .query(&soql)
-            .await?
-            .into_iter()
-            .filter_map(|r| {
-                Some(Owned {
-                    id: r.get("Id")?.as_str()?.to_string(),
-                    account: r
-                        .get("AccountId")
-                        .and_then(Value::as_str)
-                        .map(str::to_string),
-                })
+        let rows = self
+            .query_in(owners, |list| {
+                format!(
+                    "SELECT Id, OwnerId{} FROM {object} WHERE OwnerId IN ({list}){}",
+                    if account { ", AccountId" } else { "" },
+                    open.map(|c| format!(" AND {c}")).unwrap_or_default()
+                )
             })
-            .collect())
+            .await?;
+        let mut out: HashMap<String, Vec<Owned>> = HashMap::new();
+        for r in rows {
+            let (Some(id), Some(owner)) = (
+                r.get("Id").and_then(Value::as_str),
+                r.get("OwnerId").and_then(Value::as_str),
+            ) else {
+                continue;
+            };
+            out.entry(owner.to_string()).or_default().push(Owned {
+                id: id.to_string(),
+                account: r
+                    .get("AccountId")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+            });
+        }
+        Ok(out)
     }
 
     /// Records of `child` the leaver owns whose parent (`{parent}Id`)
