@@ -1,6 +1,7 @@
 //! `provisor bench`: whole-path measurements against the emulators, with
 //! the emulator in its own process so the figures are the host's alone.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -30,6 +31,34 @@ pub enum BenchCommand {
     /// Rule evaluation throughput on one core: the gallery-defaults mapping
     /// as a Rhai script and as a WASM component, over generated users.
     Rules(RulesArgs),
+    /// Leaver latency: the engine polls on its interval while users are
+    /// disabled in Entra one after another; for each, the time from the
+    /// disable to the freeze and to the deactivation (after its open
+    /// records moved to the manager), p50 / p99 / max.
+    Leavers(LeaversArgs),
+}
+
+/// Options of `provisor bench leavers`.
+#[derive(Debug, Args)]
+pub struct LeaversArgs {
+    /// Users in the emulated tenant.
+    #[arg(long, default_value_t = 2_000)]
+    users: usize,
+    /// Users disabled, one after another.
+    #[arg(long, default_value_t = 200)]
+    leavers: usize,
+    /// Latency the emulator adds to every request.
+    #[arg(long, default_value_t = 50)]
+    latency_ms: u64,
+    /// The engine's poll interval (no change notifications).
+    #[arg(long, default_value_t = 2_000)]
+    poll_ms: u64,
+    /// Time between two disables.
+    #[arg(long, default_value_t = 50)]
+    spacing_ms: u64,
+    /// Open Opportunities each leaver owns (they move to the manager).
+    #[arg(long, default_value_t = 2)]
+    records: usize,
 }
 
 /// Options of `provisor bench rules`.
@@ -128,6 +157,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::SalesforceCreate(a) => salesforce_create(a).await,
         BenchCommand::Sync(a) => sync(a).await,
         BenchCommand::Rules(a) => rules(a),
+        BenchCommand::Leavers(a) => leavers(a).await,
     }
 }
 
@@ -743,6 +773,153 @@ fn rules(a: RulesArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `provisor bench leavers`.
+async fn leavers(a: LeaversArgs) -> anyhow::Result<ExitCode> {
+    println!(
+        "provisor bench leavers: {} of {} users disabled {} ms apart, {} ms latency, polling every {} ms (no change notifications), {} open Opportunities each",
+        a.leavers, a.users, a.spacing_ms, a.latency_ms, a.poll_ms, a.records
+    );
+    let (sim, listen, _) = spawn_sim(a.users, a.latency_ms)?;
+    let dir =
+        std::env::temp_dir().join(format!("provisor-bench-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir)?;
+    let pack = find_rules_dir(std::path::Path::new("rules/gallery-defaults"))
+        .context("cannot find rules/gallery-defaults")?;
+    let cfg = bench_config(&listen, &pack, &dir)?;
+    let engine = engine_from_config(&cfg).await?;
+    engine
+        .sync_once(&Quiet)
+        .await
+        .context("the initial sync failed")?;
+    // Leavers: linked users whose manager is linked and is not a leaver
+    // (the gallery pack hands their records to the manager).
+    let links = engine.store.links().await?;
+    let ids: Vec<String> = links.keys().cloned().collect();
+    let users = engine.store.users_in(&ids).await?;
+    let managers: std::collections::HashSet<String> = users
+        .iter()
+        .filter_map(|d| d.user.manager_id.clone())
+        .collect();
+    let chosen: Vec<(String, String)> = users
+        .iter()
+        .filter(|d| d.user.account_enabled == Some(true) && !managers.contains(&d.user.id))
+        .filter(|d| {
+            d.user
+                .manager_id
+                .as_ref()
+                .is_some_and(|m| links.contains_key(m))
+        })
+        .filter_map(|d| Some((d.user.id.clone(), links.get(&d.user.id)?.clone())))
+        .take(a.leavers)
+        .collect();
+    if chosen.len() < a.leavers {
+        bail!(
+            "only {} users qualify as leavers; give more --users",
+            chosen.len()
+        );
+    }
+    let http = reqwest::Client::new();
+    for (_, sf) in &chosen {
+        for i in 0..a.records {
+            http.post(format!(
+                "http://{listen}/_sim/salesforce/records/Opportunity"
+            ))
+            .json(&serde_json::json!({
+                "Name": format!("Deal {i}"), "StageName": "Prospecting",
+                "CloseDate": "2027-01-31", "OwnerId": sf,
+            }))
+            .send()
+            .await?
+            .error_for_status()?;
+        }
+    }
+    let looping = engine.clone();
+    let poll = Duration::from_millis(a.poll_ms);
+    let cycles = tokio::spawn(async move { looping.run_forever(poll, None, |_| {}).await });
+    let mut disabled: HashMap<String, chrono::DateTime<chrono::Utc>> = HashMap::new();
+    for (id, _) in &chosen {
+        disabled.insert(id.clone(), chrono::Utc::now());
+        http.patch(format!("http://{listen}/_sim/graph/users/{id}"))
+            .json(&serde_json::json!({"accountEnabled": false}))
+            .send()
+            .await?
+            .error_for_status()?;
+        tokio::time::sleep(Duration::from_millis(a.spacing_ms)).await;
+    }
+    // Until every leaver is deactivated (or a generous deadline).
+    let deadline = Instant::now() + poll * 20 + Duration::from_secs(120);
+    let (frozen, deactivated, moved) = loop {
+        let rows = engine.store.audit_rows(None).await?;
+        let at = |event: &str| -> HashMap<String, chrono::DateTime<chrono::Utc>> {
+            rows.iter()
+                .filter(|r| r.event == event)
+                .filter_map(|r| {
+                    let id = r.entra_id.clone()?;
+                    let t = chrono::DateTime::parse_from_rfc3339(&r.at).ok()?;
+                    disabled
+                        .contains_key(&id)
+                        .then(|| (id, t.with_timezone(&chrono::Utc)))
+                })
+                .collect()
+        };
+        let (f, d) = (at("user.frozen"), at("user.deactivated"));
+        let moved = rows
+            .iter()
+            .filter(|r| r.event == "record.reassigned")
+            .count();
+        if d.len() == chosen.len() || Instant::now() > deadline {
+            break (f, d, moved);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    cycles.abort();
+    drop(sim);
+    let _ = std::fs::remove_dir_all(&dir);
+    let latencies = |done: &HashMap<String, chrono::DateTime<chrono::Utc>>| -> Vec<f64> {
+        let mut v: Vec<f64> = done
+            .iter()
+            .filter_map(|(id, t)| {
+                let from = disabled.get(id)?;
+                Some((*t - *from).num_milliseconds() as f64 / 1000.0)
+            })
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let pct = |v: &[f64], p: f64| -> f64 {
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1;
+        v[i]
+    };
+    for (name, done) in [("frozen", &frozen), ("deactivated", &deactivated)] {
+        let v = latencies(done);
+        println!(
+            "  disable -> {name}: {} of {} leavers; p50 {:.2} s, p99 {:.2} s, max {:.2} s{}",
+            v.len(),
+            chosen.len(),
+            pct(&v, 0.50),
+            pct(&v, 0.99),
+            v.last().copied().unwrap_or(f64::NAN),
+            if name == "deactivated" {
+                " (target: p99 < 10 s)"
+            } else {
+                ""
+            }
+        );
+    }
+    println!(
+        "  open records moved to managers first: {moved} of {}",
+        chosen.len() * a.records
+    );
+    Ok(if deactivated.len() == chosen.len() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -37,6 +37,9 @@ const HAS_ACCOUNT: &[&str] = &["Opportunity", "Case", "Contact"];
 /// Objects a queue may never own, whatever `QueueSobject` says.
 const NEVER_QUEUED: &[&str] = &["Account", "Contact", "Opportunity"];
 
+/// A leaver's open records, per object.
+type ByObject = Vec<(String, Vec<Owned>)>;
+
 /// One open record a leaver owns.
 #[derive(Debug, Clone)]
 struct Owned {
@@ -98,7 +101,7 @@ impl Engine {
         // One read per object for all the cycle's leavers (a mass leave
         // must not cost a query per leaver and object).
         let owners: Vec<String> = leavers.iter().filter_map(|a| a.sf_id.clone()).collect();
-        let mut by_owner: HashMap<String, Vec<(String, Vec<Owned>)>> = HashMap::new();
+        let mut by_owner: HashMap<String, ByObject> = HashMap::new();
         for (object, open) in &objects {
             for (owner, records) in self.owned_records(object, *open, &owners).await? {
                 by_owner
@@ -107,7 +110,18 @@ impl Engine {
                     .push((object.clone(), records));
             }
         }
+        // The managers' accounts, checked once for all leavers.
+        let manager_ids: Vec<String> = users
+            .values()
+            .filter_map(|d| d.user.manager_id.clone())
+            .collect();
+        let managers = self.managers_state(&manager_ids).await?;
         let mut checked: HashMap<String, Result<Owners, String>> = HashMap::new();
+        // What each leaver owns and what was decided, then the moves of
+        // all leavers together, per object.
+        let mut decided: Vec<(&Action, ByObject, bool)> = Vec::new();
+        let mut moves: HashMap<String, Vec<Move>> = HashMap::new();
+        let mut events = Vec::new();
         for a in leavers {
             let (Some(sf), Some(d)) = (a.sf_id.as_deref(), users.get(&a.entra_id)) else {
                 continue;
@@ -129,8 +143,7 @@ impl Engine {
                     }
                 })
                 .collect();
-            let decided = self.ask_on_leave(cycle, &pack, d, summary).await?;
-            let decision = match decided {
+            let decision = match self.ask_on_leave(cycle, &pack, d, summary).await? {
                 Ok(p) => p,
                 Err(e) => {
                     // The records stay; so does the freeze.
@@ -141,8 +154,6 @@ impl Engine {
                     continue;
                 }
             };
-            let mut moved: HashSet<String> = HashSet::new();
-            let mut events = Vec::new();
             for r in &decision.reassignments {
                 let Some(records) = owned.iter().find(|(o, _)| o == &r.object).map(|(_, x)| x)
                 else {
@@ -153,9 +164,15 @@ impl Engine {
                     if matches!(t, OwnerTarget::Keep) {
                         break;
                     }
-                    let key = format!("{}|{t:?}", r.object);
+                    // A manager is the leaver's own; other targets are the
+                    // same for everyone.
+                    let whose = match t {
+                        OwnerTarget::Manager => d.user.manager_id.clone().unwrap_or_default(),
+                        _ => String::new(),
+                    };
+                    let key = format!("{}|{t:?}|{whose}", r.object);
                     if !checked.contains_key(&key) {
-                        let c = self.check_target(&r.object, t, d).await?;
+                        let c = self.check_target(&r.object, t, d, &managers).await?;
                         checked.insert(key.clone(), c);
                     }
                     match checked.get(&key) {
@@ -180,42 +197,55 @@ impl Engine {
                 // Grouped by parent account, then spread in turn.
                 let mut order: Vec<&Owned> = records.iter().collect();
                 order.sort_by(|x, y| x.account.cmp(&y.account).then(x.id.cmp(&y.id)));
-                let mut moves: Vec<(String, String)> = order
+                let parents: HashMap<String, String> = order
                     .iter()
                     .enumerate()
                     .map(|(i, rec)| (rec.id.clone(), owners.ids[i % owners.ids.len()].clone()))
                     .collect();
+                let list = moves.entry(r.object.clone()).or_default();
+                for rec in &order {
+                    if let Some(to) = parents.get(&rec.id) {
+                        list.push(Move::new(a, sf, &rec.id, to, &owners));
+                    }
+                }
                 // Children the pack names follow their parent's new owner.
-                let parents: HashMap<String, String> = moves.iter().cloned().collect();
-                let mut child_moves: Vec<(String, Vec<(String, String)>)> = Vec::new();
                 for child in &r.children {
-                    let list = self.children_of(child, &r.object, sf, &parents).await?;
-                    if !list.is_empty() {
-                        child_moves.push((child.clone(), list));
+                    let found = self.children_of(child, &r.object, sf, &parents).await?;
+                    let list = moves.entry(child.clone()).or_default();
+                    for (id, to) in found {
+                        list.push(Move::new(a, sf, &id, &to, &owners));
                     }
-                }
-                let done = self.transfer(&r.object, &mut moves).await?;
-                for (id, to) in &done.0 {
-                    moved.insert(id.clone());
-                    events.push(transferred(a, sf, &r.object, id, to, &owners, &pack.id()));
-                }
-                for (id, err) in &done.1 {
-                    events.push(transfer_failed(a, sf, &r.object, id, err));
-                }
-                report.records_reassigned += done.0.len();
-                for (child, mut list) in child_moves {
-                    let done = self.transfer(&child, &mut list).await?;
-                    for (id, to) in &done.0 {
-                        moved.insert(id.clone());
-                        events.push(transferred(a, sf, &child, id, to, &owners, &pack.id()));
-                    }
-                    for (id, err) in &done.1 {
-                        events.push(transfer_failed(a, sf, &child, id, err));
-                    }
-                    report.records_reassigned += done.0.len();
                 }
             }
-            self.store.append_audit(cycle, &events).await?;
+            decided.push((a, owned, decision.deactivate_anyway));
+        }
+        let mut moved: HashSet<String> = HashSet::new();
+        let mut objects: Vec<&String> = moves.keys().collect();
+        objects.sort();
+        for object in objects {
+            let list = &moves[object];
+            let pairs: Vec<(String, String)> = list
+                .iter()
+                .map(|m| (m.record.clone(), m.to.clone()))
+                .collect();
+            let (done, refused) = self.transfer(object, &pairs).await?;
+            let by_record: HashMap<&str, &Move> =
+                list.iter().map(|m| (m.record.as_str(), m)).collect();
+            for (id, to) in &done {
+                moved.insert(id.clone());
+                if let Some(m) = by_record.get(id.as_str()) {
+                    events.push(m.transferred(object, to, &pack.id()));
+                }
+            }
+            for (id, err) in &refused {
+                if let Some(m) = by_record.get(id.as_str()) {
+                    events.push(m.failed(object, err));
+                }
+            }
+            report.records_reassigned += done.len();
+        }
+        self.store.append_audit(cycle, &events).await?;
+        for (a, owned, anyway) in decided {
             let left: Vec<String> = owned
                 .iter()
                 .filter_map(|(object, recs)| {
@@ -223,7 +253,7 @@ impl Engine {
                     (n > 0).then(|| format!("{n} {object}"))
                 })
                 .collect();
-            if !left.is_empty() && !decision.deactivate_anyway {
+            if !left.is_empty() && !anyway {
                 held.insert(a.entra_id.clone());
                 let o = outcomes.entry(a.entra_id.clone()).or_default();
                 o.waiting = Some(format!(
@@ -305,39 +335,21 @@ impl Engine {
         object: &str,
         target: &OwnerTarget,
         leaver: &crate::store::DirtyUser,
+        managers: &HashMap<String, Result<String, String>>,
     ) -> Result<Result<Owners, String>, SyncError> {
         Ok(match target {
             OwnerTarget::Keep => Err("the pack keeps the records with the leaver".into()),
-            OwnerTarget::Manager => {
-                let Some(m) = leaver.user.manager_id.clone() else {
-                    return Ok(Err("the leaver has no manager in Entra".into()));
-                };
-                let Some(sf) = self
-                    .store
-                    .links_of(std::slice::from_ref(&m))
-                    .await?
-                    .remove(&m)
-                else {
-                    return Ok(Err(format!(
-                        "the manager (Entra {m}) has no Salesforce user"
-                    )));
-                };
-                let rows = self
-                    .salesforce
-                    .query(&format!(
-                        "SELECT Id, IsActive FROM User WHERE Id = {}",
-                        soql_quote(&sf)
-                    ))
-                    .await?;
-                match rows.first() {
-                    Some(r) if r.get("IsActive") == Some(&Value::Bool(true)) => Ok(Owners {
-                        ids: vec![sf],
+            OwnerTarget::Manager => match leaver.user.manager_id.as_ref() {
+                None => Err("the leaver has no manager in Entra".into()),
+                Some(m) => match managers.get(m) {
+                    Some(Ok(sf)) => Ok(Owners {
+                        ids: vec![sf.clone()],
                         named: "manager".into(),
                     }),
-                    Some(_) => Err(format!("the manager's Salesforce user {sf} is inactive")),
-                    None => Err(format!("the manager's Salesforce user {sf} does not exist")),
-                }
-            }
+                    Some(Err(why)) => Err(why.clone()),
+                    None => Err(format!("the manager (Entra {m}) has no Salesforce user")),
+                },
+            },
             OwnerTarget::User(name) => self.active_users(std::slice::from_ref(name)).await?,
             OwnerTarget::RoundRobin(names) if names.is_empty() => {
                 Err("round-robin over nobody".into())
@@ -382,6 +394,40 @@ impl Engine {
                 }
             }
         })
+    }
+
+    /// Per manager (Entra id): its linked Salesforce user if active, else
+    /// why not. One read for all of a cycle's leavers.
+    async fn managers_state(
+        &self,
+        managers: &[String],
+    ) -> Result<HashMap<String, Result<String, String>>, SyncError> {
+        let links = self.store.links_of(managers).await?;
+        let ids: Vec<String> = links.values().cloned().collect();
+        let active: HashMap<String, bool> = self
+            .query_in(&ids, |list| {
+                format!("SELECT Id, IsActive FROM User WHERE Id IN ({list})")
+            })
+            .await?
+            .into_iter()
+            .filter_map(|r| {
+                Some((
+                    r.get("Id")?.as_str()?.to_string(),
+                    r.get("IsActive") == Some(&Value::Bool(true)),
+                ))
+            })
+            .collect();
+        Ok(links
+            .into_iter()
+            .map(|(m, sf)| {
+                let state = match active.get(&sf) {
+                    Some(true) => Ok(sf),
+                    Some(false) => Err(format!("the manager's Salesforce user {sf} is inactive")),
+                    None => Err(format!("the manager's Salesforce user {sf} does not exist")),
+                };
+                (m, state)
+            })
+            .collect())
     }
 
     /// The active users among `names` (Usernames), in the order given.
@@ -459,7 +505,7 @@ impl Engine {
     async fn transfer(
         &self,
         object: &str,
-        moves: &mut [(String, String)],
+        moves: &[(String, String)],
     ) -> Result<(Vec<(String, String)>, Vec<(String, String)>), SyncError> {
         let mut moved = Vec::new();
         let mut refused = Vec::new();
@@ -520,31 +566,44 @@ impl Engine {
     }
 }
 
-fn transferred(
-    a: &Action,
-    from: &str,
-    object: &str,
-    record: &str,
-    to: &str,
-    owners: &Owners,
-    pack: &str,
-) -> AuditEvent {
-    AuditEvent {
-        event: "record.reassigned".into(),
-        entra_id: Some(a.entra_id.clone()),
-        sf_id: Some(from.to_string()),
-        detail: json!({
-            "object": object, "record": record, "from": from, "to": to,
-            "target": owners.named, "pack": pack, "rule": "on-leave",
-        }),
-    }
+/// One record to move, with what the audit trail says about it.
+struct Move {
+    record: String,
+    to: String,
+    entra_id: String,
+    from: String,
+    target: String,
 }
 
-fn transfer_failed(a: &Action, from: &str, object: &str, record: &str, err: &str) -> AuditEvent {
-    AuditEvent {
-        event: "record.reassign_failed".into(),
-        entra_id: Some(a.entra_id.clone()),
-        sf_id: Some(from.to_string()),
-        detail: json!({"object": object, "record": record, "error": err}),
+impl Move {
+    fn new(a: &Action, from: &str, record: &str, to: &str, owners: &Owners) -> Self {
+        Self {
+            record: record.to_string(),
+            to: to.to_string(),
+            entra_id: a.entra_id.clone(),
+            from: from.to_string(),
+            target: owners.named.clone(),
+        }
+    }
+
+    fn transferred(&self, object: &str, to: &str, pack: &str) -> AuditEvent {
+        AuditEvent {
+            event: "record.reassigned".into(),
+            entra_id: Some(self.entra_id.clone()),
+            sf_id: Some(self.from.clone()),
+            detail: json!({
+                "object": object, "record": self.record, "from": self.from, "to": to,
+                "target": self.target, "pack": pack, "rule": "on-leave",
+            }),
+        }
+    }
+
+    fn failed(&self, object: &str, err: &str) -> AuditEvent {
+        AuditEvent {
+            event: "record.reassign_failed".into(),
+            entra_id: Some(self.entra_id.clone()),
+            sf_id: Some(self.from.clone()),
+            detail: json!({"object": object, "record": self.record, "error": err}),
+        }
     }
 }

@@ -335,3 +335,57 @@ async fn five_thousand_opportunities_move_through_bulk_api() {
     );
     assert!(!is_active(&sim, &sf));
 }
+
+/// Two leavers with different managers in one cycle: each one's records go
+/// to their own manager (targets are checked per leaver, not per object).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leavers_of_one_cycle_each_hand_over_to_their_own_manager() {
+    let running = start_sim(40, 305).await;
+    let sim = running.sim.clone();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pack = repo_root().join("rules/gallery-defaults");
+    let engine = synced(&running, &pack, &dir.path().join("s.db"), 2000).await;
+    let links = engine.store.links().await.expect("links");
+    let users: Vec<(String, Option<String>)> = sim
+        .graph()
+        .users()
+        .filter(|u| u.props.get("accountEnabled") == Some(&json!(true)))
+        .map(|u| (u.id.clone(), u.manager_id.clone()))
+        .collect();
+    let managers: std::collections::HashSet<String> =
+        users.iter().filter_map(|(_, m)| m.clone()).collect();
+    let mut pairs: Vec<(String, String, String)> = Vec::new();
+    for (id, m) in &users {
+        let Some(m) = m else { continue };
+        if managers.contains(id) || pairs.iter().any(|(_, _, x)| Some(x) == links.get(m)) {
+            continue;
+        }
+        if let (Some(sf), Some(msf)) = (links.get(id), links.get(m)) {
+            pairs.push((id.clone(), sf.clone(), msf.clone()));
+        }
+        if pairs.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(pairs.len(), 2, "two leavers with different managers");
+    let opps: Vec<String> = pairs
+        .iter()
+        .map(|(_, sf, _)| {
+            seed(
+                &sim,
+                "Opportunity",
+                sf,
+                json!({"Name": "Deal", "StageName": "Prospecting", "CloseDate": "2027-01-31"}),
+            )
+        })
+        .collect();
+    for (id, _, _) in &pairs {
+        disable(&sim, id);
+    }
+    let r = engine.sync_once(&Quiet).await.expect("leaver cycle");
+    assert_eq!(r.records_reassigned, 2, "{r:?}");
+    for ((_, sf, manager), opp) in pairs.iter().zip(&opps) {
+        assert_eq!(&owner_of(&sim, "Opportunity", opp), manager);
+        assert!(!is_active(&sim, sf));
+    }
+}
