@@ -36,6 +36,21 @@ pub enum BenchCommand {
     /// disable to the freeze and to the deactivation (after its open
     /// records moved to the manager), p50 / p99 / max.
     Leavers(LeaversArgs),
+    /// One leaver owning many open Opportunities: the cycle that moves
+    /// them to the manager, through Bulk API 2.0 and through Collections
+    /// (Salesforce calls by kind, wall time).
+    Reassign(ReassignArgs),
+}
+
+/// Options of `provisor bench reassign`.
+#[derive(Debug, Args)]
+pub struct ReassignArgs {
+    /// Open Opportunities the leaver owns.
+    #[arg(long, default_value_t = 5_000)]
+    records: usize,
+    /// Latency the emulator adds to every request.
+    #[arg(long, default_value_t = 50)]
+    latency_ms: u64,
 }
 
 /// Options of `provisor bench leavers`.
@@ -158,6 +173,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Sync(a) => sync(a).await,
         BenchCommand::Rules(a) => rules(a),
         BenchCommand::Leavers(a) => leavers(a).await,
+        BenchCommand::Reassign(a) => reassign(a).await,
     }
 }
 
@@ -779,34 +795,47 @@ fn rules(a: RulesArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// `provisor bench leavers`.
-async fn leavers(a: LeaversArgs) -> anyhow::Result<ExitCode> {
-    println!(
-        "provisor bench leavers: {} of {} users disabled {} ms apart, {} ms latency, polling every {} ms (no change notifications), {} open Opportunities each",
-        a.leavers, a.users, a.spacing_ms, a.latency_ms, a.poll_ms, a.records
-    );
-    let (sim, listen, _) = spawn_sim(a.users, a.latency_ms)?;
+/// An emulator, a synced engine and leavers owning open Opportunities.
+struct LeaverSetup {
+    sim: SimProcess,
+    listen: String,
+    dir: std::path::PathBuf,
+    engine: crate::engine::Engine,
+    /// (Entra id, Salesforce id) of each leaver.
+    chosen: Vec<(String, String)>,
+}
+
+/// Starts the emulator, syncs it and gives `leavers` users (linked, with a
+/// linked manager who is not a leaver: the gallery pack hands their
+/// records to the manager) `records` open Opportunities each.
+async fn leaver_setup(
+    users: usize,
+    latency_ms: u64,
+    leavers: usize,
+    records: usize,
+    edit: impl FnOnce(&mut Config),
+) -> anyhow::Result<LeaverSetup> {
+    let (sim, listen, _) = spawn_sim(users, latency_ms)?;
     let dir =
         std::env::temp_dir().join(format!("provisor-bench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir)?;
     let pack = find_rules_dir(std::path::Path::new("rules/gallery-defaults"))
         .context("cannot find rules/gallery-defaults")?;
-    let cfg = bench_config(&listen, &pack, &dir)?;
+    let mut cfg = bench_config(&listen, &pack, &dir)?;
+    edit(&mut cfg);
     let engine = engine_from_config(&cfg).await?;
     engine
         .sync_once(&Quiet)
         .await
         .context("the initial sync failed")?;
-    // Leavers: linked users whose manager is linked and is not a leaver
-    // (the gallery pack hands their records to the manager).
     let links = engine.store.links().await?;
     let ids: Vec<String> = links.keys().cloned().collect();
-    let users = engine.store.users_in(&ids).await?;
-    let managers: std::collections::HashSet<String> = users
+    let mirror = engine.store.users_in(&ids).await?;
+    let managers: std::collections::HashSet<String> = mirror
         .iter()
         .filter_map(|d| d.user.manager_id.clone())
         .collect();
-    let chosen: Vec<(String, String)> = users
+    let chosen: Vec<(String, String)> = mirror
         .iter()
         .filter(|d| d.user.account_enabled == Some(true) && !managers.contains(&d.user.id))
         .filter(|d| {
@@ -816,9 +845,9 @@ async fn leavers(a: LeaversArgs) -> anyhow::Result<ExitCode> {
                 .is_some_and(|m| links.contains_key(m))
         })
         .filter_map(|d| Some((d.user.id.clone(), links.get(&d.user.id)?.clone())))
-        .take(a.leavers)
+        .take(leavers)
         .collect();
-    if chosen.len() < a.leavers {
+    if chosen.len() < leavers {
         bail!(
             "only {} users qualify as leavers; give more --users",
             chosen.len()
@@ -826,7 +855,7 @@ async fn leavers(a: LeaversArgs) -> anyhow::Result<ExitCode> {
     }
     let http = reqwest::Client::new();
     for (_, sf) in &chosen {
-        for i in 0..a.records {
+        for i in 0..records {
             http.post(format!(
                 "http://{listen}/_sim/salesforce/records/Opportunity"
             ))
@@ -839,6 +868,87 @@ async fn leavers(a: LeaversArgs) -> anyhow::Result<ExitCode> {
             .error_for_status()?;
         }
     }
+    Ok(LeaverSetup {
+        sim,
+        listen,
+        dir,
+        engine,
+        chosen,
+    })
+}
+
+/// `provisor bench reassign`.
+async fn reassign(a: ReassignArgs) -> anyhow::Result<ExitCode> {
+    println!(
+        "provisor bench reassign: one leaver owning {} open Opportunities, {} ms latency",
+        a.records, a.latency_ms
+    );
+    let mut ok = true;
+    for (name, threshold) in [
+        ("Bulk API 2.0", a.records.saturating_sub(1)),
+        ("Collections", a.records),
+    ] {
+        let LeaverSetup {
+            sim,
+            listen,
+            dir,
+            engine,
+            chosen,
+        } = leaver_setup(200, a.latency_ms, 1, a.records, |c| {
+            c.sync.reassign_bulk_threshold = threshold;
+        })
+        .await?;
+        let (leaver, _) = chosen.first().cloned().context("no leaver")?;
+        reqwest::Client::new()
+            .patch(format!("http://{listen}/_sim/graph/users/{leaver}"))
+            .json(&serde_json::json!({"accountEnabled": false}))
+            .send()
+            .await?
+            .error_for_status()?;
+        let s0 = sim_stats(&listen).await?;
+        let started = Instant::now();
+        let report = engine
+            .sync_once(&Quiet)
+            .await
+            .context("the leaver's cycle failed")?;
+        let wall = started.elapsed();
+        let c = Counters::between(&s0, &sim_stats(&listen).await?);
+        drop(sim);
+        let _ = std::fs::remove_dir_all(&dir);
+        ok &= report.records_reassigned == a.records && report.deactivated == 1;
+        println!(
+            "  {name}: {:.2} s, {} of {} records moved, deactivated {}; {} Salesforce calls:",
+            wall.as_secs_f64(),
+            report.records_reassigned,
+            a.records,
+            report.deactivated,
+            c.sf_calls
+        );
+        for (kind, n) in &c.calls_by_kind {
+            println!("    {kind:<48} {n:>5}");
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `provisor bench leavers`.
+async fn leavers(a: LeaversArgs) -> anyhow::Result<ExitCode> {
+    println!(
+        "provisor bench leavers: {} of {} users disabled {} ms apart, {} ms latency, polling every {} ms (no change notifications), {} open Opportunities each",
+        a.leavers, a.users, a.spacing_ms, a.latency_ms, a.poll_ms, a.records
+    );
+    let LeaverSetup {
+        sim,
+        listen,
+        dir,
+        engine,
+        chosen,
+    } = leaver_setup(a.users, a.latency_ms, a.leavers, a.records, |_| {}).await?;
+    let http = reqwest::Client::new();
     let looping = engine.clone();
     let poll = Duration::from_millis(a.poll_ms);
     let cycles = tokio::spawn(async move { looping.run_forever(poll, None, |_| {}).await });

@@ -14,6 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use futures::StreamExt;
 use serde_json::{Map, Value, json};
 
 use super::{Action, ActionKind, CycleReport, Engine, Outcome, SyncError};
@@ -548,13 +549,23 @@ impl Engine {
         }
         // Collections: everything under the threshold, and the rows a bulk
         // job could not lock or did not reach.
-        for batch in retry.chunks(200) {
+        // Up to the configured number of calls in flight, as apply does.
+        let batches: Vec<&[usize]> = retry.chunks(200).collect();
+        let mut calls = Vec::with_capacity(batches.len());
+        for batch in &batches {
             let records: Vec<Map<String, Value>> = batch.iter().map(|i| rows[*i].clone()).collect();
-            let results = self
-                .salesforce
-                .update_many_with(object, &records, &[("Sforce-Auto-Assign", "FALSE")])
-                .await?;
-            for (i, r) in batch.iter().zip(results) {
+            calls.push(async move {
+                self.salesforce
+                    .update_many_with(object, &records, &[("Sforce-Auto-Assign", "FALSE")])
+                    .await
+            });
+        }
+        let sent: Vec<_> = futures::stream::iter(calls)
+            .buffered(self.cfg.concurrency.clamp(1, 25))
+            .collect()
+            .await;
+        for (batch, results) in batches.iter().zip(sent) {
+            for (i, r) in batch.iter().zip(results?) {
                 if r.success {
                     moved.push(moves[*i].clone());
                 } else {
