@@ -120,3 +120,16 @@ pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+/// The details of every audit row of `event`, oldest first.
+pub async fn audit_details(engine: &Engine, event: &str) -> Vec<serde_json::Value> {
+    engine
+        .store
+        .audit_rows(None)
+        .await
+        .expect("audit")
+        .into_iter()
+        .filter(|r| r.event == event)
+        .map(|r| r.detail)
+        .collect()
+}

@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use provisor::config::{ScopeConfig, ScopeMode};
 use provisor::engine::Quiet;
 use provisor::sim::{Faults, Sim};
-use provisor_e2e::{engine_with, rhai_pack, start_sim};
+use provisor_e2e::{audit_details, engine_with, rhai_pack, start_sim};
 use serde_json::{Map, Value, json};
 
 fn fast(cfg: &mut provisor::config::Config) {
@@ -705,18 +705,6 @@ fn gallery_reading(dir: &std::path::Path, attributes: &[&str]) {
     .expect("write script");
 }
 
-async fn events(engine: &provisor::engine::Engine, name: &str) -> Vec<Value> {
-    engine
-        .store
-        .audit_rows(None)
-        .await
-        .expect("audit")
-        .into_iter()
-        .filter(|r| r.event == name)
-        .map(|r| r.detail)
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pack_reading_a_new_attribute_gets_it_through_a_new_baseline_round() {
     let running = start_sim(30, 26).await;
@@ -737,7 +725,7 @@ async fn a_pack_reading_a_new_attribute_gets_it_through_a_new_baseline_round() {
     let r = engine.sync_once(&Quiet).await.expect("initial sync");
     assert_eq!(r.failed, 0, "{:?}", r.failures);
     assert!(
-        events(&engine, "entra.users.baseline_started")
+        audit_details(&engine, "entra.users.baseline_started")
             .await
             .is_empty()
     );
@@ -756,11 +744,11 @@ async fn a_pack_reading_a_new_attribute_gets_it_through_a_new_baseline_round() {
     let calls = sim.stats().graph_delta_pages;
     let r = engine.sync_once(&Quiet).await.expect("baseline cycle");
     assert_eq!(r.failed, 0, "{:?}", r.failures);
-    let started = events(&engine, "entra.users.baseline_started").await;
+    let started = audit_details(&engine, "entra.users.baseline_started").await;
     assert_eq!(started.len(), 1);
     assert_eq!(started[0]["added_attributes"], json!(["officeLocation"]));
     assert_eq!(
-        events(&engine, "entra.users.baseline_completed")
+        audit_details(&engine, "entra.users.baseline_completed")
             .await
             .len(),
         1
@@ -791,7 +779,9 @@ async fn a_pack_reading_a_new_attribute_gets_it_through_a_new_baseline_round() {
     engine.sync_once(&Quiet).await.expect("idle cycle");
     assert_eq!(sim.stats().graph_calls - calls, 2);
     assert_eq!(
-        events(&engine, "entra.users.baseline_started").await.len(),
+        audit_details(&engine, "entra.users.baseline_started")
+            .await
+            .len(),
         1
     );
 
@@ -838,7 +828,7 @@ async fn a_wider_select_graph_refuses_keeps_the_old_delta_link() {
         .await
         .expect("the cycle carries on with the old deltaLink");
     assert_eq!(r.failed, 0, "{:?}", r.failures);
-    let refused = events(&engine, "entra.users.baseline_refused").await;
+    let refused = audit_details(&engine, "entra.users.baseline_refused").await;
     assert_eq!(refused.len(), 1);
     assert!(
         refused[0]["error"]
@@ -852,7 +842,9 @@ async fn a_wider_select_graph_refuses_keeps_the_old_delta_link() {
     engine.sync_once(&Quiet).await.expect("idle cycle");
     assert_eq!(sim.stats().graph_calls - calls, 2);
     assert_eq!(
-        events(&engine, "entra.users.baseline_started").await.len(),
+        audit_details(&engine, "entra.users.baseline_started")
+            .await
+            .len(),
         1
     );
 }
@@ -871,7 +863,7 @@ async fn delta_paging_that_stops_progressing_alerts_and_resyncs() {
     });
     let r = engine.sync_once(&Quiet).await.expect("the cycle recovers");
     assert_eq!(r.failed, 0, "{:?}", r.failures);
-    let stalled = events(&engine, "entra.users.stalled").await;
+    let stalled = audit_details(&engine, "entra.users.stalled").await;
     assert_eq!(stalled.len(), 1, "{stalled:?}");
     assert!(
         stalled[0]["detail"]

@@ -372,6 +372,29 @@ async fn the_plan_explains_which_group_decided_a_disputed_profile() {
 
 /// What the org holds per username: active, profile, role, manager's
 /// username, first name, and permission sets.
+/// Sets one Graph property of each of `ids`.
+fn set_each(sim: &Sim, ids: &[String], field: &str, value: Value) {
+    for id in ids {
+        let mut m = Map::new();
+        m.insert(field.into(), value.clone());
+        sim.graph()
+            .update_user(id, m)
+            .expect("update an Entra user");
+    }
+}
+
+/// The Salesforce user whose Username is the Entra user's UPN.
+fn sf_user(sim: &Sim, entra_id: &str) -> Option<Map<String, Value>> {
+    let upn = sim
+        .graph()
+        .user(entra_id)
+        .and_then(|u| u.props["userPrincipalName"].as_str().map(str::to_string))?;
+    sim.salesforce()
+        .users_where("Username", &upn)
+        .first()
+        .map(|u| (*u).clone())
+}
+
 fn org_state(sim: &Sim) -> std::collections::BTreeMap<String, String> {
     let org = sim.salesforce();
     let username = |id: &Value| {
@@ -431,16 +454,8 @@ async fn a_cycle_planned_in_chunks_ends_where_one_planned_at_once_does() {
             .filter(|u| u.props.get("accountEnabled") == Some(&json!(true)))
             .map(|u| u.id.clone())
             .collect();
-        for id in &ids[..6] {
-            let mut m = Map::new();
-            m.insert("accountEnabled".into(), json!(false));
-            sim.graph().update_user(id, m).expect("disable");
-        }
-        for id in &ids[6..40] {
-            let mut m = Map::new();
-            m.insert("givenName".into(), json!("Moved"));
-            sim.graph().update_user(id, m).expect("rename");
-        }
+        set_each(&sim, &ids[..6], "accountEnabled", json!(false));
+        set_each(&sim, &ids[6..40], "givenName", json!("Moved"));
         let r = engine.sync_once(&Quiet).await.expect("second sync");
         assert_eq!(r.failed, 0, "{:?}", r.failures);
         assert_eq!(r.deactivated, 6, "{}", r.plan.render());
@@ -473,16 +488,8 @@ async fn leavers_held_to_the_end_of_a_stopped_chunked_cycle_are_not_lost() {
         .filter(|u| u.props.get("accountEnabled") == Some(&json!(true)))
         .map(|u| u.id.clone())
         .collect();
-    for id in &ids[..3] {
-        let mut m = Map::new();
-        m.insert("accountEnabled".into(), json!(false));
-        sim.graph().update_user(id, m).expect("disable");
-    }
-    for id in &ids[3..40] {
-        let mut m = Map::new();
-        m.insert("givenName".into(), json!("Later"));
-        sim.graph().update_user(id, m).expect("rename");
-    }
+    set_each(&sim, &ids[..3], "accountEnabled", json!(false));
+    set_each(&sim, &ids[3..40], "givenName", json!("Later"));
     // One write goes through, then Salesforce fails every write.
     sim.set_faults(provisor::sim::Faults {
         sf_write_fail_after: Some(1),
@@ -492,19 +499,7 @@ async fn leavers_held_to_the_end_of_a_stopped_chunked_cycle_are_not_lost() {
         .sync_once(&Quiet)
         .await
         .expect_err("Salesforce stops the cycle");
-    let active = |id: &str| {
-        let t = sim.graph();
-        let upn = t
-            .user(id)
-            .and_then(|u| u.props["userPrincipalName"].as_str().map(str::to_string))
-            .unwrap_or_default();
-        drop(t);
-        sim.salesforce()
-            .users_where("Username", &upn)
-            .first()
-            .map(|u| u["IsActive"] == json!(true))
-            .unwrap_or(false)
-    };
+    let active = |id: &str| sf_user(&sim, id).is_some_and(|u| u["IsActive"] == json!(true));
     assert!(
         ids[..3].iter().all(|id| active(id)),
         "no leaver was reached"
@@ -515,18 +510,7 @@ async fn leavers_held_to_the_end_of_a_stopped_chunked_cycle_are_not_lost() {
     assert!(ids[..3].iter().all(|id| !active(id)));
     // The chunk planned while the stopped one was applied sent nothing:
     // its users stayed dirty and are renamed now, like every other.
-    let renamed = |id: &str| {
-        let t = sim.graph();
-        let upn = t
-            .user(id)
-            .and_then(|u| u.props["userPrincipalName"].as_str().map(str::to_string))
-            .unwrap_or_default();
-        drop(t);
-        sim.salesforce()
-            .users_where("Username", &upn)
-            .first()
-            .is_some_and(|u| u["FirstName"] == json!("Later"))
-    };
+    let renamed = |id: &str| sf_user(&sim, id).is_some_and(|u| u["FirstName"] == json!("Later"));
     let missed: Vec<&String> = ids[3..40].iter().filter(|id| !renamed(id)).collect();
     assert!(missed.is_empty(), "not renamed: {missed:?}");
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use provisor::engine::{Engine, Quiet};
 use provisor::sim::Sim;
-use provisor_e2e::{copy_dir, engine_with, repo_root, start_sim};
+use provisor_e2e::{audit_details, copy_dir, engine_with, repo_root, start_sim};
 use serde_json::{Map, Value, json};
 
 /// The gallery-defaults pack with its `on_leave` replaced and `extra`
@@ -90,18 +90,6 @@ fn is_active(sim: &Sim, sf: &str) -> bool {
         == Some(json!(true))
 }
 
-async fn events(engine: &Engine, name: &str) -> Vec<Value> {
-    engine
-        .store
-        .audit_rows(None)
-        .await
-        .expect("audit")
-        .into_iter()
-        .filter(|r| r.event == name)
-        .map(|r| r.detail)
-        .collect()
-}
-
 /// The gallery pack hands open Opportunities, Leads and Cases to the
 /// manager; closed and converted ones keep their owner; every move is
 /// audited; then the leaver is deactivated.
@@ -151,7 +139,7 @@ async fn open_records_go_to_the_manager_then_the_leaver_is_deactivated() {
         "converted is skipped"
     );
     assert!(!is_active(&sim, &sf), "deactivated after the move");
-    let moved = events(&engine, "record.reassigned").await;
+    let moved = audit_details(&engine, "record.reassigned").await;
     assert_eq!(moved.len(), 3);
     let opp = moved
         .iter()
@@ -242,7 +230,7 @@ async fn an_inactive_manager_falls_back_and_round_robin_spreads_evenly() {
     let (lo, hi) = (per.values().min().copied(), per.values().max().copied());
     assert!(hi.unwrap_or(0) - lo.unwrap_or(0) <= 1, "{per:?}");
     assert!(team.iter().all(|t| per.contains_key(t)));
-    let refused = events(&engine, "leaver.target_refused").await;
+    let refused = audit_details(&engine, "leaver.target_refused").await;
     assert!(
         refused.iter().any(|e| e["target"] == json!("Manager")
             && e["reason"].as_str().is_some_and(|r| r.contains("inactive"))),
@@ -291,12 +279,15 @@ async fn queues_take_only_what_they_support_and_unmoved_records_keep_the_leaver_
         .expect("login");
     assert_eq!(login["IsFrozen"], json!(true), "but frozen");
     assert_eq!(r.waiting, 1, "{r:?}");
-    let refused = events(&engine, "leaver.target_refused").await;
+    let refused = audit_details(&engine, "leaver.target_refused").await;
     assert!(
         refused.iter().any(|e| e["object"] == json!("Opportunity")),
         "{refused:?}"
     );
-    assert_eq!(events(&engine, "leaver.records_remain").await.len(), 1);
+    assert_eq!(
+        audit_details(&engine, "leaver.records_remain").await.len(),
+        1
+    );
 }
 
 /// 5,000 open Opportunities move through Bulk API 2.0, every one of them
