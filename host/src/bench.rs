@@ -231,6 +231,20 @@ fn spawn_sim_with(
 
 /// A config for the emulator at `listen` with the pack at `pack` and a
 /// fresh SQLite store in `dir`.
+/// A fresh directory for one run's store and packs.
+fn scratch_dir() -> anyhow::Result<std::path::PathBuf> {
+    let dir =
+        std::env::temp_dir().join(format!("provisor-bench-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// `rules/gallery-defaults`, found from the working directory or the binary.
+fn gallery_pack() -> anyhow::Result<std::path::PathBuf> {
+    find_rules_dir(std::path::Path::new("rules/gallery-defaults"))
+        .context("cannot find rules/gallery-defaults")
+}
+
 fn bench_config(
     listen: &str,
     pack: &std::path::Path,
@@ -248,11 +262,8 @@ fn bench_config(
 async fn entra_read(a: EntraReadArgs) -> anyhow::Result<ExitCode> {
     let (sim, listen, generated) = spawn_sim(a.users, a.latency_ms)?;
 
-    let dir =
-        std::env::temp_dir().join(format!("provisor-bench-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir)?;
-    let pack = find_rules_dir(std::path::Path::new("rules/gallery-defaults"))
-        .context("cannot find rules/gallery-defaults")?;
+    let dir = scratch_dir()?;
+    let pack = gallery_pack()?;
     let mut cfg = bench_config(&listen, &pack, &dir)?;
     cfg.entra.page_size = a.page_size;
     let engine = engine_from_config(&cfg).await?;
@@ -465,9 +476,7 @@ async fn sync_run(a: &SyncArgs, users: usize, naive: bool) -> anyhow::Result<Syn
     let share = a.existing_share.to_string();
     let (sim, listen, _) =
         spawn_sim_with(users, a.latency_ms, &["--existing-share", share.as_str()])?;
-    let dir =
-        std::env::temp_dir().join(format!("provisor-bench-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir)?;
+    let dir = scratch_dir()?;
     let pack = gallery_with_permission_set(&dir, "Sales_Cloud_User")?;
     let mut cfg = bench_config(&listen, &pack, &dir)?;
     if naive {
@@ -629,8 +638,7 @@ fn gallery_with_permission_set(
     dir: &std::path::Path,
     permission_set: &str,
 ) -> anyhow::Result<std::path::PathBuf> {
-    let gallery = find_rules_dir(std::path::Path::new("rules/gallery-defaults"))
-        .context("cannot find rules/gallery-defaults")?;
+    let gallery = gallery_pack()?;
     let pack = dir.join("pack");
     std::fs::create_dir_all(&pack)?;
     let manifest = std::fs::read_to_string(gallery.join("pack.toml"))?;
@@ -661,9 +669,7 @@ async fn salesforce_create(a: SalesforceCreateArgs) -> anyhow::Result<ExitCode> 
         bail!("--permission-set {:?} is not an API name", a.permission_set);
     }
     let (sim, listen, generated) = spawn_sim(a.users, a.latency_ms)?;
-    let dir =
-        std::env::temp_dir().join(format!("provisor-bench-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir)?;
+    let dir = scratch_dir()?;
     let pack = gallery_with_permission_set(&dir, &a.permission_set)?;
     let cfg = bench_config(&listen, &pack, &dir)?;
     let engine = engine_from_config(&cfg).await?;
@@ -816,11 +822,8 @@ async fn leaver_setup(
     edit: impl FnOnce(&mut Config),
 ) -> anyhow::Result<LeaverSetup> {
     let (sim, listen, _) = spawn_sim(users, latency_ms)?;
-    let dir =
-        std::env::temp_dir().join(format!("provisor-bench-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir)?;
-    let pack = find_rules_dir(std::path::Path::new("rules/gallery-defaults"))
-        .context("cannot find rules/gallery-defaults")?;
+    let dir = scratch_dir()?;
+    let pack = gallery_pack()?;
     let mut cfg = bench_config(&listen, &pack, &dir)?;
     edit(&mut cfg);
     let engine = engine_from_config(&cfg).await?;

@@ -111,10 +111,15 @@ impl Engine {
                     .push((object.clone(), records));
             }
         }
-        // The managers' accounts, checked once for all leavers.
-        let manager_ids: Vec<String> = users
-            .values()
-            .filter_map(|d| d.user.manager_id.clone())
+        if by_owner.is_empty() {
+            return Ok(held);
+        }
+        // The managers' accounts, checked once for the leavers who own
+        // something.
+        let manager_ids: Vec<String> = leavers
+            .iter()
+            .filter(|a| a.sf_id.as_ref().is_some_and(|sf| by_owner.contains_key(sf)))
+            .filter_map(|a| users.get(&a.entra_id)?.user.manager_id.clone())
             .collect();
         let managers = self.managers_state(&manager_ids).await?;
         let mut checked: HashMap<String, Result<Owners, String>> = HashMap::new();
@@ -477,12 +482,7 @@ impl Engine {
         leaver: &crate::store::DirtyUser,
         records: Vec<OwnedRecords>,
     ) -> Result<Result<ReassignmentPlan, crate::rules::RuleError>, SyncError> {
-        let env =
-            crate::rules::HostEnv::new(std::sync::Arc::new(super::directory::LiveDirectory::new(
-                self.salesforce.clone(),
-                self.store.clone(),
-                self.org_tables.clone(),
-            )));
+        let env = self.rules_env();
         let (pack, user, groups, worker_env) = (
             pack.clone(),
             leaver.user.clone(),
@@ -500,8 +500,9 @@ impl Engine {
 
     /// Sets the new owners: Collections with `Sforce-Auto-Assign: FALSE`
     /// (assignment rules would hand Leads and Cases to someone else again)
-    /// up to the bulk threshold, Bulk API 2.0 above it. Rows refused for a
-    /// row lock are sent once more, alone. Returns (moved: record, owner)
+    /// up to the bulk threshold, Bulk API 2.0 above it. Rows a job refused
+    /// for a row lock, or did not reach, are sent once more through
+    /// Collections. Returns (moved: record, owner)
     /// and (refused: record, error).
     async fn transfer(
         &self,
@@ -528,7 +529,7 @@ impl Engine {
                 .salesforce
                 .ingest(object, BulkOperation::Update, &rows)
                 .await
-                .map_err(|e| SyncError::Reassign(e.to_string()))?;
+                .map_err(SyncError::Reassign)?;
             for (i, r) in out.rows.iter().enumerate() {
                 match r {
                     RowOutcome::Success { .. } => moved.push(moves[i].clone()),

@@ -138,7 +138,7 @@ pub enum SyncError {
     Evaluation(String),
     /// Moving a leaver's records through Bulk API 2.0 failed as a whole.
     #[error("reassigning a leaver's records: {0}")]
-    Reassign(String),
+    Reassign(#[source] crate::salesforce::BulkError),
     /// The task planning a large cycle's next chunk stopped (it panicked).
     #[error("planning the cycle's next chunk of users failed: {0}")]
     Planner(String),
@@ -1667,6 +1667,16 @@ impl Engine {
     /// the configuration lets in) on a blocking thread, where the host
     /// API's lookups may wait on Salesforce and the store; returns each
     /// user's evaluation and what the pack was refused.
+    /// The rules' host API, reading through this engine's Salesforce
+    /// client, store and the organisation's mapping tables.
+    fn rules_env(&self) -> crate::rules::HostEnv {
+        crate::rules::HostEnv::new(std::sync::Arc::new(directory::LiveDirectory::new(
+            self.salesforce.clone(),
+            self.store.clone(),
+            self.org_tables.clone(),
+        )))
+    }
+
     async fn evaluate_all(
         &self,
         pack: &std::sync::Arc<crate::rules::Pack>,
@@ -1687,11 +1697,7 @@ impl Engine {
                 (d.user.clone(), d.groups.clone(), ask)
             })
             .collect();
-        let env = crate::rules::HostEnv::new(std::sync::Arc::new(directory::LiveDirectory::new(
-            self.salesforce.clone(),
-            self.store.clone(),
-            self.org_tables.clone(),
-        )));
+        let env = self.rules_env();
         let pack = pack.clone();
         let worker_env = env.clone();
         let evaluations = tokio::task::spawn_blocking(move || {
