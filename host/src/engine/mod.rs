@@ -1017,14 +1017,12 @@ impl Engine {
         // planning is CPU and reads, applying mostly waits on Salesforce.
         // What the next plan needs from this one (reference lookups, seats,
         // aliases, claimed accounts) is in `memo` before its writes start.
-        let chunks: Vec<&[String]> = ids.chunks(self.cfg.plan_chunk_users).collect();
-        let mut next = match chunks.first() {
+        let mut chunks = ids.chunks(self.cfg.plan_chunk_users);
+        let mut next = match chunks.next() {
             Some(first) => Some(self.plan_chunk(&cycle, first, obs, &mut memo).await?),
             None => None,
         };
-        let mut at = 0;
         while let Some(planned) = next.take() {
-            at += 1;
             let Planned {
                 mut plan,
                 mut outcomes,
@@ -1076,7 +1074,7 @@ impl Engine {
             // The next chunk is planned on a task of its own, so that it
             // runs on another core (planning in this task starved the
             // writes of CPU). It owns the memo until it is done.
-            let upcoming = chunks.get(at).map(|c| {
+            let upcoming = chunks.next().map(|c| {
                 obs.on(Progress::Planning { users: c.len() });
                 let engine = self.clone();
                 let (cycle, chunk) = (cycle.clone(), c.to_vec());
