@@ -12,12 +12,13 @@
 //! with the leaver, who then stays frozen and is not deactivated, unless
 //! the pack says `deactivate_anyway`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use futures::StreamExt;
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-use super::{Action, ActionKind, CycleReport, Engine, Outcome, SyncError};
+use super::{ActionKind, CycleReport, Engine, Outcome, SyncError};
 use crate::audit::AuditEvent;
 use crate::rules::{OwnedRecords, OwnerTarget, ReassignmentPlan};
 use crate::salesforce::{BulkOperation, RowOutcome, soql_quote};
@@ -56,6 +57,46 @@ struct Owners {
     named: String,
 }
 
+/// What the pack decided for a cycle's leavers, every target checked
+/// (active, a queue that supports the object, read access to each record).
+struct Decided {
+    /// Per object, the records to move.
+    moves: BTreeMap<String, Vec<Move>>,
+    /// Per leaver (Entra id): what it owns and whether the pack lets it be
+    /// deactivated with records left.
+    owned: Vec<(String, ByObject, bool)>,
+    /// Leavers whose `on-leave` failed: the error.
+    errors: Vec<(String, String)>,
+    /// Refused targets, for the audit trail.
+    events: Vec<AuditEvent>,
+}
+
+/// One object of one leaver still looking for a target.
+struct Pending<'a> {
+    leaver: usize,
+    object: String,
+    records: Vec<Owned>,
+    targets: &'a [OwnerTarget],
+    next: usize,
+    /// This round gave its records to a target, pending a read check.
+    placed: bool,
+}
+
+/// A leaver's records as `provisor plan` previews them: per object, how
+/// many go where, and how many stay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReassignPreview {
+    pub entra_id: String,
+    pub sf_id: String,
+    pub object: String,
+    /// (target as the pack named it, new owner id, records).
+    pub to: Vec<(String, String, usize)>,
+    /// Records no valid target can take.
+    pub staying: usize,
+    /// Whether the leaver is deactivated even with records staying.
+    pub deactivate_anyway: bool,
+}
+
 impl Engine {
     /// Moves the open records of this plan's leavers (users with a
     /// `Deactivate`), after their freeze. Returns the leavers whose
@@ -68,168 +109,31 @@ impl Engine {
         report: &mut CycleReport,
     ) -> Result<HashSet<String>, SyncError> {
         let mut held = HashSet::new();
-        let leavers: Vec<&Action> = plan
+        let leavers: Vec<(String, String)> = plan
             .actions
             .iter()
-            .filter(|a| matches!(a.kind, ActionKind::Deactivate) && a.sf_id.is_some())
+            .filter(|a| matches!(a.kind, ActionKind::Deactivate))
             .filter(|a| {
                 outcomes
                     .get(&a.entra_id)
                     .is_none_or(|o| o.failed.is_none() && !o.deferred)
             })
+            .filter_map(|a| Some((a.entra_id.clone(), a.sf_id.clone()?)))
             .collect();
-        if leavers.is_empty() {
+        let Some(decided) = self.decide_reassignments(Some(cycle), &leavers).await? else {
             return Ok(held);
-        }
+        };
         let pack = self.pack.get();
-        let mut objects: Vec<(String, Option<&str>)> = OPEN_RECORDS
-            .iter()
-            .map(|(o, open)| (o.to_string(), Some(*open)))
-            .collect();
-        for o in &pack.access.objects {
-            if !objects.iter().any(|(x, _)| x == o) {
-                objects.push((o.clone(), None));
-            }
-        }
-        let ids: Vec<String> = leavers.iter().map(|a| a.entra_id.clone()).collect();
-        let users: HashMap<String, crate::store::DirtyUser> = self
-            .store
-            .users_in(&ids)
-            .await?
-            .into_iter()
-            .map(|d| (d.user.id.clone(), d))
-            .collect();
-        // One read per object for all the cycle's leavers (a mass leave
-        // must not cost a query per leaver and object).
-        let owners: Vec<String> = leavers.iter().filter_map(|a| a.sf_id.clone()).collect();
-        let mut by_owner: HashMap<String, ByObject> = HashMap::new();
-        for (object, open) in &objects {
-            for (owner, records) in self.owned_records(object, *open, &owners).await? {
-                by_owner
-                    .entry(owner)
-                    .or_default()
-                    .push((object.clone(), records));
-            }
-        }
-        if by_owner.is_empty() {
-            return Ok(held);
-        }
-        // The managers' accounts, checked once for the leavers who own
-        // something.
-        let manager_ids: Vec<String> = leavers
-            .iter()
-            .filter(|a| a.sf_id.as_ref().is_some_and(|sf| by_owner.contains_key(sf)))
-            .filter_map(|a| users.get(&a.entra_id)?.user.manager_id.clone())
-            .collect();
-        let managers = self.managers_state(&manager_ids).await?;
-        let mut checked: HashMap<String, Result<Owners, String>> = HashMap::new();
-        // What each leaver owns and what was decided, then the moves of
-        // all leavers together, per object.
-        let mut decided: Vec<(&Action, ByObject, bool)> = Vec::new();
-        let mut moves: HashMap<String, Vec<Move>> = HashMap::new();
-        let mut events = Vec::new();
-        for a in leavers {
-            let (Some(sf), Some(d)) = (a.sf_id.as_deref(), users.get(&a.entra_id)) else {
-                continue;
-            };
-            let Some(owned) = by_owner.remove(sf) else {
-                continue;
-            };
-            let summary: Vec<OwnedRecords> = owned
-                .iter()
-                .map(|(object, recs)| {
-                    let mut accounts: Vec<String> =
-                        recs.iter().filter_map(|r| r.account.clone()).collect();
-                    accounts.sort();
-                    accounts.dedup();
-                    OwnedRecords {
-                        object: object.clone(),
-                        count: u32::try_from(recs.len()).unwrap_or(u32::MAX),
-                        accounts,
-                    }
-                })
-                .collect();
-            let decision = match self.ask_on_leave(cycle, &pack, d, summary).await? {
-                Ok(p) => p,
-                Err(e) => {
-                    // The records stay; so does the freeze.
-                    held.insert(a.entra_id.clone());
-                    outcomes.entry(a.entra_id.clone()).or_default().failed = Some(format!(
-                        "the leaver's records were not moved, so it stays frozen: {e}"
-                    ));
-                    continue;
-                }
-            };
-            for r in &decision.reassignments {
-                let Some(records) = owned.iter().find(|(o, _)| o == &r.object).map(|(_, x)| x)
-                else {
-                    continue;
-                };
-                let mut owners = None;
-                for t in &r.targets {
-                    if matches!(t, OwnerTarget::Keep) {
-                        break;
-                    }
-                    // A manager is the leaver's own; other targets are the
-                    // same for everyone.
-                    let whose = match t {
-                        OwnerTarget::Manager => d.user.manager_id.clone().unwrap_or_default(),
-                        _ => String::new(),
-                    };
-                    let key = format!("{}|{t:?}|{whose}", r.object);
-                    if !checked.contains_key(&key) {
-                        let c = self.check_target(&r.object, t, d, &managers).await?;
-                        checked.insert(key.clone(), c);
-                    }
-                    match checked.get(&key) {
-                        Some(Ok(o)) => {
-                            owners = Some(o.clone());
-                            break;
-                        }
-                        Some(Err(why)) => events.push(AuditEvent {
-                            event: "leaver.target_refused".into(),
-                            entra_id: Some(a.entra_id.clone()),
-                            sf_id: Some(sf.to_string()),
-                            detail: json!({
-                                "object": r.object, "target": format!("{t:?}"),
-                                "reason": why, "records": records.len(),
-                                "pack": pack.id(), "rule": "on-leave",
-                            }),
-                        }),
-                        None => {}
-                    }
-                }
-                let Some(owners) = owners else { continue };
-                // Grouped by parent account, then spread in turn.
-                let mut order: Vec<&Owned> = records.iter().collect();
-                order.sort_by(|x, y| x.account.cmp(&y.account).then(x.id.cmp(&y.id)));
-                let parents: HashMap<String, String> = order
-                    .iter()
-                    .enumerate()
-                    .map(|(i, rec)| (rec.id.clone(), owners.ids[i % owners.ids.len()].clone()))
-                    .collect();
-                let list = moves.entry(r.object.clone()).or_default();
-                for rec in &order {
-                    if let Some(to) = parents.get(&rec.id) {
-                        list.push(Move::new(a, sf, &rec.id, to, &owners));
-                    }
-                }
-                // Children the pack names follow their parent's new owner.
-                for child in &r.children {
-                    let found = self.children_of(child, &r.object, sf, &parents).await?;
-                    let list = moves.entry(child.clone()).or_default();
-                    for (id, to) in found {
-                        list.push(Move::new(a, sf, &id, &to, &owners));
-                    }
-                }
-            }
-            decided.push((a, owned, decision.deactivate_anyway));
+        let mut events = decided.events;
+        for (id, e) in decided.errors {
+            // The records stay; so does the freeze.
+            held.insert(id.clone());
+            outcomes.entry(id).or_default().failed = Some(format!(
+                "the leaver's records were not moved, so it stays frozen: {e}"
+            ));
         }
         let mut moved: HashSet<String> = HashSet::new();
-        let mut objects: Vec<&String> = moves.keys().collect();
-        objects.sort();
-        for object in objects {
-            let list = &moves[object];
+        for (object, list) in &decided.moves {
             let pairs: Vec<(String, String)> = list
                 .iter()
                 .map(|m| (m.record.clone(), m.to.clone()))
@@ -251,7 +155,7 @@ impl Engine {
             report.records_reassigned += done.len();
         }
         self.store.append_audit(cycle, &events).await?;
-        for (a, owned, anyway) in decided {
+        for (id, owned, anyway) in decided.owned {
             let left: Vec<String> = owned
                 .iter()
                 .filter_map(|(object, recs)| {
@@ -260,8 +164,8 @@ impl Engine {
                 })
                 .collect();
             if !left.is_empty() && !anyway {
-                held.insert(a.entra_id.clone());
-                let o = outcomes.entry(a.entra_id.clone()).or_default();
+                held.insert(id.clone());
+                let o = outcomes.entry(id).or_default();
                 o.waiting = Some(format!(
                     "stays frozen, not deactivated: still owns {} open records with no valid new owner (see leaver.target_refused in the audit trail)",
                     left.join(", ")
@@ -270,6 +174,310 @@ impl Engine {
             }
         }
         Ok(held)
+    }
+
+    /// What would happen to these leavers' open records (Entra id,
+    /// Salesforce id): the same reads, rule and checks as a cycle, and no
+    /// write (not even to the audit trail).
+    pub async fn preview_reassignments(
+        &self,
+        leavers: &[(String, String)],
+    ) -> Result<Vec<ReassignPreview>, SyncError> {
+        let Some(decided) = self.decide_reassignments(None, leavers).await? else {
+            return Ok(Vec::new());
+        };
+        let sf_of: HashMap<&str, &str> = leavers
+            .iter()
+            .map(|(e, s)| (e.as_str(), s.as_str()))
+            .collect();
+        let mut out = Vec::new();
+        for (id, owned, anyway) in &decided.owned {
+            for (object, recs) in owned {
+                let ids: HashSet<&str> = recs.iter().map(|r| r.id.as_str()).collect();
+                let mut to: BTreeMap<(String, String), usize> = BTreeMap::new();
+                let mut moving = 0;
+                for m in decided.moves.get(object).into_iter().flatten() {
+                    if &m.entra_id == id && ids.contains(m.record.as_str()) {
+                        moving += 1;
+                        *to.entry((m.target.clone(), m.to.clone())).or_default() += 1;
+                    }
+                }
+                out.push(ReassignPreview {
+                    entra_id: id.clone(),
+                    sf_id: sf_of
+                        .get(id.as_str())
+                        .copied()
+                        .unwrap_or_default()
+                        .to_string(),
+                    object: object.clone(),
+                    to: to.into_iter().map(|((t, o), n)| (t, o, n)).collect(),
+                    staying: recs.len() - moving,
+                    deactivate_anyway: *anyway,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads what the leavers own, asks the pack and checks every target.
+    /// `cycle` is `None` for a preview: nothing is audited then. `None`
+    /// back when no leaver owns an open record.
+    async fn decide_reassignments(
+        &self,
+        cycle: Option<&str>,
+        leavers: &[(String, String)],
+    ) -> Result<Option<Decided>, SyncError> {
+        if leavers.is_empty() {
+            return Ok(None);
+        }
+        let pack = self.pack.get();
+        let mut objects: Vec<(String, Option<&str>)> = OPEN_RECORDS
+            .iter()
+            .map(|(o, open)| (o.to_string(), Some(*open)))
+            .collect();
+        for o in &pack.access.objects {
+            if !objects.iter().any(|(x, _)| x == o) {
+                objects.push((o.clone(), None));
+            }
+        }
+        let ids: Vec<String> = leavers.iter().map(|(e, _)| e.clone()).collect();
+        let users: HashMap<String, crate::store::DirtyUser> = self
+            .store
+            .users_in(&ids)
+            .await?
+            .into_iter()
+            .map(|d| (d.user.id.clone(), d))
+            .collect();
+        // One read per object for all the cycle's leavers (a mass leave
+        // must not cost a query per leaver and object).
+        let owners: Vec<String> = leavers.iter().map(|(_, s)| s.clone()).collect();
+        let mut by_owner: HashMap<String, ByObject> = HashMap::new();
+        for (object, open) in &objects {
+            for (owner, records) in self.owned_records(object, *open, &owners).await? {
+                by_owner
+                    .entry(owner)
+                    .or_default()
+                    .push((object.clone(), records));
+            }
+        }
+        if by_owner.is_empty() {
+            return Ok(None);
+        }
+        // The managers' accounts, checked once for the leavers who own
+        // something.
+        let manager_ids: Vec<String> = leavers
+            .iter()
+            .filter(|(_, sf)| by_owner.contains_key(sf))
+            .filter_map(|(e, _)| users.get(e)?.user.manager_id.clone())
+            .collect();
+        let managers = self.managers_state(&manager_ids).await?;
+        let mut out = Decided {
+            moves: BTreeMap::new(),
+            owned: Vec::new(),
+            errors: Vec::new(),
+            events: Vec::new(),
+        };
+        // Each leaver's decision, then every object of every leaver walks
+        // its targets in rounds: all the read-access checks of a round
+        // go out together.
+        let mut asked: Vec<(&str, &str, &crate::store::DirtyUser, ReassignmentPlan)> = Vec::new();
+        for (entra, sf) in leavers {
+            let Some(d) = users.get(entra) else { continue };
+            let Some(owned) = by_owner.remove(sf) else {
+                continue;
+            };
+            let summary: Vec<OwnedRecords> = owned
+                .iter()
+                .map(|(object, recs)| {
+                    let mut accounts: Vec<String> =
+                        recs.iter().filter_map(|r| r.account.clone()).collect();
+                    accounts.sort();
+                    accounts.dedup();
+                    OwnedRecords {
+                        object: object.clone(),
+                        count: u32::try_from(recs.len()).unwrap_or(u32::MAX),
+                        accounts,
+                    }
+                })
+                .collect();
+            match self.ask_on_leave(cycle, &pack, d, summary).await? {
+                Ok(p) => {
+                    out.owned.push((entra.clone(), owned, p.deactivate_anyway));
+                    asked.push((entra, sf, d, p));
+                }
+                Err(e) => out.errors.push((entra.clone(), e.to_string())),
+            }
+        }
+        let mut pending: Vec<Pending> = Vec::new();
+        for (i, (_, _, _, p)) in asked.iter().enumerate() {
+            // `owned` and `asked` grow together.
+            let owned = &out.owned[i].1;
+            for r in &p.reassignments {
+                if let Some((_, recs)) = owned.iter().find(|(o, _)| o == &r.object) {
+                    let mut records = recs.clone();
+                    // Grouped by parent account, then spread in turn.
+                    records.sort_by(|x, y| x.account.cmp(&y.account).then(x.id.cmp(&y.id)));
+                    pending.push(Pending {
+                        leaver: i,
+                        object: r.object.clone(),
+                        records,
+                        targets: &r.targets,
+                        next: 0,
+                        placed: false,
+                    });
+                }
+            }
+        }
+        let mut checked: HashMap<String, Result<Owners, String>> = HashMap::new();
+        // (leaver, object) -> record -> new owner, for the children.
+        let mut parents: HashMap<(usize, String), HashMap<String, String>> = HashMap::new();
+        while !pending.is_empty() {
+            let mut tentative: Vec<(usize, Owned, String, Owners)> = Vec::new();
+            for (k, p) in pending.iter_mut().enumerate() {
+                let (entra, sf, d, _) = &asked[p.leaver];
+                let mut owners = None;
+                while let Some(t) = p.targets.get(p.next) {
+                    p.next += 1;
+                    if matches!(t, OwnerTarget::Keep) {
+                        p.next = p.targets.len();
+                        break;
+                    }
+                    // A manager is the leaver's own; other targets are the
+                    // same for everyone.
+                    let whose = match t {
+                        OwnerTarget::Manager => d.user.manager_id.clone().unwrap_or_default(),
+                        _ => String::new(),
+                    };
+                    let key = format!("{}|{t:?}|{whose}", p.object);
+                    if !checked.contains_key(&key) {
+                        let c = self.check_target(&p.object, t, d, &managers).await?;
+                        checked.insert(key.clone(), c);
+                    }
+                    match checked.get(&key) {
+                        Some(Ok(o)) => {
+                            owners = Some(o.clone());
+                            break;
+                        }
+                        Some(Err(why)) => out.events.push(refused(
+                            entra,
+                            sf,
+                            &p.object,
+                            t,
+                            why,
+                            &p.records,
+                            &pack.id(),
+                        )),
+                        None => {}
+                    }
+                }
+                let Some(owners) = owners else { continue };
+                p.placed = true;
+                for (i, rec) in p.records.drain(..).enumerate() {
+                    let to = owners.ids[i % owners.ids.len()].clone();
+                    tentative.push((k, rec, to, owners.clone()));
+                }
+            }
+            // Read access of every user target to the records it would get.
+            let unreadable = self.unreadable(&tentative).await?;
+            for (k, rec, to, owners) in tentative {
+                let p = &mut pending[k];
+                if unreadable.contains(&(to.clone(), rec.id.clone())) {
+                    p.records.push(rec);
+                    continue;
+                }
+                let (entra, sf, _, _) = &asked[p.leaver];
+                parents
+                    .entry((p.leaver, p.object.clone()))
+                    .or_default()
+                    .insert(rec.id.clone(), to.clone());
+                out.moves
+                    .entry(p.object.clone())
+                    .or_default()
+                    .push(Move::new(entra, sf, &rec.id, &to, &owners));
+            }
+            for p in &mut pending {
+                if !std::mem::take(&mut p.placed) || p.records.is_empty() {
+                    continue;
+                }
+                let (entra, sf, _, _) = &asked[p.leaver];
+                if let Some(t) = p.targets.get(p.next - 1) {
+                    out.events.push(refused(
+                        entra,
+                        sf,
+                        &p.object,
+                        t,
+                        "TRANSFER_REQUIRES_READ: the target cannot read these records (UserRecordAccess)",
+                        &p.records,
+                        &pack.id(),
+                    ));
+                }
+            }
+            // Done: everything placed, or no target left to try.
+            pending.retain(|p| !p.records.is_empty() && p.next < p.targets.len());
+        }
+        // Children the pack names follow their parent's new owner.
+        for (i, (entra, sf, _, p)) in asked.iter().enumerate() {
+            for r in &p.reassignments {
+                let Some(moved) = parents.get(&(i, r.object.clone())) else {
+                    continue;
+                };
+                for child in &r.children {
+                    let found = self.children_of(child, &r.object, sf, moved).await?;
+                    let list = out.moves.entry(child.clone()).or_default();
+                    for (id, to) in found {
+                        let named = Owners {
+                            ids: vec![to.clone()],
+                            named: format!("{} owner", r.object),
+                        };
+                        list.push(Move::new(entra, sf, &id, &to, &named));
+                    }
+                }
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// The (user, record) pairs where the user may not read the record:
+    /// `UserRecordAccess`, one user and at most 200 records a query, the
+    /// queries kept `concurrency` in flight. Queues are not checked.
+    async fn unreadable(
+        &self,
+        tentative: &[(usize, Owned, String, Owners)],
+    ) -> Result<HashSet<(String, String)>, SyncError> {
+        let mut per_user: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (_, rec, to, _) in tentative {
+            if to.starts_with("005") {
+                per_user.entry(to).or_default().push(&rec.id);
+            }
+        }
+        let mut calls = Vec::new();
+        for (user, records) in &per_user {
+            for chunk in records.chunks(200) {
+                let list: Vec<String> = chunk.iter().map(|r| soql_quote(r)).collect();
+                let soql = format!(
+                    "SELECT RecordId, HasReadAccess FROM UserRecordAccess WHERE UserId = {} AND RecordId IN ({})",
+                    soql_quote(user),
+                    list.join(", ")
+                );
+                let user = user.to_string();
+                calls.push(async move { (user, self.salesforce.query(&soql).await) });
+            }
+        }
+        let answers: Vec<_> = futures::stream::iter(calls)
+            .buffer_unordered(self.cfg.concurrency.clamp(1, 25))
+            .collect()
+            .await;
+        let mut out = HashSet::new();
+        for (user, rows) in answers {
+            for r in rows? {
+                if r.get("HasReadAccess") == Some(&Value::Bool(false))
+                    && let Some(id) = r.get("RecordId").and_then(Value::as_str)
+                {
+                    out.insert((user.clone(), id.to_string()));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The open records of `object` that `owners` own, per owner.
@@ -477,7 +685,7 @@ impl Engine {
     /// the host API, which reads Salesforce). Refusals are audited.
     async fn ask_on_leave(
         &self,
-        cycle: &str,
+        cycle: Option<&str>,
         pack: &std::sync::Arc<crate::rules::Pack>,
         leaver: &crate::store::DirtyUser,
         records: Vec<OwnedRecords>,
@@ -494,7 +702,10 @@ impl Engine {
         })
         .await
         .map_err(|e| SyncError::Evaluation(format!("the on-leave thread failed: {e}")))?;
-        self.audit_refusals(cycle, &env.take_refusals()).await?;
+        let refusals = env.take_refusals();
+        if let Some(cycle) = cycle {
+            self.audit_refusals(cycle, &refusals).await?;
+        }
         Ok(decided)
     }
 
@@ -578,6 +789,29 @@ impl Engine {
     }
 }
 
+/// A refused target, for the audit trail.
+fn refused(
+    entra: &str,
+    sf: &str,
+    object: &str,
+    target: &OwnerTarget,
+    why: &str,
+    records: &[Owned],
+    pack: &str,
+) -> AuditEvent {
+    AuditEvent {
+        event: "leaver.target_refused".into(),
+        entra_id: Some(entra.to_string()),
+        sf_id: Some(sf.to_string()),
+        detail: json!({
+            "object": object, "target": format!("{target:?}"), "reason": why,
+            "records": records.len(),
+            "record_ids": records.iter().take(50).map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            "pack": pack, "rule": "on-leave",
+        }),
+    }
+}
+
 /// One record to move, with what the audit trail says about it.
 struct Move {
     record: String,
@@ -588,11 +822,11 @@ struct Move {
 }
 
 impl Move {
-    fn new(a: &Action, from: &str, record: &str, to: &str, owners: &Owners) -> Self {
+    fn new(entra_id: &str, from: &str, record: &str, to: &str, owners: &Owners) -> Self {
         Self {
             record: record.to_string(),
             to: to.to_string(),
-            entra_id: a.entra_id.clone(),
+            entra_id: entra_id.to_string(),
             from: from.to_string(),
             target: owners.named.clone(),
         }

@@ -49,6 +49,15 @@ pub(super) fn routes() -> Router<Sim> {
             "/_sim/salesforce/records/{object}",
             get(sf_records).post(seed_record),
         )
+        .route("/_sim/salesforce/users/{id}/sessions", post(seed_session))
+        .route(
+            "/_sim/salesforce/users/{id}/read-denied/{object}",
+            put(deny_read).delete(allow_read),
+        )
+        .route(
+            "/_sim/salesforce/integration/update-inactive-owned",
+            put(set_update_inactive_owned),
+        )
         .route("/_sim/salesforce/queues", post(seed_queue))
         .route("/_sim/salesforce/bulk", put(set_bulk))
         .route("/_sim/salesforce/bulk/jobs", get(bulk_jobs))
@@ -269,6 +278,61 @@ async fn set_blocker(
     sim.salesforce()
         .set_deactivation_blocker(&id, Some(message));
     done::<String>(Ok(json!({"id": id})))
+}
+
+/// Opens a login session and a connected-app token for the user
+/// (`{"app": "..."}`, optional), as if it had logged in.
+async fn seed_session(
+    State(sim): State<Sim>,
+    Path(id): Path<String>,
+    body: Option<axum::Json<Value>>,
+) -> Response {
+    let app = body
+        .as_ref()
+        .and_then(|b| b.get("app"))
+        .and_then(Value::as_str)
+        .unwrap_or("Salesforce Mobile")
+        .to_string();
+    match sim.salesforce().seed_session(&id, &app) {
+        Some((session, token)) => {
+            done::<String>(Ok(json!({"session": session, "deleteToken": token})))
+        }
+        None => super::json(
+            StatusCode::NOT_FOUND,
+            json!({"error": format!("no user {id}")}),
+        ),
+    }
+}
+
+/// The user may not read the object's records it does not own
+/// (TRANSFER_REQUIRES_READ when it is made their owner).
+async fn deny_read(State(sim): State<Sim>, Path((id, object)): Path<(String, String)>) -> Response {
+    sim.salesforce().set_read_denied(&id, &object, true);
+    done::<String>(Ok(json!({"id": id, "object": object})))
+}
+
+async fn allow_read(
+    State(sim): State<Sim>,
+    Path((id, object)): Path<(String, String)>,
+) -> Response {
+    sim.salesforce().set_read_denied(&id, &object, false);
+    done::<String>(Ok(json!({"id": id, "object": object})))
+}
+
+/// `{"allowed": false}` takes "Update Records with Inactive Owners" from
+/// the integration user's profile.
+async fn set_update_inactive_owned(
+    State(sim): State<Sim>,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
+    let Some(allowed) = body.get("allowed").and_then(Value::as_bool) else {
+        return super::json(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "body must be {\"allowed\": true|false}"}),
+        );
+    };
+    sim.salesforce().set_update_inactive_owned(allowed);
+    done::<String>(Ok(json!({"allowed": allowed})))
 }
 
 async fn clear_blocker(State(sim): State<Sim>, Path(id): Path<String>) -> Response {

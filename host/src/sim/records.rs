@@ -273,8 +273,35 @@ impl SfOrg {
         }
         if let Some(owner) = fields.get("OwnerId") {
             let owner = owner.as_str().unwrap_or_default();
-            if current.get("OwnerId").and_then(Value::as_str) != Some(owner) {
+            let from = current.get("OwnerId").and_then(Value::as_str);
+            if from != Some(owner) {
                 self.check_owner(name, owner).map_err(|e| vec![e])?;
+                // Moving a record away from an inactive owner needs "Update
+                // Records with Inactive Owners" (field-failures.md §7).
+                if let Some(from) = from.filter(|f| f.starts_with("005"))
+                    && self
+                        .get("User", from)
+                        .is_some_and(|u| u.get("IsActive") != Some(&Value::Bool(true)))
+                    && !self.may_update_inactive_owned()
+                {
+                    return Err(vec![err(
+                        "INACTIVE_OWNER_OR_USER",
+                        format!(
+                            "operation performed with inactive user [{from}] as owner of {}",
+                            name.to_lowercase()
+                        ),
+                        &[],
+                    )]);
+                }
+                // The new owner must be able to read the record
+                // (field-failures.md §8).
+                if owner.starts_with("005") && !self.can_read(owner, name, &current) {
+                    return Err(vec![err(
+                        "TRANSFER_REQUIRES_READ",
+                        "The new owner must have read permission: []",
+                        &[],
+                    )]);
+                }
             }
         }
         self.check_refs(defs, &fields).map_err(|e| vec![e])?;

@@ -277,7 +277,7 @@ pub fn org(tenant: &GraphTenant, _seed: u64, existing_share: f64) -> SfOrg {
         let name = format!("X00e_{}", pname.replace(' ', "_"));
         let admin = pname == "System Administrator";
         let api = pname != "Chatter Free User";
-        org.insert_raw("PermissionSet", json_map(json!({"Name": name, "Label": pname, "IsOwnedByProfile": true, "ProfileId": pid, "PermissionsManageUsers": admin, "PermissionsViewSetup": admin, "PermissionsApiEnabled": api})));
+        org.insert_raw("PermissionSet", json_map(json!({"Name": name, "Label": pname, "IsOwnedByProfile": true, "ProfileId": pid, "PermissionsManageUsers": admin, "PermissionsViewSetup": admin, "PermissionsApiEnabled": api, "PermissionsUpdateWithInactiveOwner": admin})));
     }
     let base = |username: &str, first: &str, last: &str, email: &str, profile: &str| {
         json_map(

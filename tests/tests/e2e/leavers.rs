@@ -380,3 +380,92 @@ async fn leavers_of_one_cycle_each_hand_over_to_their_own_manager() {
         assert!(!is_active(&sim, sf));
     }
 }
+
+/// A target that cannot read the record (UserRecordAccess says so) is
+/// refused before any write, and the rule's fallback gets the record;
+/// Salesforce itself would answer TRANSFER_REQUIRES_READ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_without_read_access_is_refused_and_the_fallback_used() {
+    let running = start_sim(30, 306).await;
+    let sim = running.sim.clone();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let probe = synced(
+        &running,
+        &repo_root().join("rules/gallery-defaults"),
+        &dir.path().join("probe.db"),
+        2000,
+    )
+    .await;
+    let (leaver, sf, manager) = leaver_with_manager(&sim, &probe).await;
+    let (fallback_id, fallback) = sim
+        .salesforce()
+        .rows("User")
+        .find(|u| {
+            u["IsActive"] == json!(true)
+                && u["Id"] != json!(sf)
+                && u["Id"] != json!(manager)
+                && u["Username"]
+                    .as_str()
+                    .is_some_and(|n| n.contains("contoso-sim.com"))
+        })
+        .map(|u| {
+            (
+                u["Id"].as_str().unwrap_or_default().to_string(),
+                u["Username"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .expect("a colleague");
+    let pack = pack_with(
+        dir.path(),
+        &format!(
+            "fn on_leave(user, records, settings) {{\n    records.map(|r| #{{ object: r.object, targets: [\"manager\", #{{ user: \"{fallback}\" }}], children: [] }})\n}}"
+        ),
+        "",
+    );
+    let engine = synced(&running, &pack, &dir.path().join("s.db"), 2000).await;
+    // The manager may read Leads but not Opportunities.
+    sim.salesforce()
+        .set_read_denied(&manager, "Opportunity", true);
+    let opp = seed(
+        &sim,
+        "Opportunity",
+        &sf,
+        json!({"Name": "Deal", "StageName": "Prospecting", "CloseDate": "2027-01-31"}),
+    );
+    let lead = seed(&sim, "Lead", &sf, json!({"LastName": "L", "Company": "C"}));
+    // Salesforce's own answer, had the engine not looked first.
+    let mut m = Map::new();
+    m.insert("OwnerId".into(), json!(manager));
+    let e = sim
+        .salesforce()
+        .update("Opportunity", &opp, m)
+        .expect_err("TRANSFER_REQUIRES_READ");
+    assert_eq!(e[0].code, "TRANSFER_REQUIRES_READ");
+
+    disable(&sim, &leaver);
+    let r = engine.sync_once(&Quiet).await.expect("leaver cycle");
+    assert_eq!(r.records_reassigned, 2, "{r:?}");
+    assert_eq!(owner_of(&sim, "Opportunity", &opp), fallback_id, "fallback");
+    assert_eq!(
+        owner_of(&sim, "Lead", &lead),
+        manager,
+        "the manager reads Leads"
+    );
+    let refused = audit_details(&engine, "leaver.target_refused").await;
+    assert!(
+        refused.iter().any(|e| e["object"] == json!("Opportunity")
+            && e["target"] == json!("Manager")
+            && e["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("TRANSFER_REQUIRES_READ"))
+            && e["record_ids"] == json!([opp])),
+        "{refused:?}"
+    );
+    // Refused before the write: no transfer was attempted and failed.
+    assert!(
+        audit_details(&engine, "record.reassign_failed")
+            .await
+            .is_empty()
+    );
+    assert!(!is_active(&sim, &sf));
+}
