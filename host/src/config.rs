@@ -419,6 +419,23 @@ pub struct SyncConfig {
     /// call) up to this many, through Bulk API 2.0 above it.
     #[serde(default = "default_reassign_bulk_threshold")]
     pub reassign_bulk_threshold: usize,
+    /// A deactivation refused by org configuration (default case owner,
+    /// workflow user...) is tried again after this many minutes, doubling
+    /// each time, instead of every cycle; `provisor leavers retry` tries at
+    /// once.
+    #[serde(default = "default_blocker_retry_minutes")]
+    pub blocker_retry_minutes: u64,
+    /// The longest wait between two tries of such a deactivation.
+    #[serde(default = "default_blocker_retry_max_hours")]
+    pub blocker_retry_max_hours: u64,
+}
+
+fn default_blocker_retry_minutes() -> u64 {
+    15
+}
+
+fn default_blocker_retry_max_hours() -> u64 {
+    24
 }
 
 fn default_reassign_bulk_threshold() -> usize {
@@ -450,6 +467,8 @@ impl Default for SyncConfig {
             manager_reread_hours: default_manager_reread_hours(),
             plan_chunk_users: default_plan_chunk_users(),
             reassign_bulk_threshold: default_reassign_bulk_threshold(),
+            blocker_retry_minutes: default_blocker_retry_minutes(),
+            blocker_retry_max_hours: default_blocker_retry_max_hours(),
         }
     }
 }

@@ -12,6 +12,10 @@ use crate::audit::{self, AuditEvent, AuditRow};
 use crate::entra::{GroupChange, UserChange};
 use crate::model::{Access, EntraUser, Removal};
 
+mod leavers;
+
+pub use leavers::{BlockerState, NewBlocker, OpenLeaver};
+
 /// One user's grants made by provisor: (kind, API name) -> assignment id.
 pub type ManagedGrants = HashMap<(Access, String), String>;
 

@@ -78,7 +78,11 @@ impl Engine {
             if !is_create && object == "User" {
                 // Frozen leavers' open records move before they are
                 // deactivated; those whose records stay are not.
-                let held = self.reassign_leavers(cycle, plan, outcomes, report).await?;
+                let mut held = self.reassign_leavers(cycle, plan, outcomes, report).await?;
+                let blocked = self
+                    .hold_blocked_leavers(cycle, plan, outcomes, &held)
+                    .await?;
+                held.extend(blocked);
                 list.retain(|a| {
                     !(matches!(a.kind, ActionKind::Deactivate) && held.contains(&a.entra_id))
                 });
@@ -480,6 +484,8 @@ impl Engine {
         let mut emails: Vec<(&str, String)> = Vec::new();
         // Permanent failures per error code, for the quarantine rule.
         let mut causes: HashMap<String, (usize, String)> = HashMap::new();
+        // Leavers frozen and deactivated, users back (the leavers list).
+        let (mut frozen, mut deactivated, mut returned) = (Vec::new(), Vec::new(), Vec::new());
         for ((a, oid), r) in batch.iter().zip(journal).zip(results) {
             if r.success {
                 let sf_id = r.id.clone().or_else(|| a.sf_id.clone());
@@ -513,6 +519,9 @@ impl Engine {
                     }
                     ActionKind::Deactivate => {
                         report.deactivated += 1;
+                        if let Some(sf) = a.sf_id.as_deref() {
+                            deactivated.push((a.entra_id.as_str(), sf));
+                        }
                         AuditEvent {
                             event: "user.deactivated".into(),
                             entra_id: Some(a.entra_id.clone()),
@@ -522,6 +531,7 @@ impl Engine {
                     }
                     ActionKind::Reactivate { changes } => {
                         report.reactivated += 1;
+                        returned.push(a.entra_id.as_str());
                         AuditEvent {
                             event: "user.reactivated".into(),
                             entra_id: Some(a.entra_id.clone()),
@@ -531,6 +541,9 @@ impl Engine {
                     }
                     ActionKind::Freeze { login_id } => {
                         report.frozen += 1;
+                        if let Some(sf) = a.sf_id.as_deref() {
+                            frozen.push((a.entra_id.as_str(), sf));
+                        }
                         AuditEvent {
                             event: "user.frozen".into(),
                             entra_id: Some(a.entra_id.clone()),
@@ -540,6 +553,7 @@ impl Engine {
                     }
                     ActionKind::Unfreeze { login_id } => {
                         report.unfrozen += 1;
+                        returned.push(a.entra_id.as_str());
                         AuditEvent {
                             event: "user.unfrozen".into(),
                             entra_id: Some(a.entra_id.clone()),
@@ -630,6 +644,31 @@ impl Engine {
                 if let Some(fix) = fix {
                     text.push_str(&format!(" (fix: {fix})"));
                 }
+                if blocked && let Some(sf) = a.sf_id.as_deref() {
+                    // Waits frozen, spending no attempt: retried on later
+                    // cycles (org configuration on a back-off).
+                    let b = blocker.unwrap_or(super::blockers::UNRECOGNISED);
+                    let errors = json!(r.errors);
+                    let (tries, next) = self
+                        .record_refused_deactivation(&a.entra_id, sf, &b, &msg, &errors)
+                        .await?;
+                    match &next {
+                        Some(at) => text.push_str(&format!(
+                            "; refused {tries} time(s), next try after {at} or at `provisor leavers retry`"
+                        )),
+                        None => text.push_str(&format!("; refused {tries} time(s), tried again next cycle")),
+                    }
+                    let o = outcomes.entry(a.entra_id.clone()).or_default();
+                    o.waiting = Some(text);
+                    o.quiet = true;
+                    events.push(AuditEvent {
+                        event: "user.deactivation_blocked".into(),
+                        entra_id: Some(a.entra_id.clone()),
+                        sf_id: a.sf_id.clone(),
+                        detail: json!({"errors": r.errors, "blocker": b, "tries": tries, "next_try": next}),
+                    });
+                    continue;
+                }
                 let o = outcomes.entry(a.entra_id.clone()).or_default();
                 o.failed = Some(text);
                 o.permanent = automation.is_some() && !blocked;
@@ -685,6 +724,9 @@ impl Engine {
             });
         }
         self.store.settle_many(&settled, &links, &emails).await?;
+        self.store.leavers_frozen(&frozen).await?;
+        self.store.leavers_deactivated(&deactivated).await?;
+        self.store.leavers_returned(&returned).await?;
         crash_point("mid_batch");
         self.store.append_audit(cycle, &events).await?;
         Ok(quarantine)

@@ -230,6 +230,8 @@ pub(crate) struct Outcome {
     waiting: Option<String>,
     /// The audit event for a newly held user (default: waiting for a licence).
     hold_event: Option<&'static str>,
+    /// The hold is audited already (with more detail) where it arose.
+    quiet: bool,
     /// The failure will not pass by retrying (org automation refused the
     /// save): park the user at once.
     permanent: bool,
@@ -2748,7 +2750,8 @@ impl Engine {
                     "{}: {why}",
                     d.user.user_principal_name.as_deref().unwrap_or(id)
                 ));
-                if self.store.mark_waiting(id, why).await? {
+                let quiet = outcomes.get(id).is_some_and(|o| o.quiet);
+                if self.store.mark_waiting(id, why).await? && !quiet {
                     // Newly waiting: an alert, once, not every cycle.
                     let event = outcomes
                         .get(id)

@@ -692,6 +692,34 @@ impl SalesforceClient {
             .unwrap_or_default())
     }
 
+    /// An object's describe (`GET /sobjects/{object}/describe`): its
+    /// fields with type, `custom` and `referenceTo`.
+    pub async fn describe(&self, object: &str) -> Result<Value, SfError> {
+        let path = format!("{}/sobjects/{object}/describe", self.data_path());
+        self.call(Method::GET, &path, None, &[]).await
+    }
+
+    /// Revokes a connected-app token by the `DeleteToken` an admin reads
+    /// from `OauthToken` (`POST /services/oauth2/revoke`, form `token=`):
+    /// `OauthToken` rows themselves cannot be deleted through the API.
+    pub async fn revoke_token(&self, delete_token: &str) -> Result<(), SfError> {
+        let form = format!(
+            "token={}",
+            url::form_urlencoded::byte_serialize(delete_token.as_bytes()).collect::<String>()
+        );
+        self.send(
+            Method::POST,
+            "/services/oauth2/revoke",
+            Body::Text {
+                content_type: "application/x-www-form-urlencoded",
+                text: &form,
+            },
+            &[],
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Runs a SOQL query and follows `nextRecordsUrl` to the end.
     pub async fn query(&self, soql: &str) -> Result<Vec<Map<String, Value>>, SfError> {
         tracing::debug!(soql, "Salesforce query");

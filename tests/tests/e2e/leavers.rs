@@ -469,3 +469,92 @@ async fn a_target_without_read_access_is_refused_and_the_fallback_used() {
     );
     assert!(!is_active(&sim, &sf));
 }
+
+/// A leaver who is another user's value in a custom hierarchy field is
+/// found by query before any deactivation attempt and reported with the
+/// users that point at it; it stays frozen and active, is checked again
+/// every cycle, and is deactivated once the field is cleared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaver_named_in_a_hierarchy_field_is_reported_before_any_deactivation_attempt() {
+    let running = start_sim(30, 307).await;
+    let sim = running.sim.clone();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pack = repo_root().join("rules/gallery-defaults");
+    let engine = synced(&running, &pack, &dir.path().join("s.db"), 2000).await;
+    let (leaver, sf, manager) = leaver_with_manager(&sim, &engine).await;
+    // The manager names the leaver as its approver (a custom hierarchy field).
+    let set_approver = |to: Value| {
+        let mut m = Map::new();
+        m.insert("Approver__c".into(), to);
+        sim.salesforce()
+            .update("User", &manager, m)
+            .expect("approver set");
+    };
+    set_approver(json!(sf));
+    let manager_name = sim.salesforce().get("User", &manager).expect("manager")["Username"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    // What Salesforce would answer to the deactivation itself.
+    {
+        let mut off = Map::new();
+        off.insert("IsActive".into(), json!(false));
+        let e = sim
+            .salesforce()
+            .update("User", &sf, off)
+            .expect_err("refused");
+        assert_eq!(
+            e[0].message,
+            "Cannot inactivate user that is the value of a hierarchy field: Approver__c"
+        );
+    }
+
+    disable(&sim, &leaver);
+    let r = engine.sync_once(&Quiet).await.expect("leaver cycle");
+    assert_eq!(
+        (r.frozen, r.deactivated, r.failed, r.waiting),
+        (1, 0, 0, 1),
+        "{r:?}"
+    );
+    assert!(
+        r.waiting_for[0].contains("Approver__c") && r.waiting_for[0].contains(&manager_name),
+        "{:?}",
+        r.waiting_for
+    );
+    assert!(
+        is_active(&sim, &sf),
+        "never deactivated with the reference in place"
+    );
+    let blocked = audit_details(&engine, "user.deactivation_blocked").await;
+    assert_eq!(blocked.len(), 1, "{blocked:?}");
+    let b = &blocked[0];
+    assert_eq!(b["checked_before_deactivation"], json!(true));
+    assert_eq!(b["blocker"]["kind"], json!("custom_hierarchy_field"));
+    assert_eq!(
+        b["referenced_by"],
+        json!([{"field": "Approver__c", "id": manager, "username": manager_name}])
+    );
+    // No deactivation was sent: Salesforce's own refusal would carry errors.
+    assert!(b.get("errors").is_none(), "{b}");
+    let open = engine.store.open_leavers().await.expect("leavers");
+    let state = open[0].blocker.as_ref().expect("blocker");
+    assert_eq!(
+        (state.kind.as_str(), state.org_config),
+        ("custom_hierarchy_field", false)
+    );
+
+    // Checked again next cycle (records change, not org configuration);
+    // the same finding is not audited twice.
+    let r = engine.sync_once(&Quiet).await.expect("again");
+    assert_eq!((r.deactivated, r.waiting), (0, 1));
+    assert_eq!(
+        audit_details(&engine, "user.deactivation_blocked")
+            .await
+            .len(),
+        1
+    );
+    set_approver(Value::Null);
+    let r = engine.sync_once(&Quiet).await.expect("cleared");
+    assert_eq!((r.deactivated, r.waiting), (1, 0), "{:?}", r.waiting_for);
+    assert!(!is_active(&sim, &sf));
+}

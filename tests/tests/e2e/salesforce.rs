@@ -211,17 +211,19 @@ async fn leavers_are_frozen_at_once_and_stay_frozen_while_deactivation_is_blocke
         .set_deactivation_blocker(&sf_id, Some(blocker));
     sim.graph().soft_delete_user(&entra_id).expect("leaver");
     let r = engine.sync_once(&Quiet).await.expect("cycle completes");
+    // Held, not failed: no attempt is spent and the user is never parked.
     assert_eq!(
-        (r.frozen, r.deactivated, r.failed),
-        (1, 0, 1),
+        (r.frozen, r.deactivated, r.failed, r.waiting),
+        (1, 0, 0, 1),
         "{}",
         r.plan.render()
     );
     assert!(
-        r.failures[0].contains("deactivation blocked")
-            && r.failures[0].contains("default owner of cases"),
+        r.waiting_for[0].contains("deactivation blocked")
+            && r.waiting_for[0].contains("default owner of cases")
+            && r.waiting_for[0].contains("next try after"),
         "{:?}",
-        r.failures
+        r.waiting_for
     );
     assert_eq!(
         login_frozen(&sim, &sf_id),
@@ -255,22 +257,57 @@ async fn leavers_are_frozen_at_once_and_stay_frozen_while_deactivation_is_blocke
         blocked.detail
     );
     assert!(
-        r.failures[0].contains("(default_case_owner)"),
+        r.waiting_for[0].contains("(default_case_owner)"),
         "{:?}",
-        r.failures
+        r.waiting_for
     );
+    // Listed as frozen but active, with its blocker.
+    let open = engine.store.open_leavers().await.expect("leavers");
+    assert_eq!(open.len(), 1, "{open:?}");
+    let b = open[0].blocker.as_ref().expect("blocker kept");
+    assert_eq!(
+        (b.kind.as_str(), b.tries, b.org_config),
+        ("default_case_owner", 1, true)
+    );
+    assert!(b.next_try.is_some());
 
-    // Next cycle: still frozen (not frozen again), deactivation retried.
-    let r = engine.sync_once(&Quiet).await.expect("retry");
-    assert_eq!((r.frozen, r.deactivated, r.failed), (0, 0, 1));
-    // The admin fixes the org; the retry succeeds.
+    // Org configuration: not tried again every cycle, still frozen.
+    let r = engine.sync_once(&Quiet).await.expect("next cycle");
+    assert_eq!((r.frozen, r.deactivated, r.failed, r.waiting), (0, 0, 0, 1));
+    let refusals = |rows: &[provisor::audit::AuditRow]| {
+        rows.iter()
+            .filter(|a| a.event == "user.deactivation_blocked")
+            .count()
+    };
+    let audit = engine.store.audit_rows(None).await.expect("audit");
+    assert_eq!(refusals(&audit), 1, "no second attempt inside the back-off");
+    // The admin fixes the org, but the back-off still holds ...
     sim.salesforce().set_deactivation_blocker(&sf_id, None);
+    let r = engine.sync_once(&Quiet).await.expect("held");
+    assert_eq!((r.deactivated, r.waiting), (0, 1));
+    // ... until `provisor leavers retry`: then the deactivation goes through.
+    assert_eq!(
+        engine
+            .store
+            .retry_blocked(Some(&entra_id))
+            .await
+            .expect("retry"),
+        1
+    );
     let r = engine.sync_once(&Quiet).await.expect("retry");
     assert_eq!(
-        (r.frozen, r.deactivated, r.failed),
-        (0, 1, 0),
+        (r.frozen, r.deactivated, r.failed, r.waiting),
+        (0, 1, 0, 0),
         "{:?}",
-        r.failures
+        r.waiting_for
+    );
+    assert!(
+        engine
+            .store
+            .open_leavers()
+            .await
+            .expect("leavers")
+            .is_empty()
     );
 
     // Restore: reactivated, then unfrozen.
