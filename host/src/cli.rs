@@ -130,6 +130,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Where things stand, from the store alone: the last cycle, who
+    /// waits and why, leavers frozen but still active (holding a seat) with
+    /// what blocks their deactivation, and the seats freed.
+    Status {
+        #[arg(long)]
+        config: PathBuf,
+        /// Seats freed over this many days.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Leavers between their freeze and their deactivation.
+    Leavers {
+        #[command(subcommand)]
+        command: LeaversCommand,
+    },
     /// Deactivations held back by the accidental-deletion threshold.
     Staged {
         #[arg(long)]
@@ -218,6 +236,19 @@ enum ReviewCommand {
         #[arg(long)]
         config: PathBuf,
         user: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LeaversCommand {
+    /// Try blocked deactivations at the next cycle, whatever their
+    /// back-off (after fixing the org configuration that blocked them).
+    Retry {
+        #[arg(long)]
+        config: PathBuf,
+        /// The Entra object id or userPrincipalName; every blocked leaver
+        /// when absent.
+        user: Option<String>,
     },
 }
 
@@ -536,6 +567,43 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 eprintln!("drift report written to {}", dir.display());
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { config, days, json } => {
+            let cfg = Config::load(&config)?;
+            let store = Store::open_existing(&cfg.store.url).await?;
+            let status = crate::status::Status::read(&store, days).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status.render());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Leavers {
+            command: LeaversCommand::Retry { config, user },
+        } => {
+            let cfg = Config::load(&config)?;
+            let store = Store::open_existing(&cfg.store.url).await?;
+            let id = match &user {
+                Some(u) => Some(store.find_user(u).await?.with_context(|| {
+                    format!("no Entra user {u:?} in the store (object id or userPrincipalName)")
+                })?),
+                None => None,
+            };
+            let n = store.retry_blocked(id.as_deref()).await?;
+            store
+                .append_audit(
+                    "operator",
+                    &[crate::audit::AuditEvent {
+                        event: "leaver.retry_requested".into(),
+                        entra_id: id.clone(),
+                        sf_id: None,
+                        detail: serde_json::json!({"by": "operator", "leavers": n}),
+                    }],
+                )
+                .await?;
+            println!("{n} blocked deactivation(s) will be tried at the next cycle");
             Ok(ExitCode::SUCCESS)
         }
         Command::Show { config, user } => {

@@ -20,4 +20,5 @@ pub mod model;
 pub mod rules;
 pub mod salesforce;
 pub mod sim;
+pub mod status;
 pub mod store;

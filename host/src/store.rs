@@ -13,8 +13,10 @@ use crate::entra::{GroupChange, UserChange};
 use crate::model::{Access, EntraUser, Removal};
 
 mod leavers;
+mod status;
 
 pub use leavers::{BlockerState, NewBlocker, OpenLeaver};
+pub use status::{LastCycle, Waiting};
 
 /// One user's grants made by provisor: (kind, API name) -> assignment id.
 pub type ManagedGrants = HashMap<(Access, String), String>;

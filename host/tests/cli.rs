@@ -331,3 +331,102 @@ fn every_rhai_pack_shipped_in_rules_passes_its_own_cases() {
         );
     }
 }
+
+/// `provisor status` lists a leaver whose deactivation Salesforce refused,
+/// frozen but active, with the blocker and where to fix it; `provisor
+/// leavers retry` re-arms it by UPN and says how many.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_lists_blocked_leavers_and_leavers_retry_rearms_them() {
+    use provisor::sim::{Sim, SimOptions};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sim = Sim::new(SimOptions {
+        users: 20,
+        seed: 45,
+        ..Default::default()
+    });
+    let running = sim
+        .serve(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .expect("sim");
+    let store = format!("sqlite://{}?mode=rwc", dir.path().join("p.db").display());
+    let path = dir.path().join("provisor.toml");
+    std::fs::write(
+        &path,
+        running.config_toml(
+            &repo().join("rules/gallery-defaults").display().to_string(),
+            &store,
+        ),
+    )
+    .expect("write");
+    let run = |args: &[&str]| {
+        let out = provisor()
+            .args(args)
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .expect("runs");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    tokio::task::block_in_place(|| run(&["sync", "--once"]));
+    let (entra_id, upn) = sim
+        .graph()
+        .users()
+        .find(|u| u.props.get("accountEnabled") == Some(&serde_json::json!(true)))
+        .map(|u| {
+            (
+                u.id.clone(),
+                u.props["userPrincipalName"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .expect("a user");
+    let sf = sim.salesforce().users_where("Username", &upn)[0]["Id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    sim.salesforce().set_deactivation_blocker(
+        &sf,
+        Some("You cannot deactivate this user. You cannot deactivate a user who is the default owner of cases"),
+    );
+    sim.graph().soft_delete_user(&entra_id).expect("leaver");
+    tokio::task::block_in_place(|| run(&["sync", "--once"]));
+
+    let status = tokio::task::block_in_place(|| run(&["status"]));
+    for want in [
+        "frozen but still active (each holds a licence seat): 1",
+        upn.as_str(),
+        "blocked: default_case_owner",
+        "Support Settings",
+        "(or now: provisor leavers retry)",
+        "last cycle:",
+    ] {
+        assert!(status.contains(want), "{want:?} in\n{status}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&tokio::task::block_in_place(|| run(&["status", "--json"])))
+            .expect("JSON");
+    assert_eq!(json["frozen_but_active"][0]["sf_id"], serde_json::json!(sf));
+    assert!(json["frozen_but_active"][0]["blocker"]["next_try"].is_string());
+
+    let retry = tokio::task::block_in_place(|| run(&["leavers", "retry", &upn]));
+    assert!(retry.contains("1 blocked deactivation"), "{retry}");
+    let json: serde_json::Value =
+        serde_json::from_str(&tokio::task::block_in_place(|| run(&["status", "--json"])))
+            .expect("JSON");
+    assert!(json["frozen_but_active"][0]["blocker"]["next_try"].is_null());
+    // Fixed in the org: the next cycle deactivates, and the seat shows as freed.
+    sim.salesforce().set_deactivation_blocker(&sf, None);
+    tokio::task::block_in_place(|| run(&["sync", "--once"]));
+    let status = tokio::task::block_in_place(|| run(&["status"]));
+    assert!(
+        status.contains("frozen but still active (each holds a licence seat): 0"),
+        "{status}"
+    );
+}
