@@ -78,6 +78,7 @@ impl Engine {
             if !is_create && object == "User" {
                 // Frozen leavers' open records move before they are
                 // deactivated; those whose records stay are not.
+                self.end_sessions(cycle, plan, outcomes).await?;
                 let mut held = self.reassign_leavers(cycle, plan, outcomes, report).await?;
                 let blocked = self
                     .hold_blocked_leavers(cycle, plan, outcomes, &held)

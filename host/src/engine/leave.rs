@@ -176,6 +176,147 @@ impl Engine {
         Ok(held)
     }
 
+    /// Ends the sessions and connected-app tokens of leavers frozen in
+    /// this plan: freezing blocks new logins only. `AuthSession` rows are
+    /// deleted (Salesforce allows delete on them); `OauthToken` allows no
+    /// delete, so each is revoked by its `DeleteToken`. A failure is
+    /// audited and does not stop the leaver's flow (the freeze holds).
+    pub(super) async fn end_sessions(
+        &self,
+        cycle: &str,
+        plan: &super::Plan,
+        outcomes: &HashMap<String, Outcome>,
+    ) -> Result<(), SyncError> {
+        let frozen: Vec<(&str, &str)> = plan
+            .actions
+            .iter()
+            .filter(|a| matches!(a.kind, ActionKind::Freeze { .. }))
+            .filter(|a| {
+                outcomes
+                    .get(&a.entra_id)
+                    .is_none_or(|o| o.failed.is_none() && !o.deferred)
+            })
+            .filter_map(|a| Some((a.entra_id.as_str(), a.sf_id.as_deref()?)))
+            .collect();
+        if frozen.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<String> = frozen.iter().map(|(_, s)| s.to_string()).collect();
+        let mut events = Vec::new();
+        let audit_failure =
+            |events: &mut Vec<AuditEvent>, what: &str, e: &dyn std::fmt::Display| {
+                for (entra, sf) in &frozen {
+                    events.push(AuditEvent {
+                        event: "user.sessions_end_failed".into(),
+                        entra_id: Some(entra.to_string()),
+                        sf_id: Some(sf.to_string()),
+                        detail: json!({"step": what, "error": e.to_string()}),
+                    });
+                }
+            };
+        // Per user: (sessions ended, sessions refused, apps revoked, apps refused).
+        type Ended = (usize, Vec<String>, Vec<String>, Vec<String>);
+        let mut per: HashMap<String, Ended> = HashMap::new();
+        match self
+            .query_in(&ids, |list| {
+                format!("SELECT Id, UsersId FROM AuthSession WHERE UsersId IN ({list})")
+            })
+            .await
+        {
+            Ok(rows) => {
+                let sessions: Vec<(String, String)> = rows
+                    .iter()
+                    .filter_map(|r| {
+                        Some((
+                            r.get("Id")?.as_str()?.to_string(),
+                            r.get("UsersId")?.as_str()?.to_string(),
+                        ))
+                    })
+                    .collect();
+                for chunk in sessions.chunks(200) {
+                    let del: Vec<String> = chunk.iter().map(|(id, _)| id.clone()).collect();
+                    match self.salesforce.delete_many(&del).await {
+                        Ok(results) => {
+                            for ((_, user), r) in chunk.iter().zip(results) {
+                                let e = per.entry(user.clone()).or_default();
+                                // Already gone (logged out meanwhile) is ended.
+                                if r.success
+                                    || r.errors.iter().any(|x| x.code == "ENTITY_IS_DELETED")
+                                {
+                                    e.0 += 1;
+                                } else {
+                                    e.1.push(r.error_text());
+                                }
+                            }
+                        }
+                        Err(err) => audit_failure(&mut events, "delete AuthSession", &err),
+                    }
+                }
+            }
+            Err(err) => audit_failure(&mut events, "read AuthSession", &err),
+        }
+        match self
+            .query_in(&ids, |list| {
+                format!(
+                    "SELECT UserId, AppName, DeleteToken FROM OauthToken WHERE UserId IN ({list})"
+                )
+            })
+            .await
+        {
+            Ok(rows) => {
+                let tokens: Vec<(String, String, String)> = rows
+                    .iter()
+                    .filter_map(|r| {
+                        Some((
+                            r.get("UserId")?.as_str()?.to_string(),
+                            r.get("AppName")
+                                .and_then(Value::as_str)
+                                .unwrap_or("?")
+                                .to_string(),
+                            r.get("DeleteToken")?.as_str()?.to_string(),
+                        ))
+                    })
+                    .collect();
+                let calls: Vec<_> = tokens
+                    .iter()
+                    .map(|(_, _, t)| self.salesforce.revoke_token(t))
+                    .collect();
+                let results: Vec<_> = futures::stream::iter(calls)
+                    .buffered(self.cfg.concurrency.clamp(1, 25))
+                    .collect()
+                    .await;
+                for ((user, app, _), r) in tokens.iter().zip(results) {
+                    let e = per.entry(user.clone()).or_default();
+                    match r {
+                        Ok(()) => e.2.push(app.clone()),
+                        Err(err) => e.3.push(format!("{app}: {err}")),
+                    }
+                }
+            }
+            Err(err) => audit_failure(&mut events, "read OauthToken", &err),
+        }
+        for (entra, sf) in &frozen {
+            let Some((ended, refused, revoked, failed)) = per.remove(*sf) else {
+                continue;
+            };
+            events.push(AuditEvent {
+                event: if refused.is_empty() && failed.is_empty() {
+                    "user.sessions_ended".into()
+                } else {
+                    "user.sessions_end_failed".into()
+                },
+                entra_id: Some(entra.to_string()),
+                sf_id: Some(sf.to_string()),
+                detail: json!({
+                    "sessions_ended": ended, "sessions_refused": refused,
+                    "tokens_revoked": revoked, "tokens_refused": failed,
+                }),
+            });
+        }
+        self.store.append_audit(cycle, &events).await?;
+        Ok(())
+    }
+
     /// What would happen to these leavers' open records (Entra id,
     /// Salesforce id): the same reads, rule and checks as a cycle, and no
     /// write (not even to the audit trail).

@@ -558,3 +558,65 @@ async fn a_leaver_named_in_a_hierarchy_field_is_reported_before_any_deactivation
     assert_eq!((r.deactivated, r.waiting), (1, 0), "{:?}", r.waiting_for);
     assert!(!is_active(&sim, &sf));
 }
+
+/// Freezing blocks new logins only: the leaver's open sessions are
+/// deleted and its connected-app tokens revoked (by `DeleteToken`), other
+/// users' stay, and the audit trail says what was ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_leavers_sessions_and_oauth_tokens_are_ended() {
+    let running = start_sim(30, 308).await;
+    let sim = running.sim.clone();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pack = repo_root().join("rules/gallery-defaults");
+    let engine = synced(&running, &pack, &dir.path().join("s.db"), 2000).await;
+    let (leaver, sf, manager) = leaver_with_manager(&sim, &engine).await;
+    for app in ["Salesforce Mobile", "Outlook Integration"] {
+        sim.salesforce().seed_session(&sf, app).expect("session");
+    }
+    sim.salesforce()
+        .seed_session(&manager, "Salesforce Mobile")
+        .expect("session");
+    let of = |object: &str, field: &str, user: &str| {
+        sim.salesforce()
+            .rows(object)
+            .filter(|r| r[field] == json!(user))
+            .count()
+    };
+    assert_eq!(
+        (
+            of("AuthSession", "UsersId", &sf),
+            of("OauthToken", "UserId", &sf)
+        ),
+        (2, 2)
+    );
+
+    disable(&sim, &leaver);
+    let r = engine.sync_once(&Quiet).await.expect("leaver cycle");
+    assert_eq!((r.frozen, r.deactivated), (1, 1), "{r:?}");
+    assert_eq!(
+        (
+            of("AuthSession", "UsersId", &sf),
+            of("OauthToken", "UserId", &sf)
+        ),
+        (0, 0)
+    );
+    assert_eq!(
+        (
+            of("AuthSession", "UsersId", &manager),
+            of("OauthToken", "UserId", &manager)
+        ),
+        (1, 1),
+        "other users keep theirs"
+    );
+    let ended = audit_details(&engine, "user.sessions_ended").await;
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert_eq!(ended[0]["sessions_ended"], json!(2));
+    let mut apps: Vec<String> = ended[0]["tokens_revoked"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str().map(str::to_string))
+        .collect();
+    apps.sort();
+    assert_eq!(apps, ["Outlook Integration", "Salesforce Mobile"]);
+}
