@@ -415,7 +415,8 @@ impl Engine {
             }
         }
         self.store.append_audit(cycle, &events).await?;
-        Ok(None)
+        // Deactivated leavers give back what provisor granted them.
+        self.release_leavers(cycle, report).await
     }
 
     /// CommunityNickname is unique per org: creates refused only for a

@@ -9,6 +9,7 @@ mod directory;
 mod guard;
 mod leave;
 mod reconcile;
+mod release;
 
 pub use reconcile::{Drift, DriftReport};
 
@@ -211,6 +212,10 @@ pub struct CycleReport {
     /// Leavers' open records moved to a new owner.
     #[serde(skip_serializing_if = "is_zero")]
     pub records_reassigned: usize,
+    /// Licence seats deactivated leavers freed (user licences and the
+    /// permission set licences provisor had granted them).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub seats_released: usize,
     /// Actions of a large (chunked) cycle left out of `plan`, which keeps
     /// the first ones.
     #[serde(skip_serializing_if = "is_zero")]

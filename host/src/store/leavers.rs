@@ -248,16 +248,21 @@ impl Store {
             .collect())
     }
 
-    /// Deactivated leavers that still have access provisor granted
-    /// (Entra id, Salesforce id): released after the deactivation.
-    pub async fn deactivated_with_grants(&self) -> Result<Vec<(String, String)>, StoreError> {
-        sqlx::query_as(
-            "SELECT DISTINCT l.entra_id, l.sf_id FROM leavers l JOIN managed_grants g ON g.entra_id = l.entra_id \
-             WHERE l.deactivated_at IS NOT NULL ORDER BY l.entra_id",
+    /// Deactivated leavers with something left to release (Entra id,
+    /// Salesforce id, whether their user licence seat is not yet counted):
+    /// access provisor granted, or the seat of the last deactivation.
+    pub async fn leavers_to_release(&self) -> Result<Vec<(String, String, bool)>, StoreError> {
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT l.entra_id, l.sf_id, NOT EXISTS (SELECT 1 FROM released_seats r WHERE r.entra_id = l.entra_id \
+             AND r.kind = 'user_licence' AND r.released_at >= l.deactivated_at) FROM leavers l \
+             WHERE l.deactivated_at IS NOT NULL AND (EXISTS (SELECT 1 FROM managed_grants g WHERE g.entra_id = l.entra_id) \
+             OR NOT EXISTS (SELECT 1 FROM released_seats r WHERE r.entra_id = l.entra_id \
+             AND r.kind = 'user_licence' AND r.released_at >= l.deactivated_at)) ORDER BY l.entra_id",
         )
         .fetch_all(&self.pool)
         .await
-        .map_err(q("read leavers to release"))
+        .map_err(q("read leavers to release"))?;
+        Ok(rows.into_iter().map(|(e, s, n)| (e, s, n != 0)).collect())
     }
 
     /// Seats released: (Entra id, Salesforce id, kind, licence name).

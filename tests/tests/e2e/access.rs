@@ -349,3 +349,92 @@ async fn a_restored_user_is_reactivated_first_then_its_access_is_granted_again()
         );
     }
 }
+
+/// After a leaver's deactivation, what provisor granted is removed
+/// (Salesforce keeps it on inactive users, and the permission set licence
+/// seat stays taken); a hand-made membership stays; the seats freed are
+/// counted per licence for `provisor status`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deactivated_leaver_gives_back_what_provisor_granted_and_the_seats_are_counted() {
+    let running = start_sim(80, 59).await;
+    let sim = running.sim.clone();
+    sim.salesforce()
+        .set_permission_set_licence_total("EinsteinAnalyticsPlusPsl", 100);
+    let support = members(&sim, "SF-Support");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pack = repo_root().join("tests/fixtures/packs/access-full");
+    let engine = engine_with(&running, &pack, &dir.path().join("a.db"), fast).await;
+    let r = engine.sync_once(&Quiet).await.expect("initial sync");
+    assert_eq!(r.failed, 0, "{:?}", r.failures);
+    let full = set(&[
+        "PS:CRM_Analytics_Plus_User",
+        "PSL:EinsteinAnalyticsPlusPsl",
+        "Queue:Support_Queue",
+    ]);
+    let (leaver, upn) = support
+        .iter()
+        .find(|(_, upn)| held(&sim, &sf_id(&sim, upn)) == full)
+        .cloned()
+        .expect("a support user with the licence");
+    let sf = sf_id(&sim, &upn);
+    // An admin's own grant on the same user is not provisor's to remove.
+    let mut m = Map::new();
+    m.insert(
+        "GroupId".into(),
+        json!(id_by(&sim, "Group", "DeveloperName", "Sales_Queue")),
+    );
+    m.insert("UserOrGroupId".into(), json!(sf));
+    sim.salesforce()
+        .create("GroupMember", m)
+        .expect("hand-made membership");
+    let used_before = psl_used(&sim);
+
+    let mut off = Map::new();
+    off.insert("accountEnabled".into(), json!(false));
+    sim.graph().update_user(&leaver, off).expect("disable");
+    let r = engine.sync_once(&Quiet).await.expect("leaver cycle");
+    assert_eq!((r.deactivated, r.failed), (1, 0), "{:?}", r.failures);
+    assert_eq!(held(&sim, &sf), set(&["Queue:Sales_Queue"]));
+    assert_eq!(psl_used(&sim), used_before - 1, "the seat is free again");
+    assert_eq!(
+        r.seats_released, 2,
+        "user licence and permission set licence"
+    );
+    let audit = engine.store.audit_rows(None).await.expect("audit");
+    let released: Vec<&str> = audit
+        .iter()
+        .filter(|a| a.detail["reason"] == json!("released after deactivation"))
+        .map(|a| a.event.as_str())
+        .collect();
+    assert_eq!(
+        released,
+        [
+            "user.queue_removed",
+            "user.permission_set_removed",
+            "user.permission_set_license_removed"
+        ],
+        "sets before the licence they need"
+    );
+    let status = provisor::status::Status::read(&engine.store, 30)
+        .await
+        .expect("status");
+    let freed: Vec<(String, String, i64)> = status
+        .seats_freed
+        .iter()
+        .map(|s| (s.kind.clone(), s.licence.clone(), s.seats))
+        .collect();
+    assert_eq!(
+        freed,
+        [
+            ("user_licence".to_string(), "Salesforce".to_string(), 1),
+            (
+                "permission_set_license".to_string(),
+                "EinsteinAnalyticsPlusPsl".to_string(),
+                1
+            )
+        ]
+    );
+    // Nothing is released twice.
+    let r = engine.sync_once(&Quiet).await.expect("next cycle");
+    assert_eq!(r.seats_released, 0);
+}
