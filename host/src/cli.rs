@@ -455,10 +455,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let cfg = Config::load(&config)?;
             let engine = engine_from_config(&cfg).await?;
             let plan = engine.dry_run(&LogObserver).await?;
+            let previews = engine.preview_leavers(&plan).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&plan)?);
+                // The plan's own keys, and where leavers' records would go.
+                let mut v = serde_json::to_value(&plan)?;
+                v["reassignments"] = serde_json::to_value(&previews)?;
+                println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print!("{}", plan.render());
+                let upn = |id: &str| {
+                    plan.actions
+                        .iter()
+                        .find(|a| a.entra_id == id)
+                        .and_then(|a| a.upn.clone())
+                        .unwrap_or_else(|| id.to_string())
+                };
+                print!("{}", crate::engine::render_previews(&previews, &upn));
             }
             if let Some(out) = out {
                 std::fs::write(&out, plan.to_file())

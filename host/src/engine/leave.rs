@@ -930,6 +930,43 @@ impl Engine {
     }
 }
 
+/// The readable preview of leavers' records, for `provisor plan`;
+/// `upn` names a leaver by its Entra id.
+pub fn render_previews(previews: &[ReassignPreview], upn: &dyn Fn(&str) -> String) -> String {
+    use std::fmt::Write as _;
+    if previews.is_empty() {
+        return String::new();
+    }
+    let mut out =
+        String::from("\nleavers' open records (previewed; nothing moves until a sync):\n");
+    let mut last = "";
+    for p in previews {
+        if p.entra_id != last {
+            let _ = writeln!(out, "  {} (Salesforce {}):", upn(&p.entra_id), p.sf_id);
+            last = &p.entra_id;
+        }
+        let mut parts: Vec<String> =
+            p.to.iter()
+                .map(|(target, owner, n)| format!("{n} to {owner} ({target})"))
+                .collect();
+        if p.staying > 0 {
+            parts.push(if p.deactivate_anyway {
+                format!(
+                    "{} stay with the leaver, deactivated anyway (the pack says so)",
+                    p.staying
+                )
+            } else {
+                format!(
+                    "{} stay with the leaver, which then stays frozen and active",
+                    p.staying
+                )
+            });
+        }
+        let _ = writeln!(out, "    {}: {}", p.object, parts.join("; "));
+    }
+    out
+}
+
 /// A refused target, for the audit trail.
 fn refused(
     entra: &str,

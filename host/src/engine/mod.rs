@@ -11,6 +11,7 @@ mod leave;
 mod reconcile;
 mod release;
 
+pub use leave::{ReassignPreview, render_previews};
 pub use reconcile::{Drift, DriftReport};
 
 pub use guard::Orphan;
@@ -686,6 +687,18 @@ impl Engine {
         } = self.plan(&cycle, obs).await?;
         self.guard(&cycle, &mut plan, &mut outcomes, true).await?;
         Ok(plan)
+    }
+
+    /// Where the open records of a plan's leavers would go: the same
+    /// reads, rule and target checks as a sync, with no write at all.
+    pub async fn preview_leavers(&self, plan: &Plan) -> Result<Vec<ReassignPreview>, SyncError> {
+        let leavers: Vec<(String, String)> = plan
+            .actions
+            .iter()
+            .filter(|a| matches!(a.kind, ActionKind::Deactivate))
+            .filter_map(|a| Some((a.entra_id.clone(), a.sf_id.clone()?)))
+            .collect();
+        self.preview_reassignments(&leavers).await
     }
 
     /// `provisor apply --plan FILE`: applies an approved plan, and refuses

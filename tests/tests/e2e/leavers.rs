@@ -620,3 +620,63 @@ async fn a_frozen_leavers_sessions_and_oauth_tokens_are_ended() {
     apps.sort();
     assert_eq!(apps, ["Outlook Integration", "Salesforce Mobile"]);
 }
+
+/// `provisor plan` previews a leaver's records (how many per object and to
+/// whom, and what would stay) with the same checks as a sync and without
+/// any write; the sync then does what the preview said.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plan_previews_where_a_leavers_records_go_without_moving_them() {
+    let running = start_sim(30, 309).await;
+    let sim = running.sim.clone();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pack = repo_root().join("rules/gallery-defaults");
+    let engine = synced(&running, &pack, &dir.path().join("s.db"), 2000).await;
+    let (leaver, sf, manager) = leaver_with_manager(&sim, &engine).await;
+    sim.salesforce().set_read_denied(&manager, "Case", true);
+    let opps: Vec<String> = (0..2)
+        .map(|i| {
+            seed(
+                &sim,
+                "Opportunity",
+                &sf,
+                json!({"Name": format!("D{i}"), "StageName": "Prospecting", "CloseDate": "2027-01-31"}),
+            )
+        })
+        .collect();
+    let case = seed(&sim, "Case", &sf, json!({"Subject": "Help"}));
+    disable(&sim, &leaver);
+
+    let plan = engine.dry_run(&Quiet).await.expect("dry run");
+    let previews = engine.preview_leavers(&plan).await.expect("preview");
+    let by_object: HashMap<&str, &provisor::engine::ReassignPreview> =
+        previews.iter().map(|p| (p.object.as_str(), p)).collect();
+    assert_eq!(
+        by_object["Opportunity"].to,
+        [("manager".to_string(), manager.clone(), 2)]
+    );
+    assert_eq!(by_object["Opportunity"].staying, 0);
+    assert!(by_object["Case"].to.is_empty());
+    assert_eq!(by_object["Case"].staying, 1);
+    let text = provisor::engine::render_previews(&previews, &|id| id.to_string());
+    assert!(
+        text.contains(&format!("Opportunity: 2 to {manager} (manager)"))
+            && text.contains("Case: 1 stay with the leaver, which then stays frozen and active"),
+        "{text}"
+    );
+    // Nothing moved, nothing was audited.
+    for o in &opps {
+        assert_eq!(owner_of(&sim, "Opportunity", o), sf);
+    }
+    assert_eq!(owner_of(&sim, "Case", &case), sf);
+    for event in ["record.reassigned", "leaver.target_refused"] {
+        assert!(audit_details(&engine, event).await.is_empty(), "{event}");
+    }
+
+    // The sync does what the preview said.
+    let r = engine.sync_once(&Quiet).await.expect("leaver cycle");
+    assert_eq!((r.records_reassigned, r.deactivated, r.waiting), (2, 0, 1));
+    for o in &opps {
+        assert_eq!(owner_of(&sim, "Opportunity", o), manager);
+    }
+    assert_eq!(owner_of(&sim, "Case", &case), sf);
+}
