@@ -28,3 +28,14 @@ CREATE TABLE released_seats (
     released_at  TEXT NOT NULL
 );
 CREATE INDEX released_seats_at ON released_seats (released_at);
+
+-- Users already inactive in Salesforce when provisor took them over (a
+-- leaver before provisor managed it): their open records are handed over
+-- by the pack's on-leave; pending until none is left with them.
+CREATE TABLE handovers (
+    entra_id   TEXT PRIMARY KEY,
+    sf_id      TEXT NOT NULL,
+    pending    INTEGER NOT NULL,
+    since      TEXT NOT NULL,
+    done_at    TEXT
+);

@@ -119,6 +119,7 @@ pub async fn test_connection(engine: &Engine) -> Vec<Check> {
         }
         Err(e) => out.push(check("Salesforce: integration user", false, e.to_string())),
     }
+    out.push(update_inactive_owned(engine).await);
 
     // Everything the rule pack says it references.
     let pack = engine.pack.get();
@@ -202,4 +203,37 @@ pub async fn test_connection(engine: &Engine) -> Vec<Check> {
         }
     }
     out
+}
+
+/// "Update Records with Inactive Owners": without it, handing over the
+/// records of users already inactive fails. A separate query, because the
+/// field is missing where the org preference behind it is off.
+async fn update_inactive_owned(engine: &Engine) -> Check {
+    const NAME: &str = "Salesforce: integration user has Update Records with Inactive Owners";
+    const WITHOUT: &str = "leavers' records owned by users already inactive cannot be handed over (Salesforce answers INACTIVE_OWNER_OR_USER)";
+    let sf = &engine.salesforce;
+    let me = match sf.user_id().await {
+        Ok(me) => me,
+        Err(e) => return check(NAME, false, e.to_string()),
+    };
+    let q = format!(
+        "SELECT Id FROM PermissionSetAssignment WHERE AssigneeId = {} AND PermissionSet.PermissionsUpdateWithInactiveOwner = true",
+        soql_quote(&me)
+    );
+    match sf.query(&q).await {
+        Ok(rows) if !rows.is_empty() => check(NAME, true, "granted"),
+        Ok(_) => check(
+            NAME,
+            false,
+            format!("missing: {WITHOUT}; grant it with a permission set"),
+        ),
+        Err(e) if e.to_string().contains("INVALID_FIELD") => check(
+            NAME,
+            false,
+            format!(
+                "unavailable: turn on \"Enable Set Audit Fields upon Record Creation and Update Records with Inactive Owners\" (Setup > User Interface), then grant it; otherwise {WITHOUT}"
+            ),
+        ),
+        Err(e) => check(NAME, false, e.to_string()),
+    }
 }

@@ -565,7 +565,8 @@ impl Engine {
                     }
                     ActionKind::Link { .. }
                     | ActionKind::Grant { .. }
-                    | ActionKind::Revoke { .. } => {
+                    | ActionKind::Revoke { .. }
+                    | ActionKind::Handover => {
                         continue;
                     }
                 };
@@ -840,7 +841,10 @@ fn record_for(a: &Action, refs: &super::Refs) -> Map<String, Value> {
             r.insert("id".into(), json!(login_id));
             r.insert("IsFrozen".into(), json!(false));
         }
-        ActionKind::Link { .. } | ActionKind::Grant { .. } | ActionKind::Revoke { .. } => {}
+        ActionKind::Link { .. }
+        | ActionKind::Grant { .. }
+        | ActionKind::Revoke { .. }
+        | ActionKind::Handover => {}
     }
     r
 }

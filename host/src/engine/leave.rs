@@ -112,7 +112,7 @@ impl Engine {
         let leavers: Vec<(String, String)> = plan
             .actions
             .iter()
-            .filter(|a| matches!(a.kind, ActionKind::Deactivate))
+            .filter(|a| matches!(a.kind, ActionKind::Deactivate | ActionKind::Handover))
             .filter(|a| {
                 outcomes
                     .get(&a.entra_id)
@@ -120,7 +120,18 @@ impl Engine {
             })
             .filter_map(|a| Some((a.entra_id.clone(), a.sf_id.clone()?)))
             .collect();
+        let handovers: Vec<(&str, &str)> = plan
+            .actions
+            .iter()
+            .filter(|a| matches!(a.kind, ActionKind::Handover))
+            .filter_map(|a| Some((a.entra_id.as_str(), a.sf_id.as_deref()?)))
+            .collect();
+        // Kept as pending until nothing is left with the inactive user, so
+        // a stopped cycle or a refused target is taken up again.
+        self.store.handovers_started(&handovers).await?;
         let Some(decided) = self.decide_reassignments(Some(cycle), &leavers).await? else {
+            let done: Vec<&str> = handovers.iter().map(|(e, _)| *e).collect();
+            self.store.handovers_done(&done).await?;
             return Ok(held);
         };
         let pack = self.pack.get();
@@ -173,6 +184,12 @@ impl Engine {
                 o.hold_event = Some("leaver.records_remain");
             }
         }
+        let done: Vec<&str> = handovers
+            .iter()
+            .map(|(e, _)| *e)
+            .filter(|e| !held.contains(*e))
+            .collect();
+        self.store.handovers_done(&done).await?;
         Ok(held)
     }
 

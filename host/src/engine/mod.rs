@@ -2130,6 +2130,11 @@ impl Engine {
             .map(|r| r.entra_id)
             .collect();
         let pending_emails = self.store.pending_emails().await?;
+        // Already-inactive users whose records are still being handed over.
+        let handovers = {
+            let ids: Vec<String> = desired.iter().map(|(d, _)| d.user.id.clone()).collect();
+            self.store.handovers_pending(&ids).await?
+        };
         // The accounts as read, for the store's last known state.
         let mut observed: Vec<(String, SfRecord)> = Vec::new();
         for (d, want) in &desired {
@@ -2450,7 +2455,19 @@ impl Engine {
                                 format!("leaver: {cause}"),
                             );
                         }
-                        (false, false) => {}
+                        (false, false) => {
+                            // Inactive before provisor took it over: its
+                            // open records may still sit with it.
+                            if first_match || handovers.contains(id.as_str()) {
+                                push(
+                                    &mut plan,
+                                    ActionKind::Handover,
+                                    format!(
+                                        "leaver already inactive in Salesforce when provisor took it over ({cause}): its open records are handed over"
+                                    ),
+                                );
+                            }
+                        }
                         (true, false) => {
                             push(
                                 &mut plan,

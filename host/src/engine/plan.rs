@@ -49,6 +49,9 @@ pub enum ActionKind {
     },
     /// Set IsActive = true, with any other changes that are due.
     Reactivate { changes: BTreeMap<String, Change> },
+    /// Hand over the open records of a user already inactive in Salesforce
+    /// when provisor took it over (by the pack's `on-leave`); no User write.
+    Handover,
 }
 
 impl ActionKind {
@@ -64,6 +67,7 @@ impl ActionKind {
             Self::Unfreeze { .. } => "unfreeze",
             Self::Grant { .. } => "grant",
             Self::Revoke { .. } => "revoke",
+            Self::Handover => "handover",
         }
     }
 
@@ -116,6 +120,8 @@ pub struct PlanCounts {
     pub grant: usize,
     /// Access revoked.
     pub revoke: usize,
+    /// Already-inactive users whose open records are handed over.
+    pub handover: usize,
 }
 
 impl Plan {
@@ -133,6 +139,7 @@ impl Plan {
                 ActionKind::Unfreeze { .. } => c.unfreeze += 1,
                 ActionKind::Grant { .. } => c.grant += 1,
                 ActionKind::Revoke { .. } => c.revoke += 1,
+                ActionKind::Handover => c.handover += 1,
             }
         }
         c
@@ -173,6 +180,12 @@ impl Plan {
                 ActionKind::Update { changes } => {
                     let _ = writeln!(out, "  ~ update     User {sf}  ({who})");
                     render_changes(&mut out, changes);
+                }
+                ActionKind::Handover => {
+                    let _ = writeln!(
+                        out,
+                        "  > handover   open records of inactive User {sf}  ({who})"
+                    );
                 }
                 ActionKind::Deactivate => {
                     let _ = writeln!(out, "  - deactivate User {sf}  ({who})");

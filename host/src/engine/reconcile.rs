@@ -90,6 +90,11 @@ impl Engine {
                     }
                 }
                 ActionKind::Deactivate => push("IsActive".into(), "false".into(), "true".into()),
+                ActionKind::Handover => push(
+                    "OwnerId".into(),
+                    "open records handed over".into(),
+                    "still owned by the inactive user".into(),
+                ),
                 ActionKind::Freeze { .. } => push("IsFrozen".into(), "true".into(), "false".into()),
                 ActionKind::Unfreeze { .. } => {
                     push("IsFrozen".into(), "false".into(), "true".into())

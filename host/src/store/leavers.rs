@@ -265,6 +265,66 @@ impl Store {
         Ok(rows.into_iter().map(|(e, s, n)| (e, s, n != 0)).collect())
     }
 
+    /// Already-inactive users whose records are to be handed over
+    /// (Entra id, Salesforce id); one already listed stays as it is.
+    pub async fn handovers_started(&self, rows: &[(&str, &str)]) -> Result<(), StoreError> {
+        let at = now();
+        for (e, s) in rows {
+            sqlx::query(
+                "INSERT INTO handovers (entra_id, sf_id, pending, since) VALUES (?, ?, 1, ?) \
+                 ON CONFLICT (entra_id) DO UPDATE SET sf_id = excluded.sf_id, pending = 1, done_at = NULL",
+            )
+            .bind(*e)
+            .bind(*s)
+            .bind(&at)
+            .execute(&self.pool)
+            .await
+            .map_err(q("start handover"))?;
+        }
+        Ok(())
+    }
+
+    /// Handovers with nothing left to move.
+    pub async fn handovers_done(&self, entra_ids: &[&str]) -> Result<(), StoreError> {
+        let at = now();
+        for e in entra_ids {
+            sqlx::query("UPDATE handovers SET pending = 0, done_at = ? WHERE entra_id = ?")
+                .bind(&at)
+                .bind(*e)
+                .execute(&self.pool)
+                .await
+                .map_err(q("finish handover"))?;
+        }
+        Ok(())
+    }
+
+    /// Which of these users still have records to hand over.
+    pub async fn handovers_pending(
+        &self,
+        entra_ids: &[String],
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let mut out = std::collections::HashSet::new();
+        for chunk in entra_ids.chunks(ROWS_PER_STATEMENT) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "SELECT entra_id FROM handovers WHERE pending = 1 AND entra_id IN (",
+            );
+            let mut list = qb.separated(", ");
+            for id in chunk {
+                list.push_bind(id);
+            }
+            qb.push(")");
+            for r in qb
+                .build()
+                .fetch_all(&self.pool)
+                .await
+                .map_err(q("read handovers"))?
+            {
+                out.insert(r.get::<String, _>(0));
+            }
+        }
+        Ok(out)
+    }
+
     /// Seats released: (Entra id, Salesforce id, kind, licence name).
     pub async fn add_released_seats(
         &self,

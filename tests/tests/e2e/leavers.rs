@@ -680,3 +680,123 @@ async fn the_plan_previews_where_a_leavers_records_go_without_moving_them() {
     }
     assert_eq!(owner_of(&sim, "Case", &case), sf);
 }
+
+/// A user already inactive in Salesforce when provisor takes it over (a
+/// leaver before provisor) still owning open records: they are handed over
+/// the same way. Without "Update Records with Inactive Owners" Salesforce
+/// refuses (INACTIVE_OWNER_OR_USER), `test-connection` says so, and the
+/// handover is taken up again once the permission is granted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_of_users_inactive_before_provisor_are_handed_over() {
+    use provisor::sim::SimOptions;
+    let sim = Sim::new(SimOptions {
+        users: 40,
+        seed: 310,
+        existing_share: 0.5,
+        ..Default::default()
+    });
+    let running = sim
+        .serve(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .expect("sim");
+    // An Entra leaver whose Salesforce account is already inactive, with a
+    // manager still enabled, and a second one for the refused case.
+    let candidates: Vec<(String, String)> = {
+        let g = sim.graph();
+        let enabled = |id: &str| {
+            g.users()
+                .any(|u| u.id == id && u.props.get("accountEnabled") == Some(&json!(true)))
+        };
+        g.users()
+            .filter(|u| u.props.get("accountEnabled") == Some(&json!(true)))
+            .filter(|u| u.manager_id.as_deref().is_some_and(enabled))
+            .filter_map(|u| {
+                let upn = u.props["userPrincipalName"].as_str()?;
+                let sf = sim.salesforce().users_where("Username", upn).first()?["Id"]
+                    .as_str()?
+                    .to_string();
+                Some((u.id.clone(), sf))
+            })
+            .take(2)
+            .collect()
+    };
+    assert_eq!(candidates.len(), 2, "the tenant needs two such users");
+    let mut opps = Vec::new();
+    for (entra, sf) in &candidates {
+        disable(&sim, entra);
+        let mut off = Map::new();
+        off.insert("IsActive".into(), json!(false));
+        sim.salesforce().update("User", sf, off).expect("inactive");
+        opps.push(seed(
+            &sim,
+            "Opportunity",
+            sf,
+            json!({"Name": "Old deal", "StageName": "Prospecting", "CloseDate": "2027-01-31"}),
+        ));
+    }
+    // Without the permission, moving records off an inactive owner fails.
+    sim.salesforce().set_update_inactive_owned(false);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pack = repo_root().join("rules/gallery-defaults");
+    let engine = engine_with(&running, &pack, &dir.path().join("s.db"), |c| {
+        c.sync.retries = 1;
+        c.sync.retry_base_ms = 1;
+    })
+    .await;
+    let checks = provisor::connection::test_connection(&engine).await;
+    let check = checks
+        .iter()
+        .find(|c| c.name.contains("Update Records with Inactive Owners"))
+        .expect("the check runs");
+    assert!(
+        !check.ok && check.detail.contains("INACTIVE_OWNER_OR_USER"),
+        "{check:?}"
+    );
+    let r = engine.sync_once(&Quiet).await.expect("first cycle");
+    assert!(
+        r.plan.render().contains("> handover"),
+        "{}",
+        r.plan.render()
+    );
+    assert_eq!(r.records_reassigned, 0);
+    let failed = audit_details(&engine, "record.reassign_failed").await;
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    assert!(
+        failed.iter().all(|f| f["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("INACTIVE_OWNER_OR_USER"))),
+        "{failed:?}"
+    );
+    for ((_, sf), o) in candidates.iter().zip(&opps) {
+        assert_eq!(&owner_of(&sim, "Opportunity", o), sf, "stays put");
+    }
+
+    // Granted: the next cycle hands the records over (still pending).
+    sim.salesforce().set_update_inactive_owned(true);
+    assert!(
+        provisor::connection::test_connection(&engine)
+            .await
+            .iter()
+            .any(|c| c.name.contains("Update Records with Inactive Owners") && c.ok)
+    );
+    let r = engine.sync_once(&Quiet).await.expect("second cycle");
+    assert_eq!(r.records_reassigned, 2, "{r:?}");
+    for ((entra, sf), o) in candidates.iter().zip(&opps) {
+        let manager = sim
+            .graph()
+            .users()
+            .find(|u| &u.id == entra)
+            .and_then(|u| u.manager_id.clone())
+            .expect("manager");
+        let links = engine.store.links().await.expect("links");
+        assert_eq!(owner_of(&sim, "Opportunity", o), links[&manager], "{sf}");
+        assert!(!is_active(&sim, sf));
+    }
+    // Done: nothing is planned for them any more.
+    let r = engine.sync_once(&Quiet).await.expect("third cycle");
+    assert!(
+        !r.plan.render().contains("> handover"),
+        "{}",
+        r.plan.render()
+    );
+}
