@@ -145,9 +145,9 @@ impl Engine {
         }
         let mut moved: HashSet<String> = HashSet::new();
         for (object, list) in &decided.moves {
-            let pairs: Vec<(String, String)> = list
+            let pairs: Vec<(String, String, Option<String>)> = list
                 .iter()
-                .map(|m| (m.record.clone(), m.to.clone()))
+                .map(|m| (m.record.clone(), m.to.clone(), m.account.clone()))
                 .collect();
             let (done, refused) = self.transfer(object, &pairs).await?;
             let by_record: HashMap<&str, &Move> =
@@ -551,7 +551,13 @@ impl Engine {
                 out.moves
                     .entry(p.object.clone())
                     .or_default()
-                    .push(Move::new(entra, sf, &rec.id, &to, &owners));
+                    .push(Move::new(
+                        entra,
+                        sf,
+                        (&rec.id, rec.account.as_ref()),
+                        &to,
+                        &owners,
+                    ));
             }
             for p in &mut pending {
                 if !std::mem::take(&mut p.placed) || p.records.is_empty() {
@@ -579,15 +585,24 @@ impl Engine {
                 let Some(moved) = parents.get(&(i, r.object.clone())) else {
                     continue;
                 };
+                // A child sits under its parent's account.
+                let accounts: HashMap<&str, &String> = out.owned[i]
+                    .1
+                    .iter()
+                    .filter(|(o, _)| o == &r.object)
+                    .flat_map(|(_, recs)| recs)
+                    .filter_map(|rec| Some((rec.id.as_str(), rec.account.as_ref()?)))
+                    .collect();
                 for child in &r.children {
                     let found = self.children_of(child, &r.object, sf, moved).await?;
                     let list = out.moves.entry(child.clone()).or_default();
-                    for (id, to) in found {
+                    for (id, to, parent) in found {
                         let named = Owners {
                             ids: vec![to.clone()],
                             named: format!("{} owner", r.object),
                         };
-                        list.push(Move::new(entra, sf, &id, &to, &named));
+                        let account = accounts.get(parent.as_str()).copied();
+                        list.push(Move::new(entra, sf, (&id, account), &to, &named));
                     }
                 }
             }
@@ -682,7 +697,7 @@ impl Engine {
         parent: &str,
         owner: &str,
         parents: &HashMap<String, String>,
-    ) -> Result<Vec<(String, String)>, SyncError> {
+    ) -> Result<Vec<(String, String, String)>, SyncError> {
         let field = format!("{parent}Id");
         let soql = format!(
             "SELECT Id, {field} FROM {child} WHERE OwnerId = {}",
@@ -694,8 +709,13 @@ impl Engine {
             .await?
             .into_iter()
             .filter_map(|r| {
-                let to = parents.get(r.get(&field)?.as_str()?)?;
-                Some((r.get("Id")?.as_str()?.to_string(), to.clone()))
+                let parent = r.get(&field)?.as_str()?;
+                let to = parents.get(parent)?;
+                Some((
+                    r.get("Id")?.as_str()?.to_string(),
+                    to.clone(),
+                    parent.to_string(),
+                ))
             })
             .collect())
     }
@@ -869,39 +889,49 @@ impl Engine {
 
     /// Sets the new owners: Collections with `Sforce-Auto-Assign: FALSE`
     /// (assignment rules would hand Leads and Cases to someone else again)
-    /// up to the bulk threshold, Bulk API 2.0 above it. Rows a job refused
-    /// for a row lock, or did not reach, are sent once more through
-    /// Collections. Returns (moved: record, owner)
-    /// and (refused: record, error).
+    /// up to the bulk threshold, Bulk API 2.0 above it. Rows go ordered by
+    /// parent account, and a Collections batch never splits an account
+    /// that fits in one, so concurrent calls do not fight over an
+    /// account's lock. Rows refused with UNABLE_TO_LOCK_ROW (or that a
+    /// job did not reach) are sent again through Collections, with a
+    /// doubling pause, up to [`LOCK_RETRIES`] times. `moves`: (record, new
+    /// owner, account). Returns (moved: record, owner) and (refused:
+    /// record, error).
     async fn transfer(
         &self,
         object: &str,
-        moves: &[(String, String)],
+        moves: &[(String, String, Option<String>)],
     ) -> Result<(Vec<(String, String)>, Vec<(String, String)>), SyncError> {
         let mut moved = Vec::new();
         let mut refused = Vec::new();
         if moves.is_empty() {
             return Ok((moved, refused));
         }
-        let rows: Vec<Map<String, Value>> = moves
-            .iter()
-            .map(|(id, to)| {
-                let mut m = Map::new();
-                m.insert("Id".into(), json!(id));
-                m.insert("OwnerId".into(), json!(to));
-                m
-            })
-            .collect();
+        let mut order: Vec<usize> = (0..moves.len()).collect();
+        order.sort_by(|&a, &b| {
+            moves[a]
+                .2
+                .cmp(&moves[b].2)
+                .then_with(|| moves[a].0.cmp(&moves[b].0))
+        });
+        let row = |i: usize| {
+            let mut m = Map::new();
+            m.insert("Id".into(), json!(moves[i].0));
+            m.insert("OwnerId".into(), json!(moves[i].1));
+            m
+        };
+        let done = |i: usize| (moves[i].0.clone(), moves[i].1.clone());
         let mut retry: Vec<usize> = Vec::new();
         if moves.len() > self.cfg.reassign_bulk_threshold {
+            let rows: Vec<Map<String, Value>> = order.iter().map(|&i| row(i)).collect();
             let out = self
                 .salesforce
                 .ingest(object, BulkOperation::Update, &rows)
                 .await
                 .map_err(SyncError::Reassign)?;
-            for (i, r) in out.rows.iter().enumerate() {
+            for (&i, r) in order.iter().zip(&out.rows) {
                 match r {
-                    RowOutcome::Success { .. } => moved.push(moves[i].clone()),
+                    RowOutcome::Success { .. } => moved.push(done(i)),
                     RowOutcome::Failed { error, .. } if error.code == "UNABLE_TO_LOCK_ROW" => {
                         retry.push(i);
                     }
@@ -915,36 +945,88 @@ impl Engine {
                 }
             }
         } else {
-            retry = (0..moves.len()).collect();
+            retry = order;
         }
         // Collections: everything under the threshold, and the rows a bulk
-        // job could not lock or did not reach.
-        // Up to the configured number of calls in flight, as apply does.
-        let batches: Vec<&[usize]> = retry.chunks(200).collect();
-        let mut calls = Vec::with_capacity(batches.len());
-        for batch in &batches {
-            let records: Vec<Map<String, Value>> = batch.iter().map(|i| rows[*i].clone()).collect();
-            calls.push(async move {
-                self.salesforce
-                    .update_many_with(object, &records, &[("Sforce-Auto-Assign", "FALSE")])
-                    .await
-            });
-        }
-        let sent: Vec<_> = futures::stream::iter(calls)
-            .buffered(self.cfg.concurrency.clamp(1, 25))
-            .collect()
-            .await;
-        for (batch, results) in batches.iter().zip(sent) {
-            for (i, r) in batch.iter().zip(results?) {
-                if r.success {
-                    moved.push(moves[*i].clone());
-                } else {
-                    refused.push((moves[*i].0.clone(), r.error_text()));
+        // job could not lock or did not reach; up to the configured number
+        // of calls in flight, as apply does.
+        let mut attempt = 0u32;
+        while !retry.is_empty() {
+            let batches = account_batches(&retry, |i| moves[i].2.as_deref(), 200);
+            let mut calls = Vec::with_capacity(batches.len());
+            for batch in &batches {
+                let records: Vec<Map<String, Value>> = batch.iter().map(|&i| row(i)).collect();
+                calls.push(async move {
+                    self.salesforce
+                        .update_many_with(object, &records, &[("Sforce-Auto-Assign", "FALSE")])
+                        .await
+                });
+            }
+            let sent: Vec<_> = futures::stream::iter(calls)
+                .buffered(self.cfg.concurrency.clamp(1, 25))
+                .collect()
+                .await;
+            let mut locked = Vec::new();
+            for (batch, results) in batches.iter().zip(sent) {
+                for (&i, r) in batch.iter().zip(results?) {
+                    if r.success {
+                        moved.push(done(i));
+                    } else if attempt < LOCK_RETRIES
+                        && r.errors.iter().any(|e| e.code == "UNABLE_TO_LOCK_ROW")
+                    {
+                        locked.push(i);
+                    } else {
+                        refused.push((moves[i].0.clone(), r.error_text()));
+                    }
                 }
             }
+            if !locked.is_empty() {
+                // Another transaction holds the rows: give it time.
+                let pause = self.cfg.retry_base_ms.max(1).saturating_mul(1 << attempt);
+                tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+            }
+            attempt += 1;
+            retry = locked;
         }
         Ok((moved, refused))
     }
+}
+
+/// Times a row refused with UNABLE_TO_LOCK_ROW is sent again.
+const LOCK_RETRIES: u32 = 3;
+
+/// Splits rows (already ordered by account) into batches of at most `max`
+/// that keep each account's rows together when they fit in one batch.
+fn account_batches<'a>(
+    rows: &[usize],
+    account: impl Fn(usize) -> Option<&'a str>,
+    max: usize,
+) -> Vec<Vec<usize>> {
+    let mut batches: Vec<Vec<usize>> = Vec::new();
+    let mut current: Vec<usize> = Vec::new();
+    let mut start = 0;
+    while start < rows.len() {
+        let key = account(rows[start]);
+        let mut end = start + 1;
+        // Records without an account share no lock: each is its own group.
+        while key.is_some() && end < rows.len() && account(rows[end]) == key {
+            end += 1;
+        }
+        let group = &rows[start..end];
+        if current.len() + group.len() > max && !current.is_empty() {
+            batches.push(std::mem::take(&mut current));
+        }
+        if group.len() > max {
+            batches.extend(group.chunks(max).map(<[usize]>::to_vec));
+        } else {
+            current.extend_from_slice(group);
+        }
+        start = end;
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    batches
 }
 
 /// The readable preview of leavers' records, for `provisor plan`;
@@ -1011,16 +1093,25 @@ fn refused(
 struct Move {
     record: String,
     to: String,
+    /// The parent account, so that batches do not split one account.
+    account: Option<String>,
     entra_id: String,
     from: String,
     target: String,
 }
 
 impl Move {
-    fn new(entra_id: &str, from: &str, record: &str, to: &str, owners: &Owners) -> Self {
+    fn new(
+        entra_id: &str,
+        from: &str,
+        (record, account): (&str, Option<&String>),
+        to: &str,
+        owners: &Owners,
+    ) -> Self {
         Self {
             record: record.to_string(),
             to: to.to_string(),
+            account: account.cloned(),
             entra_id: entra_id.to_string(),
             from: from.to_string(),
             target: owners.named.clone(),
@@ -1046,5 +1137,40 @@ impl Move {
             sf_id: Some(self.from.clone()),
             detail: json!({"object": object, "record": self.record, "error": err}),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::account_batches;
+
+    #[test]
+    fn batches_keep_an_account_together_when_it_fits() {
+        // Accounts of rows 0..: A x3, B x2, none x2, C x5.
+        let acc = [
+            Some("A"),
+            Some("A"),
+            Some("A"),
+            Some("B"),
+            Some("B"),
+            None,
+            None,
+            Some("C"),
+            Some("C"),
+            Some("C"),
+            Some("C"),
+            Some("C"),
+        ];
+        let rows: Vec<usize> = (0..acc.len()).collect();
+        let b = account_batches(&rows, |i| acc[i], 4);
+        assert_eq!(
+            b,
+            vec![vec![0, 1, 2], vec![3, 4, 5, 6], vec![7, 8, 9, 10], vec![11]]
+        );
+        // Nothing lost, nothing twice.
+        let mut all: Vec<usize> = b.concat();
+        all.sort();
+        assert_eq!(all, rows);
+        assert!(account_batches(&[], |_| None, 4).is_empty());
     }
 }

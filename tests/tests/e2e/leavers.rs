@@ -800,3 +800,50 @@ async fn records_of_users_inactive_before_provisor_are_handed_over() {
         r.plan.render()
     );
 }
+
+/// Row contention while records move (UNABLE_TO_LOCK_ROW) is retried with
+/// a pause, and every record arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_refused_for_a_row_lock_are_sent_again() {
+    let running = start_sim(30, 311).await;
+    let sim = running.sim.clone();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pack = repo_root().join("rules/gallery-defaults");
+    let engine = synced(&running, &pack, &dir.path().join("s.db"), 2000).await;
+    let (leaver, sf, manager) = leaver_with_manager(&sim, &engine).await;
+    // First cycle: the manager cannot read them yet, so the leaver is
+    // frozen and its records stay.
+    sim.salesforce()
+        .set_read_denied(&manager, "Opportunity", true);
+    let account = seed(&sim, "Account", &sf, json!({"Name": "Acme"}));
+    let opps: Vec<String> = (0..5)
+        .map(|i| {
+            seed(
+                &sim,
+                "Opportunity",
+                &sf,
+                json!({"Name": format!("D{i}"), "StageName": "Prospecting", "CloseDate": "2027-01-31", "AccountId": account}),
+            )
+        })
+        .collect();
+    disable(&sim, &leaver);
+    let r = engine.sync_once(&Quiet).await.expect("held");
+    assert_eq!((r.frozen, r.records_reassigned, r.waiting), (1, 0, 1));
+    // Second cycle: readable now, but the first three rows meet a lock.
+    sim.salesforce()
+        .set_read_denied(&manager, "Opportunity", false);
+    sim.set_faults(provisor::sim::Faults {
+        sf_lock_rows: 3,
+        ..Default::default()
+    });
+    let r = engine.sync_once(&Quiet).await.expect("moved");
+    assert_eq!((r.records_reassigned, r.deactivated), (5, 1), "{r:?}");
+    for o in &opps {
+        assert_eq!(owner_of(&sim, "Opportunity", o), manager);
+    }
+    assert!(
+        audit_details(&engine, "record.reassign_failed")
+            .await
+            .is_empty()
+    );
+}
