@@ -69,6 +69,10 @@ struct Decided {
     errors: Vec<(String, String)>,
     /// Refused targets, for the audit trail.
     events: Vec<AuditEvent>,
+    /// Objects the pack declares that Salesforce would not let provisor
+    /// read (missing from the org, no OwnerId, no access): (object, error).
+    /// No leaver can be deactivated safely while one is unread.
+    unreadable: Vec<(String, String)>,
 }
 
 /// One object of one leaver still looking for a target.
@@ -136,6 +140,35 @@ impl Engine {
         };
         let pack = self.pack.get();
         let mut events = decided.events;
+        if !decided.unreadable.is_empty() {
+            let what: Vec<String> = decided
+                .unreadable
+                .iter()
+                .map(|(o, e)| format!("{o} ({e})"))
+                .collect();
+            for (object, error) in &decided.unreadable {
+                events.push(AuditEvent {
+                    event: "leaver.object_unreadable".into(),
+                    entra_id: None,
+                    sf_id: None,
+                    detail: json!({
+                        "object": object, "error": error, "pack": pack.id(),
+                        "leavers_held": leavers.len(),
+                    }),
+                });
+            }
+            // Records of that object may be theirs: nobody is deactivated
+            // with records left unseen.
+            for (id, _) in &leavers {
+                held.insert(id.clone());
+                let o = outcomes.entry(id.clone()).or_default();
+                o.waiting = Some(format!(
+                    "stays frozen, not deactivated: the pack declares {} that Salesforce will not let provisor read, so the leaver's records there are unknown; fix the pack's [access] objects or the org",
+                    what.join(", ")
+                ));
+                o.hold_event = Some("leaver.records_unknown");
+            }
+        }
         for (id, e) in decided.errors {
             // The records stay; so does the freeze.
             held.insert(id.clone());
@@ -410,15 +443,39 @@ impl Engine {
         // must not cost a query per leaver and object).
         let owners: Vec<String> = leavers.iter().map(|(_, s)| s.clone()).collect();
         let mut by_owner: HashMap<String, ByObject> = HashMap::new();
+        let mut unreadable = Vec::new();
         for (object, open) in &objects {
-            for (owner, records) in self.owned_records(object, *open, &owners).await? {
+            let found = match self.owned_records(object, *open, &owners).await {
+                Ok(f) => f,
+                // A pack's own object the org refuses (a custom object
+                // not deployed here, one without owners): the leavers
+                // wait, the cycle goes on.
+                Err(SyncError::Salesforce(crate::salesforce::SfError::Api { errors, .. }))
+                    if open.is_none()
+                        && errors.iter().any(|e| {
+                            ["INVALID_TYPE", "INVALID_FIELD", "INSUFFICIENT_ACCESS"]
+                                .iter()
+                                .any(|c| e.code.starts_with(c))
+                        }) =>
+                {
+                    let why = errors
+                        .iter()
+                        .map(|e| format!("{}: {}", e.code, e.message.trim()))
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    unreadable.push((object.clone(), why));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            for (owner, records) in found {
                 by_owner
                     .entry(owner)
                     .or_default()
                     .push((object.clone(), records));
             }
         }
-        if by_owner.is_empty() {
+        if by_owner.is_empty() && unreadable.is_empty() {
             return Ok(None);
         }
         // The managers' accounts, checked once for the leavers who own
@@ -434,6 +491,7 @@ impl Engine {
             owned: Vec::new(),
             errors: Vec::new(),
             events: Vec::new(),
+            unreadable,
         };
         // Each leaver's decision, then every object of every leaver walks
         // its targets in rounds: all the read-access checks of a round

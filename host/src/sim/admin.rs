@@ -51,6 +51,10 @@ pub(super) fn routes() -> Router<Sim> {
         )
         .route("/_sim/salesforce/users/{id}/sessions", post(seed_session))
         .route(
+            "/_sim/salesforce/assignment-rules/{object}",
+            put(set_assignment_rule).delete(clear_assignment_rule),
+        )
+        .route(
             "/_sim/salesforce/users/{id}/read-denied/{object}",
             put(deny_read).delete(allow_read),
         )
@@ -302,6 +306,29 @@ async fn seed_session(
             json!({"error": format!("no user {id}")}),
         ),
     }
+}
+
+/// An active Lead or Case assignment rule giving records to
+/// `{"owner": "005..."}`; API saves without `Sforce-Auto-Assign: FALSE`
+/// run it.
+async fn set_assignment_rule(
+    State(sim): State<Sim>,
+    Path(object): Path<String>,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
+    let Some(owner) = body.get("owner").and_then(Value::as_str) else {
+        return super::json(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "body must be {\"owner\": \"005...\"}"}),
+        );
+    };
+    sim.salesforce().set_assignment_rule(&object, Some(owner));
+    done::<String>(Ok(json!({"object": object, "owner": owner})))
+}
+
+async fn clear_assignment_rule(State(sim): State<Sim>, Path(object): Path<String>) -> Response {
+    sim.salesforce().set_assignment_rule(&object, None);
+    done::<String>(Ok(json!({"object": object})))
 }
 
 /// The user may not read the object's records it does not own

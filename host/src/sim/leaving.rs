@@ -78,6 +78,35 @@ impl SfOrg {
         }
     }
 
+    /// An active assignment rule for `object` (Lead or Case) that gives its
+    /// records to `owner`, or none.
+    pub fn set_assignment_rule(&mut self, object: &str, owner: Option<&str>) {
+        match owner {
+            Some(o) => self
+                .assignment_rules
+                .insert(object.to_string(), o.to_string()),
+            None => self.assignment_rules.remove(object),
+        };
+    }
+
+    /// After an API save that did not opt out: the object's assignment
+    /// rule, if any, gives the record its owner.
+    pub(super) fn run_assignment_rule(&mut self, object: &str, id: &str) {
+        let Some(owner) = self.assignment_rules.get(object).cloned() else {
+            return;
+        };
+        let name = if object.eq_ignore_ascii_case("lead") {
+            "Lead"
+        } else if object.eq_ignore_ascii_case("case") {
+            "Case"
+        } else {
+            return;
+        };
+        if let Some(row) = self.objects.get_mut(name).and_then(|r| r.get_mut(id)) {
+            row.insert("OwnerId".into(), json!(owner));
+        }
+    }
+
     /// `user` may not read any `object` record it does not own (a private
     /// sharing model without a rule that reaches it), or may again.
     pub fn set_read_denied(&mut self, user: &str, object: &str, denied: bool) {
@@ -221,9 +250,16 @@ impl SfOrg {
 
     /// A record of any record object by id.
     fn record_anywhere(&self, id: &str) -> Option<(&'static str, &Map<String, Value>)> {
-        ["Account", "Contact", "Lead", "Opportunity", "Case"]
-            .into_iter()
-            .find_map(|o| self.get(o, id).map(|r| (o, r)))
+        [
+            "Account",
+            "Contact",
+            "Lead",
+            "Opportunity",
+            "Case",
+            "Project__c",
+        ]
+        .into_iter()
+        .find_map(|o| self.get(o, id).map(|r| (o, r)))
     }
 }
 
@@ -307,4 +343,13 @@ pub(super) async fn revoke(
             json!({"error": "unsupported_token_type", "error_description": "this token type is not supported"}),
         )
     }
+}
+
+/// Whether an API save runs assignment rules: yes unless the request sends
+/// `Sforce-Auto-Assign: FALSE` (Salesforce's default is TRUE).
+pub(super) fn auto_assign(headers: &HeaderMap) -> bool {
+    !headers
+        .get("sforce-auto-assign")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("false"))
 }

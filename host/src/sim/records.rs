@@ -67,6 +67,16 @@ const CASE: &[FieldDef] = &[
     f("CreatedDate", Kind::ReadOnly, 28, false, false),
     f("LastModifiedDate", Kind::ReadOnly, 28, false, false),
 ];
+/// A custom object (as orgs add them): a project a user owns.
+const PROJECT: &[FieldDef] = &[
+    f("Id", Kind::Id, 18, false, false),
+    f("Name", Kind::Text, 80, true, true),
+    f("Status__c", Kind::Text, 40, false, true),
+    f("Account__c", Kind::Ref("Account"), 18, false, true),
+    f("OwnerId", Kind::Owner, 18, false, true),
+    f("CreatedDate", Kind::ReadOnly, 28, false, false),
+    f("LastModifiedDate", Kind::ReadOnly, 28, false, false),
+];
 const GROUP: &[FieldDef] = &[
     f("Id", Kind::Id, 18, false, false),
     f("Name", Kind::ReadOnly, 40, false, false),
@@ -88,6 +98,7 @@ pub(super) fn schema(object: &str) -> Option<(&'static str, &'static [FieldDef])
         "lead" => ("Lead", LEAD),
         "opportunity" => ("Opportunity", OPPORTUNITY),
         "case" => ("Case", CASE),
+        "project__c" => ("Project__c", PROJECT),
         "group" => ("Group", GROUP),
         "queuesobject" => ("QueueSobject", QUEUE_SOBJECT),
         _ => return None,
@@ -102,6 +113,7 @@ pub(super) fn prefix(object: &str) -> &'static str {
         "Lead" => "00Q",
         "Opportunity" => "006",
         "Case" => "500",
+        "Project__c" => "a01",
         "Group" => "00G",
         "QueueSobject" => "03g",
         _ => "a00",
@@ -112,7 +124,7 @@ pub(super) fn prefix(object: &str) -> &'static str {
 pub(super) fn is_record(object: &str) -> bool {
     matches!(
         object,
-        "Account" | "Contact" | "Lead" | "Opportunity" | "Case"
+        "Account" | "Contact" | "Lead" | "Opportunity" | "Case" | "Project__c"
     )
 }
 
@@ -120,7 +132,7 @@ pub(super) fn is_record(object: &str) -> bool {
 /// are always user-owned (salesforce.md §7). A queue must still list the
 /// object in `QueueSobject`.
 fn queue_ownable(object: &str) -> bool {
-    matches!(object, "Lead" | "Case")
+    matches!(object, "Lead" | "Case") || object.ends_with("__c")
 }
 
 const CLOSED_STAGES: &[&str] = &["Closed Won", "Closed Lost"];
@@ -317,7 +329,14 @@ impl SfOrg {
 
     /// Deletes a record of one of the record objects; false if `id` is none.
     pub(super) fn delete_record(&mut self, id: &str) -> bool {
-        for object in ["Account", "Contact", "Lead", "Opportunity", "Case"] {
+        for object in [
+            "Account",
+            "Contact",
+            "Lead",
+            "Opportunity",
+            "Case",
+            "Project__c",
+        ] {
             if let Some(rows) = self.objects.get_mut(object)
                 && rows.remove(id).is_some()
             {

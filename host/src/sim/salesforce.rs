@@ -399,6 +399,9 @@ pub struct SfOrg {
     /// (user, object): the user cannot read that object's records it does
     /// not own.
     read_denied: std::collections::HashSet<(String, String)>,
+    /// Active Lead / Case assignment rules: object -> the owner they give.
+    /// An API save runs them unless it sends `Sforce-Auto-Assign: FALSE`.
+    assignment_rules: HashMap<String, String>,
     pub integration_user_id: String,
     /// The username-password OAuth flow (blocked by default, as in orgs
     /// created since Summer '23).
@@ -503,6 +506,7 @@ impl SfOrg {
             api_usage: 0,
             blockers: HashMap::new(),
             read_denied: std::collections::HashSet::new(),
+            assignment_rules: HashMap::new(),
             integration_user_id: String::new(),
             password_flow_allowed: false,
             soap_login_allowed: false,
@@ -2299,12 +2303,18 @@ async fn create_one(
     body: Bytes,
 ) -> Response {
     let kind = format!("POST sobjects/{object}");
+    let auto = leaving::auto_assign(&headers);
     single_write(&sim, &v, &headers, &body, kind, |org, fields| {
         match org.create(&object, fields) {
-            Ok(id) => super::json(
-                StatusCode::CREATED,
-                json!({"id": id, "success": true, "errors": []}),
-            ),
+            Ok(id) => {
+                if auto {
+                    org.run_assignment_rule(&object, &id);
+                }
+                super::json(
+                    StatusCode::CREATED,
+                    json!({"id": id, "success": true, "errors": []}),
+                )
+            }
             Err(e) => super::json(StatusCode::BAD_REQUEST, errors_json(&e, "errorCode")),
         }
     })
@@ -2317,9 +2327,15 @@ async fn update_one(
     body: Bytes,
 ) -> Response {
     let kind = format!("PATCH sobjects/{object}/{{id}}");
+    let auto = leaving::auto_assign(&headers);
     single_write(&sim, &v, &headers, &body, kind, |org, fields| {
         match org.update(&object, &id, fields) {
-            Ok(()) => StatusCode::NO_CONTENT.into_response(),
+            Ok(()) => {
+                if auto {
+                    org.run_assignment_rule(&object, &id);
+                }
+                StatusCode::NO_CONTENT.into_response()
+            }
             Err(e) => super::json(StatusCode::BAD_REQUEST, errors_json(&e, "errorCode")),
         }
     })
@@ -2519,6 +2535,16 @@ async fn collection(
     if let (Some(snap), true) = (snapshot, failed) {
         org.objects = snap;
         org.rebuild();
+    }
+    if !all_or_none || !failed {
+        let auto = leaving::auto_assign(&headers);
+        for (r, ty) in results.iter().zip(types.iter().flatten()) {
+            if let Ok(id) = r
+                && auto
+            {
+                org.run_assignment_rule(ty, id);
+            }
+        }
     }
     drop(org);
     let out: Vec<Value> = results

@@ -847,3 +847,115 @@ async fn records_refused_for_a_row_lock_are_sent_again() {
             .is_empty()
     );
 }
+
+/// The gallery pack with `[access] objects` set to `objects`.
+fn pack_with_objects(dir: &Path, objects: &str) -> PathBuf {
+    let pack = pack_with(
+        dir,
+        "fn on_leave(user, records, settings) {\n    records.map(|r| #{ object: r.object, targets: [\"manager\"], children: [] })\n}",
+        "",
+    );
+    let m = std::fs::read_to_string(pack.join("pack.toml")).expect("read");
+    let old = "objects = [\"Case\", \"Lead\", \"Opportunity\"]";
+    assert!(m.contains(old));
+    std::fs::write(pack.join("pack.toml"), m.replace(old, objects)).expect("write");
+    pack
+}
+
+/// A custom object the pack declares is read and moved like the standard
+/// ones; a declared object the org does not have holds the cycle's
+/// leavers frozen (their records there are unknown) with the reason, and
+/// the cycle itself goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_objects_move_and_an_object_the_org_lacks_holds_the_leavers() {
+    let running = start_sim(30, 312).await;
+    let sim = running.sim.clone();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let good = pack_with_objects(
+        &dir.path().join("good"),
+        "objects = [\"Case\", \"Lead\", \"Opportunity\", \"Project__c\"]",
+    );
+    let engine = synced(&running, &good, &dir.path().join("s.db"), 2000).await;
+    let (leaver, sf, manager) = leaver_with_manager(&sim, &engine).await;
+    let project = seed(
+        &sim,
+        "Project__c",
+        &sf,
+        json!({"Name": "Rollout", "Status__c": "Active"}),
+    );
+    disable(&sim, &leaver);
+    let r = engine.sync_once(&Quiet).await.expect("leaver cycle");
+    assert_eq!((r.records_reassigned, r.deactivated), (1, 1), "{r:?}");
+    assert_eq!(owner_of(&sim, "Project__c", &project), manager);
+
+    // Another org, a pack declaring an object it lacks.
+    let running = start_sim(30, 313).await;
+    let sim = running.sim.clone();
+    let bad = pack_with_objects(
+        &dir.path().join("bad"),
+        "objects = [\"Case\", \"Lead\", \"Opportunity\", \"Missing__c\"]",
+    );
+    let engine = synced(&running, &bad, &dir.path().join("t.db"), 2000).await;
+    let (leaver, sf, manager) = leaver_with_manager(&sim, &engine).await;
+    let opp = seed(
+        &sim,
+        "Opportunity",
+        &sf,
+        json!({"Name": "Deal", "StageName": "Prospecting", "CloseDate": "2027-01-31"}),
+    );
+    disable(&sim, &leaver);
+    let r = engine.sync_once(&Quiet).await.expect("the cycle goes on");
+    assert_eq!((r.frozen, r.deactivated, r.waiting), (1, 0, 1), "{r:?}");
+    assert!(
+        r.waiting_for[0].contains("Missing__c") && r.waiting_for[0].contains("INVALID_TYPE"),
+        "{:?}",
+        r.waiting_for
+    );
+    assert!(is_active(&sim, &sf), "not deactivated with records unseen");
+    assert_eq!(
+        owner_of(&sim, "Opportunity", &opp),
+        manager,
+        "what can move, moves"
+    );
+    let unreadable = audit_details(&engine, "leaver.object_unreadable").await;
+    assert_eq!(unreadable[0]["object"], json!("Missing__c"));
+}
+
+/// Lead and Case assignment rules run on API saves unless the request
+/// says `Sforce-Auto-Assign: FALSE`: a moved Lead would be handed on by the
+/// rule otherwise. provisor's transfer says so, and the Lead stays with
+/// the target the pack chose.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assignment_rules_do_not_undo_a_transfer() {
+    let running = start_sim(30, 314).await;
+    let sim = running.sim.clone();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pack = repo_root().join("rules/gallery-defaults");
+    let engine = synced(&running, &pack, &dir.path().join("s.db"), 2000).await;
+    let (leaver, sf, manager) = leaver_with_manager(&sim, &engine).await;
+    let integration = sim.salesforce().integration_user_id.clone();
+    sim.salesforce()
+        .set_assignment_rule("Lead", Some(&integration));
+    let lead = seed(&sim, "Lead", &sf, json!({"LastName": "L", "Company": "C"}));
+    let other = seed(&sim, "Lead", &sf, json!({"LastName": "M", "Company": "C"}));
+    // What the rule does to a save that does not opt out.
+    let mut m = Map::new();
+    m.insert("id".into(), json!(other));
+    m.insert("OwnerId".into(), json!(manager));
+    let r = engine
+        .salesforce
+        .update_many("Lead", &[m])
+        .await
+        .expect("saved");
+    assert!(r[0].success);
+    assert_eq!(owner_of(&sim, "Lead", &other), integration, "the rule won");
+
+    disable(&sim, &leaver);
+    let r = engine.sync_once(&Quiet).await.expect("leaver cycle");
+    assert_eq!(r.records_reassigned, 1, "{r:?}");
+    assert_eq!(
+        owner_of(&sim, "Lead", &lead),
+        manager,
+        "the transfer stands"
+    );
+}
