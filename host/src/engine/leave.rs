@@ -695,7 +695,7 @@ impl Engine {
             }
         }
         let answers: Vec<_> = futures::stream::iter(calls)
-            .buffer_unordered(self.cfg.concurrency.clamp(1, 25))
+            .buffer_unordered(CHECK_CONCURRENCY)
             .collect()
             .await;
         let mut out = HashSet::new();
@@ -1049,6 +1049,12 @@ impl Engine {
         Ok((moved, refused))
     }
 }
+
+/// Read-access queries in flight at once. They are short reads (one user
+/// and at most 200 records each): Salesforce's limit on concurrent
+/// requests counts only those running over 20 s, and a mass leave needs
+/// one query per target user.
+const CHECK_CONCURRENCY: usize = 10;
 
 /// Times a row refused with UNABLE_TO_LOCK_ROW is sent again.
 const LOCK_RETRIES: u32 = 3;
