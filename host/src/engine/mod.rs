@@ -695,7 +695,7 @@ impl Engine {
         let leavers: Vec<(String, String)> = plan
             .actions
             .iter()
-            .filter(|a| matches!(a.kind, ActionKind::Deactivate))
+            .filter(|a| matches!(a.kind, ActionKind::Deactivate | ActionKind::Handover))
             .filter_map(|a| Some((a.entra_id.clone(), a.sf_id.clone()?)))
             .collect();
         self.preview_reassignments(&leavers).await
