@@ -14,7 +14,8 @@ CREATE TABLE leavers (
     org_config      INTEGER NOT NULL DEFAULT 0,
     tries           INTEGER NOT NULL DEFAULT 0,
     blocked_since   TEXT,
-    next_try        TEXT                   -- NULL: at the next cycle
+    next_try        TEXT,                  -- NULL: at the next cycle
+    sessions_ended_at TEXT                 -- NULL: sessions and tokens still to end
 );
 
 -- Seats and assignments released after a deactivation, for the seats-freed

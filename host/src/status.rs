@@ -39,8 +39,8 @@ pub struct Status {
 impl Status {
     /// Reads the status; seats freed over the last `days` days.
     pub async fn read(store: &Store, days: u32) -> Result<Self, StoreError> {
-        let since = (chrono::Utc::now() - chrono::Duration::days(i64::from(days)))
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let since =
+            crate::store::timestamp(chrono::Utc::now() - chrono::Duration::days(i64::from(days)));
         let leavers = store.open_leavers().await?;
         let waiting: Vec<Waiting> = store.waiting_users().await?;
         Ok(Self {

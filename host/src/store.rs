@@ -79,7 +79,13 @@ fn q(what: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
 }
 
 fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    timestamp(chrono::Utc::now())
+}
+
+/// How the store writes a time (RFC 3339, milliseconds, UTC): such strings
+/// compare in time order.
+pub fn timestamp(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// Delta state of one Graph resource.

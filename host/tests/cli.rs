@@ -405,7 +405,7 @@ async fn status_lists_blocked_leavers_and_leavers_retry_rearms_them() {
         "blocked: default_case_owner",
         "Support Settings",
         "(or now: provisor leavers retry)",
-        "last cycle:",
+        "(completed)",
     ] {
         assert!(status.contains(want), "{want:?} in\n{status}");
     }
@@ -429,4 +429,11 @@ async fn status_lists_blocked_leavers_and_leavers_retry_rearms_them() {
         status.contains("frozen but still active (each holds a licence seat): 0"),
         "{status}"
     );
+    let freed = status
+        .split("seats freed by deactivations")
+        .nth(1)
+        .unwrap_or_default();
+    assert!(freed.contains("1  Salesforce  (user licence)"), "{status}");
+    let audit = tokio::task::block_in_place(|| run(&["audit", "tail", "-n", "200"]));
+    assert!(audit.contains("leaver.retry_requested"), "{audit}");
 }

@@ -78,7 +78,7 @@ impl Engine {
             if !is_create && object == "User" {
                 // Frozen leavers' open records move before they are
                 // deactivated; those whose records stay are not.
-                self.end_sessions(cycle, plan, outcomes).await?;
+                self.end_sessions(cycle).await?;
                 let mut held = self.reassign_leavers(cycle, plan, outcomes, report).await?;
                 let blocked = self
                     .hold_blocked_leavers(cycle, plan, outcomes, &held)
@@ -415,8 +415,7 @@ impl Engine {
             }
         }
         self.store.append_audit(cycle, &events).await?;
-        // Deactivated leavers give back what provisor granted them.
-        self.release_leavers(cycle, report).await
+        Ok(None)
     }
 
     /// CommunityNickname is unique per org: creates refused only for a
@@ -603,7 +602,13 @@ impl Engine {
                     continue;
                 }
                 settled.push((*oid, "failed", msg.clone()));
-                if let Some(e) = r.errors.first() {
+                // A refused deactivation is about the user (what refers to
+                // it), not the connection: it never counts to quarantine.
+                if let Some(e) = r
+                    .errors
+                    .first()
+                    .filter(|_| !matches!(a.kind, ActionKind::Deactivate))
+                {
                     let c = causes
                         .entry(e.code.clone())
                         .or_insert((0, e.message.clone()));

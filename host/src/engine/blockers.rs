@@ -178,10 +178,6 @@ pub fn next_try(
     now + chrono::Duration::minutes(i64::try_from(minutes).unwrap_or(i64::MAX / 120_000))
 }
 
-fn stamp(t: chrono::DateTime<chrono::Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
 impl Engine {
     /// Records Salesforce's refusal to deactivate a leaver and says, for
     /// the cycle report, when it is tried again.
@@ -209,7 +205,7 @@ impl Engine {
                 },
                 |tries| {
                     next = blocker.org_config.then(|| {
-                        stamp(next_try(
+                        crate::store::timestamp(next_try(
                             tries,
                             cfg.blocker_retry_minutes,
                             cfg.blocker_retry_max_hours,
@@ -301,6 +297,10 @@ impl Engine {
                     .or_default()
                     .push((f.clone(), s("Id"), s("Username")));
             }
+        }
+        // A stable order, so the same finding reads the same next cycle.
+        for by in refs.values_mut() {
+            by.sort();
         }
         let mut events = Vec::new();
         for (e, sf) in rest {

@@ -99,6 +99,10 @@ pub struct ReassignPreview {
     pub staying: usize,
     /// Whether the leaver is deactivated even with records staying.
     pub deactivate_anyway: bool,
+    /// Why nothing can be said of this object (the org refuses to let it
+    /// be read) or of the leaver (`on-leave` failed): it would stay frozen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl Engine {
@@ -131,8 +135,12 @@ impl Engine {
             .filter_map(|a| Some((a.entra_id.as_str(), a.sf_id.as_deref()?)))
             .collect();
         // Kept as pending until nothing is left with the inactive user, so
-        // a stopped cycle or a refused target is taken up again.
+        // a stopped cycle or a refused target is taken up again. A leaver
+        // provisor froze and someone else deactivated is closed here, so
+        // what it was granted is released.
         self.store.handovers_started(&handovers).await?;
+        let ids: Vec<&str> = handovers.iter().map(|(e, _)| *e).collect();
+        self.store.leavers_closed(&ids).await?;
         let Some(decided) = self.decide_reassignments(Some(cycle), &leavers).await? else {
             let done: Vec<&str> = handovers.iter().map(|(e, _)| *e).collect();
             self.store.handovers_done(&done).await?;
@@ -197,6 +205,11 @@ impl Engine {
                 }
             }
             report.records_reassigned += done.len();
+            // Per object: what moved is on record even if a later object's
+            // move fails the cycle.
+            self.store
+                .append_audit(cycle, &std::mem::take(&mut events))
+                .await?;
         }
         self.store.append_audit(cycle, &events).await?;
         for (id, owned, anyway) in decided.owned {
@@ -231,28 +244,20 @@ impl Engine {
     /// deleted (Salesforce allows delete on them); `OauthToken` allows no
     /// delete, so each is revoked by its `DeleteToken`. A failure is
     /// audited and does not stop the leaver's flow (the freeze holds).
-    pub(super) async fn end_sessions(
-        &self,
-        cycle: &str,
-        plan: &super::Plan,
-        outcomes: &HashMap<String, Outcome>,
-    ) -> Result<(), SyncError> {
-        let frozen: Vec<(&str, &str)> = plan
-            .actions
+    pub(super) async fn end_sessions(&self, cycle: &str) -> Result<(), SyncError> {
+        // Every leaver frozen and still active whose sessions are not
+        // ended yet: this cycle's, and those whose last try failed.
+        let pending = self.store.sessions_to_end().await?;
+        let frozen: Vec<(&str, &str)> = pending
             .iter()
-            .filter(|a| matches!(a.kind, ActionKind::Freeze { .. }))
-            .filter(|a| {
-                outcomes
-                    .get(&a.entra_id)
-                    .is_none_or(|o| o.failed.is_none() && !o.deferred)
-            })
-            .filter_map(|a| Some((a.entra_id.as_str(), a.sf_id.as_deref()?)))
+            .map(|(e, s)| (e.as_str(), s.as_str()))
             .collect();
         if frozen.is_empty() {
             return Ok(());
         }
         let ids: Vec<String> = frozen.iter().map(|(_, s)| s.to_string()).collect();
         let mut events = Vec::new();
+        let mut step_failed = false;
         let audit_failure =
             |events: &mut Vec<AuditEvent>, what: &str, e: &dyn std::fmt::Display| {
                 for (entra, sf) in &frozen {
@@ -299,11 +304,17 @@ impl Engine {
                                 }
                             }
                         }
-                        Err(err) => audit_failure(&mut events, "delete AuthSession", &err),
+                        Err(err) => {
+                            step_failed = true;
+                            audit_failure(&mut events, "delete AuthSession", &err);
+                        }
                     }
                 }
             }
-            Err(err) => audit_failure(&mut events, "read AuthSession", &err),
+            Err(err) => {
+                step_failed = true;
+                audit_failure(&mut events, "read AuthSession", &err);
+            }
         }
         match self
             .query_in(&ids, |list| {
@@ -343,12 +354,24 @@ impl Engine {
                     }
                 }
             }
-            Err(err) => audit_failure(&mut events, "read OauthToken", &err),
+            Err(err) => {
+                step_failed = true;
+                audit_failure(&mut events, "read OauthToken", &err);
+            }
         }
+        // Done for a leaver once every session and token of it is ended
+        // (none at all included); the others are tried next cycle.
+        let mut done: Vec<&str> = Vec::new();
         for (entra, sf) in &frozen {
             let Some((ended, refused, revoked, failed)) = per.remove(*sf) else {
+                if !step_failed {
+                    done.push(entra);
+                }
                 continue;
             };
+            if refused.is_empty() && failed.is_empty() && !step_failed {
+                done.push(entra);
+            }
             events.push(AuditEvent {
                 event: if refused.is_empty() && failed.is_empty() {
                     "user.sessions_ended".into()
@@ -364,6 +387,7 @@ impl Engine {
             });
         }
         self.store.append_audit(cycle, &events).await?;
+        self.store.sessions_ended(&done).await?;
         Ok(())
     }
 
@@ -404,7 +428,33 @@ impl Engine {
                     to: to.into_iter().map(|((t, o), n)| (t, o, n)).collect(),
                     staying: recs.len() - moving,
                     deactivate_anyway: *anyway,
+                    note: None,
                 });
+            }
+        }
+        let held = |entra: &str, object: &str, note: String| ReassignPreview {
+            entra_id: entra.to_string(),
+            sf_id: sf_of.get(entra).copied().unwrap_or_default().to_string(),
+            object: object.to_string(),
+            to: Vec::new(),
+            staying: 0,
+            deactivate_anyway: false,
+            note: Some(note),
+        };
+        for (id, e) in &decided.errors {
+            out.push(held(
+                id,
+                "on-leave",
+                format!("{e}; the leaver would stay frozen"),
+            ));
+        }
+        for (object, e) in &decided.unreadable {
+            for (id, _) in leavers {
+                out.push(held(
+                    id,
+                    object,
+                    format!("Salesforce will not let provisor read it ({e}); the leaver would stay frozen"),
+                ));
             }
         }
         Ok(out)
@@ -486,6 +536,10 @@ impl Engine {
             .filter_map(|(e, _)| users.get(e)?.user.manager_id.clone())
             .collect();
         let managers = self.managers_state(&manager_ids).await?;
+        // Nobody leaving gets records: this cycle's leavers and every
+        // leaver still frozen and active.
+        let mut leaving: HashSet<String> = owners.iter().cloned().collect();
+        leaving.extend(self.store.open_leaver_sf_ids().await?);
         let mut out = Decided {
             moves: BTreeMap::new(),
             owned: Vec::new(),
@@ -498,7 +552,15 @@ impl Engine {
         // go out together.
         let mut asked: Vec<(&str, &str, &crate::store::DirtyUser, ReassignmentPlan)> = Vec::new();
         for (entra, sf) in leavers {
-            let Some(d) = users.get(entra) else { continue };
+            let Some(d) = users.get(entra) else {
+                if by_owner.contains_key(sf) {
+                    out.errors.push((
+                        entra.clone(),
+                        "the leaver is missing from the store's Entra mirror, so on-leave cannot be asked".into(),
+                    ));
+                }
+                continue;
+            };
             let Some(owned) = by_owner.remove(sf) else {
                 continue;
             };
@@ -566,7 +628,10 @@ impl Engine {
                     };
                     let key = format!("{}|{t:?}|{whose}", p.object);
                     if !checked.contains_key(&key) {
-                        let c = self.check_target(&p.object, t, d, &managers).await?;
+                        let c = self
+                            .check_target(&p.object, t, d, &managers)
+                            .await?
+                            .and_then(|o| without_leavers(o, &leaving));
                         checked.insert(key.clone(), c);
                     }
                     match checked.get(&key) {
@@ -637,7 +702,10 @@ impl Engine {
             // Done: everything placed, or no target left to try.
             pending.retain(|p| !p.records.is_empty() && p.next < p.targets.len());
         }
-        // Children the pack names follow their parent's new owner.
+        // Children the pack names follow their parent's new owner: open
+        // ones only, not a record the object's own rule moves already, and
+        // only to an owner who can read them.
+        let mut children: Vec<(String, Move)> = Vec::new();
         for (i, (entra, sf, _, p)) in asked.iter().enumerate() {
             for r in &p.reassignments {
                 let Some(moved) = parents.get(&(i, r.object.clone())) else {
@@ -652,18 +720,60 @@ impl Engine {
                     .filter_map(|rec| Some((rec.id.as_str(), rec.account.as_ref()?)))
                     .collect();
                 for child in &r.children {
+                    let taken: HashSet<&str> = out
+                        .moves
+                        .get(child)
+                        .into_iter()
+                        .flatten()
+                        .map(|m| m.record.as_str())
+                        .collect();
                     let found = self.children_of(child, &r.object, sf, moved).await?;
-                    let list = out.moves.entry(child.clone()).or_default();
                     for (id, to, parent) in found {
+                        if taken.contains(id.as_str()) {
+                            continue;
+                        }
                         let named = Owners {
                             ids: vec![to.clone()],
                             named: format!("{} owner", r.object),
                         };
                         let account = accounts.get(parent.as_str()).copied();
-                        list.push(Move::new(entra, sf, (&id, account), &to, &named));
+                        children.push((
+                            child.clone(),
+                            Move::new(entra, sf, (&id, account), &to, &named),
+                        ));
                     }
                 }
             }
+        }
+        let check: Vec<(usize, Owned, String, Owners)> = children
+            .iter()
+            .map(|(_, m)| {
+                let rec = Owned {
+                    id: m.record.clone(),
+                    account: None,
+                };
+                let owners = Owners {
+                    ids: vec![m.to.clone()],
+                    named: m.target.clone(),
+                };
+                (0, rec, m.to.clone(), owners)
+            })
+            .collect();
+        let unreadable = self.unreadable(&check).await?;
+        for (child, m) in children {
+            if unreadable.contains(&(m.to.clone(), m.record.clone())) {
+                out.events.push(AuditEvent {
+                    event: "leaver.target_refused".into(),
+                    entra_id: Some(m.entra_id.clone()),
+                    sf_id: Some(m.from.clone()),
+                    detail: json!({
+                        "object": child, "target": m.target, "reason": "TRANSFER_REQUIRES_READ: the parent's new owner cannot read this child record (UserRecordAccess)",
+                        "records": 1, "record_ids": [m.record], "pack": pack.id(), "rule": "on-leave",
+                    }),
+                });
+                continue;
+            }
+            out.moves.entry(child).or_default().push(m);
         }
         Ok(Some(out))
     }
@@ -757,8 +867,14 @@ impl Engine {
         parents: &HashMap<String, String>,
     ) -> Result<Vec<(String, String, String)>, SyncError> {
         let field = format!("{parent}Id");
+        // Closed children keep their owner, as closed parents do.
+        let open = OPEN_RECORDS
+            .iter()
+            .find(|(o, _)| *o == child)
+            .map(|(_, c)| format!(" AND {c}"))
+            .unwrap_or_default();
         let soql = format!(
-            "SELECT Id, {field} FROM {child} WHERE OwnerId = {}",
+            "SELECT Id, {field} FROM {child} WHERE OwnerId = {}{open}",
             soql_quote(owner)
         );
         Ok(self
@@ -980,6 +1096,7 @@ impl Engine {
         };
         let done = |i: usize| (moves[i].0.clone(), moves[i].1.clone());
         let mut retry: Vec<usize> = Vec::new();
+        let mut attempt = 0u32;
         if moves.len() > self.cfg.reassign_bulk_threshold {
             let rows: Vec<Map<String, Value>> = order.iter().map(|&i| row(i)).collect();
             let out = self
@@ -987,6 +1104,12 @@ impl Engine {
                 .ingest(object, BulkOperation::Update, &rows)
                 .await
                 .map_err(SyncError::Reassign)?;
+            if out.rows.iter().any(|r| matches!(r, RowOutcome::Failed { error, .. } if error.code == "UNABLE_TO_LOCK_ROW")) {
+                // The job met locks: give the other transactions time
+                // before the Collections retry.
+                self.lock_pause(0).await;
+                attempt = 1;
+            }
             for (&i, r) in order.iter().zip(&out.rows) {
                 match r {
                     RowOutcome::Success { .. } => moved.push(done(i)),
@@ -1008,7 +1131,6 @@ impl Engine {
         // Collections: everything under the threshold, and the rows a bulk
         // job could not lock or did not reach; up to the configured number
         // of calls in flight, as apply does.
-        let mut attempt = 0u32;
         while !retry.is_empty() {
             let batches = account_batches(&retry, |i| moves[i].2.as_deref(), 200);
             let mut calls = Vec::with_capacity(batches.len());
@@ -1026,7 +1148,18 @@ impl Engine {
                 .await;
             let mut locked = Vec::new();
             for (batch, results) in batches.iter().zip(sent) {
-                for (&i, r) in batch.iter().zip(results?) {
+                let results = match results {
+                    Ok(r) => r,
+                    // The API allocation is spent: stop the cycle.
+                    Err(e) if e.is_limit() => return Err(e.into()),
+                    // The call failed: its rows are refused (and audited),
+                    // the others stand.
+                    Err(e) => {
+                        refused.extend(batch.iter().map(|&i| (moves[i].0.clone(), e.to_string())));
+                        continue;
+                    }
+                };
+                for (&i, r) in batch.iter().zip(results) {
                     if r.success {
                         moved.push(done(i));
                     } else if attempt < LOCK_RETRIES
@@ -1040,13 +1173,36 @@ impl Engine {
             }
             if !locked.is_empty() {
                 // Another transaction holds the rows: give it time.
-                let pause = self.cfg.retry_base_ms.max(1).saturating_mul(1 << attempt);
-                tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                self.lock_pause(attempt).await;
             }
             attempt += 1;
             retry = locked;
         }
         Ok((moved, refused))
+    }
+
+    /// The pause before the `attempt`-th resend of rows refused for a lock.
+    async fn lock_pause(&self, attempt: u32) {
+        let pause = self
+            .cfg
+            .retry_base_ms
+            .max(1)
+            .saturating_mul(1 << attempt.min(16));
+        tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+    }
+}
+
+/// Drops the target users who are leaving themselves (a leaver of this
+/// cycle, or frozen and not yet deactivated); none left is a refusal.
+fn without_leavers(mut o: Owners, leaving: &HashSet<String>) -> Result<Owners, String> {
+    o.ids.retain(|id| !leaving.contains(id));
+    if o.ids.is_empty() {
+        Err(format!(
+            "{} is leaving too (a leaver of this cycle, or frozen and not yet deactivated)",
+            o.named
+        ))
+    } else {
+        Ok(o)
     }
 }
 
@@ -1107,6 +1263,10 @@ pub fn render_previews(previews: &[ReassignPreview], upn: &dyn Fn(&str) -> Strin
         if p.entra_id != last {
             let _ = writeln!(out, "  {} (Salesforce {}):", upn(&p.entra_id), p.sf_id);
             last = &p.entra_id;
+        }
+        if let Some(note) = &p.note {
+            let _ = writeln!(out, "    {}: {note}", p.object);
+            continue;
         }
         let mut parts: Vec<String> =
             p.to.iter()

@@ -792,6 +792,11 @@ impl Engine {
                 plan.actions.extend(second.actions);
             }
         }
+        // Deactivated leavers give back what provisor granted them, once
+        // per cycle (not for an approved plan, which lists what it does).
+        if stopped.is_none() && approved.is_none() {
+            stopped = self.release_leavers(&cycle, &mut report).await?;
+        }
         self.settle_users(&cycle, &dirty, &plan, &outcomes, &mut report)
             .await?;
         if stopped.is_some() {
@@ -1202,6 +1207,9 @@ impl Engine {
             self.replan(&manager_pass).await?;
         }
         keep_for_report(&mut kept, &mut report.plan_omitted, leave.actions);
+        if stopped.is_none() {
+            stopped = self.release_leavers(&cycle, &mut report).await?;
+        }
         report.plan = Plan {
             cycle: cycle.clone(),
             basis,
@@ -2135,6 +2143,8 @@ impl Engine {
             let ids: Vec<String> = desired.iter().map(|(d, _)| d.user.id.clone()).collect();
             self.store.handovers_pending(&ids).await?
         };
+        // Leavers provisor froze whose deactivation it has not seen.
+        let open_leavers = self.store.open_leaver_sf_ids().await?;
         // The accounts as read, for the store's last known state.
         let mut observed: Vec<(String, SfRecord)> = Vec::new();
         for (d, want) in &desired {
@@ -2458,13 +2468,20 @@ impl Engine {
                         (false, false) => {
                             // Inactive before provisor took it over: its
                             // open records may still sit with it.
-                            if first_match || handovers.contains(id.as_str()) {
+                            let by_hand = sf_id.as_ref().is_some_and(|s| open_leavers.contains(s));
+                            if first_match || handovers.contains(id.as_str()) || by_hand {
                                 push(
                                     &mut plan,
                                     ActionKind::Handover,
-                                    format!(
-                                        "leaver already inactive in Salesforce when provisor took it over ({cause}): its open records are handed over"
-                                    ),
+                                    if by_hand {
+                                        format!(
+                                            "leaver deactivated outside provisor while frozen ({cause}): its open records are handed over"
+                                        )
+                                    } else {
+                                        format!(
+                                            "leaver already inactive in Salesforce when provisor took it over ({cause}): its open records are handed over"
+                                        )
+                                    },
                                 );
                             }
                         }

@@ -250,16 +250,10 @@ impl SfOrg {
 
     /// A record of any record object by id.
     fn record_anywhere(&self, id: &str) -> Option<(&'static str, &Map<String, Value>)> {
-        [
-            "Account",
-            "Contact",
-            "Lead",
-            "Opportunity",
-            "Case",
-            "Project__c",
-        ]
-        .into_iter()
-        .find_map(|o| self.get(o, id).map(|r| (o, r)))
+        super::records::RECORD_OBJECTS
+            .iter()
+            .copied()
+            .find_map(|o| self.get(o, id).map(|r| (o, r)))
     }
 }
 

@@ -120,12 +120,20 @@ pub(super) fn prefix(object: &str) -> &'static str {
     }
 }
 
-/// The non-setup record objects the API may create, update and delete.
+/// The non-setup record objects (owned records the API may create,
+/// update and delete).
+pub(super) const RECORD_OBJECTS: &[&str] = &[
+    "Account",
+    "Contact",
+    "Lead",
+    "Opportunity",
+    "Case",
+    "Project__c",
+];
+
+/// Whether `object` is one of [`RECORD_OBJECTS`].
 pub(super) fn is_record(object: &str) -> bool {
-    matches!(
-        object,
-        "Account" | "Contact" | "Lead" | "Opportunity" | "Case" | "Project__c"
-    )
+    RECORD_OBJECTS.contains(&object)
 }
 
 /// Objects a queue may own at all; Accounts, Contacts and Opportunities
@@ -329,14 +337,7 @@ impl SfOrg {
 
     /// Deletes a record of one of the record objects; false if `id` is none.
     pub(super) fn delete_record(&mut self, id: &str) -> bool {
-        for object in [
-            "Account",
-            "Contact",
-            "Lead",
-            "Opportunity",
-            "Case",
-            "Project__c",
-        ] {
+        for object in RECORD_OBJECTS {
             if let Some(rows) = self.objects.get_mut(object)
                 && rows.remove(id).is_some()
             {

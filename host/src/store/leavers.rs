@@ -97,15 +97,28 @@ impl Store {
         tx.commit().await.map_err(q("commit deactivated leavers"))
     }
 
+    /// Leavers found deactivated (by someone else): closed as of now, if
+    /// listed and open.
+    pub async fn leavers_closed(&self, entra_ids: &[&str]) -> Result<(), StoreError> {
+        let at = now();
+        for chunk in entra_ids.chunks(ROWS_PER_STATEMENT) {
+            let mut qb = QueryBuilder::<Sqlite>::new("UPDATE leavers SET deactivated_at = ");
+            qb.push_bind(&at);
+            qb.push(", blocker_kind = NULL, blocker_message = NULL, blocker_fix = NULL, blocker_detail = NULL, next_try = NULL WHERE deactivated_at IS NULL AND entra_id IN (");
+            super::push_in_list(&mut qb, chunk);
+            qb.build()
+                .execute(&self.pool)
+                .await
+                .map_err(q("close leavers"))?;
+        }
+        Ok(())
+    }
+
     /// Users back (reactivated or unfrozen): no longer leavers.
     pub async fn leavers_returned(&self, entra_ids: &[&str]) -> Result<(), StoreError> {
         for chunk in entra_ids.chunks(ROWS_PER_STATEMENT) {
             let mut qb = QueryBuilder::<Sqlite>::new("DELETE FROM leavers WHERE entra_id IN (");
-            let mut list = qb.separated(", ");
-            for id in chunk {
-                list.push_bind(*id);
-            }
-            qb.push(")");
+            super::push_in_list(&mut qb, chunk);
             qb.build()
                 .execute(&self.pool)
                 .await
@@ -177,11 +190,7 @@ impl Store {
                 "SELECT entra_id, blocker_kind, blocker_message, blocker_fix, blocker_detail, org_config, \
                  tries, blocked_since, next_try FROM leavers WHERE blocker_kind IS NOT NULL AND entra_id IN (",
             );
-            let mut list = qb.separated(", ");
-            for id in chunk {
-                list.push_bind(id);
-            }
-            qb.push(")");
+            super::push_in_list(&mut qb, chunk);
             for r in qb
                 .build()
                 .fetch_all(&self.pool)
@@ -248,6 +257,45 @@ impl Store {
             .collect())
     }
 
+    /// Leavers frozen and not deactivated whose sessions and tokens are
+    /// not ended yet: (Entra id, Salesforce id).
+    pub async fn sessions_to_end(&self) -> Result<Vec<(String, String)>, StoreError> {
+        sqlx::query_as(
+            "SELECT entra_id, sf_id FROM leavers WHERE deactivated_at IS NULL AND sessions_ended_at IS NULL ORDER BY entra_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("read leavers with sessions"))
+    }
+
+    /// Leavers whose sessions and tokens are ended.
+    pub async fn sessions_ended(&self, entra_ids: &[&str]) -> Result<(), StoreError> {
+        let at = now();
+        for chunk in entra_ids.chunks(ROWS_PER_STATEMENT) {
+            let mut qb = QueryBuilder::<Sqlite>::new("UPDATE leavers SET sessions_ended_at = ");
+            qb.push_bind(&at);
+            qb.push(" WHERE entra_id IN (");
+            super::push_in_list(&mut qb, chunk);
+            qb.build()
+                .execute(&self.pool)
+                .await
+                .map_err(q("record ended sessions"))?;
+        }
+        Ok(())
+    }
+
+    /// The Salesforce ids of leavers frozen and not deactivated.
+    pub async fn open_leaver_sf_ids(
+        &self,
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT sf_id FROM leavers WHERE deactivated_at IS NULL")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(q("read open leavers"))?;
+        Ok(rows.into_iter().map(|(s,)| s).collect())
+    }
+
     /// Deactivated leavers with something left to release (Entra id,
     /// Salesforce id, whether their user licence seat is not yet counted):
     /// access provisor granted, or the seat of the last deactivation.
@@ -308,11 +356,7 @@ impl Store {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "SELECT entra_id FROM handovers WHERE pending = 1 AND entra_id IN (",
             );
-            let mut list = qb.separated(", ");
-            for id in chunk {
-                list.push_bind(id);
-            }
-            qb.push(")");
+            super::push_in_list(&mut qb, chunk);
             for r in qb
                 .build()
                 .fetch_all(&self.pool)

@@ -435,6 +435,14 @@ async fn a_deactivated_leaver_gives_back_what_provisor_granted_and_the_seats_are
         ]
     );
     // Nothing is released twice.
+    let released = |rows: &[provisor::audit::AuditRow]| {
+        rows.iter()
+            .filter(|a| a.event == "leaver.seat_released")
+            .count()
+    };
+    assert_eq!(released(&audit), 2);
     let r = engine.sync_once(&Quiet).await.expect("next cycle");
     assert_eq!(r.seats_released, 0);
+    let audit = engine.store.audit_rows(None).await.expect("audit");
+    assert_eq!(released(&audit), 2);
 }

@@ -770,6 +770,17 @@ async fn records_of_users_inactive_before_provisor_are_handed_over() {
     for ((_, sf), o) in candidates.iter().zip(&opps) {
         assert_eq!(&owner_of(&sim, "Opportunity", o), sf, "stays put");
     }
+    let ids: Vec<String> = candidates.iter().map(|(e, _)| e.clone()).collect();
+    assert_eq!(
+        engine
+            .store
+            .handovers_pending(&ids)
+            .await
+            .expect("pending")
+            .len(),
+        2,
+        "still pending"
+    );
 
     // Granted: the next cycle hands the records over (still pending).
     sim.salesforce().set_update_inactive_owned(true);
@@ -790,8 +801,15 @@ async fn records_of_users_inactive_before_provisor_are_handed_over() {
             .expect("manager");
         let links = engine.store.links().await.expect("links");
         assert_eq!(owner_of(&sim, "Opportunity", o), links[&manager], "{sf}");
-        assert!(!is_active(&sim, sf));
     }
+    assert!(
+        engine
+            .store
+            .handovers_pending(&ids)
+            .await
+            .expect("pending")
+            .is_empty()
+    );
     // Done: nothing is planned for them any more.
     let r = engine.sync_once(&Quiet).await.expect("third cycle");
     assert!(
@@ -836,8 +854,20 @@ async fn records_refused_for_a_row_lock_are_sent_again() {
         sf_lock_rows: 3,
         ..Default::default()
     });
+    let calls = |sim: &Sim| {
+        sim.stats()
+            .sf_calls_by_kind
+            .get("PATCH composite/sobjects Opportunity")
+            .copied()
+            .unwrap_or(0)
+    };
+    let before = calls(&sim);
     let r = engine.sync_once(&Quiet).await.expect("moved");
     assert_eq!((r.records_reassigned, r.deactivated), (5, 1), "{r:?}");
+    // The locks were met by the moves (one account: one batch), and the
+    // three locked rows went again in a second call.
+    assert_eq!(sim.current_faults().sf_lock_rows, 0);
+    assert_eq!(calls(&sim) - before, 2);
     for o in &opps {
         assert_eq!(owner_of(&sim, "Opportunity", o), manager);
     }
@@ -958,4 +988,113 @@ async fn assignment_rules_do_not_undo_a_transfer() {
         manager,
         "the transfer stands"
     );
+}
+
+/// A target who is leaving too (here the manager, disabled in the same
+/// cycle) gets nothing: the records go to the fallback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_leaving_in_the_same_cycle_is_not_a_target() {
+    let running = start_sim(30, 315).await;
+    let sim = running.sim.clone();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let probe = synced(
+        &running,
+        &repo_root().join("rules/gallery-defaults"),
+        &dir.path().join("probe.db"),
+        2000,
+    )
+    .await;
+    let (leaver, sf, manager) = leaver_with_manager(&sim, &probe).await;
+    let links = probe.store.links().await.expect("links");
+    let manager_entra = links
+        .iter()
+        .find(|(_, s)| **s == manager)
+        .map(|(e, _)| e.clone())
+        .expect("the manager's Entra id");
+    let (fallback_id, fallback) = sim
+        .salesforce()
+        .rows("User")
+        .find(|u| {
+            u["IsActive"] == json!(true)
+                && u["Id"] != json!(sf)
+                && u["Id"] != json!(manager)
+                && u["Username"]
+                    .as_str()
+                    .is_some_and(|n| n.contains("contoso-sim.com"))
+        })
+        .map(|u| {
+            (
+                u["Id"].as_str().unwrap_or_default().to_string(),
+                u["Username"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .expect("a colleague");
+    let pack = pack_with(
+        dir.path(),
+        &format!(
+            "fn on_leave(user, records, settings) {{\n    records.map(|r| #{{ object: r.object, targets: [\"manager\", #{{ user: \"{fallback}\" }}], children: [] }})\n}}"
+        ),
+        "",
+    );
+    let engine = synced(&running, &pack, &dir.path().join("s.db"), 2000).await;
+    let opp = seed(
+        &sim,
+        "Opportunity",
+        &sf,
+        json!({"Name": "Deal", "StageName": "Prospecting", "CloseDate": "2027-01-31"}),
+    );
+    disable(&sim, &leaver);
+    disable(&sim, &manager_entra);
+    let r = engine.sync_once(&Quiet).await.expect("both leave");
+    assert_eq!(r.deactivated, 2, "{r:?}");
+    assert_eq!(owner_of(&sim, "Opportunity", &opp), fallback_id);
+    let refused = audit_details(&engine, "leaver.target_refused").await;
+    assert!(
+        refused.iter().any(|e| e["target"] == json!("Manager")
+            && e["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("leaving too"))),
+        "{refused:?}"
+    );
+}
+
+/// A leaver provisor froze and held (its records had nowhere to go) that
+/// an admin then deactivates by hand is closed: no longer listed as
+/// frozen but active, and its records are handed over when a target
+/// appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_leaver_deactivated_by_hand_is_closed_and_its_records_handed_over() {
+    let running = start_sim(30, 316).await;
+    let sim = running.sim.clone();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pack = repo_root().join("rules/gallery-defaults");
+    let engine = synced(&running, &pack, &dir.path().join("s.db"), 2000).await;
+    let (leaver, sf, manager) = leaver_with_manager(&sim, &engine).await;
+    sim.salesforce()
+        .set_read_denied(&manager, "Opportunity", true);
+    let opp = seed(
+        &sim,
+        "Opportunity",
+        &sf,
+        json!({"Name": "Deal", "StageName": "Prospecting", "CloseDate": "2027-01-31"}),
+    );
+    disable(&sim, &leaver);
+    let r = engine.sync_once(&Quiet).await.expect("held");
+    assert_eq!((r.frozen, r.deactivated, r.waiting), (1, 0, 1));
+    assert_eq!(engine.store.open_leavers().await.expect("open").len(), 1);
+    // An admin deactivates it by hand; the manager may read again.
+    let mut off = Map::new();
+    off.insert("IsActive".into(), json!(false));
+    sim.salesforce().update("User", &sf, off).expect("by hand");
+    sim.salesforce()
+        .set_read_denied(&manager, "Opportunity", false);
+    let r = engine.sync_once(&Quiet).await.expect("closed");
+    assert!(
+        r.plan.render().contains("> handover"),
+        "{}",
+        r.plan.render()
+    );
+    assert_eq!(r.records_reassigned, 1, "{r:?}");
+    assert_eq!(owner_of(&sim, "Opportunity", &opp), manager);
+    assert!(engine.store.open_leavers().await.expect("open").is_empty());
 }

@@ -961,3 +961,59 @@ async fn concurrent_request_limit_backs_off_and_completes() {
     let audit = engine.store.audit_rows(None).await.expect("audit");
     assert!(!audit.iter().any(|a| a.event == "salesforce.limit_reached"));
 }
+
+/// An org-configuration blocker's back-off runs out on its own: once the
+/// wait is over the deactivation is tried again without an operator, and it
+/// completes when the org is fixed. (Here the wait is zero minutes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_deactivation_is_tried_again_when_its_back_off_runs_out() {
+    use serde_json::Value;
+    let running = start_sim(20, 46).await;
+    let sim = running.sim.clone();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = engine_with(&running, &rhai_pack(), &dir.path().join("a.db"), |c| {
+        fast(c);
+        c.sync.blocker_retry_minutes = 0;
+    })
+    .await;
+    engine.sync_once(&Quiet).await.expect("initial sync");
+    let (entra_id, upn) = sim
+        .graph()
+        .users()
+        .find(|u| u.props.get("accountEnabled") == Some(&Value::Bool(true)))
+        .map(|u| {
+            (
+                u.id.clone(),
+                u.props["userPrincipalName"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .expect("a user");
+    let sf_id = sim.salesforce().users_where("Username", &upn)[0]["Id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    sim.salesforce().set_deactivation_blocker(
+        &sf_id,
+        Some("You cannot deactivate the Default Workflow User"),
+    );
+    sim.graph().soft_delete_user(&entra_id).expect("leaver");
+    let refusals = |rows: &[provisor::audit::AuditRow]| {
+        rows.iter()
+            .filter(|a| a.event == "user.deactivation_blocked")
+            .count()
+    };
+    let r = engine.sync_once(&Quiet).await.expect("blocked");
+    assert_eq!((r.deactivated, r.waiting), (0, 1));
+    let r = engine.sync_once(&Quiet).await.expect("tried again");
+    assert_eq!((r.deactivated, r.waiting), (0, 1));
+    let audit = engine.store.audit_rows(None).await.expect("audit");
+    assert_eq!(refusals(&audit), 2, "the wait ran out: a second attempt");
+    let open = engine.store.open_leavers().await.expect("leavers");
+    assert_eq!(open[0].blocker.as_ref().map(|b| b.tries), Some(2));
+    sim.salesforce().set_deactivation_blocker(&sf_id, None);
+    let r = engine.sync_once(&Quiet).await.expect("fixed");
+    assert_eq!((r.deactivated, r.waiting), (1, 0), "{:?}", r.waiting_for);
+}
