@@ -214,6 +214,10 @@ impl SfOrg {
             let Some((object, row)) = self.record_anywhere(&id) else {
                 continue;
             };
+            // Salesforce leaves out records the running user cannot read.
+            if !self.can_read(&self.integration_user_id, object, row) {
+                continue;
+            }
             let read = self.can_read(&user, object, row);
             let owner = row.get("OwnerId").and_then(Value::as_str) == Some(user.as_str());
             let mut m = Map::new();

@@ -861,7 +861,16 @@ impl SfOrg {
         }
         Ok(rows
             .into_iter()
-            .map(|r| self.render(object, r, &q.fields, version))
+            .map(|r| {
+                let mut v = self.render(object, r, &q.fields, version);
+                // Salesforce documents OauthToken.Id as always null.
+                if object == "OauthToken"
+                    && let Some(id) = v.get_mut("Id")
+                {
+                    *id = Value::Null;
+                }
+                v
+            })
             .collect())
     }
 
