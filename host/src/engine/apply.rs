@@ -389,22 +389,18 @@ impl Engine {
                     else {
                         continue;
                     };
-                    // Already gone counts as removed.
-                    if r.success || r.errors.iter().any(|e| e.code == "ENTITY_IS_DELETED") {
-                        self.store
-                            .remove_managed_grant(&a.entra_id, kind, name)
-                            .await?;
-                        if kind == Access::PermissionSet {
-                            report.permission_sets_removed += 1;
-                        }
-                        report.revoked += 1;
-                        events.push(AuditEvent {
-                            event: format!("user.{}_removed", kind.key()),
-                            entra_id: Some(a.entra_id.clone()),
-                            sf_id: a.sf_id.clone(),
-                            detail: json!({kind.key(): name, "assignment": assignment_id, "reason": a.reason}),
-                        });
-                    } else {
+                    let removal = Removal {
+                        entra_id: &a.entra_id,
+                        sf_id: a.sf_id.as_deref(),
+                        kind,
+                        name,
+                        assignment: assignment_id,
+                        reason: &a.reason,
+                    };
+                    if !self
+                        .settle_removal(r, &removal, report, &mut events)
+                        .await?
+                    {
                         let msg = r.error_text();
                         outcomes.entry(a.entra_id.clone()).or_default().failed = Some(format!(
                             "revoking {} {name} refused by Salesforce: {msg}",
@@ -416,6 +412,43 @@ impl Engine {
         }
         self.store.append_audit(cycle, &events).await?;
         Ok(None)
+    }
+
+    /// A removal Salesforce answered. Done, or the assignment already gone:
+    /// forgotten as provisor's grant, counted and audited, and `true`.
+    /// Refused: `false`, for the caller to say why.
+    pub(super) async fn settle_removal(
+        &self,
+        r: &RecordResult,
+        removal: &Removal<'_>,
+        report: &mut CycleReport,
+        events: &mut Vec<AuditEvent>,
+    ) -> Result<bool, SyncError> {
+        if !(r.success || r.errors.iter().any(|e| e.code == "ENTITY_IS_DELETED")) {
+            return Ok(false);
+        }
+        let Removal {
+            entra_id,
+            sf_id,
+            kind,
+            name,
+            assignment,
+            reason,
+        } = *removal;
+        self.store
+            .remove_managed_grant(entra_id, kind, name)
+            .await?;
+        if kind == Access::PermissionSet {
+            report.permission_sets_removed += 1;
+        }
+        report.revoked += 1;
+        events.push(AuditEvent {
+            event: format!("user.{}_removed", kind.key()),
+            entra_id: Some(entra_id.to_string()),
+            sf_id: sf_id.map(str::to_string),
+            detail: json!({kind.key(): name, "assignment": assignment, "reason": reason}),
+        });
+        Ok(true)
     }
 
     /// CommunityNickname is unique per org: creates refused only for a
@@ -739,6 +772,17 @@ impl Engine {
         self.store.append_audit(cycle, &events).await?;
         Ok(quarantine)
     }
+}
+
+/// One assignment provisor removed, as the audit trail names it.
+#[derive(Clone, Copy)]
+pub(super) struct Removal<'a> {
+    pub entra_id: &'a str,
+    pub sf_id: Option<&'a str>,
+    pub kind: Access,
+    pub name: &'a str,
+    pub assignment: &'a str,
+    pub reason: &'a str,
 }
 
 /// Record errors from the org's own automation: permanent for that save.

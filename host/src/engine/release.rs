@@ -112,9 +112,18 @@ impl Engine {
                     }
                 };
                 for ((entra, name, assignment), r) in chunk.iter().zip(results) {
-                    if r.success || r.errors.iter().any(|e| e.code == "ENTITY_IS_DELETED") {
-                        self.store.remove_managed_grant(entra, kind, name).await?;
-                        report.revoked += 1;
+                    let removal = super::apply::Removal {
+                        entra_id: entra,
+                        sf_id: sf_of.get(entra).copied(),
+                        kind,
+                        name,
+                        assignment,
+                        reason: "released after deactivation",
+                    };
+                    if self
+                        .settle_removal(&r, &removal, report, &mut events)
+                        .await?
+                    {
                         if kind == Access::PermissionSetLicense
                             && let Some(sf) = sf_of.get(entra)
                         {
@@ -125,12 +134,6 @@ impl Engine {
                                 name.to_string(),
                             ));
                         }
-                        events.push(AuditEvent {
-                            event: format!("user.{}_removed", kind.key()),
-                            entra_id: Some(entra.to_string()),
-                            sf_id: sf_of.get(entra).map(|s| s.to_string()),
-                            detail: json!({kind.key(): name, "assignment": assignment, "reason": "released after deactivation"}),
-                        });
                     } else {
                         events.push(release_failed(entra, &sf_of, kind, name, &r.error_text()));
                     }
