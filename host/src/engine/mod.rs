@@ -630,7 +630,7 @@ impl Engine {
             .map(|d| self.scope.check(&d.user, &d.group_refs).err())
             .collect();
         let (mut evals, _) = self
-            .evaluate_all(&self.pack.get(), &one, &config_scope)
+            .evaluate_all(&self.pack.get(), &one, &config_scope, |_| true)
             .await?;
         let evaluation = evals.pop().map(|e| e.map_err(|e| e.to_string()));
         let report = self
@@ -1708,6 +1708,7 @@ impl Engine {
         pack: &std::sync::Arc<crate::rules::Pack>,
         dirty: &[DirtyUser],
         config_outs: &[Option<String>],
+        want_keys: impl Fn(&DirtyUser) -> bool,
     ) -> Result<
         (
             Vec<Result<crate::rules::Evaluation, RuleError>>,
@@ -1715,12 +1716,12 @@ impl Engine {
         ),
         SyncError,
     > {
-        let jobs: Vec<(crate::model::EntraUser, Vec<String>, bool)> = dirty
+        let jobs: Vec<(crate::model::EntraUser, Vec<String>, bool, bool)> = dirty
             .iter()
             .zip(config_outs)
             .map(|(d, out)| {
                 let ask = d.user.removed.is_none() && out.is_none();
-                (d.user.clone(), d.groups.clone(), ask)
+                (d.user.clone(), d.groups.clone(), ask, want_keys(d))
             })
             .collect();
         let env = self.rules_env();
@@ -1728,7 +1729,9 @@ impl Engine {
         let worker_env = env.clone();
         let evaluations = tokio::task::spawn_blocking(move || {
             jobs.iter()
-                .map(|(user, groups, ask)| pack.evaluate(user, groups, *ask, &worker_env))
+                .map(|(user, groups, ask, keys)| {
+                    pack.evaluate_with(user, groups, *ask, *keys, &worker_env)
+                })
                 .collect::<Vec<_>>()
         })
         .await
@@ -1822,7 +1825,15 @@ impl Engine {
                 }
             })
             .collect();
-        let (evaluations, refusals) = self.evaluate_all(&pack, &dirty, &config_outs).await?;
+        // Match keys are asked only for users not linked yet: a linked
+        // user is read by its Id (`match-keys` is a call into every pack).
+        let dirty_ids: Vec<String> = dirty.iter().map(|d| d.user.id.clone()).collect();
+        let linked_before = self.store.links_of(&dirty_ids).await?;
+        let (evaluations, mut refusals) = self
+            .evaluate_all(&pack, &dirty, &config_outs, |d| {
+                !linked_before.contains_key(&d.user.id)
+            })
+            .await?;
         for ((d, config_out), evaluated) in dirty.iter().zip(config_outs).zip(evaluations) {
             let decided = evaluated.map(|e| {
                 let why = config_out.or_else(|| {
@@ -1945,9 +1956,10 @@ impl Engine {
                 select.push(f);
             }
         }
-        let select_fields = select.clone();
-        let select = select.join(", ");
-        let links = self.store.links_of(&chunk_ids).await?;
+        let mut select_fields = select.clone();
+        let mut select = select.join(", ");
+        // Planning writes nothing: the links read before the rules ran hold.
+        let links = &linked_before;
 
         let linked_ids: Vec<String> = desired
             .iter()
@@ -1963,6 +1975,44 @@ impl Engine {
             if let Some(id) = r.get("Id").and_then(Value::as_str) {
                 by_id.insert(id.to_string(), r);
             }
+        }
+        // A linked user whose account is gone (an org refresh) is matched
+        // again: its keys are asked for now.
+        let relink: Vec<DirtyUser> = desired
+            .iter()
+            .filter(|(d, _)| linked_before.contains_key(&d.user.id))
+            .filter(|(d, _)| links.get(&d.user.id).is_none_or(|s| !by_id.contains_key(s)))
+            .map(|(d, _)| (*d).clone())
+            .collect();
+        if !relink.is_empty() {
+            let no_scope = vec![Some(String::new()); relink.len()];
+            let (evals, more) = self
+                .evaluate_all(&pack, &relink, &no_scope, |_| true)
+                .await?;
+            refusals.extend(more);
+            let mut failed: HashSet<String> = HashSet::new();
+            for (d, e) in relink.iter().zip(evals) {
+                match e {
+                    Ok(e) => {
+                        for k in &e.keys {
+                            if !select_fields.contains(&k.field) {
+                                select_fields.push(k.field.clone());
+                            }
+                        }
+                        if let Some((id, _)) = desired.iter().find(|(x, _)| x.user.id == d.user.id)
+                        {
+                            keys_of.insert(id.user.id.as_str(), e.keys);
+                        }
+                    }
+                    Err(e) => {
+                        failed.insert(d.user.id.clone());
+                        outcomes.entry(d.user.id.clone()).or_default().failed = Some(e.to_string());
+                    }
+                }
+            }
+            // Never matched without keys (that would create a duplicate).
+            desired.retain(|(d, _)| !failed.contains(&d.user.id));
+            select = select_fields.join(", ");
         }
         let unmatched: Vec<(&str, &DesiredUser)> = desired
             .iter()

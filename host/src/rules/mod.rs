@@ -482,13 +482,14 @@ impl Layer {
     }
 
     /// Runs `map` (with the result so far), then `scope` if asked, then
-    /// `match-keys`; `None` keys = no opinion (a Rhai pack without the rule).
+    /// `match-keys` if wanted; `None` keys = not asked, or no opinion (a
+    /// Rhai pack without the rule).
     #[allow(clippy::type_complexity)]
     fn evaluate(
         &self,
         user: &EntraUser,
         groups: &[String],
-        ask_scope: bool,
+        (ask_scope, want_keys): (bool, bool),
         base: Option<&DesiredUser>,
         env: &HostEnv,
     ) -> Result<(DesiredUser, Option<Decision>, Option<Vec<MatchKey>>), RuleError> {
@@ -501,8 +502,11 @@ impl Layer {
                 } else {
                     None
                 };
-                let keys =
-                    r.match_keys(&id, user, groups, &self.gate(env, "match-keys", &user.id))?;
+                let keys = if want_keys {
+                    r.match_keys(&id, user, groups, &self.gate(env, "match-keys", &user.id))?
+                } else {
+                    None
+                };
                 Ok((desired, scope, keys))
             }
             Runner::Wasm(w) => {
@@ -511,11 +515,11 @@ impl Layer {
                     user,
                     groups,
                     &self.settings,
-                    ask_scope,
+                    (ask_scope, want_keys),
                     base,
                     self.gate(env, "map", &user.id),
                 )?;
-                Ok((desired, scope, Some(keys)))
+                Ok((desired, scope, keys))
             }
         }
     }
@@ -635,6 +639,20 @@ impl Pack {
         ask_scope: bool,
         env: &HostEnv,
     ) -> Result<Evaluation, RuleError> {
+        self.evaluate_with(user, groups, ask_scope, true, env)
+    }
+
+    /// [`Pack::evaluate`], asking for match keys only with `want_keys`:
+    /// a user already linked to its Salesforce account needs none, and
+    /// `match-keys` is a call into every pack. Without, `keys` is empty.
+    pub fn evaluate_with(
+        &self,
+        user: &EntraUser,
+        groups: &[String],
+        ask_scope: bool,
+        want_keys: bool,
+        env: &HostEnv,
+    ) -> Result<Evaluation, RuleError> {
         let mut desired: Option<DesiredUser> = None;
         let mut scope: Option<Decision> = None;
         let mut keys: Option<Vec<MatchKey>> = None;
@@ -642,7 +660,8 @@ impl Pack {
             let id = layer.id();
             // Once a pack says out of scope, the ones above are not asked.
             let ask = ask_scope && scope.as_ref().is_none_or(|s| s.in_scope);
-            let (d, s, k) = layer.evaluate(user, groups, ask, desired.as_ref(), env)?;
+            let (d, s, k) =
+                layer.evaluate(user, groups, (ask, want_keys), desired.as_ref(), env)?;
             let d = validate(&id, &user.id, d)?;
             if let Some((kind, name)) = declared.undeclared(&d) {
                 env.refuse(Refusal {
@@ -681,7 +700,10 @@ impl Pack {
         let Some(desired) = desired else {
             return Err(RuleError::Stack("no pack given".into()));
         };
-        let keys = keys.unwrap_or_else(|| {
+        let keys = keys.filter(|_| want_keys).unwrap_or_else(|| {
+            if !want_keys {
+                return Vec::new();
+            }
             ["FederationIdentifier", "Username"]
                 .iter()
                 .filter_map(|f| {
@@ -736,7 +758,7 @@ impl Pack {
         groups: &[String],
         env: &HostEnv,
     ) -> Result<DesiredUser, RuleError> {
-        Ok(self.evaluate(user, groups, false, env)?.desired)
+        Ok(self.evaluate_with(user, groups, false, false, env)?.desired)
     }
 
     /// Asks the packs where a leaver's open records go, top of the stack
@@ -1026,6 +1048,20 @@ mod tests {
         let e = p.map(&user(), &[]).expect_err("must stop").to_string();
         assert!(e.contains("t@1.0.0") && e.contains("deadline"), "{e}");
         assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    #[test]
+    fn match_keys_are_asked_for_only_when_wanted() {
+        // A linked user needs none.
+        let p = rhai(
+            r#"fn map(user, settings) { #{ fields: #{ Alias: "a" }, profile: "Standard User", active: true } }
+               fn match_keys(user, settings) { throw "asked" }"#,
+        )
+        .expect("compiles");
+        let env = HostEnv::empty();
+        assert!(p.evaluate_with(&user(), &[], false, false, &env).is_ok());
+        assert!(p.evaluate_with(&user(), &[], false, true, &env).is_err());
+        assert!(p.map(&user(), &[]).is_ok(), "map never asks for keys");
     }
 
     #[test]

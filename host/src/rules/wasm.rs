@@ -452,19 +452,20 @@ impl WasmPack {
         })
     }
 
-    /// `map`, and with `ask_scope` `scope`, then `match-keys`, all in one
-    /// instance: (desired user, scope decision, match keys).
-    #[allow(clippy::too_many_arguments)]
+    /// `map`, and with `ask_scope` `scope`, then with `want_keys`
+    /// `match-keys`, all in one instance: (desired user, scope decision,
+    /// match keys).
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     pub(super) fn evaluate(
         &self,
         pack: &str,
         user: &EntraUser,
         groups: &[String],
         settings: &SettingTables,
-        ask_scope: bool,
+        (ask_scope, want_keys): (bool, bool),
         base: Option<&DesiredUser>,
         gate: Gate,
-    ) -> Result<(DesiredUser, Option<Decision>, Vec<MatchKey>), RuleError> {
+    ) -> Result<(DesiredUser, Option<Decision>, Option<Vec<MatchKey>>), RuleError> {
         // The verification run's refusals are not recorded twice.
         let quiet_gate = Gate {
             env: super::HostEnv::new(gate.env.directory.clone()),
@@ -472,7 +473,7 @@ impl WasmPack {
         };
         let mut s = self.session(pack, user, groups, settings, gate)?;
         let reused = s.warm.served > 0;
-        let got = s.all(base, ask_scope)?;
+        let got = s.all(base, ask_scope, want_keys)?;
         self.give_back(s.warm);
         if reused {
             let n = self
@@ -483,7 +484,7 @@ impl WasmPack {
                 let warm = self.fresh(pack, user, quiet_gate)?;
                 let want = self
                     .session_from(pack, user, groups, settings, warm)
-                    .all(base, ask_scope)?;
+                    .all(base, ask_scope, want_keys)?;
                 if want != got {
                     self.reuse
                         .stateful
@@ -620,15 +621,22 @@ impl Session<'_> {
         })
     }
 
-    /// `map`, then `scope` if asked, then `match-keys`.
+    /// `map`, then `scope` if asked, then `match-keys` if wanted.
+    #[allow(clippy::type_complexity)]
     fn all(
         &mut self,
         base: Option<&DesiredUser>,
         ask_scope: bool,
-    ) -> Result<(DesiredUser, Option<Decision>, Vec<MatchKey>), RuleError> {
+        want_keys: bool,
+    ) -> Result<(DesiredUser, Option<Decision>, Option<Vec<MatchKey>>), RuleError> {
         let desired = self.map(base)?;
         let decision = if ask_scope { Some(self.scope()?) } else { None };
-        Ok((desired, decision, self.match_keys()?))
+        let keys = if want_keys {
+            Some(self.match_keys()?)
+        } else {
+            None
+        };
+        Ok((desired, decision, keys))
     }
 
     fn scope(&mut self) -> Result<Decision, RuleError> {

@@ -514,3 +514,39 @@ async fn leavers_held_to_the_end_of_a_stopped_chunked_cycle_are_not_lost() {
     let missed: Vec<&String> = ids[3..40].iter().filter(|id| !renamed(id)).collect();
     assert!(missed.is_empty(), "not renamed: {missed:?}");
 }
+
+/// Match keys are asked only for users not linked yet. A linked user whose
+/// account is gone (as after an org refresh) is asked for its keys then,
+/// and matched again to its account instead of created twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linked_user_whose_account_is_gone_is_matched_again_by_its_keys() {
+    let running = start_sim(30, 17).await;
+    let sim = running.sim.clone();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = engine(&running, &rhai_pack(), &dir.path().join("state.db")).await;
+    engine.sync_once(&Quiet).await.expect("initial sync");
+    let id = sim
+        .graph()
+        .users()
+        .find(|u| u.props.get("accountEnabled") == Some(&Value::Bool(true)))
+        .map(|u| u.id.clone())
+        .expect("an enabled user");
+    let real = engine.store.links().await.expect("links")[&id].clone();
+    // The link now points at an account the org does not have.
+    engine
+        .store
+        .set_link(&id, "005000000000999AAA", "test")
+        .await
+        .expect("link");
+    engine.store.mark_dirty(&id).await.expect("dirty");
+    let users_before = sim.salesforce().rows("User").count();
+    let r = engine.sync_once(&Quiet).await.expect("sync");
+    assert_eq!(
+        (r.created, r.failed, r.linked),
+        (0, 0, 1),
+        "{}",
+        r.plan.render()
+    );
+    assert_eq!(sim.salesforce().rows("User").count(), users_before);
+    assert_eq!(engine.store.links().await.expect("links")[&id], real);
+}
