@@ -232,17 +232,13 @@ impl Engine {
         held: &HashSet<String>,
     ) -> Result<HashSet<String>, SyncError> {
         let mut out = HashSet::new();
-        let leavers: Vec<(String, String)> = plan
-            .actions
-            .iter()
-            .filter(|a| matches!(a.kind, ActionKind::Deactivate) && !held.contains(&a.entra_id))
-            .filter(|a| {
-                outcomes
+        let leavers = plan.accounts_where(|a| {
+            matches!(a.kind, ActionKind::Deactivate)
+                && !held.contains(&a.entra_id)
+                && outcomes
                     .get(&a.entra_id)
                     .is_none_or(|o| o.failed.is_none() && !o.deferred && o.waiting.is_none())
-            })
-            .filter_map(|a| Some((a.entra_id.clone(), a.sf_id.clone()?)))
-            .collect();
+        });
         if leavers.is_empty() {
             return Ok(out);
         }

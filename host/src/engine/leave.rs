@@ -117,17 +117,12 @@ impl Engine {
         report: &mut CycleReport,
     ) -> Result<HashSet<String>, SyncError> {
         let mut held = HashSet::new();
-        let leavers: Vec<(String, String)> = plan
-            .actions
-            .iter()
-            .filter(|a| matches!(a.kind, ActionKind::Deactivate | ActionKind::Handover))
-            .filter(|a| {
-                outcomes
+        let leavers = plan.accounts_where(|a| {
+            matches!(a.kind, ActionKind::Deactivate | ActionKind::Handover)
+                && outcomes
                     .get(&a.entra_id)
                     .is_none_or(|o| o.failed.is_none() && !o.deferred)
-            })
-            .filter_map(|a| Some((a.entra_id.clone(), a.sf_id.clone()?)))
-            .collect();
+        });
         let handovers: Vec<(&str, &str)> = plan
             .actions
             .iter()

@@ -692,12 +692,8 @@ impl Engine {
     /// Where the open records of a plan's leavers would go: the same
     /// reads, rule and target checks as a sync, with no write at all.
     pub async fn preview_leavers(&self, plan: &Plan) -> Result<Vec<ReassignPreview>, SyncError> {
-        let leavers: Vec<(String, String)> = plan
-            .actions
-            .iter()
-            .filter(|a| matches!(a.kind, ActionKind::Deactivate | ActionKind::Handover))
-            .filter_map(|a| Some((a.entra_id.clone(), a.sf_id.clone()?)))
-            .collect();
+        let leavers = plan
+            .accounts_where(|a| matches!(a.kind, ActionKind::Deactivate | ActionKind::Handover));
         self.preview_reassignments(&leavers).await
     }
 

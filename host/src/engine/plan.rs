@@ -125,6 +125,16 @@ pub struct PlanCounts {
 }
 
 impl Plan {
+    /// (Entra id, Salesforce id) of the actions `keep` selects that name a
+    /// Salesforce user.
+    pub fn accounts_where(&self, keep: impl Fn(&Action) -> bool) -> Vec<(String, String)> {
+        self.actions
+            .iter()
+            .filter(|a| keep(a))
+            .filter_map(|a| Some((a.entra_id.clone(), a.sf_id.clone()?)))
+            .collect()
+    }
+
     /// Counts per action kind.
     pub fn counts(&self) -> PlanCounts {
         let mut c = PlanCounts::default();

@@ -335,13 +335,16 @@ impl Store {
     /// Handovers with nothing left to move.
     pub async fn handovers_done(&self, entra_ids: &[&str]) -> Result<(), StoreError> {
         let at = now();
-        for e in entra_ids {
-            sqlx::query("UPDATE handovers SET pending = 0, done_at = ? WHERE entra_id = ?")
-                .bind(&at)
-                .bind(*e)
+        for chunk in entra_ids.chunks(ROWS_PER_STATEMENT) {
+            let mut qb =
+                QueryBuilder::<Sqlite>::new("UPDATE handovers SET pending = 0, done_at = ");
+            qb.push_bind(&at);
+            qb.push(" WHERE entra_id IN (");
+            super::push_in_list(&mut qb, chunk);
+            qb.build()
                 .execute(&self.pool)
                 .await
-                .map_err(q("finish handover"))?;
+                .map_err(q("finish handovers"))?;
         }
         Ok(())
     }
