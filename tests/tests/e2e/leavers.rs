@@ -64,6 +64,29 @@ async fn leaver_with_manager(sim: &Sim, engine: &Engine) -> (String, String, Str
         .expect("a linked user with a linked manager")
 }
 
+/// Up to `n` active tenant users other than `not`: (Id, Username).
+fn colleagues(sim: &Sim, not: &[&str], n: usize) -> Vec<(String, String)> {
+    sim.salesforce()
+        .rows("User")
+        .filter(|u| u["IsActive"] == json!(true))
+        .filter_map(|u| Some((u["Id"].as_str()?, u["Username"].as_str()?)))
+        .filter(|(id, name)| !not.contains(id) && name.contains("contoso-sim.com"))
+        .take(n)
+        .map(|(id, name)| (id.to_string(), name.to_string()))
+        .collect()
+}
+
+/// The gallery pack handing each object to the manager, else to `user`.
+fn manager_then_user(dir: &Path, user: &str) -> PathBuf {
+    pack_with(
+        dir,
+        &format!(
+            "fn on_leave(user, records, settings) {{\n    records.map(|r| #{{ object: r.object, targets: [\"manager\", #{{ user: \"{user}\" }}], children: [] }})\n}}"
+        ),
+        "",
+    )
+}
+
 fn seed(sim: &Sim, object: &str, owner: &str, fields: Value) -> String {
     let mut m: Map<String, Value> = fields.as_object().cloned().unwrap_or_default();
     m.insert("OwnerId".into(), json!(owner));
@@ -172,15 +195,9 @@ async fn an_inactive_manager_falls_back_and_round_robin_spreads_evenly() {
     )
     .await;
     let (leaver, sf, manager) = leaver_with_manager(&sim, &probe).await;
-    let team: Vec<String> = sim
-        .salesforce()
-        .rows("User")
-        .filter(|u| {
-            u["IsActive"] == json!(true) && u["Id"] != json!(sf) && u["Id"] != json!(manager)
-        })
-        .filter_map(|u| u["Username"].as_str().map(str::to_string))
-        .filter(|n| n.contains("contoso-sim.com"))
-        .take(3)
+    let team: Vec<String> = colleagues(&sim, &[&sf, &manager], 3)
+        .into_iter()
+        .map(|(_, name)| name)
         .collect();
     assert_eq!(team.len(), 3);
     let list: Vec<String> = team.iter().map(|t| format!("\"{t}\"")).collect();
@@ -397,31 +414,10 @@ async fn a_target_without_read_access_is_refused_and_the_fallback_used() {
     )
     .await;
     let (leaver, sf, manager) = leaver_with_manager(&sim, &probe).await;
-    let (fallback_id, fallback) = sim
-        .salesforce()
-        .rows("User")
-        .find(|u| {
-            u["IsActive"] == json!(true)
-                && u["Id"] != json!(sf)
-                && u["Id"] != json!(manager)
-                && u["Username"]
-                    .as_str()
-                    .is_some_and(|n| n.contains("contoso-sim.com"))
-        })
-        .map(|u| {
-            (
-                u["Id"].as_str().unwrap_or_default().to_string(),
-                u["Username"].as_str().unwrap_or_default().to_string(),
-            )
-        })
+    let (fallback_id, fallback) = colleagues(&sim, &[&sf, &manager], 1)
+        .pop()
         .expect("a colleague");
-    let pack = pack_with(
-        dir.path(),
-        &format!(
-            "fn on_leave(user, records, settings) {{\n    records.map(|r| #{{ object: r.object, targets: [\"manager\", #{{ user: \"{fallback}\" }}], children: [] }})\n}}"
-        ),
-        "",
-    );
+    let pack = manager_then_user(dir.path(), &fallback);
     let engine = synced(&running, &pack, &dir.path().join("s.db"), 2000).await;
     // The manager may read Leads but not Opportunities.
     sim.salesforce()
@@ -1014,31 +1010,10 @@ async fn a_manager_leaving_in_the_same_cycle_is_not_a_target() {
         .find(|(_, s)| **s == manager)
         .map(|(e, _)| e.clone())
         .expect("the manager's Entra id");
-    let (fallback_id, fallback) = sim
-        .salesforce()
-        .rows("User")
-        .find(|u| {
-            u["IsActive"] == json!(true)
-                && u["Id"] != json!(sf)
-                && u["Id"] != json!(manager)
-                && u["Username"]
-                    .as_str()
-                    .is_some_and(|n| n.contains("contoso-sim.com"))
-        })
-        .map(|u| {
-            (
-                u["Id"].as_str().unwrap_or_default().to_string(),
-                u["Username"].as_str().unwrap_or_default().to_string(),
-            )
-        })
+    let (fallback_id, fallback) = colleagues(&sim, &[&sf, &manager], 1)
+        .pop()
         .expect("a colleague");
-    let pack = pack_with(
-        dir.path(),
-        &format!(
-            "fn on_leave(user, records, settings) {{\n    records.map(|r| #{{ object: r.object, targets: [\"manager\", #{{ user: \"{fallback}\" }}], children: [] }})\n}}"
-        ),
-        "",
-    );
+    let pack = manager_then_user(dir.path(), &fallback);
     let engine = synced(&running, &pack, &dir.path().join("s.db"), 2000).await;
     let opp = seed(
         &sim,

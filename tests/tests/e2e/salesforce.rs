@@ -173,6 +173,26 @@ fn login_frozen(sim: &provisor::sim::Sim, user_id: &str) -> Option<bool> {
         .and_then(|l| l.get("IsFrozen").and_then(serde_json::Value::as_bool))
 }
 
+/// An enabled Entra user with a Salesforce account: (Entra id, Salesforce id).
+fn enabled_user(sim: &provisor::sim::Sim) -> (String, String) {
+    let (id, upn) = sim
+        .graph()
+        .users()
+        .find(|u| u.props.get("accountEnabled") == Some(&serde_json::Value::Bool(true)))
+        .and_then(|u| {
+            Some((
+                u.id.clone(),
+                u.props["userPrincipalName"].as_str()?.to_string(),
+            ))
+        })
+        .expect("a user");
+    let sf = sim.salesforce().users_where("Username", &upn)[0]["Id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    (id, sf)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leavers_are_frozen_at_once_and_stay_frozen_while_deactivation_is_blocked() {
     use serde_json::Value;
@@ -185,24 +205,7 @@ async fn leavers_are_frozen_at_once_and_stay_frozen_while_deactivation_is_blocke
     })
     .await;
     engine.sync_once(&Quiet).await.expect("initial sync");
-    let (entra_id, upn) = sim
-        .graph()
-        .users()
-        .find(|u| u.props.get("accountEnabled") == Some(&Value::Bool(true)))
-        .map(|u| {
-            (
-                u.id.clone(),
-                u.props["userPrincipalName"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-            )
-        })
-        .expect("a user");
-    let sf_id = sim.salesforce().users_where("Username", &upn)[0]["Id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let (entra_id, sf_id) = enabled_user(&sim);
     assert_eq!(login_frozen(&sim, &sf_id), Some(false));
 
     // The leaver is the default case owner: Salesforce refuses deactivation.
@@ -967,7 +970,6 @@ async fn concurrent_request_limit_backs_off_and_completes() {
 /// completes when the org is fixed. (Here the wait is zero minutes.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocked_deactivation_is_tried_again_when_its_back_off_runs_out() {
-    use serde_json::Value;
     let running = start_sim(20, 46).await;
     let sim = running.sim.clone();
     let dir = tempfile::tempdir().expect("temp dir");
@@ -977,24 +979,7 @@ async fn a_blocked_deactivation_is_tried_again_when_its_back_off_runs_out() {
     })
     .await;
     engine.sync_once(&Quiet).await.expect("initial sync");
-    let (entra_id, upn) = sim
-        .graph()
-        .users()
-        .find(|u| u.props.get("accountEnabled") == Some(&Value::Bool(true)))
-        .map(|u| {
-            (
-                u.id.clone(),
-                u.props["userPrincipalName"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-            )
-        })
-        .expect("a user");
-    let sf_id = sim.salesforce().users_where("Username", &upn)[0]["Id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let (entra_id, sf_id) = enabled_user(&sim);
     sim.salesforce().set_deactivation_blocker(
         &sf_id,
         Some("You cannot deactivate the Default Workflow User"),
