@@ -268,8 +268,13 @@ impl AccessClaims {
             return Some(("role", r.clone()));
         }
         for kind in Access::ALL {
+            let grants = d.grants(kind);
+            // `referenced` builds a list: most users are granted nothing.
+            if grants.is_empty() {
+                continue;
+            }
             let declared = self.referenced(kind);
-            if let Some(n) = d.grants(kind).iter().find(|n| !has(&declared, n)) {
+            if let Some(n) = grants.iter().find(|n| !has(&declared, n)) {
                 return Some((kind.label(), n.clone()));
             }
         }
@@ -493,17 +498,17 @@ impl Layer {
         base: Option<&DesiredUser>,
         env: &HostEnv,
     ) -> Result<(DesiredUser, Option<Decision>, Option<Vec<MatchKey>>), RuleError> {
-        let id = self.id();
+        let id: &str = &self.id;
         match &self.runner {
             Runner::Rhai(r) => {
-                let desired = r.map(&id, user, groups, base, &self.gate(env, "map", &user.id))?;
+                let desired = r.map(id, user, groups, base, self.gate(env, "map", &user.id))?;
                 let scope = if ask_scope {
-                    Some(r.scope(&id, user, groups, &self.gate(env, "scope", &user.id))?)
+                    Some(r.scope(id, user, groups, self.gate(env, "scope", &user.id))?)
                 } else {
                     None
                 };
                 let keys = if want_keys {
-                    r.match_keys(&id, user, groups, &self.gate(env, "match-keys", &user.id))?
+                    r.match_keys(id, user, groups, self.gate(env, "match-keys", &user.id))?
                 } else {
                     None
                 };
@@ -511,7 +516,7 @@ impl Layer {
             }
             Runner::Wasm(w) => {
                 let (desired, scope, keys) = w.evaluate(
-                    &id,
+                    id,
                     user,
                     groups,
                     &self.settings,
@@ -657,7 +662,7 @@ impl Pack {
         let mut scope: Option<Decision> = None;
         let mut keys: Option<Vec<MatchKey>> = None;
         for (layer, declared) in self.layers.iter().zip(&self.declared) {
-            let id = layer.id();
+            let id: &str = &layer.id;
             // Once a pack says out of scope, the ones above are not asked.
             let ask = ask_scope && scope.as_ref().is_none_or(|s| s.in_scope);
             let (d, s, k) =
@@ -665,14 +670,14 @@ impl Pack {
             let d = validate(&id, &user.id, d)?;
             if let Some((kind, name)) = declared.undeclared(&d) {
                 env.refuse(Refusal {
-                    pack: id.clone(),
+                    pack: id.to_string(),
                     rule: "map".into(),
                     user: user.id.clone(),
                     capability: kind.into(),
                     target: name.clone(),
                 });
                 return Err(RuleError::Refused {
-                    pack: id,
+                    pack: id.to_string(),
                     export: "map",
                     user: user.id.clone(),
                     message: format!(
@@ -777,7 +782,7 @@ impl Pack {
             let id = layer.id();
             let gate = layer.gate(env, "on-leave", &user.id);
             let plan = match &layer.runner {
-                Runner::Rhai(r) => r.on_leave(&id, user, groups, records, &gate)?,
+                Runner::Rhai(r) => r.on_leave(&id, user, groups, records, gate)?,
                 Runner::Wasm(w) => w.on_leave(&id, user, groups, records, &layer.settings, gate)?,
             };
             let Some(plan) = plan.filter(|p| !p.reassignments.is_empty()) else {
@@ -924,10 +929,14 @@ const MAX_TEXT: usize = 131_072;
 pub(crate) fn fields_from_pairs(
     pairs: impl IntoIterator<Item = (String, FieldValue)>,
 ) -> Result<BTreeMap<String, FieldValue>, String> {
+    use std::collections::btree_map::Entry;
     let mut m = BTreeMap::new();
     for (k, v) in pairs {
-        if m.insert(k.clone(), v).is_some() {
-            return Err(format!("field {k} is set twice"));
+        match m.entry(k) {
+            Entry::Vacant(e) => {
+                e.insert(v);
+            }
+            Entry::Occupied(e) => return Err(format!("field {} is set twice", e.key())),
         }
     }
     Ok(m)
@@ -985,6 +994,31 @@ mod tests {
             pack.map(&gone, &[]).expect("maps").profile.as_deref(),
             Some("Chatter Free User")
         );
+    }
+
+    #[test]
+    fn rhai_string_membership_matches_the_standard_library() {
+        // The host's own `contains(array, string)` must answer like the
+        // standard library's (which compares element by element with `==`).
+        let p = rhai(
+            r#"fn map(user, settings) {
+                let mixed = ["SF-Sales", 1, true, (), ["SF-Admins"]];
+                let hits = [
+                    mixed.contains("SF-Sales"),
+                    "SF-Admins" in mixed,
+                    mixed.contains("sf-sales"),
+                    mixed.contains(1),
+                    user.groups.contains("SF-Support"),
+                    "SF-Support" in user.groups,
+                    [].contains(""),
+                ];
+                #{ fields: #{ Alias: hits.map(|h| if h { "1" } else { "0" }).reduce(|a, b| a + b, "") },
+                   profile: "Standard User", active: true }
+            }"#,
+        )
+        .expect("loads");
+        let d = p.map(&user(), &["SF-Support".into()]).expect("maps");
+        assert_eq!(d.fields["Alias"], FieldValue::Text("1001110".into()));
     }
 
     #[test]

@@ -150,6 +150,17 @@ pub(super) struct RhaiPack {
     /// Copied into every call, so no call can change what the next sees
     /// (a shared read-only value still let scripts push into its arrays).
     settings: Map,
+    /// Which optional functions the script defines (looked up once: the
+    /// AST's function list is walked otherwise for every call).
+    defines: Defines,
+}
+
+/// The contract's optional functions a script defines.
+#[derive(Clone, Copy)]
+struct Defines {
+    scope: bool,
+    match_keys: bool,
+    map_with_base: bool,
 }
 
 fn sandboxed_engine(pack: &str) -> Engine {
@@ -182,6 +193,18 @@ fn sandboxed_engine(pack: &str) -> Engine {
     });
     e.on_debug(|s, _, _| {
         let _ = with_gate(|g| g.log(LogLevel::Debug, s));
+    });
+    // `array.contains(string)` and `string in array` (a group name among
+    // the user's groups, in nearly every pack): the standard library calls
+    // the `==` operator through the function resolver once per element;
+    // comparing the strings here gives the same answer (an element of
+    // another type never equals a string) at a fraction of the cost. The
+    // engine's own functions are found before the packages'.
+    e.register_fn("contains", |array: &mut Array, value: ImmutableString| {
+        array.iter().any(|item| {
+            item.read_lock::<ImmutableString>()
+                .is_some_and(|s| *s == value)
+        })
     });
     register_entra_functions(&mut e);
     register_host_api(&mut e);
@@ -263,52 +286,25 @@ fn register_entra_functions(e: &mut Engine) {
 }
 
 fn opt(v: &Option<String>) -> Dynamic {
-    v.as_ref()
-        .map_or(Dynamic::UNIT, |s| Dynamic::from(s.clone()))
+    v.as_deref().map_or(Dynamic::UNIT, text)
+}
+
+/// A string value for a script, built straight from the `&str` (no
+/// intermediate `String`).
+fn text(s: &str) -> Dynamic {
+    Dynamic::from(ImmutableString::from(s))
+}
+
+fn strings(v: &[String]) -> Dynamic {
+    Dynamic::from(v.iter().map(|s| text(s)).collect::<Array>())
 }
 
 /// The user as the script sees it: Graph's camelCase names.
 fn user_map(u: &EntraUser, groups: &[String]) -> Map {
-    let mut m = Map::new();
-    let mut put = |k: &str, v: Dynamic| {
-        m.insert(k.into(), v);
-    };
-    put("id", Dynamic::from(u.id.clone()));
-    put("userPrincipalName", opt(&u.user_principal_name));
-    put("mail", opt(&u.mail));
-    put("givenName", opt(&u.given_name));
-    put("surname", opt(&u.surname));
-    put("displayName", opt(&u.display_name));
-    put("department", opt(&u.department));
-    put("jobTitle", opt(&u.job_title));
-    put("employeeId", opt(&u.employee_id));
-    put("mobilePhone", opt(&u.mobile_phone));
-    put(
-        "businessPhones",
-        Dynamic::from(
-            u.business_phones
-                .iter()
-                .cloned()
-                .map(Dynamic::from)
-                .collect::<Array>(),
-        ),
-    );
-    put("preferredLanguage", opt(&u.preferred_language));
-    put("userType", opt(&u.user_type));
-    put(
-        "accountEnabled",
-        u.account_enabled.map_or(Dynamic::UNIT, Dynamic::from),
-    );
-    put("managerId", opt(&u.manager_id));
-    put("deleted", Dynamic::from(u.removed.is_some()));
-    put(
-        "groups",
-        Dynamic::from(groups.iter().cloned().map(Dynamic::from).collect::<Array>()),
-    );
     let mut ext = Map::new();
     for (k, v) in &u.extensions {
         let d = match v {
-            serde_json::Value::String(s) => Dynamic::from(s.clone()),
+            serde_json::Value::String(s) => text(s),
             serde_json::Value::Bool(b) => Dynamic::from(*b),
             serde_json::Value::Number(n) => n
                 .as_i64()
@@ -318,8 +314,32 @@ fn user_map(u: &EntraUser, groups: &[String]) -> Map {
         };
         ext.insert(k.as_str().into(), d);
     }
-    m.insert("extensions".into(), Dynamic::from(ext));
-    m
+    // In key order: the map is then built in one pass instead of by
+    // searching for each key (this runs for every user and export).
+    let entries: [(&str, Dynamic); 18] = [
+        (
+            "accountEnabled",
+            u.account_enabled.map_or(Dynamic::UNIT, Dynamic::from),
+        ),
+        ("businessPhones", strings(&u.business_phones)),
+        ("deleted", Dynamic::from(u.removed.is_some())),
+        ("department", opt(&u.department)),
+        ("displayName", opt(&u.display_name)),
+        ("employeeId", opt(&u.employee_id)),
+        ("extensions", Dynamic::from(ext)),
+        ("givenName", opt(&u.given_name)),
+        ("groups", strings(groups)),
+        ("id", text(&u.id)),
+        ("jobTitle", opt(&u.job_title)),
+        ("mail", opt(&u.mail)),
+        ("managerId", opt(&u.manager_id)),
+        ("mobilePhone", opt(&u.mobile_phone)),
+        ("preferredLanguage", opt(&u.preferred_language)),
+        ("surname", opt(&u.surname)),
+        ("userPrincipalName", opt(&u.user_principal_name)),
+        ("userType", opt(&u.user_type)),
+    ];
+    entries.into_iter().map(|(k, v)| (k.into(), v)).collect()
 }
 
 fn settings_map(settings: &SettingTables) -> Map {
@@ -334,16 +354,21 @@ fn settings_map(settings: &SettingTables) -> Map {
     m
 }
 
-fn field_value(name: &str, v: &Dynamic) -> Result<FieldValue, String> {
+fn field_value(name: &str, v: Dynamic) -> Result<FieldValue, String> {
     if v.is_unit() {
-        Ok(FieldValue::Null)
-    } else if let Some(s) = v.clone().try_cast::<ImmutableString>() {
-        Ok(FieldValue::Text(s.to_string()))
-    } else if let Some(b) = v.clone().try_cast::<bool>() {
+        return Ok(FieldValue::Null);
+    }
+    if v.is_string() {
+        return v
+            .into_immutable_string()
+            .map(|s| FieldValue::Text(s.as_str().to_owned()))
+            .map_err(|t| format!("field {name} has a {t} value"));
+    }
+    if let Ok(b) = v.as_bool() {
         Ok(FieldValue::Bool(b))
-    } else if let Some(i) = v.clone().try_cast::<i64>() {
+    } else if let Ok(i) = v.as_int() {
         Ok(FieldValue::Number(i as f64))
-    } else if let Some(f) = v.clone().try_cast::<f64>() {
+    } else if let Ok(f) = v.as_float() {
         Ok(FieldValue::Number(f))
     } else {
         Err(format!(
@@ -374,18 +399,19 @@ fn desired(v: Dynamic) -> Result<DesiredUser, String> {
             ));
         }
     }
+    let mut m = m;
     let fields = m
-        .get("fields")
-        .cloned()
+        .remove("fields")
         .and_then(|f| f.try_cast::<Map>())
         .ok_or("`fields` must be an object map")?;
-    let mut pairs = Vec::new();
+    let mut pairs = Vec::with_capacity(fields.len());
     for (k, v) in fields {
         // IgnoreFlowIfNullOrEmpty: not managed for this user.
         if v.is::<IgnoreFlow>() {
             continue;
         }
-        pairs.push((k.to_string(), field_value(&k, &v)?));
+        let v = field_value(&k, v)?;
+        pairs.push((k.as_str().to_owned(), v));
     }
     let profile = match m.get("profile") {
         None => None,
@@ -463,25 +489,27 @@ impl RhaiPack {
                 message: "the script defines no `fn map(user, settings)` (or `fn map(user, settings, base)`)".into(),
             });
         }
+        let has = |name: &str, params: usize| {
+            ast.iter_functions()
+                .any(|f| f.name == name && f.params.len() == params)
+        };
+        let defines = Defines {
+            scope: has("scope", 2),
+            match_keys: has("match_keys", 2),
+            map_with_base: has("map", 3),
+        };
         Ok(Self {
             engine,
             ast: Arc::new(ast),
             settings: settings_map(settings),
+            defines,
         })
-    }
-
-    fn has(&self, name: &str) -> bool {
-        self.ast
-            .iter_functions()
-            .any(|f| f.name == name && f.params.len() == 2)
     }
 
     /// Whether `map` takes the result of the packs below (`fn map(user,
     /// settings, base)`), as a pack stacked on another must.
     pub(super) fn takes_base(&self) -> bool {
-        self.ast
-            .iter_functions()
-            .any(|f| f.name == "map" && f.params.len() == 3)
+        self.defines.map_with_base
     }
 
     /// Calls `name(args...)` within the limits and the deadline, with the
@@ -493,7 +521,7 @@ impl RhaiPack {
         name: &str,
         user: &str,
         args: impl rhai::FuncArgs,
-        gate: &Gate,
+        gate: Gate,
     ) -> Result<Dynamic, RuleError> {
         let mut scope = Scope::new();
         // Packs hold only functions and constants; don't re-run top level.
@@ -502,7 +530,7 @@ impl RhaiPack {
         GATE.with(|g| {
             *g.borrow_mut() = Some(Gate {
                 rule: export,
-                ..gate.clone()
+                ..gate
             })
         });
         let result = self
@@ -528,9 +556,9 @@ impl RhaiPack {
         pack: &str,
         user: &EntraUser,
         groups: &[String],
-        gate: &Gate,
+        gate: Gate,
     ) -> Result<Decision, RuleError> {
-        if !self.has("scope") {
+        if !self.defines.scope {
             return Ok(Decision::in_scope());
         }
         let args = (user_map(user, groups), self.settings.clone());
@@ -570,9 +598,9 @@ impl RhaiPack {
         pack: &str,
         user: &EntraUser,
         groups: &[String],
-        gate: &Gate,
+        gate: Gate,
     ) -> Result<Option<Vec<MatchKey>>, RuleError> {
-        if !self.has("match_keys") {
+        if !self.defines.match_keys {
             return Ok(None);
         }
         let args = (user_map(user, groups), self.settings.clone());
@@ -619,7 +647,7 @@ impl RhaiPack {
         user: &EntraUser,
         groups: &[String],
         base: Option<&DesiredUser>,
-        gate: &Gate,
+        gate: Gate,
     ) -> Result<DesiredUser, RuleError> {
         let (u, settings) = (user_map(user, groups), self.settings.clone());
         let out = if self.takes_base() {
@@ -648,7 +676,7 @@ impl RhaiPack {
         user: &EntraUser,
         groups: &[String],
         records: &[OwnedRecords],
-        gate: &Gate,
+        gate: Gate,
     ) -> Result<Option<ReassignmentPlan>, RuleError> {
         if !self
             .ast
