@@ -215,7 +215,7 @@ fn rules_check_test_and_eval() {
     );
     assert!(
         String::from_utf8_lossy(&out.stdout)
-            .contains("ok (Rhai pack gallery-defaults@0.1.0, contract 0.3)")
+            .contains("ok (Rhai pack gallery-defaults@0.1.0, contract 0.4)")
     );
 
     let out = provisor()

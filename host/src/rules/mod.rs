@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::{Access, DesiredUser, EntraUser, FieldValue, is_api_name};
 
 /// Contract versions (`provisor:rules@major.minor`) this host accepts.
-pub const ACCEPTED_CONTRACTS: &[&str] = &["0.3"];
+pub const ACCEPTED_CONTRACTS: &[&str] = &["0.4"];
 
 /// Errors loading or running a pack; each names the pack.
 #[derive(Debug, thiserror::Error)]
@@ -460,10 +460,10 @@ impl Layer {
                     file: entry.clone(),
                     source,
                 })?;
-                Runner::Wasm(wasm::WasmPack::compile(&pack, &bytes)?)
+                Runner::Wasm(wasm::WasmPack::compile(&pack, &bytes, &settings)?)
             }
         };
-        Ok(Self {
+        let layer = Self {
             id: pack.as_str().into(),
             info: m.pack,
             source: m.source,
@@ -472,7 +472,15 @@ impl Layer {
             tables: std::sync::Arc::new(tables),
             settings,
             runner,
-        })
+        };
+        // `configure` runs now, so a pack that refuses its settings is
+        // refused at load. Host calls it makes are checked like any other.
+        let gate = layer.gate(&HostEnv::empty(), "configure", "");
+        match &layer.runner {
+            Runner::Rhai(r) => r.configure(&pack, gate)?,
+            Runner::Wasm(w) => w.configure_check(&pack, gate)?,
+        }
+        Ok(layer)
     }
 
     fn gate(&self, env: &HostEnv, rule: &'static str, user: &str) -> host::Gate {
@@ -519,7 +527,6 @@ impl Layer {
                     id,
                     user,
                     groups,
-                    &self.settings,
                     (ask_scope, want_keys),
                     base,
                     self.gate(env, "map", &user.id),
@@ -667,7 +674,7 @@ impl Pack {
             let ask = ask_scope && scope.as_ref().is_none_or(|s| s.in_scope);
             let (d, s, k) =
                 layer.evaluate(user, groups, (ask, want_keys), desired.as_ref(), env)?;
-            let d = validate(&id, &user.id, d)?;
+            let d = validate(id, &user.id, d)?;
             if let Some((kind, name)) = declared.undeclared(&d) {
                 env.refuse(Refusal {
                     pack: id.to_string(),
@@ -783,7 +790,7 @@ impl Pack {
             let gate = layer.gate(env, "on-leave", &user.id);
             let plan = match &layer.runner {
                 Runner::Rhai(r) => r.on_leave(&id, user, groups, records, gate)?,
-                Runner::Wasm(w) => w.on_leave(&id, user, groups, records, &layer.settings, gate)?,
+                Runner::Wasm(w) => w.on_leave(&id, user, groups, records, gate)?,
             };
             let Some(plan) = plan.filter(|p| !p.reassignments.is_empty()) else {
                 continue;
@@ -949,7 +956,7 @@ mod tests {
     fn pack_dir(manifest_extra: &str, engine: &str, entry: &str, body: &[u8]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().expect("temp dir");
         let toml = format!(
-            "[pack]\nname = \"t\"\nversion = \"1.0.0\"\nengine = \"{engine}\"\nentry = \"{entry}\"\ncontract = \"0.3\"\n{manifest_extra}\n[access]\nprofiles = [\"Standard User\"]\nfields = [\"Alias\", \"FirstName\", \"Department\", \"Title\", \"CommunityNickname\", \"EmployeeNumber\", \"MobilePhone\", \"Email\"]\n"
+            "[pack]\nname = \"t\"\nversion = \"1.0.0\"\nengine = \"{engine}\"\nentry = \"{entry}\"\ncontract = \"0.4\"\n{manifest_extra}\n[access]\nprofiles = [\"Standard User\"]\nfields = [\"Alias\", \"FirstName\", \"Department\", \"Title\", \"CommunityNickname\", \"EmployeeNumber\", \"MobilePhone\", \"Email\"]\n"
         );
         std::fs::write(dir.path().join("pack.toml"), toml).expect("write manifest");
         std::fs::write(dir.path().join(entry), body).expect("write entry");
@@ -994,6 +1001,36 @@ mod tests {
             pack.map(&gone, &[]).expect("maps").profile.as_deref(),
             Some("Chatter Free User")
         );
+    }
+
+    #[test]
+    fn a_rhai_configure_that_throws_refuses_the_pack_at_load() {
+        let body = |check: &str| {
+            format!(
+                r#"fn configure(settings) {{ {check} }}
+                fn map(user, settings) {{ #{{ fields: #{{}}, profile: "Standard User", active: true }} }}"#
+            )
+        };
+        let dir = pack_dir(
+            "[settings.group_profiles]\n\"SF-Sales\" = \"\"\n",
+            "rhai",
+            "main.rhai",
+            body(r#"for e in settings.group_profiles { if e[1] == "" { throw `group ${e[0]} has no profile`; } }"#)
+                .as_bytes(),
+        );
+        let e = Pack::load(dir.path())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("t@1.0.0")
+                && e.contains("configure refused its settings")
+                && e.contains("group SF-Sales has no profile"),
+            "{e}"
+        );
+        // A configure that does not throw loads.
+        let fine = pack_dir("", "rhai", "main.rhai", body("let n = 1;").as_bytes());
+        assert!(Pack::load(fine.path()).is_ok());
     }
 
     #[test]
@@ -1338,7 +1375,7 @@ mod tests {
         let top = tempfile::tempdir().expect("temp dir");
         std::fs::write(
             top.path().join("pack.toml"),
-            "[pack]\nname = \"org\"\nversion = \"2.0.0\"\nengine = \"rhai\"\nentry = \"main.rhai\"\ncontract = \"0.3\"\n[access]\nfields = [\"Department\"]\n",
+            "[pack]\nname = \"org\"\nversion = \"2.0.0\"\nengine = \"rhai\"\nentry = \"main.rhai\"\ncontract = \"0.4\"\n[access]\nfields = [\"Department\"]\n",
         )
         .expect("manifest");
         std::fs::write(

@@ -158,6 +158,7 @@ pub(super) struct RhaiPack {
 /// The contract's optional functions a script defines.
 #[derive(Clone, Copy)]
 struct Defines {
+    configure: bool,
     scope: bool,
     match_keys: bool,
     map_with_base: bool,
@@ -494,6 +495,7 @@ impl RhaiPack {
                 .any(|f| f.name == name && f.params.len() == params)
         };
         let defines = Defines {
+            configure: has("configure", 1),
             scope: has("scope", 2),
             match_keys: has("match_keys", 2),
             map_with_base: has("map", 3),
@@ -504,6 +506,28 @@ impl RhaiPack {
             settings: settings_map(settings),
             defines,
         })
+    }
+
+    /// `fn configure(settings)`, if the script has one, once at load: a
+    /// script that `throw`s refuses its settings, and the pack with them
+    /// (the WIT export of the same name). Scripts get the settings in
+    /// every call too, so there is nothing to keep.
+    pub(super) fn configure(&self, pack: &str, gate: Gate) -> Result<(), RuleError> {
+        if !self.defines.configure {
+            return Ok(());
+        }
+        let args = (self.settings.clone(),);
+        self.call(pack, "configure", "configure", "", args, gate)
+            .map(|_| ())
+            .map_err(|e| RuleError::Load {
+                pack: pack.into(),
+                message: match e {
+                    RuleError::Call { message, .. } => {
+                        format!("configure refused its settings: {message}")
+                    }
+                    other => other.to_string(),
+                },
+            })
     }
 
     /// Whether `map` takes the result of the packs below (`fn map(user,

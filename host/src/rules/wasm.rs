@@ -24,6 +24,11 @@ mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "rule-pack",
+        // Exports take borrowed strings: the user is lowered straight from
+        // the host's own record, without a copy of every field per call.
+        ownership: Borrowing {
+            duplicate_if_necessary: true
+        },
     });
 }
 
@@ -222,8 +227,8 @@ fn cache_dir() -> Option<std::path::PathBuf> {
 pub(super) struct WasmPack {
     engine: &'static Engine,
     pre: RulePackPre<State>,
-    /// The pack's settings in the contract's shape, converted once.
-    tables: std::sync::OnceLock<Vec<types::SettingTable>>,
+    /// The pack's settings, handed to `configure` in each new instance.
+    settings: SettingTables,
     /// Instances kept warm for the next user (see [`Reuse`]).
     warm: std::sync::Mutex<Vec<Warm>>,
     reuse: Reuse,
@@ -244,6 +249,12 @@ struct Warm {
 /// results depend on what it saw before (a counter, a cache, the clock or
 /// randomness) differs sooner or later; from then on the pack gets a fresh
 /// instance per user, for good. Plans stay a pure function of their inputs.
+///
+/// A verification costs an instantiation (about 13 us, three times a
+/// mapping): at one in 16 it was a sixth of the per-user cost. State shows
+/// early (a counter or a cache at the first verification), so once a pack
+/// has passed [`SETTLE`] reused evaluations (256 verifications) one in
+/// [`VERIFY_EVERY_SETTLED`] is checked instead, for as long as it is loaded.
 struct Reuse {
     /// Set once a reused instance gave another answer than a fresh one.
     stateful: std::sync::atomic::AtomicBool,
@@ -253,49 +264,92 @@ struct Reuse {
 
 /// One reused evaluation in this many is checked against a fresh instance.
 const VERIFY_EVERY: u64 = 16;
+/// Reused evaluations after which a pack is checked less often.
+const SETTLE: u64 = 4_096;
+/// One reused evaluation in this many is checked once a pack has settled.
+const VERIFY_EVERY_SETTLED: u64 = 128;
 /// Users one instance serves before it is dropped (its heap only grows).
 const MAX_SERVED: u32 = 1_000;
 /// Warm instances kept per pack (one per thread evaluating it at once).
 const MAX_WARM: usize = 4;
 
-fn to_wit(u: &EntraUser, groups: &[String]) -> types::EntraUser {
+/// What the borrowed user record points into besides the user itself:
+/// the contract's lists are slices of `&str`, built per user.
+struct UserLists<'a> {
+    phones: Vec<&'a str>,
+    groups: Vec<&'a str>,
+    extensions: Vec<(&'a str, types::ValueParam<'a>)>,
+}
+
+/// Extension values that are neither text, bool, number nor null (arrays,
+/// objects), rendered as JSON text; `None` for the others.
+fn rendered_extensions(u: &EntraUser) -> Vec<Option<String>> {
+    u.extensions
+        .values()
+        .map(|v| match v {
+            serde_json::Value::Array(_) | serde_json::Value::Object(_) => Some(v.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+impl<'a> UserLists<'a> {
+    fn new(u: &'a EntraUser, groups: &'a [String], rendered: &'a [Option<String>]) -> Self {
+        Self {
+            phones: u.business_phones.iter().map(String::as_str).collect(),
+            groups: groups.iter().map(String::as_str).collect(),
+            extensions: u
+                .extensions
+                .iter()
+                .zip(rendered)
+                .map(|((k, v), r)| {
+                    let v = match (v, r) {
+                        (_, Some(text)) => types::ValueParam::Text(text),
+                        (serde_json::Value::String(s), None) => types::ValueParam::Text(s),
+                        (serde_json::Value::Bool(b), None) => types::ValueParam::Boolean(*b),
+                        (serde_json::Value::Number(n), None) => {
+                            types::ValueParam::Number(n.as_f64().unwrap_or(0.0))
+                        }
+                        _ => types::ValueParam::Null,
+                    };
+                    (k.as_str(), v)
+                })
+                .collect(),
+        }
+    }
+}
+
+fn to_wit<'a>(u: &'a EntraUser, lists: &'a UserLists<'a>) -> types::EntraUser<'a> {
     types::EntraUser {
-        id: u.id.clone(),
-        user_principal_name: u.user_principal_name.clone(),
-        mail: u.mail.clone(),
-        given_name: u.given_name.clone(),
-        surname: u.surname.clone(),
-        display_name: u.display_name.clone(),
-        department: u.department.clone(),
-        job_title: u.job_title.clone(),
-        employee_id: u.employee_id.clone(),
-        mobile_phone: u.mobile_phone.clone(),
-        business_phones: u.business_phones.clone(),
-        preferred_language: u.preferred_language.clone(),
-        user_type: u.user_type.clone(),
+        id: &u.id,
+        user_principal_name: u.user_principal_name.as_deref(),
+        mail: u.mail.as_deref(),
+        given_name: u.given_name.as_deref(),
+        surname: u.surname.as_deref(),
+        display_name: u.display_name.as_deref(),
+        department: u.department.as_deref(),
+        job_title: u.job_title.as_deref(),
+        employee_id: u.employee_id.as_deref(),
+        mobile_phone: u.mobile_phone.as_deref(),
+        business_phones: &lists.phones,
+        preferred_language: u.preferred_language.as_deref(),
+        user_type: u.user_type.as_deref(),
         account_enabled: u.account_enabled,
-        manager_id: u.manager_id.clone(),
+        manager_id: u.manager_id.as_deref(),
         deleted: u.removed.is_some(),
-        groups: groups.to_vec(),
-        extensions: u
-            .extensions
-            .iter()
-            .map(|(k, v)| {
-                let v = match v {
-                    serde_json::Value::String(s) => types::Value::Text(s.clone()),
-                    serde_json::Value::Bool(b) => types::Value::Boolean(*b),
-                    serde_json::Value::Number(n) => types::Value::Number(n.as_f64().unwrap_or(0.0)),
-                    serde_json::Value::Null => types::Value::Null,
-                    other => types::Value::Text(other.to_string()),
-                };
-                (k.clone(), v)
-            })
-            .collect(),
+        groups: &lists.groups,
+        extensions: &lists.extensions,
     }
 }
 
 impl WasmPack {
-    pub(super) fn compile(pack: &str, bytes: &[u8]) -> Result<Self, RuleError> {
+    /// Compiles (or finds in the cache) and pre-instantiates a component;
+    /// [`WasmPack::configure_check`] then tries it with its settings.
+    pub(super) fn compile(
+        pack: &str,
+        bytes: &[u8],
+        settings: &SettingTables,
+    ) -> Result<Self, RuleError> {
         let load = |message: String| RuleError::Load {
             pack: pack.into(),
             message,
@@ -329,7 +383,7 @@ impl WasmPack {
         Ok(Self {
             engine,
             pre,
-            tables: std::sync::OnceLock::new(),
+            settings: settings.clone(),
             warm: std::sync::Mutex::default(),
             reuse: Reuse {
                 stateful: std::sync::atomic::AtomicBool::new(false),
@@ -348,11 +402,10 @@ impl WasmPack {
     /// An instance for one user: every export called for that user runs in
     /// it. A warm one when reuse is allowed, else a fresh one.
     fn session<'a>(
-        &'a self,
+        &self,
         pack: &'a str,
         user: &'a EntraUser,
-        groups: &[String],
-        settings: &SettingTables,
+        wit_user: types::EntraUser<'a>,
         gate: Gate,
     ) -> Result<Session<'a>, RuleError> {
         let warm = if self.reusing() {
@@ -365,35 +418,14 @@ impl WasmPack {
                 w.store.data_mut().gate = gate;
                 w
             }
-            None => self.fresh(pack, user, gate)?,
+            None => self.fresh(pack, &user.id, gate)?,
         };
-        Ok(self.session_from(pack, user, groups, settings, warm))
-    }
-
-    fn session_from<'a>(
-        &'a self,
-        pack: &'a str,
-        user: &'a EntraUser,
-        groups: &[String],
-        settings: &SettingTables,
-        warm: Warm,
-    ) -> Session<'a> {
-        let tables = self.tables.get_or_init(|| {
-            settings
-                .iter()
-                .map(|(name, entries)| types::SettingTable {
-                    name: name.clone(),
-                    entries: entries.clone(),
-                })
-                .collect()
-        });
-        Session {
+        Ok(Session {
             pack,
             user,
-            wit_user: to_wit(user, groups),
-            tables,
+            wit_user,
             warm,
-        }
+        })
     }
 
     /// Returns an instance that served a user without failing.
@@ -414,8 +446,36 @@ impl WasmPack {
         }
     }
 
-    /// A freshly instantiated component.
-    fn fresh(&self, pack: &str, user: &EntraUser, gate: Gate) -> Result<Warm, RuleError> {
+    /// Instantiates and configures the component once at load, so that a
+    /// component refusing its settings (or failing to start) refuses the
+    /// pack then, not user by user mid-sync. The instance is kept warm.
+    pub(super) fn configure_check(&self, pack: &str, gate: Gate) -> Result<(), RuleError> {
+        let warm = self.fresh(pack, "", gate).map_err(|e| RuleError::Load {
+            pack: pack.into(),
+            message: match e {
+                RuleError::Call {
+                    export, message, ..
+                } => format!("{export}: {message}"),
+                other => other.to_string(),
+            },
+        })?;
+        self.give_back_fresh(warm);
+        Ok(())
+    }
+
+    /// Keeps a fresh instance for the next user (it has served no one).
+    fn give_back_fresh(&self, w: Warm) {
+        if self.reusing() {
+            let mut pool = self.warm.lock().unwrap_or_else(|e| e.into_inner());
+            if pool.len() < MAX_WARM {
+                pool.push(w);
+            }
+        }
+    }
+
+    /// A freshly instantiated component, configured with the pack's
+    /// settings. `user` names who it is for in errors (empty at load).
+    fn fresh(&self, pack: &str, user: &str, gate: Gate) -> Result<Warm, RuleError> {
         let stdout = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(OUTPUT);
         let stderr = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(OUTPUT);
         let state = State {
@@ -433,18 +493,44 @@ impl WasmPack {
         };
         let mut store = Store::new(self.engine, state);
         store.limiter(|s| &mut s.limits);
-        let fail = |message: String| RuleError::Call {
+        let fail = |export: &'static str, message: String| RuleError::Call {
             pack: pack.into(),
-            export: "instantiate",
-            user: user.id.clone(),
+            export,
+            user: user.into(),
             message,
         };
         // Instantiation runs the component's start code: it pays fuel too.
-        store.set_fuel(FUEL).map_err(|e| fail(e.to_string()))?;
+        store
+            .set_fuel(FUEL)
+            .map_err(|e| fail("instantiate", e.to_string()))?;
         let instance = self
             .pre
             .instantiate(&mut store)
-            .map_err(|e| fail(format!("instantiation failed: {e}")))?;
+            .map_err(|e| fail("instantiate", format!("instantiation failed: {e}")))?;
+        store
+            .set_fuel(FUEL)
+            .map_err(|e| fail("configure", e.to_string()))?;
+        store.data_mut().gate.rule = "configure";
+        let entries: Vec<Vec<(&str, &str)>> = self
+            .settings
+            .iter()
+            .map(|(_, e)| e.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect())
+            .collect();
+        let tables: Vec<types::SettingTable> = self
+            .settings
+            .iter()
+            .zip(&entries)
+            .map(|((name, _), entries)| types::SettingTable { name, entries })
+            .collect();
+        let configured = instance.call_configure(&mut store, &tables);
+        store.data_mut().log_output();
+        match configured {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => {
+                return Err(fail("configure", format!("refused its settings: {why}")));
+            }
+            Err(e) => return Err(fail("configure", trap_message(&e))),
+        }
         Ok(Warm {
             store,
             instance,
@@ -455,13 +541,12 @@ impl WasmPack {
     /// `map`, and with `ask_scope` `scope`, then with `want_keys`
     /// `match-keys`, all in one instance: (desired user, scope decision,
     /// match keys).
-    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    #[allow(clippy::type_complexity)]
     pub(super) fn evaluate(
         &self,
         pack: &str,
         user: &EntraUser,
         groups: &[String],
-        settings: &SettingTables,
         (ask_scope, want_keys): (bool, bool),
         base: Option<&DesiredUser>,
         gate: Gate,
@@ -471,7 +556,9 @@ impl WasmPack {
             env: super::HostEnv::new(gate.env.directory.clone()),
             ..gate.clone()
         };
-        let mut s = self.session(pack, user, groups, settings, gate)?;
+        let rendered = rendered_extensions(user);
+        let lists = UserLists::new(user, groups, &rendered);
+        let mut s = self.session(pack, user, to_wit(user, &lists), gate)?;
         let reused = s.warm.served > 0;
         let got = s.all(base, ask_scope, want_keys)?;
         self.give_back(s.warm);
@@ -480,11 +567,20 @@ impl WasmPack {
                 .reuse
                 .reused
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if n.is_multiple_of(VERIFY_EVERY) {
-                let warm = self.fresh(pack, user, quiet_gate)?;
-                let want = self
-                    .session_from(pack, user, groups, settings, warm)
-                    .all(base, ask_scope, want_keys)?;
+            let every = if n < SETTLE {
+                VERIFY_EVERY
+            } else {
+                VERIFY_EVERY_SETTLED
+            };
+            if n.is_multiple_of(every) {
+                let warm = self.fresh(pack, &user.id, quiet_gate)?;
+                let want = Session {
+                    pack,
+                    user,
+                    wit_user: to_wit(user, &lists),
+                    warm,
+                }
+                .all(base, ask_scope, want_keys)?;
                 if want != got {
                     self.reuse
                         .stateful
@@ -509,22 +605,33 @@ impl WasmPack {
         user: &EntraUser,
         groups: &[String],
         records: &[OwnedRecords],
-        settings: &SettingTables,
         gate: Gate,
     ) -> Result<Option<ReassignmentPlan>, RuleError> {
         // Leavers are few: always a fresh instance, never a reused one.
-        let warm = self.fresh(pack, user, gate)?;
-        let mut s = self.session_from(pack, user, groups, settings, warm);
+        let warm = self.fresh(pack, &user.id, gate)?;
+        let rendered = rendered_extensions(user);
+        let lists = UserLists::new(user, groups, &rendered);
+        let mut s = Session {
+            pack,
+            user,
+            wit_user: to_wit(user, &lists),
+            warm,
+        };
+        let accounts: Vec<Vec<&str>> = records
+            .iter()
+            .map(|r| r.accounts.iter().map(String::as_str).collect())
+            .collect();
         let records: Vec<types::OwnedRecords> = records
             .iter()
-            .map(|r| types::OwnedRecords {
-                object: r.object.clone(),
+            .zip(&accounts)
+            .map(|(r, accounts)| types::OwnedRecords {
+                object: &r.object,
                 count: r.count,
-                accounts: r.accounts.clone(),
+                accounts,
             })
             .collect();
-        let plan = s.run("on-leave", |i, store, u, t| {
-            i.call_on_leave(store, u, &records, t)
+        let plan = s.run("on-leave", |i, store, u| {
+            i.call_on_leave(store, u, &records)
         })?;
         let reassignments: Vec<Reassignment> = plan
             .reassignments
@@ -552,28 +659,59 @@ impl WasmPack {
     }
 }
 
-fn to_wit_desired(d: &DesiredUser) -> types::DesiredUser {
-    types::DesiredUser {
-        fields: d
-            .fields
-            .iter()
-            .map(|(k, v)| {
-                let v = match v {
-                    FieldValue::Null => types::Value::Null,
-                    FieldValue::Text(s) => types::Value::Text(s.clone()),
-                    FieldValue::Bool(b) => types::Value::Boolean(*b),
-                    FieldValue::Number(n) => types::Value::Number(*n),
-                };
-                (k.clone(), v)
-            })
-            .collect(),
-        profile: d.profile.clone(),
-        role: d.role.clone(),
-        permission_sets: d.permission_sets.clone(),
-        permission_set_groups: d.permission_set_groups.clone(),
-        permission_set_licenses: d.permission_set_licenses.clone(),
-        queues: d.queues.clone(),
-        active: d.active,
+/// Why a call into the component failed: out of fuel, or the trap.
+fn trap_message(e: &wasmtime::Error) -> String {
+    if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::OutOfFuel) {
+        format!("ran out of its budget of {FUEL} fuel")
+    } else {
+        format!("trapped: {e:?}")
+    }
+}
+
+/// What a borrowed `base` points into.
+struct DesiredLists<'a> {
+    fields: Vec<(&'a str, types::ValueParam<'a>)>,
+    grants: [Vec<&'a str>; 4],
+}
+
+impl<'a> DesiredLists<'a> {
+    fn new(d: &'a DesiredUser) -> Self {
+        let names = |v: &'a [String]| v.iter().map(String::as_str).collect::<Vec<_>>();
+        Self {
+            fields: d
+                .fields
+                .iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        FieldValue::Null => types::ValueParam::Null,
+                        FieldValue::Text(s) => types::ValueParam::Text(s),
+                        FieldValue::Bool(b) => types::ValueParam::Boolean(*b),
+                        FieldValue::Number(n) => types::ValueParam::Number(*n),
+                    };
+                    (k.as_str(), v)
+                })
+                .collect(),
+            grants: [
+                names(&d.permission_sets),
+                names(&d.permission_set_groups),
+                names(&d.permission_set_licenses),
+                names(&d.queues),
+            ],
+        }
+    }
+
+    fn to_wit(&'a self, d: &'a DesiredUser) -> types::DesiredUserParam<'a> {
+        let [sets, groups, licenses, queues] = &self.grants;
+        types::DesiredUserParam {
+            fields: &self.fields,
+            profile: d.profile.as_deref(),
+            role: d.role.as_deref(),
+            permission_sets: sets,
+            permission_set_groups: groups,
+            permission_set_licenses: licenses,
+            queues,
+            active: d.active,
+        }
     }
 }
 
@@ -581,8 +719,7 @@ fn to_wit_desired(d: &DesiredUser) -> types::DesiredUser {
 struct Session<'a> {
     pack: &'a str,
     user: &'a EntraUser,
-    wit_user: types::EntraUser,
-    tables: &'a [types::SettingTable],
+    wit_user: types::EntraUser<'a>,
     warm: Warm,
 }
 
@@ -595,8 +732,7 @@ impl Session<'_> {
         f: impl FnOnce(
             &bindings::RulePack,
             &mut Store<State>,
-            &types::EntraUser,
-            &[types::SettingTable],
+            types::EntraUser<'_>,
         ) -> wasmtime::Result<T>,
     ) -> Result<T, RuleError> {
         let call = |message: String| RuleError::Call {
@@ -608,17 +744,10 @@ impl Session<'_> {
         let w = &mut self.warm;
         w.store.set_fuel(FUEL).map_err(|e| call(e.to_string()))?;
         w.store.data_mut().gate.rule = export;
-        let result = f(&w.instance, &mut w.store, &self.wit_user, self.tables);
+        // The record is only references: copying it copies no string.
+        let result = f(&w.instance, &mut w.store, self.wit_user.clone());
         w.store.data_mut().log_output();
-        result.map_err(|e| {
-            let out_of_fuel =
-                e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::OutOfFuel);
-            call(if out_of_fuel {
-                format!("ran out of its budget of {FUEL} fuel")
-            } else {
-                format!("trapped: {e:?}")
-            })
-        })
+        result.map_err(|e| call(trap_message(&e)))
     }
 
     /// `map`, then `scope` if asked, then `match-keys` if wanted.
@@ -640,7 +769,7 @@ impl Session<'_> {
     }
 
     fn scope(&mut self) -> Result<Decision, RuleError> {
-        let d = self.run("scope", |i, store, u, t| i.call_scope(store, u, t))?;
+        let d = self.run("scope", |i, store, u| i.call_scope(store, u))?;
         Ok(Decision {
             in_scope: d.in_scope,
             reason: d.reason,
@@ -648,9 +777,7 @@ impl Session<'_> {
     }
 
     fn match_keys(&mut self) -> Result<Vec<MatchKey>, RuleError> {
-        let keys = self.run("match-keys", |i, store, u, t| {
-            i.call_match_keys(store, u, t)
-        })?;
+        let keys = self.run("match-keys", |i, store, u| i.call_match_keys(store, u))?;
         Ok(keys
             .into_iter()
             .map(|k| MatchKey {
@@ -661,16 +788,15 @@ impl Session<'_> {
     }
 
     fn map(&mut self, base: Option<&DesiredUser>) -> Result<DesiredUser, RuleError> {
-        let base = base.map(to_wit_desired);
-        let out = self.run("map", |i, store, u, t| {
-            i.call_map(store, u, t, base.as_ref())
-        })?;
+        let lists = base.map(DesiredLists::new);
+        let base = lists.as_ref().zip(base).map(|(l, d)| l.to_wit(d));
+        let out = self.run("map", |i, store, u| i.call_map(store, u, base.clone()))?;
         let pairs = out.fields.into_iter().map(|(k, v)| {
             let v = match v {
-                types::Value::Null => FieldValue::Null,
-                types::Value::Text(s) => FieldValue::Text(s),
-                types::Value::Boolean(b) => FieldValue::Bool(b),
-                types::Value::Number(n) => FieldValue::Number(n),
+                types::ValueResult::Null => FieldValue::Null,
+                types::ValueResult::Text(s) => FieldValue::Text(s),
+                types::ValueResult::Boolean(b) => FieldValue::Bool(b),
+                types::ValueResult::Number(n) => FieldValue::Number(n),
             };
             (k, v)
         });

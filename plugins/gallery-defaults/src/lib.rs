@@ -13,6 +13,11 @@ struct GalleryDefaults;
 
 const DEFAULT_PROFILE: &str = "Chatter Free User";
 
+/// `group_profiles` (group, profile) in file order, kept by `configure`:
+/// the same for every user, so keeping it carries nothing from one user
+/// to the next.
+static GROUP_PROFILES: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+
 fn text(v: Option<&str>) -> Value {
     match v {
         Some(s) if !s.is_empty() => Value::Text(s.to_string()),
@@ -25,8 +30,24 @@ fn non_empty(v: &Option<String>) -> Option<&str> {
 }
 
 impl Guest for GalleryDefaults {
+    fn configure(settings: Vec<SettingTable>) -> Result<(), String> {
+        let table = settings
+            .into_iter()
+            .find(|t| t.name == "group_profiles")
+            .map(|t| t.entries)
+            .unwrap_or_default();
+        if let Some((group, _)) = table.iter().find(|(_, p)| p.trim().is_empty()) {
+            return Err(format!(
+                "group_profiles: group {group:?} has an empty profile"
+            ));
+        }
+        GROUP_PROFILES
+            .set(table)
+            .map_err(|_| "configured twice".to_string())
+    }
+
     // The gallery app manages every user its assignment lets through.
-    fn scope(_user: EntraUser, _settings: Vec<SettingTable>) -> Decision {
+    fn scope(_user: EntraUser) -> Decision {
         Decision {
             in_scope: true,
             reason: String::new(),
@@ -35,7 +56,7 @@ impl Guest for GalleryDefaults {
 
     // The gallery app matches on the UPN (FederationIdentifier, then
     // Username, as it writes both from the UPN).
-    fn match_keys(user: EntraUser, _settings: Vec<SettingTable>) -> Vec<MatchKey> {
+    fn match_keys(user: EntraUser) -> Vec<MatchKey> {
         let upn = user.user_principal_name.unwrap_or_default();
         if upn.is_empty() {
             return Vec::new();
@@ -50,11 +71,7 @@ impl Guest for GalleryDefaults {
     }
 
     // A bottom pack: there is nothing below it, so `base` is ignored.
-    fn map(
-        user: EntraUser,
-        settings: Vec<SettingTable>,
-        _base: Option<DesiredUser>,
-    ) -> DesiredUser {
+    fn map(user: EntraUser, _base: Option<DesiredUser>) -> DesiredUser {
         let upn = user.user_principal_name.clone().unwrap_or_default();
         // Entra's Left(), the same implementation Rhai packs call.
         let alias = provisor_functions::left(&upn, 8);
@@ -65,11 +82,10 @@ impl Guest for GalleryDefaults {
 
         // The first entry of `group_profiles` (in file order) whose group the
         // user is in wins; the gallery app allows only one app role per user.
-        let profile = settings
-            .iter()
-            .find(|t| t.name == "group_profiles")
-            .and_then(|t| {
-                t.entries
+        let profile = GROUP_PROFILES
+            .get()
+            .and_then(|table| {
+                table
                     .iter()
                     .find(|(group, _)| user.groups.iter().any(|g| g == group))
                     .map(|(_, profile)| profile.clone())
@@ -109,11 +125,7 @@ impl Guest for GalleryDefaults {
 
     // The gallery app has no notion of records: a leaver's open records go
     // to their manager, and the user is not deactivated while that fails.
-    fn on_leave(
-        _user: EntraUser,
-        records: Vec<OwnedRecords>,
-        _settings: Vec<SettingTable>,
-    ) -> ReassignmentPlan {
+    fn on_leave(_user: EntraUser, records: Vec<OwnedRecords>) -> ReassignmentPlan {
         ReassignmentPlan {
             reassignments: records
                 .into_iter()

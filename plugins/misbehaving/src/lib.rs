@@ -1,6 +1,6 @@
 //! A rule component that misbehaves on purpose, for the host's sandbox
 //! tests. `[settings.test] "mode"` picks the misbehaviour; any other value
-//! maps normally.
+//! maps normally. `"bad-settings"` makes `configure` refuse the settings.
 
 wit_bindgen::generate!({
     path: "../../wit",
@@ -11,6 +11,9 @@ use provisor::rules::types::Value;
 
 struct Misbehaving;
 
+/// `[settings.test] "mode"`, kept by `configure`.
+static MODE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 #[allow(unconditional_recursion)]
 fn recurse(n: u64) -> u64 {
     // black_box keeps the optimiser from turning this into a loop.
@@ -18,31 +21,34 @@ fn recurse(n: u64) -> u64 {
 }
 
 impl Guest for Misbehaving {
-    fn scope(_user: EntraUser, _settings: Vec<SettingTable>) -> Decision {
+    fn configure(settings: Vec<SettingTable>) -> Result<(), String> {
+        let mode = settings
+            .iter()
+            .find(|t| t.name == "test")
+            .and_then(|t| t.entries.iter().find(|(k, _)| k == "mode"))
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        if mode == "bad-settings" {
+            return Err("[settings.test] mode \"bad-settings\" is refused on purpose".into());
+        }
+        MODE.set(mode).map_err(|_| "configured twice".to_string())
+    }
+
+    fn scope(_user: EntraUser) -> Decision {
         Decision {
             in_scope: true,
             reason: String::new(),
         }
     }
 
-    fn match_keys(_user: EntraUser, _settings: Vec<SettingTable>) -> Vec<MatchKey> {
+    fn match_keys(_user: EntraUser) -> Vec<MatchKey> {
         Vec::new()
     }
 
-    fn map(
-        user: EntraUser,
-        settings: Vec<SettingTable>,
-        _base: Option<DesiredUser>,
-    ) -> DesiredUser {
-        let mode = settings
-            .iter()
-            .find(|t| t.name == "test")
-            .and_then(|t| t.entries.iter().find(|(k, _)| k == "mode"))
-            .map(|(_, v)| v.as_str())
-            .unwrap_or("")
-            .to_string();
+    fn map(user: EntraUser, _base: Option<DesiredUser>) -> DesiredUser {
+        let mode = MODE.get().map_or("", String::as_str);
         let mut fields = vec![("LastName".to_string(), Value::Text("x".into()))];
-        match mode.as_str() {
+        match mode {
             "loop" => loop {
                 std::hint::black_box(&user);
             },
@@ -91,11 +97,7 @@ impl Guest for Misbehaving {
     }
 
     // Behaves: an empty plan, which defers to the pack below.
-    fn on_leave(
-        _user: EntraUser,
-        _records: Vec<OwnedRecords>,
-        _settings: Vec<SettingTable>,
-    ) -> ReassignmentPlan {
+    fn on_leave(_user: EntraUser, _records: Vec<OwnedRecords>) -> ReassignmentPlan {
         ReassignmentPlan {
             reassignments: Vec::new(),
             deactivate_anyway: false,

@@ -41,6 +41,13 @@ use provisor::rules::types::{HostError, LogLevel, OwnerTarget, Reassignment};
 
 struct RoundRobin;
 
+/// The pack's settings, kept by `configure` (the same for every user).
+static SETTINGS: std::sync::OnceLock<Vec<SettingTable>> = std::sync::OnceLock::new();
+
+fn settings() -> &'static [SettingTable] {
+    SETTINGS.get().map_or(&[], Vec::as_slice)
+}
+
 /// The value of `key` in the settings table `table`, if both exist.
 fn setting<'a>(settings: &'a [SettingTable], table: &str, key: &str) -> Option<&'a str> {
     settings
@@ -94,8 +101,29 @@ fn team_usernames(team: &str, leaver_id: &str) -> Option<Vec<String>> {
 }
 
 impl Guest for RoundRobin {
+    fn configure(settings: Vec<SettingTable>) -> Result<(), String> {
+        // An object with both a team and a queue is ambiguous: say so at
+        // load rather than pick one silently.
+        let keys = |table: &str| -> Vec<String> {
+            settings
+                .iter()
+                .filter(|t| t.name == table)
+                .flat_map(|t| t.entries.iter().map(|(k, _)| k.clone()))
+                .collect()
+        };
+        let queues = keys("queues");
+        if let Some(both) = keys("teams").into_iter().find(|o| queues.contains(o)) {
+            return Err(format!(
+                "{both} has both a team ([settings.teams]) and a queue ([settings.queues]); keep one"
+            ));
+        }
+        SETTINGS
+            .set(settings)
+            .map_err(|_| "configured twice".to_string())
+    }
+
     // The base pack and the host decide scope; this pack agrees with them.
-    fn scope(_user: EntraUser, _settings: Vec<SettingTable>) -> Decision {
+    fn scope(_user: EntraUser) -> Decision {
         Decision {
             in_scope: true,
             reason: String::new(),
@@ -103,17 +131,13 @@ impl Guest for RoundRobin {
     }
 
     // Empty: defer to the pack below.
-    fn match_keys(_user: EntraUser, _settings: Vec<SettingTable>) -> Vec<MatchKey> {
+    fn match_keys(_user: EntraUser) -> Vec<MatchKey> {
         Vec::new()
     }
 
     // The base pack's decision, untouched. Alone (no base) it asks for a
     // bare user that is active only if Entra says the account is enabled.
-    fn map(
-        user: EntraUser,
-        _settings: Vec<SettingTable>,
-        base: Option<DesiredUser>,
-    ) -> DesiredUser {
+    fn map(user: EntraUser, base: Option<DesiredUser>) -> DesiredUser {
         base.unwrap_or_else(|| DesiredUser {
             fields: Vec::new(),
             profile: None,
@@ -126,30 +150,27 @@ impl Guest for RoundRobin {
         })
     }
 
-    fn on_leave(
-        user: EntraUser,
-        records: Vec<OwnedRecords>,
-        settings: Vec<SettingTable>,
-    ) -> ReassignmentPlan {
-        let fallback = non_blank(&settings, "options", "fallback_user");
+    fn on_leave(user: EntraUser, records: Vec<OwnedRecords>) -> ReassignmentPlan {
+        let settings = settings();
+        let fallback = non_blank(settings, "options", "fallback_user");
         let reassignments = records
             .into_iter()
             .map(|r| {
                 let mut targets = Vec::new();
-                if let Some(team) = non_blank(&settings, "teams", &r.object) {
+                if let Some(team) = non_blank(settings, "teams", &r.object) {
                     if let Some(names) = team_usernames(team, &user.id)
                         && !names.is_empty()
                     {
                         targets.push(OwnerTarget::RoundRobin(names));
                     }
-                } else if let Some(queue) = non_blank(&settings, "queues", &r.object) {
+                } else if let Some(queue) = non_blank(settings, "queues", &r.object) {
                     targets.push(OwnerTarget::Queue(queue.to_string()));
                 }
                 targets.push(OwnerTarget::Manager);
                 if let Some(u) = fallback {
                     targets.push(OwnerTarget::User(u.to_string()));
                 }
-                let children = setting(&settings, "children", &r.object)
+                let children = setting(settings, "children", &r.object)
                     .map(|list| {
                         list.split(',')
                             .map(str::trim)

@@ -239,7 +239,7 @@ fn components_importing_files_or_sockets_are_refused_at_load() {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(
             dir.path().join("pack.toml"),
-            "[pack]\nname = \"greedy\"\nversion = \"1.0.0\"\nengine = \"wasm\"\nentry = \"g.wasm\"\ncontract = \"0.3\"\n",
+            "[pack]\nname = \"greedy\"\nversion = \"1.0.0\"\nengine = \"wasm\"\nentry = \"g.wasm\"\ncontract = \"0.4\"\n",
         )
         .expect("manifest");
         std::fs::write(dir.path().join("g.wasm"), component_importing(import)).expect("wasm");

@@ -52,8 +52,8 @@ async fn rehire_case(auto: bool) {
         std::fs::write(
             pack.join("pack.toml"),
             m.replace(
-                "contract = \"0.3\"",
-                "contract = \"0.3\"\nrehires = \"auto\"",
+                "contract = \"0.4\"",
+                "contract = \"0.4\"\nrehires = \"auto\"",
             ),
         )
         .expect("write");

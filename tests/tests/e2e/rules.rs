@@ -127,6 +127,57 @@ fn misbehaving(mode: &str) -> (tempfile::TempDir, provisor::rules::Pack) {
     (dir, pack)
 }
 
+/// `configure` runs at load: a component that refuses its settings refuses
+/// the pack then, with its reason, naming the pack and the export.
+#[test]
+fn a_component_refusing_its_settings_is_refused_at_load() {
+    let fixture = repo_root().join("tests/fixtures/packs/misbehaving");
+    let dir = tempfile::tempdir().expect("temp dir");
+    copy_dir(&fixture, dir.path());
+    let manifest = std::fs::read_to_string(dir.path().join("pack.toml")).expect("manifest");
+    std::fs::write(
+        dir.path().join("pack.toml"),
+        manifest.replace("\"mode\" = \"none\"", "\"mode\" = \"bad-settings\""),
+    )
+    .expect("write");
+    let e = provisor::rules::Pack::load(dir.path())
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        e.contains("misbehaving@0.1.0")
+            && e.contains("configure")
+            && e.contains("refused its settings")
+            && e.contains("bad-settings"),
+        "{e}"
+    );
+
+    // The round-robin example checks its own settings the same way: an
+    // object with both a team and a queue is ambiguous.
+    let rr = tempfile::tempdir().expect("temp dir");
+    copy_dir(&repo_root().join("rules/round-robin"), rr.path());
+    let manifest = std::fs::read_to_string(rr.path().join("pack.toml")).expect("manifest");
+    assert!(manifest.contains("[settings.queues]\n"), "{manifest}");
+    std::fs::write(
+        rr.path().join("pack.toml"),
+        manifest.replace(
+            "[settings.queues]\n",
+            "[settings.queues]\n\"Opportunity\" = \"Sales_Leads\"\n",
+        ),
+    )
+    .expect("write");
+    let e = provisor::rules::Pack::load(rr.path())
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        e.contains("round-robin@") && e.contains("Opportunity has both a team"),
+        "{e}"
+    );
+    // Unchanged, it loads.
+    assert!(provisor::rules::Pack::load(&repo_root().join("rules/round-robin")).is_ok());
+}
+
 /// Instances are reused from user to user only while that cannot change a
 /// result: a component that remembers earlier users is caught the first
 /// time a reused instance answers differently from a fresh one, and from
