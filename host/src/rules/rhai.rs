@@ -218,18 +218,29 @@ fn sandboxed_engine(pack: &str) -> Engine {
 struct IgnoreFlow;
 
 fn to_fn_value(d: Dynamic) -> FnValue {
+    // Strings first: nearly every argument is one. `as_*` read a value in
+    // place; a cast would clone it for every type tried.
+    if d.is_string() {
+        return match d.into_immutable_string() {
+            Ok(s) => FnValue::Text(s.as_str().to_owned()),
+            Err(_) => FnValue::Null,
+        };
+    }
     if d.is_unit() {
         FnValue::Null
     } else if d.is::<IgnoreFlow>() {
         FnValue::IgnoreFlow
-    } else if let Some(b) = d.clone().try_cast::<bool>() {
+    } else if let Ok(b) = d.as_bool() {
         FnValue::Bool(b)
-    } else if let Some(i) = d.clone().try_cast::<i64>() {
+    } else if let Ok(i) = d.as_int() {
         FnValue::Number(i as f64)
-    } else if let Some(f) = d.clone().try_cast::<f64>() {
+    } else if let Ok(f) = d.as_float() {
         FnValue::Number(f)
-    } else if let Some(a) = d.clone().try_cast::<Array>() {
-        FnValue::List(a.into_iter().map(to_fn_value).collect())
+    } else if d.is_array() {
+        match d.into_array() {
+            Ok(a) => FnValue::List(a.into_iter().map(to_fn_value).collect()),
+            Err(_) => FnValue::Null,
+        }
     } else {
         FnValue::Text(d.to_string())
     }
@@ -315,8 +326,6 @@ fn user_map(u: &EntraUser, groups: &[String]) -> Map {
         };
         ext.insert(k.as_str().into(), d);
     }
-    // In key order: the map is then built in one pass instead of by
-    // searching for each key (this runs for every user and export).
     let entries: [(&str, Dynamic); 18] = [
         (
             "accountEnabled",
@@ -340,6 +349,8 @@ fn user_map(u: &EntraUser, groups: &[String]) -> Map {
         ("userPrincipalName", opt(&u.user_principal_name)),
         ("userType", opt(&u.user_type)),
     ];
+    // In key order: the map is then built in one pass instead of by
+    // searching for each key (this runs for every user and export).
     entries.into_iter().map(|(k, v)| (k.into(), v)).collect()
 }
 

@@ -268,6 +268,16 @@ const VERIFY_EVERY: u64 = 16;
 const SETTLE: u64 = 4_096;
 /// One reused evaluation in this many is checked once a pack has settled.
 const VERIFY_EVERY_SETTLED: u64 = 128;
+/// Whether the `n`th reused evaluation (from 0) is checked in a fresh instance.
+fn verifies(n: u64) -> bool {
+    let every = if n < SETTLE {
+        VERIFY_EVERY
+    } else {
+        VERIFY_EVERY_SETTLED
+    };
+    n.is_multiple_of(every)
+}
+
 /// Users one instance serves before it is dropped (its heap only grows).
 const MAX_SERVED: u32 = 1_000;
 /// Warm instances kept per pack (one per thread evaluating it at once).
@@ -551,48 +561,46 @@ impl WasmPack {
         base: Option<&DesiredUser>,
         gate: Gate,
     ) -> Result<(DesiredUser, Option<Decision>, Option<Vec<MatchKey>>), RuleError> {
-        // The verification run's refusals are not recorded twice.
-        let quiet_gate = Gate {
-            env: super::HostEnv::new(gate.env.directory.clone()),
-            ..gate.clone()
-        };
         let rendered = rendered_extensions(user);
         let lists = UserLists::new(user, groups, &rendered);
         let mut s = self.session(pack, user, to_wit(user, &lists), gate)?;
-        let reused = s.warm.served > 0;
+        let verify = s.warm.served > 0
+            && verifies(
+                self.reuse
+                    .reused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            );
+        // The verification run's refusals are not recorded twice. Built
+        // only for a verification: most users have none.
+        let quiet_gate = verify.then(|| {
+            let gate = &s.warm.store.data().gate;
+            Gate {
+                env: super::HostEnv::new(gate.env.directory.clone()),
+                ..gate.clone()
+            }
+        });
         let got = s.all(base, ask_scope, want_keys)?;
         self.give_back(s.warm);
-        if reused {
-            let n = self
-                .reuse
-                .reused
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let every = if n < SETTLE {
-                VERIFY_EVERY
-            } else {
-                VERIFY_EVERY_SETTLED
-            };
-            if n.is_multiple_of(every) {
-                let warm = self.fresh(pack, &user.id, quiet_gate)?;
-                let want = Session {
-                    pack,
-                    user,
-                    wit_user: to_wit(user, &lists),
-                    warm,
-                }
-                .all(base, ask_scope, want_keys)?;
-                if want != got {
-                    self.reuse
-                        .stateful
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
-                    self.warm.lock().unwrap_or_else(|e| e.into_inner()).clear();
-                    tracing::warn!(
-                        %pack,
-                        user = %user.id,
-                        "the component's result for a user depends on earlier users (state, clock or randomness): every user now gets a fresh instance"
-                    );
-                    return Ok(want);
-                }
+        if let Some(quiet_gate) = quiet_gate {
+            let warm = self.fresh(pack, &user.id, quiet_gate)?;
+            let want = Session {
+                pack,
+                user,
+                wit_user: to_wit(user, &lists),
+                warm,
+            }
+            .all(base, ask_scope, want_keys)?;
+            if want != got {
+                self.reuse
+                    .stateful
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                self.warm.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                tracing::warn!(
+                    %pack,
+                    user = %user.id,
+                    "the component's result for a user depends on earlier users (state, clock or randomness): every user now gets a fresh instance"
+                );
+                return Ok(want);
             }
         }
         Ok(got)
@@ -816,5 +824,21 @@ impl Session<'_> {
             queues: out.queues,
             active: out.active,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verification_is_frequent_at_first_then_settles() {
+        let checked = |range: std::ops::Range<u64>| range.filter(|&n| verifies(n)).count();
+        // The first reused evaluation is checked: a counter shows at once.
+        assert!(verifies(0));
+        assert_eq!(checked(0..SETTLE), 256);
+        assert_eq!(checked(SETTLE..SETTLE + 128 * 100), 100);
+        // Never stops.
+        assert!(verifies(SETTLE * 1000));
     }
 }
