@@ -1034,6 +1034,43 @@ mod tests {
     }
 
     #[test]
+    fn rhai_first_match_takes_the_first_entry_in_file_order() {
+        let dir = pack_dir(
+            "[settings.group_profiles]\n\"SF-Admins\" = \"System Administrator\"\n\"SF-Sales\" = \"Standard User\"\n",
+            "rhai",
+            "main.rhai",
+            br#"fn map(user, settings) {
+                #{ fields: #{
+                       Alias: first_match(settings.group_profiles, user.groups) ?? "none",
+                       FirstName: first_match(settings.missing, user.groups) ?? "no table",
+                       Department: first_match([["a"], 1, ["b", "B"]], ["a", "b"]),
+                       Title: first_match([1, ["b", "B"]], ["a", "b"]),
+                   },
+                   profile: "Standard User", active: true }
+            }"#,
+        );
+        let p = Pack::load(dir.path()).expect("loads");
+        let text = |d: &DesiredUser, f: &str| d.fields[f].clone();
+        // File order decides, not the order of the user's groups.
+        let d = p
+            .map(&user(), &["SF-Sales".into(), "SF-Admins".into()])
+            .expect("maps");
+        assert_eq!(
+            text(&d, "Alias"),
+            FieldValue::Text("System Administrator".into())
+        );
+        assert_eq!(text(&d, "FirstName"), FieldValue::Text("no table".into()));
+        // An entry without a value gives (); entries that are not pairs are
+        // skipped.
+        assert_eq!(text(&d, "Department"), FieldValue::Null);
+        assert_eq!(text(&d, "Title"), FieldValue::Text("B".into()));
+        let d = p.map(&user(), &["SF-Sales".into()]).expect("maps");
+        assert_eq!(text(&d, "Alias"), FieldValue::Text("Standard User".into()));
+        let d = p.map(&user(), &["Other".into()]).expect("maps");
+        assert_eq!(text(&d, "Alias"), FieldValue::Text("none".into()));
+    }
+
+    #[test]
     fn rhai_string_membership_matches_the_standard_library() {
         // The host's own `contains(array, string)` must answer like the
         // standard library's (which compares element by element with `==`).

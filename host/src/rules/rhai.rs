@@ -207,9 +207,36 @@ fn sandboxed_engine(pack: &str) -> Engine {
                 .is_some_and(|s| *s == value)
         })
     });
+    register_table_helpers(&mut e);
     register_entra_functions(&mut e);
     register_host_api(&mut e);
     e
+}
+
+/// Helpers for the pack's settings tables (arrays of `[key, value]`).
+///
+/// `first_match(table, keys)`: the value of the first entry, in file order,
+/// whose key is one of `keys`, or `()` (also for a missing table, `()`).
+/// "The first listed group the user is in wins" is the core of
+/// group-based mapping (profile, role); as a script loop it was a fifth of
+/// the gallery pack's time. A script defining its own `first_match` uses
+/// its own.
+fn register_table_helpers(e: &mut Engine) {
+    e.register_fn("first_match", |table: &mut Array, keys: Array| {
+        let wanted = |key: &ImmutableString| {
+            keys.iter()
+                .any(|k| k.read_lock::<ImmutableString>().is_some_and(|k| *k == *key))
+        };
+        table
+            .iter()
+            .find_map(|entry| {
+                let pair = entry.read_lock::<Array>()?;
+                let hit = wanted(&*pair.first()?.read_lock::<ImmutableString>()?);
+                hit.then(|| pair.get(1).cloned().unwrap_or(Dynamic::UNIT))
+            })
+            .unwrap_or(Dynamic::UNIT)
+    });
+    e.register_fn("first_match", |_: (), _: Array| Dynamic::UNIT);
 }
 
 /// What `IgnoreFlowIfNullOrEmpty` returns: a field holding it is left out
