@@ -104,7 +104,8 @@ pub enum LogLevel {
 pub struct Refusal {
     /// `name@version` of the pack that asked.
     pub pack: String,
-    /// The export (rule) that asked: `map`, `scope`, `match-keys`, `on-leave`.
+    /// The export (rule) that asked: `configure`, `map`, `scope`,
+    /// `match-keys`, `on-leave`.
     pub rule: String,
     /// The Entra user it was running for.
     pub user: String,
@@ -330,9 +331,30 @@ impl Gate {
         list.iter().any(|x| x == item)
     }
 
+    /// `configure` gets the settings and nothing else: what it keeps serves
+    /// every user of the instance (and the instance made at load), so
+    /// answers that depend on the cycle, the user or the time (directory
+    /// lookups, tables, the clock) are refused there. `log` is allowed.
+    fn outside_configure(&self, capability: &str, target: &str) -> Result<(), HostError> {
+        if self.rule != "configure" {
+            return Ok(());
+        }
+        self.env.refuse(Refusal {
+            pack: self.pack.to_string(),
+            rule: self.rule.to_string(),
+            user: self.user.clone(),
+            capability: capability.to_string(),
+            target: target.to_string(),
+        });
+        Err(HostError::Refused(format!(
+            "{capability} is not available in configure, which gets the settings only"
+        )))
+    }
+
     /// `find-user`: the one user whose field holds the value; none when no
     /// user or several do (a lookup must not pick among duplicates).
     pub fn find_user(&self, field: &str, value: &str) -> Result<Option<SalesforceUser>, HostError> {
+        self.outside_configure("find-user", field)?;
         if !Self::granted(&self.caps.find_user, field) {
             return Err(self.refuse("find-user", field));
         }
@@ -347,6 +369,7 @@ impl Gate {
     /// Whether any Salesforce user holds `value` in `field` (Entra's
     /// SelectUniqueValue); granted like `find-user`.
     pub fn value_taken(&self, field: &str, value: &str) -> Result<bool, HostError> {
+        self.outside_configure("find-user", field)?;
         if !Self::granted(&self.caps.find_user, field) {
             return Err(self.refuse("find-user", field));
         }
@@ -359,6 +382,7 @@ impl Gate {
     }
 
     pub fn queue_members(&self, queue: &str) -> Result<Vec<String>, HostError> {
+        self.outside_configure("queue-members", queue)?;
         if !Self::granted(&self.caps.queue_members, queue) {
             return Err(self.refuse("queue-members", queue));
         }
@@ -372,6 +396,7 @@ impl Gate {
     }
 
     pub fn team_members(&self, team: &str) -> Result<Vec<Person>, HostError> {
+        self.outside_configure("team-members", team)?;
         if !Self::granted(&self.caps.team_members, team) {
             return Err(self.refuse("team-members", team));
         }
@@ -385,6 +410,7 @@ impl Gate {
     }
 
     pub fn manager_chain(&self, user_id: &str, depth: u32) -> Result<Vec<Person>, HostError> {
+        self.outside_configure("manager-chain", user_id)?;
         if !self.caps.manager_chain {
             return Err(self.refuse("manager-chain", user_id));
         }
@@ -396,6 +422,7 @@ impl Gate {
 
     /// `lookup`: the organisation's table of that name wins over the pack's.
     pub fn lookup(&self, table: &str, key: &str) -> Result<Option<String>, HostError> {
+        self.outside_configure("lookup", table)?;
         if !Self::granted(&self.caps.tables, table) {
             return Err(self.refuse("lookup", table));
         }
@@ -413,6 +440,7 @@ impl Gate {
     }
 
     pub fn now(&self) -> Result<String, HostError> {
+        self.outside_configure("clock", "now")?;
         if !self.caps.clock {
             return Err(self.refuse("clock", "now"));
         }

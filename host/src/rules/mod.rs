@@ -21,6 +21,12 @@ use crate::model::{Access, DesiredUser, EntraUser, FieldValue, is_api_name};
 /// Contract versions (`provisor:rules@major.minor`) this host accepts.
 pub const ACCEPTED_CONTRACTS: &[&str] = &["0.4"];
 
+/// Contract versions a Rhai pack may also declare: for scripts 0.4 only
+/// added the optional `fn configure(settings)` (settings are still passed
+/// to every call), so a 0.3 script loads unchanged, and its `configure`,
+/// if it happens to have one, is not called.
+pub const ACCEPTED_RHAI_CONTRACTS: &[&str] = &["0.3", "0.4"];
+
 /// Errors loading or running a pack; each names the pack.
 #[derive(Debug, thiserror::Error)]
 pub enum RuleError {
@@ -393,13 +399,18 @@ impl Layer {
         let pack = format!("{}@{}", m.pack.name, m.pack.version);
         let contract = m.pack.contract.trim();
         let major_minor: String = contract.split('.').take(2).collect::<Vec<_>>().join(".");
-        if !ACCEPTED_CONTRACTS.contains(&major_minor.as_str()) {
+        let accepted = match m.pack.engine {
+            EngineKind::Rhai => ACCEPTED_RHAI_CONTRACTS,
+            EngineKind::Wasm => ACCEPTED_CONTRACTS,
+        };
+        if !accepted.contains(&major_minor.as_str()) {
             return Err(RuleError::Contract {
                 pack,
                 found: contract.into(),
-                accepted: ACCEPTED_CONTRACTS.join(", "),
+                accepted: accepted.join(", "),
             });
         }
+        let configures = major_minor != "0.3";
         let mut settings = Vec::new();
         for (name, v) in &m.settings {
             let toml::Value::Table(t) = v else {
@@ -452,7 +463,7 @@ impl Layer {
                     file: entry.clone(),
                     source,
                 })?;
-                Runner::Rhai(rhai::RhaiPack::compile(&pack, &src, &settings)?)
+                Runner::Rhai(rhai::RhaiPack::compile(&pack, &src, &settings, configures)?)
             }
             EngineKind::Wasm => {
                 let bytes = std::fs::read(&entry).map_err(|source| RuleError::Read {
@@ -1031,6 +1042,46 @@ mod tests {
         // A configure that does not throw loads.
         let fine = pack_dir("", "rhai", "main.rhai", body("let n = 1;").as_bytes());
         assert!(Pack::load(fine.path()).is_ok());
+
+        // The host API answers only `log` there (the clock is granted, and
+        // still refused).
+        let clock = pack_dir(
+            "[capabilities]\nclock = true\n",
+            "rhai",
+            "main.rhai",
+            body("let t = now();").as_bytes(),
+        );
+        let e = Pack::load(clock.path())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("clock is not available in configure"), "{e}");
+
+        // A script written for contract 0.3 loads unchanged: a function
+        // that happens to be called `configure` is not run at load.
+        let old = pack_dir("", "rhai", "main.rhai", body("throw \"ran\";").as_bytes());
+        let manifest = old.path().join("pack.toml");
+        let toml = std::fs::read_to_string(&manifest).expect("manifest");
+        std::fs::write(
+            &manifest,
+            toml.replace("contract = \"0.4\"", "contract = \"0.3\""),
+        )
+        .expect("write");
+        assert!(Pack::load(old.path()).is_ok());
+        // A component must say 0.4.
+        let wasm = pack_dir("", "wasm", "c.wasm", b"\0asm");
+        let manifest = wasm.path().join("pack.toml");
+        let toml = std::fs::read_to_string(&manifest).expect("manifest");
+        std::fs::write(
+            &manifest,
+            toml.replace("contract = \"0.4\"", "contract = \"0.3\""),
+        )
+        .expect("write");
+        let e = Pack::load(wasm.path())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("0.3") && e.contains("0.4"), "{e}");
     }
 
     #[test]
@@ -1076,12 +1127,14 @@ mod tests {
         // standard library's (which compares element by element with `==`).
         let p = rhai(
             r#"fn map(user, settings) {
-                let mixed = ["SF-Sales", 1, true, (), ["SF-Admins"]];
+                let mixed = ["SF-Sales", 1, true, (), ["SF-Admins"], 'x'];
                 let hits = [
                     mixed.contains("SF-Sales"),
                     "SF-Admins" in mixed,
                     mixed.contains("sf-sales"),
                     mixed.contains(1),
+                    mixed.contains("x"),
+                    mixed.contains("xy"),
                     user.groups.contains("SF-Support"),
                     "SF-Support" in user.groups,
                     [].contains(""),
@@ -1092,7 +1145,7 @@ mod tests {
         )
         .expect("loads");
         let d = p.map(&user(), &["SF-Support".into()]).expect("maps");
-        assert_eq!(d.fields["Alias"], FieldValue::Text("1001110".into()));
+        assert_eq!(d.fields["Alias"], FieldValue::Text("100110110".into()));
     }
 
     #[test]

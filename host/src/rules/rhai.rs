@@ -127,6 +127,15 @@ fn register_host_api(e: &mut Engine) {
     unique!(a, b, c, d, f);
 }
 
+/// A failed call, said plainly.
+fn call_error(e: &EvalAltResult) -> String {
+    match e {
+        // Say why: Rhai's own text is only "Script terminated".
+        EvalAltResult::ErrorTerminated(why, _) => format!("stopped: {why}"),
+        other => other.to_string(),
+    }
+}
+
 fn select_unique(field: &str, candidates: Vec<Dynamic>) -> Result<Dynamic, Box<EvalAltResult>> {
     for c in candidates {
         if c.is_unit() {
@@ -198,13 +207,19 @@ fn sandboxed_engine(pack: &str) -> Engine {
     // `array.contains(string)` and `string in array` (a group name among
     // the user's groups, in nearly every pack): the standard library calls
     // the `==` operator through the function resolver once per element;
-    // comparing the strings here gives the same answer (an element of
-    // another type never equals a string) at a fraction of the cost. The
-    // engine's own functions are found before the packages'.
+    // comparing here gives the same answers (a string equals the same
+    // string, a char equals a one-character string, nothing else equals a
+    // string) at a fraction of the cost. The engine's own functions are
+    // found before the packages'.
     e.register_fn("contains", |array: &mut Array, value: ImmutableString| {
         array.iter().any(|item| {
-            item.read_lock::<ImmutableString>()
-                .is_some_and(|s| *s == value)
+            if let Some(s) = item.read_lock::<ImmutableString>() {
+                return *s == value;
+            }
+            item.as_char().is_ok_and(|c| {
+                let mut chars = value.chars();
+                chars.next() == Some(c) && chars.next().is_none()
+            })
         })
     });
     register_table_helpers(&mut e);
@@ -418,7 +433,7 @@ fn field_value(name: &str, v: Dynamic) -> Result<FieldValue, String> {
 }
 
 fn desired(v: Dynamic) -> Result<DesiredUser, String> {
-    let m = v
+    let mut m = v
         .try_cast::<Map>()
         .ok_or("map must return an object map #{ fields, profile, active }")?;
     for k in m.keys() {
@@ -438,7 +453,6 @@ fn desired(v: Dynamic) -> Result<DesiredUser, String> {
             ));
         }
     }
-    let mut m = m;
     let fields = m
         .remove("fields")
         .and_then(|f| f.try_cast::<Map>())
@@ -513,6 +527,7 @@ impl RhaiPack {
         pack: &str,
         src: &str,
         settings: &SettingTables,
+        configures: bool,
     ) -> Result<Self, RuleError> {
         let engine = sandboxed_engine(pack);
         let ast = engine.compile(src).map_err(|e| RuleError::Load {
@@ -533,7 +548,9 @@ impl RhaiPack {
                 .any(|f| f.name == name && f.params.len() == params)
         };
         let defines = Defines {
-            configure: has("configure", 1),
+            // Contract 0.4 and later; in a 0.3 script a function of that
+            // name is just a function.
+            configure: configures && has("configure", 1),
             scope: has("scope", 2),
             match_keys: has("match_keys", 2),
             map_with_base: has("map", 3),
@@ -555,15 +572,16 @@ impl RhaiPack {
             return Ok(());
         }
         let args = (self.settings.clone(),);
-        self.call(pack, "configure", "configure", "", args, gate)
+        self.call_raw("configure", "configure", args, gate)
             .map(|_| ())
             .map_err(|e| RuleError::Load {
                 pack: pack.into(),
-                message: match e {
-                    RuleError::Call { message, .. } => {
-                        format!("configure refused its settings: {message}")
+                message: match *e {
+                    // The script's own `throw`: its reason.
+                    EvalAltResult::ErrorRuntime(ref why, _) => {
+                        format!("configure refused its settings: {why}")
                     }
-                    other => other.to_string(),
+                    ref other => format!("configure failed: {}", call_error(other)),
                 },
             })
     }
@@ -585,6 +603,23 @@ impl RhaiPack {
         args: impl rhai::FuncArgs,
         gate: Gate,
     ) -> Result<Dynamic, RuleError> {
+        self.call_raw(export, name, args, gate)
+            .map_err(|e| RuleError::Call {
+                pack: pack.into(),
+                export,
+                user: user.into(),
+                message: call_error(&e),
+            })
+    }
+
+    /// [`RhaiPack::call`] with Rhai's own error.
+    fn call_raw(
+        &self,
+        export: &'static str,
+        name: &str,
+        args: impl rhai::FuncArgs,
+        gate: Gate,
+    ) -> Result<Dynamic, Box<EvalAltResult>> {
         let mut scope = Scope::new();
         // Packs hold only functions and constants; don't re-run top level.
         let opts = CallFnOptions::new().eval_ast(false).rewind_scope(true);
@@ -599,16 +634,7 @@ impl RhaiPack {
             .engine
             .call_fn_with_options(opts, &mut scope, &self.ast, name, args);
         GATE.with(|g| g.borrow_mut().take());
-        result.map_err(|e| RuleError::Call {
-            pack: pack.into(),
-            export,
-            user: user.into(),
-            message: match *e {
-                // Say why: Rhai's own text is only "Script terminated".
-                EvalAltResult::ErrorTerminated(ref why, _) => format!("stopped: {why}"),
-                ref other => other.to_string(),
-            },
-        })
+        result
     }
 
     /// `fn scope(user, settings)`, returning `true`/`false` or

@@ -169,11 +169,11 @@ fn engine() -> Result<&'static Engine, String> {
         .get_or_init(|| {
             let mut cfg = Config::new();
             cfg.consume_fuel(true);
-            // A fresh instance per call keeps every user's mapping pure (no
-            // state carried from one user to the next); the pooling
-            // allocator with copy-on-write memory images makes that cheap.
-            // Calls are sequential per pack; the slots cover several packs and
-            // engines in one process (tests run many at once).
+            // Fresh instances (for verification, for packs that keep state,
+            // and every 1,000 users) come from the pooling allocator with
+            // copy-on-write memory images, which makes them cheap. The slots
+            // cover several packs and engines in one process (tests run
+            // many at once).
             let mut pool = wasmtime::PoolingAllocationConfig::new();
             pool.total_component_instances(64)
                 .total_core_instances(256)

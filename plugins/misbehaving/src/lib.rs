@@ -1,6 +1,7 @@
 //! A rule component that misbehaves on purpose, for the host's sandbox
 //! tests. `[settings.test] "mode"` picks the misbehaviour; any other value
-//! maps normally. `"bad-settings"` makes `configure` refuse the settings.
+//! maps normally. `"bad-settings"` makes `configure` refuse the settings;
+//! `"configure-host"` asks for the clock in `configure`.
 
 wit_bindgen::generate!({
     path: "../../wit",
@@ -30,6 +31,15 @@ impl Guest for Misbehaving {
             .unwrap_or_default();
         if mode == "bad-settings" {
             return Err("[settings.test] mode \"bad-settings\" is refused on purpose".into());
+        }
+        if mode == "configure-host" {
+            // The clock in configure would make what the instance keeps
+            // depend on when it was made: the host refuses it.
+            if let Err(provisor::rules::types::HostError::Refused(why)) =
+                provisor::rules::host::now()
+            {
+                return Err(format!("the host refused the clock: {why}"));
+            }
         }
         MODE.set(mode).map_err(|_| "configured twice".to_string())
     }

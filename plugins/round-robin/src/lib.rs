@@ -104,11 +104,14 @@ impl Guest for RoundRobin {
     fn configure(settings: Vec<SettingTable>) -> Result<(), String> {
         // An object with both a team and a queue is ambiguous: say so at
         // load rather than pick one silently.
+        // Blank entries count as absent, as in `on_leave`.
         let keys = |table: &str| -> Vec<String> {
             settings
                 .iter()
                 .filter(|t| t.name == table)
-                .flat_map(|t| t.entries.iter().map(|(k, _)| k.clone()))
+                .flat_map(|t| t.entries.iter())
+                .filter(|(_, v)| !v.trim().is_empty())
+                .map(|(k, _)| k.clone())
                 .collect()
         };
         let queues = keys("queues");

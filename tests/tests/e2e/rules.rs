@@ -176,6 +176,57 @@ fn a_component_refusing_its_settings_is_refused_at_load() {
     );
     // Unchanged, it loads.
     assert!(provisor::rules::Pack::load(&repo_root().join("rules/round-robin")).is_ok());
+
+    // The host API answers only `log` in configure: what an instance keeps
+    // must not depend on when or for whom it was made.
+    let dir = tempfile::tempdir().expect("temp dir");
+    copy_dir(&fixture, dir.path());
+    let manifest = std::fs::read_to_string(dir.path().join("pack.toml")).expect("manifest");
+    std::fs::write(
+        dir.path().join("pack.toml"),
+        manifest.replace("\"mode\" = \"none\"", "\"mode\" = \"configure-host\""),
+    )
+    .expect("write");
+    let e = provisor::rules::Pack::load(dir.path())
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        e.contains("misbehaving@0.1.0") && e.contains("clock is not available in configure"),
+        "{e}"
+    );
+}
+
+/// Both gallery packs refuse a group mapped to an empty profile at load, in
+/// their `configure`: they must agree on what they accept, as on what they
+/// map.
+#[test]
+fn both_gallery_packs_refuse_an_empty_profile_at_load() {
+    for pack in ["rules/gallery-defaults", "rules/gallery-defaults-wasm"] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        copy_dir(&repo_root().join(pack), dir.path());
+        let manifest = std::fs::read_to_string(dir.path().join("pack.toml")).expect("manifest");
+        assert!(
+            manifest.contains("\"SF-Sales\" = \"Standard User\""),
+            "{manifest}"
+        );
+        std::fs::write(
+            dir.path().join("pack.toml"),
+            manifest.replace("\"SF-Sales\" = \"Standard User\"", "\"SF-Sales\" = \" \""),
+        )
+        .expect("write");
+        let e = provisor::rules::Pack::load(dir.path())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("gallery-defaults")
+                && e.contains("refused its settings")
+                && e.contains("SF-Sales")
+                && e.contains("empty profile"),
+            "{pack}: {e}"
+        );
+    }
 }
 
 /// Instances are reused from user to user only while that cannot change a
