@@ -100,16 +100,31 @@ impl Store {
     /// Leavers found deactivated (by someone else): closed as of now, if
     /// listed and open.
     pub async fn leavers_closed(&self, entra_ids: &[&str]) -> Result<(), StoreError> {
+        self.stamp(
+            "UPDATE leavers SET deactivated_at = ",
+            ", blocker_kind = NULL, blocker_message = NULL, blocker_fix = NULL, blocker_detail = NULL, next_try = NULL WHERE deactivated_at IS NULL AND entra_id IN (",
+            entra_ids,
+            "close leavers",
+        )
+        .await
+    }
+
+    /// `head` now `tail` (ending in `entra_id IN (`) for these users, in
+    /// one statement per [`ROWS_PER_STATEMENT`], all with the same time.
+    async fn stamp(
+        &self,
+        head: &str,
+        tail: &str,
+        entra_ids: &[&str],
+        what: &'static str,
+    ) -> Result<(), StoreError> {
         let at = now();
         for chunk in entra_ids.chunks(ROWS_PER_STATEMENT) {
-            let mut qb = QueryBuilder::<Sqlite>::new("UPDATE leavers SET deactivated_at = ");
+            let mut qb = QueryBuilder::<Sqlite>::new(head);
             qb.push_bind(&at);
-            qb.push(", blocker_kind = NULL, blocker_message = NULL, blocker_fix = NULL, blocker_detail = NULL, next_try = NULL WHERE deactivated_at IS NULL AND entra_id IN (");
+            qb.push(tail);
             super::push_in_list(&mut qb, chunk);
-            qb.build()
-                .execute(&self.pool)
-                .await
-                .map_err(q("close leavers"))?;
+            qb.build().execute(&self.pool).await.map_err(q(what))?;
         }
         Ok(())
     }
@@ -270,18 +285,13 @@ impl Store {
 
     /// Leavers whose sessions and tokens are ended.
     pub async fn sessions_ended(&self, entra_ids: &[&str]) -> Result<(), StoreError> {
-        let at = now();
-        for chunk in entra_ids.chunks(ROWS_PER_STATEMENT) {
-            let mut qb = QueryBuilder::<Sqlite>::new("UPDATE leavers SET sessions_ended_at = ");
-            qb.push_bind(&at);
-            qb.push(" WHERE entra_id IN (");
-            super::push_in_list(&mut qb, chunk);
-            qb.build()
-                .execute(&self.pool)
-                .await
-                .map_err(q("record ended sessions"))?;
-        }
-        Ok(())
+        self.stamp(
+            "UPDATE leavers SET sessions_ended_at = ",
+            " WHERE entra_id IN (",
+            entra_ids,
+            "record ended sessions",
+        )
+        .await
     }
 
     /// The Salesforce ids of leavers frozen and not deactivated.
@@ -334,19 +344,13 @@ impl Store {
 
     /// Handovers with nothing left to move.
     pub async fn handovers_done(&self, entra_ids: &[&str]) -> Result<(), StoreError> {
-        let at = now();
-        for chunk in entra_ids.chunks(ROWS_PER_STATEMENT) {
-            let mut qb =
-                QueryBuilder::<Sqlite>::new("UPDATE handovers SET pending = 0, done_at = ");
-            qb.push_bind(&at);
-            qb.push(" WHERE entra_id IN (");
-            super::push_in_list(&mut qb, chunk);
-            qb.build()
-                .execute(&self.pool)
-                .await
-                .map_err(q("finish handovers"))?;
-        }
-        Ok(())
+        self.stamp(
+            "UPDATE handovers SET pending = 0, done_at = ",
+            " WHERE entra_id IN (",
+            entra_ids,
+            "finish handovers",
+        )
+        .await
     }
 
     /// Which of these users still have records to hand over.
