@@ -314,7 +314,8 @@ pub struct Gate {
 }
 
 impl Gate {
-    fn refuse(&self, capability: &str, target: &str) -> HostError {
+    /// Records a refusal of `capability` for `target` by this pack's rule.
+    fn record_refusal(&self, capability: &str, target: &str) {
         self.env.refuse(Refusal {
             pack: self.pack.to_string(),
             rule: self.rule.to_string(),
@@ -322,6 +323,10 @@ impl Gate {
             capability: capability.to_string(),
             target: target.to_string(),
         });
+    }
+
+    fn refuse(&self, capability: &str, target: &str) -> HostError {
+        self.record_refusal(capability, target);
         HostError::Refused(format!(
             "{capability} {target:?} is not granted by the pack's [capabilities]"
         ))
@@ -339,13 +344,7 @@ impl Gate {
         if self.rule != "configure" {
             return Ok(());
         }
-        self.env.refuse(Refusal {
-            pack: self.pack.to_string(),
-            rule: self.rule.to_string(),
-            user: self.user.clone(),
-            capability: capability.to_string(),
-            target: target.to_string(),
-        });
+        self.record_refusal(capability, target);
         Err(HostError::Refused(format!(
             "{capability} is not available in configure, which gets the settings only"
         )))
