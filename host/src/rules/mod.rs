@@ -974,6 +974,26 @@ mod tests {
         dir
     }
 
+    /// Why loading the pack in `dir` fails; empty if it loads.
+    fn load_error(dir: &Path) -> String {
+        Pack::load(dir)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
+    /// Makes the pack in `dir` declare contract `version`.
+    fn set_contract(dir: &Path, version: &str) {
+        let manifest = dir.join("pack.toml");
+        let toml = std::fs::read_to_string(&manifest).expect("manifest");
+        assert!(toml.contains("contract = \"0.4\""), "{toml}");
+        std::fs::write(
+            &manifest,
+            toml.replace("contract = \"0.4\"", &format!("contract = \"{version}\"")),
+        )
+        .expect("write");
+    }
+
     fn rhai(script: &str) -> Result<Pack, RuleError> {
         let dir = pack_dir("", "rhai", "main.rhai", script.as_bytes());
         Pack::load(dir.path())
@@ -1029,10 +1049,7 @@ mod tests {
             body(r#"for e in settings.group_profiles { if e[1] == "" { throw `group ${e[0]} has no profile`; } }"#)
                 .as_bytes(),
         );
-        let e = Pack::load(dir.path())
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let e = load_error(dir.path());
         assert!(
             e.contains("t@1.0.0")
                 && e.contains("configure refused its settings")
@@ -1051,36 +1068,18 @@ mod tests {
             "main.rhai",
             body("let t = now();").as_bytes(),
         );
-        let e = Pack::load(clock.path())
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let e = load_error(clock.path());
         assert!(e.contains("clock is not available in configure"), "{e}");
 
         // A script written for contract 0.3 loads unchanged: a function
         // that happens to be called `configure` is not run at load.
         let old = pack_dir("", "rhai", "main.rhai", body("throw \"ran\";").as_bytes());
-        let manifest = old.path().join("pack.toml");
-        let toml = std::fs::read_to_string(&manifest).expect("manifest");
-        std::fs::write(
-            &manifest,
-            toml.replace("contract = \"0.4\"", "contract = \"0.3\""),
-        )
-        .expect("write");
+        set_contract(old.path(), "0.3");
         assert!(Pack::load(old.path()).is_ok());
         // A component must say 0.4.
         let wasm = pack_dir("", "wasm", "c.wasm", b"\0asm");
-        let manifest = wasm.path().join("pack.toml");
-        let toml = std::fs::read_to_string(&manifest).expect("manifest");
-        std::fs::write(
-            &manifest,
-            toml.replace("contract = \"0.4\"", "contract = \"0.3\""),
-        )
-        .expect("write");
-        let e = Pack::load(wasm.path())
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        set_contract(wasm.path(), "0.3");
+        let e = load_error(wasm.path());
         assert!(e.contains("0.3") && e.contains("0.4"), "{e}");
     }
 
@@ -1317,10 +1316,7 @@ mod tests {
             "main.rhai",
             b"fn map(u, s) { () }",
         );
-        let e = Pack::load(dir.path())
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let e = load_error(dir.path());
         assert!(e.contains("colour"), "{e}");
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("pack.toml"), "[pack]\nname = \"t\"\nversion = \"1\"\nengine = \"rhai\"\nentry = \"m.rhai\"\ncontract = \"0.1\"\n").expect("write");
@@ -1597,10 +1593,7 @@ mod tests {
     #[test]
     fn a_file_that_is_not_a_component_is_refused_at_load() {
         let dir = pack_dir("", "wasm", "x.wasm", b"\0asm not really");
-        let e = Pack::load(dir.path())
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let e = load_error(dir.path());
         assert!(
             e.contains("t@1.0.0") && e.contains("not a valid component"),
             "{e}"

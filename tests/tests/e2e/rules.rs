@@ -98,31 +98,53 @@ fn a_truncated_component_is_refused_at_load_naming_the_pack() {
     let wasm = pack.join("gallery_defaults.wasm");
     let bytes = std::fs::read(&wasm).expect("component");
     std::fs::write(&wasm, &bytes[..bytes.len() / 2]).expect("truncate");
-    let e = provisor::rules::Pack::load(&pack)
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let e = load_error(&pack);
     assert!(
         e.contains("gallery-defaults-wasm@") && e.contains("not a valid component"),
         "{e}"
     );
 }
 
-/// The misbehaving component under one `mode`, as a pack in a temp dir.
-fn misbehaving(mode: &str) -> (tempfile::TempDir, provisor::rules::Pack) {
-    let fixture = repo_root().join("tests/fixtures/packs/misbehaving");
+/// A copy of the pack in `src` (under the repository) with `from` in its
+/// `pack.toml` replaced by `to`.
+fn edited_pack(src: &str, from: &str, to: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    copy_dir(&repo_root().join(src), dir.path());
+    let manifest = std::fs::read_to_string(dir.path().join("pack.toml")).expect("manifest");
+    assert!(manifest.contains(from), "{src}: no {from:?} in {manifest}");
+    std::fs::write(dir.path().join("pack.toml"), manifest.replace(from, to)).expect("write");
+    dir
+}
+
+/// Why the pack in `dir` does not load; empty if it does.
+fn load_error(dir: &std::path::Path) -> String {
+    provisor::rules::Pack::load(dir)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default()
+}
+
+const MISBEHAVING: &str = "tests/fixtures/packs/misbehaving";
+
+/// The misbehaving component's pack with `mode` set, in a temp dir.
+fn misbehaving_dir(mode: &str) -> tempfile::TempDir {
     assert!(
-        fixture.join("misbehaving.wasm").is_file(),
+        repo_root()
+            .join(MISBEHAVING)
+            .join("misbehaving.wasm")
+            .is_file(),
         "run `cargo xtask plugins` (or `cargo xtask test`) first"
     );
-    let dir = tempfile::tempdir().expect("temp dir");
-    copy_dir(&fixture, dir.path());
-    let manifest = std::fs::read_to_string(dir.path().join("pack.toml")).expect("manifest");
-    std::fs::write(
-        dir.path().join("pack.toml"),
-        manifest.replace("\"mode\" = \"none\"", &format!("\"mode\" = \"{mode}\"")),
+    edited_pack(
+        MISBEHAVING,
+        "\"mode\" = \"none\"",
+        &format!("\"mode\" = \"{mode}\""),
     )
-    .expect("write");
+}
+
+/// The misbehaving component under one `mode`, loaded.
+fn misbehaving(mode: &str) -> (tempfile::TempDir, provisor::rules::Pack) {
+    let dir = misbehaving_dir(mode);
     let pack = provisor::rules::Pack::load(dir.path()).expect("the component loads");
     (dir, pack)
 }
@@ -131,19 +153,7 @@ fn misbehaving(mode: &str) -> (tempfile::TempDir, provisor::rules::Pack) {
 /// the pack then, with its reason, naming the pack and the export.
 #[test]
 fn a_component_refusing_its_settings_is_refused_at_load() {
-    let fixture = repo_root().join("tests/fixtures/packs/misbehaving");
-    let dir = tempfile::tempdir().expect("temp dir");
-    copy_dir(&fixture, dir.path());
-    let manifest = std::fs::read_to_string(dir.path().join("pack.toml")).expect("manifest");
-    std::fs::write(
-        dir.path().join("pack.toml"),
-        manifest.replace("\"mode\" = \"none\"", "\"mode\" = \"bad-settings\""),
-    )
-    .expect("write");
-    let e = provisor::rules::Pack::load(dir.path())
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let e = load_error(misbehaving_dir("bad-settings").path());
     assert!(
         e.contains("misbehaving@0.1.0")
             && e.contains("configure")
@@ -154,22 +164,12 @@ fn a_component_refusing_its_settings_is_refused_at_load() {
 
     // The round-robin example checks its own settings the same way: an
     // object with both a team and a queue is ambiguous.
-    let rr = tempfile::tempdir().expect("temp dir");
-    copy_dir(&repo_root().join("rules/round-robin"), rr.path());
-    let manifest = std::fs::read_to_string(rr.path().join("pack.toml")).expect("manifest");
-    assert!(manifest.contains("[settings.queues]\n"), "{manifest}");
-    std::fs::write(
-        rr.path().join("pack.toml"),
-        manifest.replace(
-            "[settings.queues]\n",
-            "[settings.queues]\n\"Opportunity\" = \"Sales_Leads\"\n",
-        ),
-    )
-    .expect("write");
-    let e = provisor::rules::Pack::load(rr.path())
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let rr = edited_pack(
+        "rules/round-robin",
+        "[settings.queues]\n",
+        "[settings.queues]\n\"Opportunity\" = \"Sales_Leads\"\n",
+    );
+    let e = load_error(rr.path());
     assert!(
         e.contains("round-robin@") && e.contains("Opportunity has both a team"),
         "{e}"
@@ -179,18 +179,7 @@ fn a_component_refusing_its_settings_is_refused_at_load() {
 
     // The host API answers only `log` in configure: what an instance keeps
     // must not depend on when or for whom it was made.
-    let dir = tempfile::tempdir().expect("temp dir");
-    copy_dir(&fixture, dir.path());
-    let manifest = std::fs::read_to_string(dir.path().join("pack.toml")).expect("manifest");
-    std::fs::write(
-        dir.path().join("pack.toml"),
-        manifest.replace("\"mode\" = \"none\"", "\"mode\" = \"configure-host\""),
-    )
-    .expect("write");
-    let e = provisor::rules::Pack::load(dir.path())
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let e = load_error(misbehaving_dir("configure-host").path());
     assert!(
         e.contains("misbehaving@0.1.0") && e.contains("clock is not available in configure"),
         "{e}"
@@ -203,22 +192,12 @@ fn a_component_refusing_its_settings_is_refused_at_load() {
 #[test]
 fn both_gallery_packs_refuse_an_empty_profile_at_load() {
     for pack in ["rules/gallery-defaults", "rules/gallery-defaults-wasm"] {
-        let dir = tempfile::tempdir().expect("temp dir");
-        copy_dir(&repo_root().join(pack), dir.path());
-        let manifest = std::fs::read_to_string(dir.path().join("pack.toml")).expect("manifest");
-        assert!(
-            manifest.contains("\"SF-Sales\" = \"Standard User\""),
-            "{manifest}"
+        let dir = edited_pack(
+            pack,
+            "\"SF-Sales\" = \"Standard User\"",
+            "\"SF-Sales\" = \" \"",
         );
-        std::fs::write(
-            dir.path().join("pack.toml"),
-            manifest.replace("\"SF-Sales\" = \"Standard User\"", "\"SF-Sales\" = \" \""),
-        )
-        .expect("write");
-        let e = provisor::rules::Pack::load(dir.path())
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let e = load_error(dir.path());
         assert!(
             e.contains("gallery-defaults")
                 && e.contains("refused its settings")
