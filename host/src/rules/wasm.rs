@@ -441,6 +441,12 @@ impl WasmPack {
     /// Returns an instance that served a user without failing.
     fn give_back(&self, mut w: Warm) {
         w.served += 1;
+        self.keep(w);
+    }
+
+    /// Keeps an instance warm for the next user, unless reuse is off, it
+    /// has served its share, it printed too much, or enough are kept.
+    fn keep(&self, w: Warm) {
         let chatty = w
             .store
             .data()
@@ -469,18 +475,8 @@ impl WasmPack {
                 other => other.to_string(),
             },
         })?;
-        self.give_back_fresh(warm);
+        self.keep(warm);
         Ok(())
-    }
-
-    /// Keeps a fresh instance for the next user (it has served no one).
-    fn give_back_fresh(&self, w: Warm) {
-        if self.reusing() {
-            let mut pool = self.warm.lock().unwrap_or_else(|e| e.into_inner());
-            if pool.len() < MAX_WARM {
-                pool.push(w);
-            }
-        }
     }
 
     /// A freshly instantiated component, configured with the pack's
